@@ -1,0 +1,38 @@
+/* handshake.h — RFC 6455 §4.2 opening handshake on the server side.
+ *
+ * Pure codec over a parsed struct http_request: validates the upgrade,
+ * computes Sec-WebSocket-Accept (OpenSSL SHA-1 + base64), parses offers.
+ */
+#ifndef SB_HANDSHAKE_H
+#define SB_HANDSHAKE_H
+
+#include <stddef.h>
+#include "http.h"
+
+#define HANDSHAKE_ACCEPT_LEN 28 /* base64 of a 20-byte SHA-1 */
+
+/* Is this request asking for a WebSocket upgrade at all (an Upgrade header
+ * naming websocket)? Used to tell an upgrade from a plain GET. */
+int handshake_is_upgrade(const struct http_request *req);
+
+/* Validate an upgrade request. Returns 0 when it is a valid RFC 6455 opening
+ * handshake, else the HTTP status to answer, with *reason set to a short static
+ * text for the body:
+ *   400: method not GET, HTTP version below 1.1, no Host, Upgrade lacking the
+ *        token "websocket", Connection lacking the token "upgrade",
+ *        Sec-WebSocket-Key missing, repeated, or not base64 of exactly 16 bytes;
+ *   426: Sec-WebSocket-Version missing or not 13 (answer with
+ *        "Sec-WebSocket-Version: 13").
+ * On success *key / *key_len point at the key inside the request. */
+int handshake_validate(const struct http_request *req, const char **key, size_t *key_len,
+                       const char **reason);
+
+/* Sec-WebSocket-Accept for a key: base64(SHA-1(key + GUID)), NUL-terminated. */
+void handshake_accept_key(const char *key, size_t key_len, char out[HANDSHAKE_ACCEPT_LEN + 1]);
+
+/* Calls cb for each token of every Sec-WebSocket-Protocol header, in order,
+ * with surrounding whitespace trimmed and empty elements skipped. Returns the count. */
+size_t handshake_each_protocol(const struct http_request *req,
+                               void (*cb)(void *ud, const char *p, size_t len), void *ud);
+
+#endif
