@@ -31,7 +31,8 @@ int handshake_validate(const struct http_request *req, const char **key, size_t 
 void handshake_accept_key(const char *key, size_t key_len, char out[HANDSHAKE_ACCEPT_LEN + 1]);
 
 /* Calls cb for each token of every Sec-WebSocket-Protocol header, in order,
- * with surrounding whitespace trimmed and empty elements skipped. Returns the count. */
+ * with surrounding whitespace trimmed and empty elements skipped. Returns the count.
+ * cb may be NULL to count only. */
 size_t handshake_each_protocol(const struct http_request *req,
                                void (*cb)(void *ud, const char *p, size_t len), void *ud);
 

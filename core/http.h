@@ -20,6 +20,10 @@ struct http_header {
     size_t value_len;
 };
 
+/* Defaults used for a NULL limits struct or a field left 0. */
+#define HTTP_DEFAULT_MAX_HEADER_BYTES 8192
+#define HTTP_DEFAULT_MAX_HEADERS 100
+
 struct http_limits {
     size_t max_header_bytes; /* request line + headers + final CRLF; default 8192 */
     size_t max_headers;      /* header fields; default 100 */

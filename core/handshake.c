@@ -1,0 +1,161 @@
+/* handshake.c — RFC 6455 §4.2 opening handshake on the server side. */
+#include "handshake.h"
+
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+#define WS_KEY_LEN 24 /* base64 of 16 bytes: 22 characters and "==" */
+
+static int is_ows(char c) {
+    return c == ' ' || c == '\t';
+}
+
+static int b64val(char c) {
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+/* Is v the canonical base64 of exactly 16 bytes? The last character before
+ * "==" carries 2 bits of data and 4 bits that an encoder always leaves zero. */
+static int is_key(const char *v, size_t len) {
+    if (len != WS_KEY_LEN || v[22] != '=' || v[23] != '=')
+        return 0;
+    for (size_t i = 0; i < 22; i++)
+        if (b64val(v[i]) < 0)
+            return 0;
+    return (b64val(v[21]) & 0x0f) == 0;
+}
+
+static int name_is(const struct http_header *h, const char *name) {
+    size_t n = strlen(name);
+    if (h->name_len != n)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = h->name[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c + ('a' - 'A'));
+        if (c != name[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* How many headers are named `name` (lower-case); *first gets the first. */
+static size_t count_headers(const struct http_request *req, const char *name,
+                            const struct http_header **first) {
+    size_t n = 0;
+    *first = NULL;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        if (name_is(&req->headers[i], name)) {
+            if (n++ == 0)
+                *first = &req->headers[i];
+        }
+    }
+    return n;
+}
+
+int handshake_is_upgrade(const struct http_request *req) {
+    return http_header_has_token(req, "upgrade", "websocket");
+}
+
+int handshake_validate(const struct http_request *req, const char **key, size_t *key_len,
+                       const char **reason) {
+    const struct http_header *h;
+    if (req->method_len != 3 || memcmp(req->method, "GET", 3) != 0) {
+        *reason = "WebSocket upgrade needs GET";
+        return 400;
+    }
+    if (req->minor_version < 1) {
+        *reason = "WebSocket upgrade needs HTTP/1.1";
+        return 400;
+    }
+    if (count_headers(req, "host", &h) != 1 || h->value_len == 0) {
+        *reason = "Host header missing or repeated";
+        return 400;
+    }
+    if (!http_header_has_token(req, "upgrade", "websocket")) {
+        *reason = "Upgrade header must name websocket";
+        return 400;
+    }
+    if (!http_header_has_token(req, "connection", "upgrade")) {
+        *reason = "Connection header must name upgrade";
+        return 400;
+    }
+    if (count_headers(req, "sec-websocket-key", &h) != 1 || !is_key(h->value, h->value_len)) {
+        *reason = "Sec-WebSocket-Key missing, repeated or not 16 bytes of base64";
+        return 400;
+    }
+    const struct http_header *ver;
+    size_t nver = count_headers(req, "sec-websocket-version", &ver);
+    int ok = nver > 0;
+    for (size_t i = 0; ok && i < req->num_headers; i++) {
+        const struct http_header *v = &req->headers[i];
+        if (name_is(v, "sec-websocket-version") && (v->value_len != 2 || memcmp(v->value, "13", 2)))
+            ok = 0;
+    }
+    if (!ok) {
+        *reason = "Sec-WebSocket-Version must be 13";
+        return 426;
+    }
+    *key = h->value;
+    *key_len = h->value_len;
+    *reason = NULL;
+    return 0;
+}
+
+void handshake_accept_key(const char *key, size_t key_len, char out[HANDSHAKE_ACCEPT_LEN + 1]) {
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) &&
+             EVP_DigestUpdate(ctx, key, key_len) &&
+             EVP_DigestUpdate(ctx, WS_GUID, sizeof WS_GUID - 1) &&
+             EVP_DigestFinal_ex(ctx, md, &md_len) && md_len == 20;
+    EVP_MD_CTX_free(ctx);
+    if (!ok) {
+        /* Only an OpenSSL allocation failure gets here; an empty answer makes
+         * the client fail the handshake rather than trust a wrong key. */
+        out[0] = '\0';
+        return;
+    }
+    EVP_EncodeBlock((unsigned char *)out, md, 20); /* 28 characters and a NUL */
+}
+
+size_t handshake_each_protocol(const struct http_request *req,
+                               void (*cb)(void *ud, const char *p, size_t len), void *ud) {
+    size_t count = 0;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (!name_is(h, "sec-websocket-protocol"))
+            continue;
+        size_t j = 0, len = h->value_len;
+        const char *v = h->value;
+        while (j < len) {
+            size_t s = j;
+            while (j < len && v[j] != ',')
+                j++;
+            size_t e = j++;
+            while (s < e && is_ows(v[s]))
+                s++;
+            while (e > s && is_ows(v[e - 1]))
+                e--;
+            if (e > s) {
+                if (cb)
+                    cb(ud, v + s, e - s);
+                count++;
+            }
+        }
+    }
+    return count;
+}
