@@ -57,39 +57,49 @@ struct ws_decoder {
     /* state (private) */
     uint8_t hdr_have;     /* bytes of a partial frame header held in hdr[] */
     uint8_t in_frame;     /* a frame header has been decoded, payload pending */
-    uint8_t in_message;   /* a fragmented data message is open */
-    uint8_t msg_opcode;   /* opcode of the open message */
+    uint8_t in_message;   /* a fragmented data message is open (last data frame had FIN=0) */
+    uint8_t msg_opcode;   /* opcode of the current message */
     uint8_t msg_compressed;
     uint8_t fr_opcode, fr_fin, mask_off;
     uint8_t mask[4];
     uint8_t hdr[14];
-    uint32_t utf8_state;
+    uint8_t ctl_len;       /* bytes held in ctl[] */
+    int err;               /* sticky negative close code once feed failed, else 0 */
+    uint32_t utf8_state;   /* of the current text message's payload so far */
+    uint64_t fr_len;       /* payload length of the current frame */
     uint64_t fr_remaining; /* payload bytes of the current frame still to come */
-    uint8_t *msg;          /* reassembly buffer (owned; freed in ws_decoder_free) */
+    uint8_t *msg;          /* reassembly buffer (owned; freed when the message is
+                              delivered and in ws_decoder_free) */
     size_t msg_len, msg_cap;
-    uint8_t *ctl; /* partial control frame payload (owned), up to 125 bytes */
-    uint8_t ctl_len;
+    uint8_t *ctl; /* partial control frame payload (owned, 125 bytes), only while one is split */
     const char *error; /* short static reason for the last error */
 };
 
 /* Feed bytes received from the client. buf is modified (unmasked in place).
  * Returns the number of bytes consumed (== len unless a callback asked to
- * stop), or a negative close code (-1002, -1007, -1009) on a protocol
- * violation, with d->error set to a short reason. After an error the decoder
- * must not be fed again. Rules enforced: client frames must be masked; RSV
- * bits only as negotiated; no reserved opcodes; 64-bit lengths with the top
- * bit set are invalid; non-minimal length encodings are invalid; control
- * frames are <= 125 bytes and not fragmented; CONT only inside a message and a
- * new data frame not inside one; text must be valid UTF-8 (checked as bytes
- * arrive); close payloads: not 1 byte long, a valid code, UTF-8 reason;
- * messages longer than max_message -> 1009, detected from the frame header. */
+ * stop: then the bytes up to the end of that frame), or a negative close code
+ * (-1002, -1007, -1009) on a protocol violation, or -1011 when the reassembly
+ * buffer cannot be allocated, with d->error set to a short reason. After an
+ * error, feeding again returns the same code (it should not be fed again).
+ * A complete unfragmented data frame found whole in buf is delivered in place
+ * (zero copy); anything else is reassembled in d->msg, allocated as bytes
+ * arrive and freed when the message is delivered.
+ * Rules enforced: client frames must be masked; RSV bits only as negotiated;
+ * no reserved opcodes; 64-bit lengths with the top bit set are invalid;
+ * non-minimal length encodings are invalid; control frames are <= 125 bytes
+ * and not fragmented; CONT only inside a message and a new data frame not
+ * inside one; text must be valid UTF-8 (checked as bytes arrive); close
+ * payloads: not 1 byte long, a valid code, UTF-8 reason; messages longer than
+ * max_message -> 1009, detected from the frame header. */
 ssize_t ws_decoder_feed(struct ws_decoder *d, uint8_t *buf, size_t len,
                         const struct ws_decoder_cb *cb, void *ud);
 
 /* Release the decoder's buffers; it may be reused after zeroing its state. */
 void ws_decoder_free(struct ws_decoder *d);
 
-/* Is `code` valid on the wire in a close frame (1000-1003, 1007-1011, 3000-4999)? */
+/* Is `code` valid on the wire in a close frame (1000-1003, 1007-1014, 3000-4999)?
+ * 1012-1014 (service restart, try again later, bad gateway) are in the IANA
+ * registry and sent by real servers and proxies, so they are accepted. */
 int ws_close_code_valid(unsigned code);
 
 /* Parse a close payload. Returns 0 and sets *code (1005 when empty), *reason and

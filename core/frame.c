@@ -1,0 +1,379 @@
+/* frame.c — RFC 6455 §5 frame codec. See frame.h for the contract. */
+#include "frame.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "utf8.h"
+
+#define CTL_MAX 125
+#define MSG_MIN_CAP 256
+
+static const uint8_t empty_payload[1];
+
+static ssize_t fail(struct ws_decoder *d, int code, const char *why) {
+    d->err = -code;
+    d->error = why;
+    return d->err;
+}
+
+static int is_control(unsigned opcode) {
+    return opcode & 0x8;
+}
+
+/* Header length (2 + extended length + 4 mask bytes) from its second byte.
+ * Only called once the mask bit is known to be set. */
+static size_t header_size(uint8_t b1) {
+    uint8_t l = b1 & 0x7f;
+    return 6 + (l == 126 ? 2 : l == 127 ? 8 : 0);
+}
+
+/* Checks everything the first two header bytes can tell: returns 0 or a
+ * close code, with *why set. */
+static int check_start(const struct ws_decoder *d, uint8_t b0, uint8_t b1, const char **why) {
+    unsigned op = b0 & 0x0f, fin = b0 & 0x80, rsv1 = b0 & 0x40;
+    if (b0 & 0x30) {
+        *why = "RSV2/RSV3 set";
+        return WS_CLOSE_PROTOCOL;
+    }
+    if ((op > WS_OP_BINARY && op < WS_OP_CLOSE) || op > WS_OP_PONG) {
+        *why = "reserved opcode";
+        return WS_CLOSE_PROTOCOL;
+    }
+    if (!(b1 & 0x80)) {
+        *why = "client frame not masked";
+        return WS_CLOSE_PROTOCOL;
+    }
+    if (is_control(op)) {
+        if (!fin) {
+            *why = "fragmented control frame";
+            return WS_CLOSE_PROTOCOL;
+        }
+        if ((b1 & 0x7f) > CTL_MAX) {
+            *why = "control frame payload over 125 bytes";
+            return WS_CLOSE_PROTOCOL;
+        }
+        if (rsv1) {
+            *why = "RSV1 set on a control frame";
+            return WS_CLOSE_PROTOCOL;
+        }
+    } else if (op == WS_OP_CONT) {
+        if (!d->in_message) {
+            *why = "continuation frame without a message";
+            return WS_CLOSE_PROTOCOL;
+        }
+        if (rsv1) {
+            *why = "RSV1 set on a continuation frame";
+            return WS_CLOSE_PROTOCOL;
+        }
+    } else {
+        if (d->in_message) {
+            *why = "new data frame inside a fragmented message";
+            return WS_CLOSE_PROTOCOL;
+        }
+        if (rsv1 && !d->rsv1_ok) {
+            *why = "RSV1 set without a negotiated extension";
+            return WS_CLOSE_PROTOCOL;
+        }
+    }
+    return 0;
+}
+
+/* Decodes a complete header h (hs bytes) and enters the frame. Returns 0 or a
+ * negative close code (d->err set). */
+static ssize_t start_frame(struct ws_decoder *d, const uint8_t *h, size_t hs) {
+    const char *why = NULL;
+    int rc = check_start(d, h[0], h[1], &why);
+    if (rc)
+        return fail(d, rc, why);
+    uint64_t len = h[1] & 0x7f;
+    if (len == 126) {
+        len = (uint64_t)h[2] << 8 | h[3];
+        if (len < 126)
+            return fail(d, WS_CLOSE_PROTOCOL, "non-minimal 16-bit length");
+    } else if (len == 127) {
+        len = 0;
+        for (int i = 2; i < 10; i++)
+            len = len << 8 | h[i];
+        if (len >> 63)
+            return fail(d, WS_CLOSE_PROTOCOL, "64-bit length with the top bit set");
+        if (len < 65536)
+            return fail(d, WS_CLOSE_PROTOCOL, "non-minimal 64-bit length");
+    }
+    unsigned op = h[0] & 0x0f;
+    if (!is_control(op)) {
+        /* msg_len is what previous fragments brought (0 on a first frame);
+         * msg_len <= max_message holds, so the subtraction cannot wrap. */
+        if (d->max_message && len > d->max_message - d->msg_len)
+            return fail(d, WS_CLOSE_TOO_BIG, "message longer than max_message");
+        if (len > SIZE_MAX - d->msg_len)
+            return fail(d, WS_CLOSE_TOO_BIG, "message longer than memory");
+        if (op != WS_OP_CONT) {
+            d->msg_opcode = (uint8_t)op;
+            d->msg_compressed = (h[0] & 0x40) != 0;
+            d->utf8_state = UTF8_ACCEPT;
+        }
+        d->in_message = !(h[0] & 0x80);
+    }
+    d->fr_opcode = (uint8_t)op;
+    d->fr_fin = (h[0] & 0x80) != 0;
+    memcpy(d->mask, h + hs - 4, 4);
+    d->mask_off = 0;
+    d->fr_len = d->fr_remaining = len;
+    d->in_frame = 1;
+    return 0;
+}
+
+static int check_text(const struct ws_decoder *d) {
+    return d->msg_opcode == WS_OP_TEXT && !d->msg_compressed;
+}
+
+/* Makes room for n more bytes in the reassembly buffer. Doubling, but never
+ * past what the final frame announced nor past max_message. */
+static int msg_reserve(struct ws_decoder *d, size_t n) {
+    size_t need = d->msg_len + n; /* no overflow: checked against the header */
+    if (need <= d->msg_cap)
+        return 0;
+    size_t cap = d->msg_cap ? d->msg_cap * 2 : MSG_MIN_CAP;
+    if (cap < d->msg_cap || cap < need)
+        cap = need;
+    if (d->fr_fin && !d->in_message) {
+        size_t total = d->msg_len + (size_t)d->fr_remaining;
+        if (cap > total)
+            cap = total;
+    }
+    if (d->max_message && cap > d->max_message)
+        cap = (size_t)d->max_message;
+    uint8_t *p = realloc(d->msg, cap);
+    if (!p)
+        return -1;
+    d->msg = p;
+    d->msg_cap = cap;
+    return 0;
+}
+
+static void msg_release(struct ws_decoder *d) {
+    free(d->msg);
+    d->msg = NULL;
+    d->msg_len = d->msg_cap = 0;
+}
+
+/* Validates a complete control payload and hands it over. Returns the
+ * callback's answer, or a negative close code. */
+static ssize_t deliver_control(struct ws_decoder *d, uint8_t *p, size_t n,
+                               const struct ws_decoder_cb *cb, void *ud) {
+    if (d->fr_opcode == WS_OP_CLOSE) {
+        unsigned code;
+        const char *reason;
+        size_t rlen;
+        int rc = ws_close_parse(p, n, &code, &reason, &rlen);
+        if (rc == -WS_CLOSE_INVALID_DATA)
+            return fail(d, WS_CLOSE_INVALID_DATA, "close reason is not UTF-8");
+        if (rc)
+            return fail(d, WS_CLOSE_PROTOCOL,
+                        n == 1 ? "1-byte close payload" : "invalid close code");
+    }
+    return cb->control ? cb->control(ud, d->fr_opcode, p, n) != 0 : 0;
+}
+
+ssize_t ws_decoder_feed(struct ws_decoder *d, uint8_t *buf, size_t len,
+                        const struct ws_decoder_cb *cb, void *ud) {
+    size_t pos = 0;
+    ssize_t rc;
+    if (d->err)
+        return d->err;
+    for (;;) {
+        if (!d->in_frame) {
+            if (pos == len)
+                break;
+            size_t avail = len - pos, hs;
+            const uint8_t *h;
+            if (d->hdr_have == 0 && avail >= 2 && (buf[pos + 1] & 0x80) &&
+                avail >= (hs = header_size(buf[pos + 1]))) {
+                h = buf + pos; /* common case: the whole header is here */
+                pos += hs;
+            } else {
+                size_t need = d->hdr_have < 2 ? 2 : header_size(d->hdr[1]);
+                while (d->hdr_have < need && pos < len) {
+                    d->hdr[d->hdr_have++] = buf[pos++];
+                    if (d->hdr_have == 2) {
+                        /* fail on a bad first two bytes without waiting */
+                        const char *why = NULL;
+                        int code = check_start(d, d->hdr[0], d->hdr[1], &why);
+                        if (code)
+                            return fail(d, code, why);
+                        need = header_size(d->hdr[1]);
+                    }
+                }
+                if (d->hdr_have < need)
+                    break;
+                h = d->hdr;
+                hs = need;
+                d->hdr_have = 0;
+            }
+            if ((rc = start_frame(d, h, hs)))
+                return rc;
+        }
+
+        size_t avail = len - pos;
+        size_t n = avail < d->fr_remaining ? avail : (size_t)d->fr_remaining;
+        uint8_t *p = buf + pos;
+
+        if (is_control(d->fr_opcode)) {
+            if (d->ctl_len == 0 && n == d->fr_len) {
+                ws_mask(p, n, d->mask, 0); /* whole: in place */
+                pos += n;
+            } else {
+                if (!d->ctl && !(d->ctl = malloc(CTL_MAX)))
+                    return fail(d, WS_CLOSE_INTERNAL, "out of memory");
+                memcpy(d->ctl + d->ctl_len, p, n);
+                ws_mask(d->ctl + d->ctl_len, n, d->mask, d->mask_off);
+                d->mask_off = (uint8_t)((d->mask_off + n) & 3);
+                d->ctl_len = (uint8_t)(d->ctl_len + n);
+                pos += n;
+                d->fr_remaining -= n;
+                if (d->fr_remaining)
+                    break;
+                p = d->ctl;
+                n = d->ctl_len;
+            }
+            d->fr_remaining = 0;
+            d->in_frame = 0;
+            rc = deliver_control(d, p, n, cb, ud);
+            free(d->ctl);
+            d->ctl = NULL;
+            d->ctl_len = 0;
+            if (rc < 0)
+                return rc;
+            if (rc)
+                return (ssize_t)pos;
+            continue;
+        }
+
+        if (d->fr_fin && d->fr_opcode != WS_OP_CONT && n == d->fr_len) {
+            /* A whole unfragmented message in buf: unmask in place, no copy. */
+            ws_mask(p, n, d->mask, 0);
+            if (check_text(d)) {
+                uint32_t st = utf8_validate(UTF8_ACCEPT, p, n);
+                if (st == UTF8_REJECT)
+                    return fail(d, WS_CLOSE_INVALID_DATA, "text is not UTF-8");
+                if (st != UTF8_ACCEPT)
+                    return fail(d, WS_CLOSE_INVALID_DATA, "text ends inside a UTF-8 sequence");
+            }
+            pos += n;
+            d->fr_remaining = 0;
+            d->in_frame = 0;
+            if (cb->message &&
+                cb->message(ud, d->msg_opcode, n ? p : (uint8_t *)empty_payload, n,
+                            d->msg_compressed))
+                return (ssize_t)pos;
+            continue;
+        }
+
+        if (n) {
+            if (msg_reserve(d, n))
+                return fail(d, WS_CLOSE_INTERNAL, "out of memory");
+            uint8_t *dst = d->msg + d->msg_len;
+            memcpy(dst, p, n);
+            ws_mask(dst, n, d->mask, d->mask_off);
+            d->mask_off = (uint8_t)((d->mask_off + n) & 3);
+            if (check_text(d)) {
+                d->utf8_state = utf8_validate(d->utf8_state, dst, n);
+                if (d->utf8_state == UTF8_REJECT)
+                    return fail(d, WS_CLOSE_INVALID_DATA, "text is not UTF-8");
+            }
+            d->msg_len += n;
+            pos += n;
+            d->fr_remaining -= n;
+        }
+        if (d->fr_remaining)
+            break;
+        d->in_frame = 0;
+        if (!d->fr_fin)
+            continue;
+        if (check_text(d) && d->utf8_state != UTF8_ACCEPT)
+            return fail(d, WS_CLOSE_INVALID_DATA, "text ends inside a UTF-8 sequence");
+        int stop = cb->message &&
+                   cb->message(ud, d->msg_opcode,
+                               d->msg ? d->msg : (uint8_t *)empty_payload, d->msg_len,
+                               d->msg_compressed);
+        msg_release(d);
+        if (stop)
+            return (ssize_t)pos;
+    }
+    return (ssize_t)pos;
+}
+
+void ws_decoder_free(struct ws_decoder *d) {
+    msg_release(d);
+    free(d->ctl);
+    d->ctl = NULL;
+    d->ctl_len = 0;
+}
+
+/* 1004-1006 and 1015 are reserved for local use and never sent; 1012-1014
+ * are registered with IANA (service restart, try again later, bad gateway)
+ * and sent by real servers, so a client echoing them is not failed for it.
+ * 1016-2999 are reserved for future RFCs: invalid until one defines them. */
+int ws_close_code_valid(unsigned code) {
+    return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+           (code >= 3000 && code <= 4999);
+}
+
+int ws_close_parse(const uint8_t *p, size_t len, unsigned *code, const char **reason,
+                   size_t *reason_len) {
+    if (len == 0) {
+        *code = WS_CLOSE_NO_STATUS;
+        *reason = "";
+        *reason_len = 0;
+        return 0;
+    }
+    if (len == 1)
+        return -WS_CLOSE_PROTOCOL;
+    unsigned c = (unsigned)p[0] << 8 | p[1];
+    if (!ws_close_code_valid(c))
+        return -WS_CLOSE_PROTOCOL;
+    if (utf8_validate(UTF8_ACCEPT, p + 2, len - 2) != UTF8_ACCEPT)
+        return -WS_CLOSE_INVALID_DATA;
+    *code = c;
+    *reason = (const char *)(p + 2);
+    *reason_len = len - 2;
+    return 0;
+}
+
+size_t ws_frame_header(uint8_t out[10], int opcode, int fin, int rsv1, uint64_t len) {
+    out[0] = (uint8_t)((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (opcode & 0x0f));
+    if (len < 126) {
+        out[1] = (uint8_t)len;
+        return 2;
+    }
+    if (len <= 0xffff) {
+        out[1] = 126;
+        out[2] = (uint8_t)(len >> 8);
+        out[3] = (uint8_t)len;
+        return 4;
+    }
+    out[1] = 127;
+    for (int i = 0; i < 8; i++)
+        out[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+    return 10;
+}
+
+/* XOR 8 bytes per step with the key repeated in byte order (memcpy keeps it
+ * endian-neutral and alignment-safe); the compiler vectorises the loop. */
+void ws_mask(uint8_t *p, size_t len, const uint8_t mask[4], unsigned off) {
+    uint8_t k[8];
+    for (unsigned i = 0; i < 8; i++)
+        k[i] = mask[(off + i) & 3];
+    uint64_t key;
+    memcpy(&key, k, 8);
+    size_t i = 0;
+    for (; len - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        w ^= key;
+        memcpy(p + i, &w, 8);
+    }
+    for (; i < len; i++)
+        p[i] ^= k[i & 7];
+}
