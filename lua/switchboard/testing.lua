@@ -1,0 +1,758 @@
+-- switchboard.testing: drive route scripts from busted specs without a server.
+--
+--   local t = require "switchboard.testing"
+--   local app = t.app("scripts")             -- app directory: lib/ is on require's path
+--   local route = app:load("chat")           -- scripts/chat.lua, answering /chat
+--   local c = route:connect{ query = { nick = "ann" } }   -- upgrade(req), then open(ws)
+--   c:message('{"type":"hello"}')            -- the peer sends a text message
+--   assert.equal(1, #c.sent)                 -- what the script sent: { data =, binary = }
+--   t.clock:advance(5)                       -- fire the timers due in the next 5 s
+--   c:close(1000)                            -- the peer closes: close(ws, 1000, "")
+--
+-- The script gets a fake `switchboard` module from require "switchboard" that implements
+-- the whole contract of DESIGN.md ("Apps and routes") with the server's semantics:
+-- misuse raises in Lua style, a handler that raises is recorded in route.errors and its
+-- connection is closed with 1011, a ws used after its connection closed raises.
+local cjson = require "cjson"
+
+local testing = {}
+
+-- Argument checks, worded like lauxlib's so specs see what the server would say.
+
+local THIS = debug.getinfo(1, "S").source
+
+-- Raises `msg` at the first caller outside this file, so the position is the script's.
+local function raise(msg)
+    local level = 2
+    while true do
+        local info = debug.getinfo(level, "S")
+        if not info or info.source ~= THIS then break end
+        level = level + 1
+    end
+    error(msg, level)
+end
+
+local function argerror(fname, n, msg)
+    raise(("bad argument #%d to '%s' (%s)"):format(n, fname, msg))
+end
+
+local function typename(v)
+    if v == nil then return "nil" end
+    return type(v)
+end
+
+local function check_string(fname, n, v)
+    local tv = type(v)
+    if tv == "number" then return tostring(v) end
+    if tv ~= "string" then argerror(fname, n, "string expected, got " .. typename(v)) end
+    return v
+end
+
+local function opt_string(fname, n, v, default)
+    if v == nil then return default end
+    return check_string(fname, n, v)
+end
+
+local function check_number(fname, n, v)
+    if type(v) ~= "number" then argerror(fname, n, "number expected, got " .. typename(v)) end
+    return v
+end
+
+local function check_function(fname, n, v)
+    if type(v) ~= "function" then argerror(fname, n, "function expected, got " .. typename(v)) end
+    return v
+end
+
+local function check_topic(fname, n, v)
+    v = check_string(fname, n, v)
+    if v == "" then argerror(fname, n, "topic must not be empty") end
+    return v
+end
+
+-- Close codes a server may put on the wire (RFC 6455 §7.4).
+local function valid_close_code(code)
+    return code == 1000 or code == 1001 or code == 1002 or code == 1003
+        or (code >= 1007 and code <= 1011) or (code >= 3000 and code <= 4999)
+end
+
+local function copy(t)
+    local r = {}
+    for k, v in pairs(t or {}) do r[k] = v end
+    return r
+end
+
+local function unescape(s)
+    s = s:gsub("+", " ")
+    return (s:gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end))
+end
+
+-- "a=1&b=2&a=3" -> { a = { "1", "3" }, b = "2" }: a repeated key gives a list.
+local function parse_query(q)
+    if type(q) == "table" then return copy(q) end
+    local r = {}
+    for pair in tostring(q or ""):gmatch("[^&]+") do
+        local k, v = pair:match("^([^=]*)=?(.*)$")
+        k, v = unescape(k), unescape(v)
+        local old = r[k]
+        if old == nil then
+            r[k] = v
+        elseif type(old) == "table" then
+            old[#old + 1] = v
+        else
+            r[k] = { old, v }
+        end
+    end
+    return r
+end
+
+local function lower_headers(h)
+    local r = {}
+    for k, v in pairs(h or {}) do r[tostring(k):lower()] = v end
+    return r
+end
+
+-- The fake clock: monotonic seconds, moved only by advance(). Each app owns one;
+-- testing.clock is the clock of the app created last.
+
+local Clock = {}
+Clock.__index = Clock
+
+local function new_clock()
+    return setmetatable({ now = 0, timers = {}, seq = 0 }, Clock)
+end
+
+-- Fires every timer due within `seconds`, earliest first (creation order breaks ties),
+-- with now() reading each timer's due time while it runs. Returns how many fired.
+function Clock:advance(seconds)
+    seconds = check_number("advance", 1, seconds)
+    if seconds < 0 then argerror("advance", 1, "seconds must not be negative") end
+    local target = self.now + seconds
+    local fired = 0
+    while true do
+        local next_timer
+        for tm in pairs(self.timers) do
+            if tm.due <= target and (not next_timer or tm.due < next_timer.due
+                    or (tm.due == next_timer.due and tm.seq < next_timer.seq)) then
+                next_timer = tm
+            end
+        end
+        if not next_timer then break end
+        self.now = math.max(self.now, next_timer.due)
+        if next_timer.interval then
+            next_timer.due = next_timer.due + next_timer.interval
+            self.seq = self.seq + 1
+            next_timer.seq = self.seq
+        else
+            self.timers[next_timer] = nil
+        end
+        fired = fired + 1
+        next_timer.fire()
+    end
+    self.now = target
+    return fired
+end
+
+-- How many timers are pending.
+function Clock:pending()
+    local n = 0
+    for _ in pairs(self.timers) do n = n + 1 end
+    return n
+end
+
+local current_clock
+testing.clock = setmetatable({}, {
+    __index = function(_, k)
+        if not current_clock then raise("switchboard.testing: no app yet (call testing.app first)") end
+        local v = current_clock[k]
+        if type(v) == "function" then
+            return function(_, ...) return v(current_clock, ...) end
+        end
+        return v
+    end,
+})
+
+local next_ws_id = 0
+
+-- The ws a script sees. Fields are read-only (state belongs in ws.data); methods check
+-- their arguments and the connection's state: "open", "closing" (send returns false,
+-- nothing more is delivered) or "closed" (every method raises).
+
+local WS_FIELDS = { id = true, data = true, path = true, query = true, headers = true,
+    remote = true, protocol = true }
+local ws_methods = {}
+local ws_conn = setmetatable({}, { __mode = "k" }) -- ws -> its connection (harness side)
+
+local ws_mt = {
+    __name = "ws",
+    __index = function(ws, k)
+        if WS_FIELDS[k] then return ws_conn[ws].fields[k] end
+        return ws_methods[k]
+    end,
+    __newindex = function(_, k)
+        raise(("ws.%s is read-only (keep per-connection state in ws.data)"):format(tostring(k)))
+    end,
+    __tostring = function(ws) return ("ws: %d"):format(ws_conn[ws].fields.id) end,
+}
+
+local function check_ws(fname, ws, allow_closed)
+    local conn = ws_conn[ws]
+    if getmetatable(ws) ~= ws_mt or not conn then
+        raise(("calling '%s' on bad self (ws expected, got %s)"):format(fname, typename(ws)))
+    end
+    if conn.state == "closed" and not allow_closed then
+        raise(("calling '%s' on bad self (ws is closed)"):format(fname))
+    end
+    return conn
+end
+
+function ws_methods.send(ws, msg, binary)
+    local conn = check_ws("send", ws)
+    msg = check_string("send", 1, msg)
+    if conn.state ~= "open" then return false end
+    conn.client.sent[#conn.client.sent + 1] = { data = msg, binary = binary and true or false }
+    return not conn.client.pressured
+end
+
+function ws_methods.close(ws, code, reason)
+    local conn = check_ws("close", ws)
+    if code ~= nil then
+        code = check_number("close", 1, code)
+        if math.type(code) ~= "integer" and code ~= math.floor(code) or not valid_close_code(code) then
+            argerror("close", 1, "invalid close code " .. tostring(code))
+        end
+        code = math.tointeger(code)
+    end
+    reason = opt_string("close", 2, reason, "")
+    if #reason > 123 then argerror("close", 2, "reason longer than 123 bytes") end
+    if conn.state ~= "open" then return end
+    conn.state = "closing"
+    conn.client.closed = { code = code or 1000, reason = reason }
+    conn.app.pending_closes[#conn.app.pending_closes + 1] = conn
+end
+
+function ws_methods.ping(ws, data)
+    local conn = check_ws("ping", ws)
+    data = opt_string("ping", 1, data, "")
+    if #data > 125 then argerror("ping", 1, "data longer than 125 bytes") end
+    if conn.state == "open" then conn.client.pings[#conn.client.pings + 1] = data end
+end
+
+function ws_methods.subscribe(ws, topic)
+    local conn = check_ws("subscribe", ws)
+    topic = check_topic("subscribe", 1, topic)
+    if conn.state ~= "open" then return end
+    conn.app:_subscribe(conn, topic)
+end
+
+function ws_methods.unsubscribe(ws, topic)
+    local conn = check_ws("unsubscribe", ws)
+    topic = check_topic("unsubscribe", 1, topic)
+    conn.app:_unsubscribe(conn, topic)
+end
+
+function ws_methods.publish(ws, topic, msg, binary)
+    local conn = check_ws("publish", ws)
+    topic = check_topic("publish", 1, topic)
+    msg = check_string("publish", 2, msg)
+    conn.app:_publish(topic, msg, binary, conn)
+end
+
+function ws_methods.buffered(ws)
+    local conn = check_ws("buffered", ws)
+    return conn.client.buffered
+end
+
+-- The harness side of a connection, returned by route:connect.
+
+local Client = {}
+Client.__index = Client
+
+local function check_client(c, fname)
+    if getmetatable(c) ~= Client then
+        raise(("calling '%s' on bad self (client expected, got %s)"):format(fname, typename(c)))
+    end
+    if c._conn.state == "closed" then
+        raise(("calling '%s' on bad self (the connection is closed)"):format(fname))
+    end
+end
+
+-- The peer sends a message: message(ws, msg, binary). Invalid UTF-8 in a text message
+-- closes the connection with 1007 instead, as the server does.
+function Client:message(data, binary)
+    check_client(self, "message")
+    data = check_string("message", 1, data)
+    local conn = self._conn
+    if conn.state ~= "open" then return end
+    if not binary and not utf8.len(data) then
+        self.closed = { code = 1007, reason = "invalid UTF-8" }
+        conn.state = "closing"
+        conn.app.pending_closes[#conn.app.pending_closes + 1] = conn
+        conn.app:_settle()
+        return
+    end
+    conn.route:_dispatch(conn, "message", conn.ws, data, binary and true or false)
+    conn.app:_settle()
+end
+
+-- The peer closes: close(ws, code, reason). No code means 1005 (no status received).
+function Client:close(code, reason)
+    check_client(self, "close")
+    if code ~= nil then
+        code = check_number("close", 1, code)
+        if not valid_close_code(code) then argerror("close", 1, "invalid close code " .. tostring(code)) end
+    end
+    reason = opt_string("close", 2, reason, "")
+    local conn = self._conn
+    if conn.state == "open" then
+        conn.state = "closing"
+        conn.peer_close = { code = code or 1005, reason = reason }
+        conn.app.pending_closes[#conn.app.pending_closes + 1] = conn
+    end
+    conn.app:_settle()
+end
+
+-- The peer vanishes without a close frame: close(ws, 1006, "").
+function Client:drop()
+    check_client(self, "drop")
+    local conn = self._conn
+    if conn.state == "open" then
+        conn.state = "closing"
+        conn.peer_close = { code = 1006, reason = "" }
+        conn.app.pending_closes[#conn.app.pending_closes + 1] = conn
+    end
+    conn.app:_settle()
+end
+
+-- Simulates a slow reader: buffered() reports `bytes` and send() returns false
+-- (the message is still queued, so it is still recorded in sent).
+function Client:pressure(bytes)
+    check_client(self, "pressure")
+    self.buffered = check_number("pressure", 1, bytes)
+    self.pressured = true
+end
+
+-- The queue fell below its low-water mark: buffered() is 0 again and drain(ws) runs.
+function Client:drain()
+    check_client(self, "drain")
+    self.buffered, self.pressured = 0, false
+    self._conn.route:_dispatch(self._conn, "drain", self._conn.ws)
+    self._conn.app:_settle()
+end
+
+-- The text messages sent so far, decoded as JSON (binary ones are skipped).
+function Client:json()
+    local r = {}
+    for _, m in ipairs(self.sent) do
+        if not m.binary then r[#r + 1] = cjson.decode(m.data) end
+    end
+    return r
+end
+
+-- Forgets what was sent so far; returns it.
+function Client:clear()
+    local sent = self.sent
+    self.sent = {}
+    return sent
+end
+
+function Client:is_open()
+    return self._conn.state == "open"
+end
+
+-- Routes: one loaded script, its handlers swapped by reload().
+
+local Route = {}
+Route.__index = Route
+
+local function route_path(name)
+    local p = "/" .. name
+    p = p:gsub("/index$", "")
+    return p == "" and "/" or p
+end
+
+-- Calls handler `name` with xpcall. A raising handler is recorded in route.errors and
+-- logged; returns ok, results... like pcall.
+function Route:_call(name, fn, ...)
+    local app = self.app
+    local prev = app.current
+    app.current = self.version
+    local res = table.pack(xpcall(fn, debug.traceback, ...))
+    app.current = prev
+    if not res[1] then
+        local err = { handler = name, message = tostring(res[2]):match("^[^\n]*"), traceback = tostring(res[2]) }
+        self.errors[#self.errors + 1] = err
+        app:_log("error", self.name, ("%s handler failed: %s"):format(name, err.traceback))
+        if app.strict then error(("%s: %s handler raised: %s"):format(self.name, name, err.traceback), 0) end
+    end
+    return table.unpack(res, 1, res.n)
+end
+
+-- Records a handler's invalid answer as that handler's error.
+function Route:_fail(handler, msg)
+    self.errors[#self.errors + 1] = { handler = handler, message = msg, traceback = msg }
+    self.app:_log("error", self.name, ("%s handler failed: %s"):format(handler, msg))
+    if self.app.strict then error(("%s: %s"):format(self.name, msg), 0) end
+end
+
+-- Runs an event handler of an open connection; a raising handler closes it with 1011.
+function Route:_dispatch(conn, name, ...)
+    local fn = self.handlers[name]
+    if fn == nil then return true end
+    local ok = self:_call(name, fn, ...)
+    if not ok and conn.state == "open" then
+        conn.state = "closing"
+        conn.client.closed = { code = 1011, reason = "" }
+        self.app.pending_closes[#self.app.pending_closes + 1] = conn
+    end
+    return ok
+end
+
+local function check_handlers(t, source)
+    if type(t) ~= "table" then
+        return nil, ("%s: a route script must return a table of handlers, got %s"):format(source, type(t))
+    end
+    for k, v in pairs(t) do
+        if type(v) ~= "function" and (k == "upgrade" or k == "open" or k == "message" or k == "close"
+                or k == "drain" or k == "request") then
+            return nil, ("%s: handler '%s' must be a function, got %s"):format(source, k, type(v))
+        end
+    end
+    return t
+end
+
+-- Loads (or reloads) the script: compiled and run in a fresh environment.
+function Route:_run()
+    local app = self.app
+    local chunk, err = loadfile(self.file, "t", app:_env())
+    if not chunk then return nil, err end
+    local version = { route = self }
+    local prev = app.current
+    app.current = version
+    local ok, res = xpcall(chunk, debug.traceback)
+    app.current = prev
+    if not ok then return nil, res end
+    local handlers, herr = check_handlers(res, self.file)
+    if not handlers then return nil, herr end
+    return handlers, version
+end
+
+-- Re-runs the script as the server's hot reload does: on success the handlers are
+-- swapped, open connections keep their ws.data and the old version's timers are
+-- cancelled. On failure returns nil, err and the previous version keeps serving.
+function Route:reload()
+    local handlers, version = self:_run()
+    if not handlers then
+        self.app:_log("error", self.name, "reload failed: " .. tostring(version))
+        return nil, version
+    end
+    self.app:_cancel_timers(self.version)
+    self.handlers, self.version = handlers, version
+    return true
+end
+
+-- Opens a fake connection: upgrade(req) and then open(ws). Returns the client, or
+-- nil, status, body when upgrade refused it (500 when upgrade raised).
+-- opts: query (table or string), headers, protocols (list), remote, path.
+function Route:connect(opts)
+    opts = opts or {}
+    local app = self.app
+    local headers = lower_headers(opts.headers)
+    local protocols = copy(opts.protocols)
+    headers.host = headers.host or "localhost"
+    headers.upgrade, headers.connection = "websocket", "Upgrade"
+    headers["sec-websocket-version"] = "13"
+    headers["sec-websocket-key"] = headers["sec-websocket-key"] or "dGhlIHNhbXBsZSBub25jZQ=="
+    if #protocols > 0 then headers["sec-websocket-protocol"] = table.concat(protocols, ", ") end
+    local req = {
+        method = "GET", path = opts.path or self.path, query = parse_query(opts.query),
+        headers = headers, remote = opts.remote or "127.0.0.1:40000", protocols = protocols,
+    }
+    local protocol, resp_headers = nil, {}
+    local up = self.handlers.upgrade
+    if up then
+        local ok, accept, arg2, arg3 = self:_call("upgrade", up, req)
+        app:_settle()
+        if not ok then return nil, 500, "Internal Server Error" end
+        if accept == false then return nil, arg2 or 403, arg3 end
+        if accept ~= true then
+            local msg = ("upgrade must return true or false, got %s"):format(typename(accept))
+            self:_fail("upgrade", msg)
+            return nil, 500, "Internal Server Error"
+        end
+        if arg2 ~= nil then
+            if type(arg2) ~= "table" then
+                local msg = "upgrade's second result must be a table, got " .. type(arg2)
+                self:_fail("upgrade", msg)
+                return nil, 500, "Internal Server Error"
+            end
+            protocol, resp_headers = arg2.protocol, copy(arg2.headers)
+            if protocol ~= nil then
+                local offered = false
+                for _, p in ipairs(protocols) do offered = offered or p == protocol end
+                if not offered then
+                    local msg = ("upgrade chose protocol %q, which the client did not offer"):format(tostring(protocol))
+                    self:_fail("upgrade", msg)
+                    return nil, 500, "Internal Server Error"
+                end
+            end
+        end
+    end
+    next_ws_id = next_ws_id + 1
+    local client = setmetatable({ sent = {}, pings = {}, closed = nil, buffered = 0, pressured = false,
+        protocol = protocol, response_headers = resp_headers }, Client)
+    local ws = setmetatable({}, ws_mt)
+    local conn = {
+        app = app, route = self, client = client, ws = ws, state = "open", topics = {},
+        fields = { id = next_ws_id, data = {}, path = req.path, query = req.query, headers = req.headers,
+            remote = req.remote, protocol = protocol },
+    }
+    ws_conn[ws] = conn
+    client._conn, client.ws, client.data, client.id = conn, ws, conn.fields.data, next_ws_id
+    app.conns[conn] = true
+    self:_dispatch(conn, "open", ws)
+    app:_settle()
+    return client
+end
+
+-- Plain HTTP on the route: request(req). Returns { status =, headers =, body = };
+-- 500 when the handler raises or answers something that is not a response,
+-- 426 when the route has no request handler.
+function Route:request(opts)
+    opts = opts or {}
+    local fn = self.handlers.request
+    if not fn then
+        return { status = 426, headers = { ["content-type"] = "text/plain" }, body = "Upgrade Required" }
+    end
+    local req = {
+        method = opts.method or "GET", path = opts.path or self.path, query = parse_query(opts.query),
+        headers = lower_headers(opts.headers), remote = opts.remote or "127.0.0.1:40000",
+        protocols = {}, body = opts.body or "",
+    }
+    local ok, resp = self:_call("request", fn, req)
+    self.app:_settle()
+    local bad
+    if ok and type(resp) ~= "table" then
+        bad = "request must return a table, got " .. type(resp)
+    elseif ok and resp.status ~= nil and math.type(resp.status) ~= "integer" then
+        bad = "response status must be an integer"
+    elseif ok and resp.body ~= nil and type(resp.body) ~= "string" then
+        bad = "response body must be a string, got " .. type(resp.body)
+    end
+    if bad then self:_fail("request", bad) end
+    if not ok or bad then
+        return { status = 500, headers = { ["content-type"] = "text/plain" }, body = "Internal Server Error" }
+    end
+    return { status = resp.status or 200, headers = copy(resp.headers), body = resp.body or "" }
+end
+
+-- Apps: one directory, its routes, and the state the server keeps per app.
+
+local App = {}
+App.__index = App
+
+function App:_log(level, source, msg)
+    self.logs[#self.logs + 1] = { level = level, route = source, message = msg }
+end
+
+function App:_subscribe(conn, topic)
+    local subs = self.topics[topic]
+    if not subs then
+        subs = { n = 0, list = {} }
+        self.topics[topic] = subs
+    end
+    if not conn.topics[topic] then
+        conn.topics[topic] = true
+        subs.n = subs.n + 1
+        subs.list[#subs.list + 1] = conn
+    end
+end
+
+function App:_unsubscribe(conn, topic)
+    if not conn.topics[topic] then return end
+    conn.topics[topic] = nil
+    local subs = self.topics[topic]
+    for i, c in ipairs(subs.list) do
+        if c == conn then table.remove(subs.list, i) break end
+    end
+    subs.n = subs.n - 1
+    if subs.n == 0 then self.topics[topic] = nil end
+end
+
+function App:_publish(topic, msg, binary, sender)
+    binary = binary and true or false
+    self.published[#self.published + 1] = { topic = topic, data = msg, binary = binary,
+        sender = sender and sender.fields.id or nil }
+    local subs = self.topics[topic]
+    if not subs then return end
+    for _, conn in ipairs(copy(subs.list)) do
+        if conn ~= sender and conn.state == "open" then
+            conn.client.sent[#conn.client.sent + 1] = { data = msg, binary = binary }
+        end
+    end
+end
+
+-- Completes the closes queued during the last event, as the loop does after it:
+-- the connection leaves its topics, then close(ws, code, reason) runs exactly once.
+function App:_settle()
+    while #self.pending_closes > 0 do
+        local conn = table.remove(self.pending_closes, 1)
+        if conn.state ~= "closed" then
+            local how = conn.peer_close or conn.client.closed
+            for topic in pairs(copy(conn.topics)) do self:_unsubscribe(conn, topic) end
+            conn.state = "closing"
+            conn.route:_dispatch(conn, "close", conn.ws, how.code, how.reason)
+            conn.state = "closed"
+            self.conns[conn] = nil
+        end
+    end
+end
+
+function App:_cancel_timers(version)
+    for tm in pairs(copy(self.clock.timers)) do
+        if tm.version == version then self.clock.timers[tm] = nil end
+    end
+end
+
+local Timer = {}
+Timer.__index = Timer
+
+-- Stops the timer; it does not fire again. Cancelling twice is harmless.
+function Timer:cancel()
+    if getmetatable(self) ~= Timer then
+        raise(("calling 'cancel' on bad self (timer expected, got %s)"):format(typename(self)))
+    end
+    self.clock.timers[self] = nil
+end
+
+function App:_timer(fname, seconds, fn, repeating)
+    seconds = check_number(fname, 1, seconds)
+    fn = check_function(fname, 2, fn)
+    if seconds < 0 or seconds ~= seconds or (repeating and seconds == 0) then
+        argerror(fname, 1, repeating and "interval must be positive" or "seconds must not be negative")
+    end
+    local clock = self.clock
+    local version = self.current
+    clock.seq = clock.seq + 1
+    local tm = setmetatable({ clock = clock, due = clock.now + seconds, seq = clock.seq,
+        interval = repeating and seconds or nil, version = version }, Timer)
+    tm.fire = function()
+        local route = version and version.route
+        if route then
+            route:_call(fname, fn)
+        else
+            local ok, err = xpcall(fn, debug.traceback)
+            if not ok then self:_log("error", "?", fname .. " callback failed: " .. err) end
+        end
+        self:_settle()
+    end
+    clock.timers[tm] = true
+    return tm
+end
+
+-- The fake `switchboard` module of this app.
+function App:_module()
+    local app = self
+    local sb = {}
+    function sb.publish(topic, msg, binary)
+        topic = check_topic("publish", 1, topic)
+        msg = check_string("publish", 2, msg)
+        app:_publish(topic, msg, binary, nil)
+    end
+    function sb.subscribers(topic)
+        topic = check_topic("subscribers", 1, topic)
+        local subs = app.topics[topic]
+        return subs and subs.n or 0
+    end
+    function sb.topics()
+        local r = {}
+        for topic in pairs(app.topics) do r[#r + 1] = topic end
+        table.sort(r)
+        return r
+    end
+    function sb.after(seconds, fn) return app:_timer("after", seconds, fn, false) end
+    function sb.every(seconds, fn) return app:_timer("every", seconds, fn, true) end
+    function sb.now() return app.clock.now end
+    sb.shared = app.shared
+    sb.json = cjson.new()
+    sb.log = {}
+    for _, level in ipairs({ "info", "warn", "error" }) do
+        sb.log[level] = function(...)
+            local parts = table.pack(...)
+            if parts.n == 0 then argerror(level, 1, "string expected, got no value") end
+            for i = 1, parts.n do parts[i] = tostring(parts[i]) end
+            local version = app.current
+            app:_log(level, version and version.route.name or "?", table.concat(parts, " ", 1, parts.n))
+        end
+    end
+    return sb
+end
+
+-- A fresh environment for one script: its globals stay in it, `require` finds the fake
+-- switchboard module, then APP_DIR/lib/, then the normal package path.
+function App:_env()
+    local app = self
+    local env = setmetatable({}, { __index = _G })
+    env.require = function(name)
+        name = check_string("require", 1, name)
+        if name == "switchboard" then return app.module end
+        if app.loaded[name] ~= nil then return app.loaded[name] end
+        local file = package.searchpath(name, app.lib_path)
+        if not file then return require(name) end
+        local chunk, err = loadfile(file, "t", app:_env())
+        if not chunk then error(err, 2) end
+        local res = chunk(name, file)
+        if res == nil then res = true end
+        app.loaded[name] = res
+        return res
+    end
+    return env
+end
+
+-- Loads APP_DIR/<name>.lua ("chat", "api/feed", "index") as a route. Raises when the
+-- script does not load, so a broken script fails the spec that loads it.
+function App:load(name)
+    name = check_string("load", 1, name)
+    name = name:gsub("%.lua$", "")
+    local route = setmetatable({ app = self, name = name, file = self.dir .. "/" .. name .. ".lua",
+        path = route_path(name), errors = {} }, Route)
+    local handlers, version = route:_run()
+    if not handlers then error(version, 2) end
+    route.handlers, route.version = handlers, version
+    self.routes[name] = route
+    return route
+end
+
+-- Advances this app's clock; see Clock:advance.
+function App:advance(seconds)
+    return self.clock:advance(seconds)
+end
+
+-- Returns the number of subscribers of `topic`, as switchboard.subscribers does.
+function App:subscribers(topic)
+    return self.module.subscribers(topic)
+end
+
+-- Creates an app for directory `dir` (default "scripts"). opts.strict = true makes a
+-- raising handler fail the spec at once instead of only closing its connection.
+function testing.app(dir, opts)
+    dir = (opt_string("app", 1, dir, "scripts")):gsub("/$", "")
+    opts = opts or {}
+    local app = setmetatable({
+        dir = dir, lib_path = dir .. "/lib/?.lua;" .. dir .. "/lib/?/init.lua",
+        routes = {}, topics = {}, conns = {}, pending_closes = {}, loaded = {},
+        shared = {}, published = {}, logs = {}, clock = new_clock(), strict = opts.strict or false,
+    }, App)
+    app.module = app:_module()
+    current_clock = app.clock
+    return app
+end
+
+-- Loads one script file as a route of a new app rooted at the file's folder.
+function testing.load(path, opts)
+    path = check_string("load", 1, path)
+    local dir, name = path:match("^(.*)/([^/]+)$")
+    local app = testing.app(dir or ".", opts)
+    return app:load(name or path)
+end
+
+return testing
