@@ -1,0 +1,288 @@
+-- The sample chat: nicknames, rooms with history, presence, typing, private messages.
+-- Protocol: JSON text messages with a "type" (see README, "Chat: JSON protocol").
+-- Every piece of state lives in switchboard.shared or ws.data, so a hot reload of
+-- this file keeps rooms, history and who is where.
+local sb = require "switchboard"
+local validate = require "chat.validate"
+local bucket = require "chat.bucket"
+
+local json = sb.json
+
+local HISTORY = 100          -- messages a room keeps and replays on join
+local MAX_FRAME = 4096       -- bytes of one client message
+local BURST, RATE = 10, 5    -- rate limit: a burst of 10 messages, then 5 per second
+local MAX_JOINED = 10        -- rooms one connection may be in at once
+local MAX_ROOMS = 100        -- rooms the server keeps (empty ones are evicted first)
+local LOBBY = "lobby"
+local ROOMS_TOPIC = "rooms"  -- every connection: room list updates
+
+local state = sb.shared.chat
+if not state then
+    state = { rooms = {}, seq = 0, online = 0 }
+    sb.shared.chat = state
+end
+
+local function room_topic(name) return "room:" .. name end
+local function user_topic(id) return "user:" .. id end
+
+local function send(ws, msg) ws:send(json.encode(msg)) end
+
+local function fail(ws, code, message, request)
+    send(ws, { type = "error", code = code, message = message, request = request })
+end
+
+local function get_room(name)
+    return state.rooms[name]
+end
+
+-- Returns the room `name`, creating it (evicting the stalest empty room when the server
+-- already keeps MAX_ROOMS), or nil when every room is in use.
+local function ensure_room(name)
+    local room = state.rooms[name]
+    if room then return room end
+    local count, stalest = 0, nil
+    for _, r in pairs(state.rooms) do
+        count = count + 1
+        if r.count == 0 and r.name ~= LOBBY and (not stalest or r.active < stalest.active) then stalest = r end
+    end
+    if count >= MAX_ROOMS then
+        if not stalest then return nil end
+        state.rooms[stalest.name] = nil
+    end
+    room = { name = name, members = {}, count = 0, history = {}, active = sb.now() }
+    state.rooms[name] = room
+    return room
+end
+
+ensure_room(LOBBY)
+
+-- The room list: the lobby and every room with someone in it, busiest first.
+local function room_list()
+    local list = {}
+    for _, r in pairs(state.rooms) do
+        if r.count > 0 or r.name == LOBBY then list[#list + 1] = { name = r.name, members = r.count } end
+    end
+    table.sort(list, function(a, b)
+        if a.members ~= b.members then return a.members > b.members end
+        return a.name < b.name
+    end)
+    return list
+end
+
+local function member_list(room)
+    local list = {}
+    for _, m in pairs(room.members) do list[#list + 1] = m.nick end
+    table.sort(list, function(a, b) return a:lower() < b:lower() end)
+    return list
+end
+
+-- Member counts change in bursts (a page of people reconnecting after a restart):
+-- coalesce the room list broadcast into one message per quarter second.
+local rooms_pending = false
+local function rooms_changed()
+    if rooms_pending then return end
+    rooms_pending = true
+    sb.after(0.25, function()
+        rooms_pending = false
+        sb.publish(ROOMS_TOPIC, json.encode({ type = "rooms", rooms = room_list() }))
+    end)
+end
+
+-- Takes ws out of the room and tells the others. The caller has already unsubscribed
+-- ws from the room's topic (or the server has, when it closed).
+local function leave_room(ws, room)
+    local data = ws.data
+    room.members[data.nick:lower()] = nil
+    room.count = room.count - 1
+    room.active = sb.now()
+    data.rooms[room.name] = nil
+    data.joined = data.joined - 1
+    sb.publish(room_topic(room.name), json.encode({ type = "leave", room = room.name, nick = data.nick,
+        ts = os.time() }))
+    rooms_changed()
+end
+
+-- Client requests, by type. Each gets the ws, the decoded message, and answers
+-- with messages or with fail(); none may raise on bad input.
+local handle = {}
+
+function handle.nick(ws, msg)
+    local nick, code, err = validate.nick(msg.nick)
+    if not nick then return fail(ws, code, err, "nick") end
+    local data = ws.data
+    local old = data.nick
+    if old == nick then return send(ws, { type = "nick", nick = nick }) end
+    for name in pairs(data.rooms) do
+        local m = get_room(name).members[nick:lower()]
+        if m and m.id ~= ws.id then
+            return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(nick, name), "nick")
+        end
+    end
+    data.nick = nick
+    send(ws, { type = "nick", nick = nick })
+    for name in pairs(data.rooms) do
+        local room = get_room(name)
+        room.members[old:lower()] = nil
+        room.members[nick:lower()] = { nick = nick, id = ws.id }
+        sb.publish(room_topic(name), json.encode({ type = "rename", room = name, from = old, to = nick,
+            ts = os.time() }))
+    end
+end
+
+function handle.join(ws, msg)
+    local data = ws.data
+    local name, code, err = validate.room(msg.room)
+    if not name then return fail(ws, code, err, "join") end
+    if not data.nick then return fail(ws, "nick_required", "choose a nick before joining a room", "join") end
+    if data.rooms[name] then return fail(ws, "already_joined", ("you are already in #%s"):format(name), "join") end
+    if data.joined >= MAX_JOINED then
+        return fail(ws, "too_many_rooms", ("you can be in at most %d rooms"):format(MAX_JOINED), "join")
+    end
+    local existing = get_room(name)
+    if existing and existing.members[data.nick:lower()] then
+        return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(data.nick, name), "join")
+    end
+    local room = ensure_room(name)
+    if not room then return fail(ws, "rooms_full", "the server has no room for another room", "join") end
+    room.members[data.nick:lower()] = { nick = data.nick, id = ws.id }
+    room.count = room.count + 1
+    room.active = sb.now()
+    data.rooms[name] = true
+    data.joined = data.joined + 1
+    ws:subscribe(room_topic(name))
+    send(ws, { type = "joined", room = name, members = member_list(room), history = room.history })
+    ws:publish(room_topic(name), json.encode({ type = "join", room = name, nick = data.nick, ts = os.time() }))
+    rooms_changed()
+end
+
+-- Returns the room `msg.room` if the sender is in it, or answers the error.
+local function my_room(ws, msg, request)
+    local name, code, err = validate.room(msg.room)
+    if not name then return fail(ws, code, err, request) end
+    if not ws.data.rooms[name] then
+        return fail(ws, "not_in_room", ("you are not in #%s"):format(name), request)
+    end
+    return get_room(name)
+end
+
+function handle.leave(ws, msg)
+    local room = my_room(ws, msg, "leave")
+    if not room then return end
+    ws:unsubscribe(room_topic(room.name))
+    leave_room(ws, room)
+    send(ws, { type = "left", room = room.name })
+end
+
+function handle.say(ws, msg)
+    local room = my_room(ws, msg, "say")
+    if not room then return end
+    local text, code, err = validate.text(msg.text)
+    if not text then return fail(ws, code, err, "say") end
+    state.seq = state.seq + 1
+    local entry = { type = "message", id = state.seq, room = room.name, nick = ws.data.nick, text = text,
+        ts = os.time() }
+    local history = room.history
+    history[#history + 1] = entry
+    if #history > HISTORY then table.remove(history, 1) end
+    room.active = sb.now()
+    sb.publish(room_topic(room.name), json.encode(entry))
+end
+
+function handle.typing(ws, msg)
+    local room = my_room(ws, msg, "typing")
+    if not room then return end
+    if type(msg.typing) ~= "boolean" then return fail(ws, "bad_field", "typing must be true or false", "typing") end
+    ws:publish(room_topic(room.name), json.encode({ type = "typing", room = room.name, nick = ws.data.nick,
+        typing = msg.typing }))
+end
+
+function handle.pm(ws, msg)
+    local room = my_room(ws, msg, "pm")
+    if not room then return end
+    local to, _, why = validate.nick(msg.to)
+    if not to then return fail(ws, "bad_field", "to: " .. why, "pm") end
+    local text, code, err = validate.text(msg.text)
+    if not text then return fail(ws, code, err, "pm") end
+    local target = room.members[to:lower()]
+    if not target then return fail(ws, "no_such_user", ("nobody called %s is in #%s"):format(to, room.name), "pm") end
+    if target.id == ws.id then return fail(ws, "bad_field", "you cannot send a private message to yourself", "pm") end
+    local out = json.encode({ type = "pm", room = room.name, from = ws.data.nick, to = target.nick, text = text,
+        ts = os.time() })
+    sb.publish(user_topic(target.id), out)
+    ws:send(out)
+end
+
+function handle.rooms(ws)
+    send(ws, { type = "rooms", rooms = room_list() })
+end
+
+function handle.ping(ws)
+    send(ws, { type = "pong" })
+end
+
+local chat = {}
+
+-- Browsers offer "chat.v1"; other clients may offer nothing.
+function chat.upgrade(req)
+    for _, p in ipairs(req.protocols) do
+        if p == "chat.v1" then return true, { protocol = p } end
+    end
+    return true
+end
+
+function chat.open(ws)
+    local data = ws.data
+    data.rooms, data.joined = {}, 0
+    data.bucket = bucket.new(BURST, sb.now())
+    state.online = state.online + 1
+    ws:subscribe(ROOMS_TOPIC)
+    ws:subscribe(user_topic(ws.id))
+    send(ws, { type = "welcome", id = ws.id, rooms = room_list(), limits = {
+        nick = validate.NICK_MAX, room = validate.ROOM_MAX, text = validate.TEXT_MAX, history = HISTORY,
+        burst = BURST, rate = RATE } })
+end
+
+function chat.message(ws, raw, binary)
+    local ok, retry = bucket.take(ws.data.bucket, BURST, RATE, sb.now())
+    if not ok then
+        return send(ws, { type = "error", code = "rate_limited",
+            message = "slow down: you are sending messages too fast", retry_after = retry })
+    end
+    if binary then return fail(ws, "bad_message", "send JSON text messages, not binary") end
+    if #raw > MAX_FRAME then
+        return fail(ws, "too_large", ("messages must be at most %d bytes"):format(MAX_FRAME))
+    end
+    local decoded_ok, msg = pcall(json.decode, raw)
+    if not decoded_ok or type(msg) ~= "table" then
+        return fail(ws, "bad_message", "messages must be JSON objects")
+    end
+    if type(msg.type) ~= "string" then return fail(ws, "bad_message", "a message needs a \"type\"") end
+    local fn = handle[msg.type]
+    if not fn then
+        return fail(ws, "unknown_type", ("unknown message type %q"):format(msg.type:sub(1, 40)), msg.type:sub(1, 40))
+    end
+    fn(ws, msg)
+end
+
+function chat.close(ws)
+    local data = ws.data
+    if not data.rooms then return end -- open never ran
+    state.online = state.online - 1
+    for name in pairs(data.rooms) do
+        leave_room(ws, get_room(name))
+    end
+end
+
+-- GET /chat without an upgrade: who is around, for a status page or a health check.
+function chat.request(req)
+    if req.method ~= "GET" and req.method ~= "HEAD" then
+        return { status = 405, headers = { allow = "GET, HEAD" }, body = "" }
+    end
+    return {
+        status = 200,
+        headers = { ["content-type"] = "application/json", ["cache-control"] = "no-store" },
+        body = json.encode({ online = state.online, rooms = room_list() }),
+    }
+end
+
+return chat
