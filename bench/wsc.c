@@ -1,0 +1,582 @@
+/* wsc.c — WebSocket client connections on one epoll loop: nonblocking
+ * connect (optionally from a chosen 127.0.0.x source), the opening handshake
+ * with Sec-WebSocket-Accept checked, masked client frames out, server frames
+ * in (fragments reassembled, pings answered). Reads land in one loop-wide
+ * buffer; only an incomplete tail is kept per connection. */
+#include "sbload.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+struct sb G;
+
+uint64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t rng_next(uint64_t *s) { /* splitmix64 */
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+_Noreturn void sb_fail(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("sbload: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+_Noreturn void conn_fail(struct conn *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "sbload: error: connection %u to %s:%d%s: ", c->id, G.host, G.port, G.path);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+/* ---- SHA-1 and base64, just enough for Sec-WebSocket-Accept ---- */
+
+#define ROL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
+
+static void sha1(const uint8_t *msg, size_t len, uint8_t out[20]) {
+    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    size_t total = ((len + 8) / 64 + 1) * 64;
+    uint8_t buf[128]; /* our input is 60 bytes: at most two blocks */
+    if (total > sizeof buf)
+        sb_fail("sha1 input too long");
+    memset(buf, 0, total);
+    memcpy(buf, msg, len);
+    buf[len] = 0x80;
+    uint64_t bits = (uint64_t)len * 8;
+    for (int i = 0; i < 8; i++)
+        buf[total - 1 - i] = (uint8_t)(bits >> (8 * i));
+    for (size_t off = 0; off < total; off += 64) {
+        uint32_t w[80];
+        for (int i = 0; i < 16; i++)
+            w[i] = (uint32_t)buf[off + 4 * i] << 24 | (uint32_t)buf[off + 4 * i + 1] << 16 |
+                   (uint32_t)buf[off + 4 * i + 2] << 8 | buf[off + 4 * i + 3];
+        for (int i = 16; i < 80; i++)
+            w[i] = ROL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+        uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+        for (int i = 0; i < 80; i++) {
+            uint32_t f, k;
+            if (i < 20)
+                f = (b & c) | (~b & d), k = 0x5A827999;
+            else if (i < 40)
+                f = b ^ c ^ d, k = 0x6ED9EBA1;
+            else if (i < 60)
+                f = (b & c) | (b & d) | (c & d), k = 0x8F1BBCDC;
+            else
+                f = b ^ c ^ d, k = 0xCA62C1D6;
+            uint32_t t = ROL(a, 5) + f + e + k + w[i];
+            e = d, d = c, c = ROL(b, 30), b = a, a = t;
+        }
+        h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
+    }
+    for (int i = 0; i < 5; i++)
+        for (int j = 0; j < 4; j++)
+            out[4 * i + j] = (uint8_t)(h[i] >> (24 - 8 * j));
+}
+
+static void base64(const uint8_t *in, size_t n, char *out) {
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < n)
+            v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < n)
+            v |= in[i + 2];
+        out[o++] = tab[v >> 18 & 63];
+        out[o++] = tab[v >> 12 & 63];
+        out[o++] = i + 1 < n ? tab[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? tab[v & 63] : '=';
+    }
+    out[o] = 0;
+}
+
+static void accept_key(const char *key, char out[29]) {
+    char buf[64];
+    int n = snprintf(buf, sizeof buf, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
+    uint8_t dig[20];
+    sha1((const uint8_t *)buf, (size_t)n, dig);
+    base64(dig, 20, out);
+}
+
+/* ---- set-up ---- */
+
+void wsc_init(void) {
+    const char *u = G.o.url;
+    if (!u)
+        sb_fail("--url is required (ws://HOST:PORT/PATH)");
+    if (strncmp(u, "ws://", 5) != 0)
+        sb_fail("only ws:// URLs are supported: %s", u);
+    u += 5;
+    const char *slash = strchr(u, '/');
+    size_t hl = slash ? (size_t)(slash - u) : strlen(u);
+    if (hl == 0 || hl >= sizeof G.host)
+        sb_fail("bad host in URL %s", G.o.url);
+    memcpy(G.host, u, hl);
+    G.host[hl] = 0;
+    G.port = 80;
+    char *colon = strrchr(G.host, ':');
+    if (colon) {
+        *colon = 0;
+        G.port = atoi(colon + 1);
+        if (G.port <= 0 || G.port > 65535)
+            sb_fail("bad port in URL %s", G.o.url);
+    }
+    snprintf(G.pathbuf, sizeof G.pathbuf, "%s", slash ? slash : "/");
+    G.path = G.pathbuf;
+    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res;
+    int rc = getaddrinfo(G.host, NULL, &hints, &res);
+    if (rc != 0)
+        sb_fail("cannot resolve %s: %s", G.host, gai_strerror(rc));
+    G.dst = *(struct sockaddr_in *)res->ai_addr;
+    G.dst.sin_port = htons((uint16_t)G.port);
+    freeaddrinfo(res);
+    G.loopback = (ntohl(G.dst.sin_addr.s_addr) >> 24) == 127;
+    G.ep = epoll_create1(EPOLL_CLOEXEC);
+    if (G.ep < 0)
+        sb_fail("epoll_create1: %s", strerror(errno));
+    G.rcap = 256 * 1024;
+    if ((size_t)G.o.size * 2 + 64 > G.rcap)
+        G.rcap = (size_t)G.o.size * 2 + 64;
+    G.rbuf = malloc(G.rcap);
+    if (!G.rbuf)
+        sb_fail("out of memory");
+    G.now = now_ns();
+}
+
+static void ep_set(struct conn *c, int op, uint32_t events) {
+    struct epoll_event ev = {.events = events, .data.ptr = c};
+    if (epoll_ctl(G.ep, op, c->fd, &ev) < 0)
+        conn_fail(c, "epoll_ctl: %s", strerror(errno));
+}
+
+void wsc_connect(struct conn *c, uint32_t id, int src) {
+    c->id = id;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0)
+        conn_fail(c, "socket: %s (raise the descriptor limit or use more --procs)",
+                  strerror(errno));
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (src >= 0) {
+        setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        struct sockaddr_in sa = {.sin_family = AF_INET};
+        sa.sin_addr.s_addr = htonl(0x7f000002u + (uint32_t)src);
+        if (bind(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0)
+            conn_fail(c, "bind to 127.0.0.%d: %s", 2 + src, strerror(errno));
+    }
+    c->t_start = G.now;
+    c->state = C_CONNECTING;
+    G.opening++;
+    if (connect(c->fd, (struct sockaddr *)&G.dst, sizeof G.dst) < 0 && errno != EINPROGRESS)
+        conn_fail(c, "connect: %s", strerror(errno));
+    ep_set(c, EPOLL_CTL_ADD, EPOLLOUT);
+}
+
+/* ---- output ---- */
+
+static void out_reserve(struct conn *c, size_t n) {
+    if (c->out_len + n <= c->out_cap)
+        return;
+    if (c->out_off) {
+        memmove(c->out, c->out + c->out_off, c->out_len - c->out_off);
+        c->out_len -= c->out_off;
+        c->out_off = 0;
+        if (c->out_len + n <= c->out_cap)
+            return;
+    }
+    size_t cap = c->out_cap ? c->out_cap : 256;
+    while (cap < c->out_len + n)
+        cap *= 2;
+    c->out = realloc(c->out, cap);
+    if (!c->out)
+        sb_fail("out of memory");
+    c->out_cap = cap;
+}
+
+void wsc_write(struct conn *c, const uint8_t *p, size_t n) {
+    out_reserve(c, n);
+    memcpy(c->out + c->out_len, p, n);
+    c->out_len += n;
+}
+
+size_t wsc_encode(uint8_t *out, int op, const uint8_t *p, size_t n, uint32_t mask) {
+    size_t h = 0;
+    out[h++] = (uint8_t)(0x80 | op);
+    if (n < 126) {
+        out[h++] = (uint8_t)(0x80 | n);
+    } else if (n < 65536) {
+        out[h++] = 0x80 | 126;
+        out[h++] = (uint8_t)(n >> 8);
+        out[h++] = (uint8_t)n;
+    } else {
+        out[h++] = 0x80 | 127;
+        for (int i = 7; i >= 0; i--)
+            out[h++] = (uint8_t)((uint64_t)n >> (8 * i));
+    }
+    uint8_t m[4] = {(uint8_t)(mask >> 24), (uint8_t)(mask >> 16), (uint8_t)(mask >> 8),
+                    (uint8_t)mask};
+    memcpy(out + h, m, 4);
+    h += 4;
+    for (size_t i = 0; i < n; i++)
+        out[h + i] = p[i] ^ m[i & 3];
+    return h + n;
+}
+
+void wsc_frame(struct conn *c, int op, const uint8_t *p, size_t n, uint32_t mask) {
+    out_reserve(c, n + 14);
+    c->out_len += wsc_encode(c->out + c->out_len, op, p, n, mask);
+}
+
+void wsc_flush(struct conn *c) {
+    while (c->out_off < c->out_len) {
+        ssize_t w = write(c->fd, c->out + c->out_off, c->out_len - c->out_off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN)
+                break;
+            conn_fail(c, "write: %s", strerror(errno));
+        }
+        c->out_off += (size_t)w;
+    }
+    if (c->out_off == c->out_len) {
+        c->out_off = c->out_len = 0;
+        if (c->state != C_OPEN || c->out_cap > 65536) { /* idle connections keep no buffer */
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+        if (c->want_out) {
+            c->want_out = 0;
+            ep_set(c, EPOLL_CTL_MOD, EPOLLIN);
+        }
+    } else if (!c->want_out) {
+        c->want_out = 1;
+        ep_set(c, EPOLL_CTL_MOD, EPOLLIN | EPOLLOUT);
+    }
+}
+
+void wsc_close(struct conn *c) {
+    if (c->state != C_OPEN)
+        return;
+    c->state = C_CLOSING;
+    G.open--;
+    G.closing++;
+    if (G.o.raw) {
+        wsc_flush(c);
+        shutdown(c->fd, SHUT_WR);
+        return;
+    }
+    uint8_t code[2] = {1000 >> 8, 1000 & 0xff};
+    wsc_frame(c, 0x8, code, 2, (uint32_t)rng_next(&c->seed));
+    wsc_flush(c);
+}
+
+void wsc_free(struct conn *c) {
+    if (c->fd >= 0)
+        close(c->fd);
+    c->fd = -1;
+    free(c->out);
+    free(c->tail);
+    free(c->frag);
+    c->out = c->tail = c->frag = NULL;
+    c->out_cap = c->out_len = c->out_off = c->tail_len = c->frag_len = c->frag_cap = 0;
+}
+
+static void conn_done(struct conn *c) {
+    if (c->state == C_CLOSING)
+        G.closing--;
+    c->state = C_DONE;
+    wsc_free(c);
+}
+
+/* ---- input ---- */
+
+static void became_open(struct conn *c) {
+    c->state = C_OPEN;
+    G.opening--;
+    G.open++;
+    if (G.mode->open)
+        G.mode->open(c);
+}
+
+/* Parse the 101 answer at p[0..n). Returns bytes consumed, 0 when incomplete. */
+static size_t handshake_answer(struct conn *c, uint8_t *p, size_t n) {
+    uint8_t *end = memmem(p, n, "\r\n\r\n", 4);
+    if (!end) {
+        if (n > 16384)
+            conn_fail(c, "handshake answer longer than 16 KiB");
+        return 0;
+    }
+    *end = 0;
+    char *s = (char *)p;
+    if (strncmp(s, "HTTP/1.1 101", 12) != 0) {
+        char *eol = strstr(s, "\r\n");
+        if (eol)
+            *eol = 0;
+        conn_fail(c, "handshake refused: \"%s\"", s);
+    }
+    char want[29];
+    accept_key(c->key, want);
+    int ok = 0;
+    for (char *line = strstr(s, "\r\n"); line; line = strstr(line, "\r\n")) {
+        line += 2;
+        if (strncasecmp(line, "Sec-WebSocket-Accept:", 21) == 0) {
+            char *v = line + 21;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            ok = strncmp(v, want, 28) == 0 && (v[28] == '\r' || v[28] == 0 || v[28] == ' ');
+            if (!ok)
+                conn_fail(c, "wrong Sec-WebSocket-Accept (expected %s)", want);
+        }
+    }
+    if (!ok)
+        conn_fail(c, "handshake answer has no Sec-WebSocket-Accept");
+    became_open(c);
+    return (size_t)(end + 4 - p);
+}
+
+static void frag_append(struct conn *c, const uint8_t *p, size_t n) {
+    if (c->frag_len + n > c->frag_cap) {
+        size_t cap = c->frag_cap ? c->frag_cap : 1024;
+        while (cap < c->frag_len + n)
+            cap *= 2;
+        c->frag = realloc(c->frag, cap);
+        if (!c->frag)
+            sb_fail("out of memory");
+        c->frag_cap = cap;
+    }
+    memcpy(c->frag + c->frag_len, p, n);
+    c->frag_len += n;
+}
+
+static void control_frame(struct conn *c, int op, uint8_t *p, size_t n) {
+    if (op == 0x9) { /* ping: answer with a pong */
+        wsc_frame(c, 0xA, p, n, (uint32_t)rng_next(&c->seed));
+    } else if (op == 0x8) {
+        unsigned code = n >= 2 ? (unsigned)p[0] << 8 | p[1] : 1005;
+        if (c->state == C_CLOSING) {
+            conn_done(c);
+            return;
+        }
+        conn_fail(c, "server closed the connection unexpectedly (close %u \"%.*s\")", code,
+                  n > 2 ? (int)(n - 2) : 0, n > 2 ? (char *)p + 2 : "");
+    }
+}
+
+/* Parse frames at p[0..n). Returns bytes consumed; stops early if c is done. */
+static size_t frames(struct conn *c, uint8_t *p, size_t n) {
+    size_t off = 0;
+    while (c->state != C_DONE && n - off >= 2) {
+        uint8_t *f = p + off;
+        size_t avail = n - off;
+        int fin = f[0] & 0x80, op = f[0] & 0x0f, masked = f[1] & 0x80;
+        uint64_t len = f[1] & 0x7f;
+        size_t h = 2;
+        if (len == 126) {
+            if (avail < 4)
+                break;
+            len = (uint64_t)f[2] << 8 | f[3];
+            h = 4;
+        } else if (len == 127) {
+            if (avail < 10)
+                break;
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = len << 8 | f[2 + i];
+            h = 10;
+        }
+        if (masked)
+            h += 4;
+        if (len > (1ull << 31))
+            conn_fail(c, "frame of %llu bytes", (unsigned long long)len);
+        if (avail < h + len)
+            break;
+        off += h + (size_t)len;
+        if (G.o.raw) {
+            if (c->state == C_OPEN)
+                G.mode->message(c, 0, f, h + (size_t)len);
+            continue;
+        }
+        if (masked)
+            conn_fail(c, "server frame is masked");
+        if (f[0] & 0x70)
+            conn_fail(c, "server frame has RSV bits set (0x%02x)", f[0]);
+        uint8_t *pl = f + h;
+        if (op >= 0x8) {
+            if (!fin || len > 125)
+                conn_fail(c, "bad control frame (opcode %d, %llu bytes)", op,
+                          (unsigned long long)len);
+            control_frame(c, op, pl, (size_t)len);
+            continue;
+        }
+        if (op == 0) {
+            if (!c->frag_op)
+                conn_fail(c, "continuation frame outside a message");
+            frag_append(c, pl, (size_t)len);
+            if (fin) {
+                int mop = c->frag_op;
+                c->frag_op = 0;
+                if (c->state == C_OPEN)
+                    G.mode->message(c, mop, c->frag, c->frag_len);
+                c->frag_len = 0;
+            }
+        } else if (op == 1 || op == 2) {
+            if (c->frag_op)
+                conn_fail(c, "new message inside a fragmented one");
+            if (fin) {
+                if (c->state == C_OPEN)
+                    G.mode->message(c, op, pl, (size_t)len);
+            } else {
+                c->frag_op = (uint8_t)op;
+                frag_append(c, pl, (size_t)len);
+            }
+        } else {
+            conn_fail(c, "reserved opcode %d", op);
+        }
+    }
+    return off;
+}
+
+static void on_readable(struct conn *c) {
+    size_t have = c->tail_len;
+    if (have)
+        memcpy(G.rbuf, c->tail, have);
+    ssize_t r = read(c->fd, G.rbuf + have, G.rcap - have);
+    if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR)
+            return;
+        if (c->state == C_CLOSING) {
+            conn_done(c);
+            return;
+        }
+        conn_fail(c, "read: %s", strerror(errno));
+    }
+    if (r == 0) {
+        if (c->state == C_CLOSING) {
+            conn_done(c);
+            return;
+        }
+        conn_fail(c, "server closed the TCP connection unexpectedly (no close frame)");
+    }
+    size_t n = have + (size_t)r, off = 0;
+    if (c->state == C_HANDSHAKE) {
+        off = handshake_answer(c, G.rbuf, n);
+        if (off == 0) {
+            if (n > have) {
+                free(c->tail);
+                c->tail = malloc(n);
+                if (!c->tail)
+                    sb_fail("out of memory");
+                memcpy(c->tail, G.rbuf, n);
+                c->tail_len = n;
+            }
+            return;
+        }
+    }
+    off += frames(c, G.rbuf + off, n - off);
+    if (c->state == C_DONE)
+        return;
+    size_t left = n - off;
+    if (left != c->tail_len || left) {
+        if (left > c->tail_len || !c->tail) {
+            free(c->tail);
+            c->tail = left ? malloc(left) : NULL;
+            if (left && !c->tail)
+                sb_fail("out of memory");
+        }
+        if (left)
+            memcpy(c->tail, G.rbuf + off, left);
+        else {
+            free(c->tail);
+            c->tail = NULL;
+        }
+        c->tail_len = left;
+    }
+    if (c->out_len > c->out_off)
+        wsc_flush(c);
+}
+
+static void on_connected(struct conn *c) {
+    int err = 0;
+    socklen_t l = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+    if (err)
+        conn_fail(c, "connect: %s", strerror(err));
+    ep_set(c, EPOLL_CTL_MOD, EPOLLIN);
+    if (G.o.raw) {
+        became_open(c);
+        if (c->out_len > c->out_off)
+            wsc_flush(c);
+        return;
+    }
+    uint8_t raw[16];
+    for (int i = 0; i < 16; i += 8) {
+        uint64_t v = rng_next(&c->seed);
+        memcpy(raw + i, &v, 8);
+    }
+    base64(raw, 16, c->key);
+    char req[2400];
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n",
+                     G.path, G.host, G.port, c->key);
+    c->state = C_HANDSHAKE;
+    wsc_write(c, (uint8_t *)req, (size_t)n);
+    wsc_flush(c);
+}
+
+void wsc_turn(int timeout_ms) {
+    struct epoll_event evs[256];
+    if (G.deadline && G.now > G.deadline)
+        sb_fail("run did not finish before its deadline (--timeout %.0f s): %ld connections "
+                "opening, %ld open, %ld closing",
+                G.o.timeout, G.opening, G.open, G.closing);
+    int n = epoll_wait(G.ep, evs, 256, timeout_ms);
+    if (n < 0 && errno != EINTR)
+        sb_fail("epoll_wait: %s", strerror(errno));
+    G.now = now_ns();
+    for (int i = 0; i < n; i++) {
+        struct conn *c = evs[i].data.ptr;
+        if (c->state == C_DONE)
+            continue;
+        if (c->state == C_CONNECTING) {
+            on_connected(c);
+            continue;
+        }
+        if (evs[i].events & EPOLLOUT)
+            wsc_flush(c);
+        if (evs[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))
+            on_readable(c);
+    }
+}
