@@ -671,7 +671,7 @@ function App:_module()
     end
     function sb.after(seconds, fn) return app:_timer("after", seconds, fn, false) end
     function sb.every(seconds, fn) return app:_timer("every", seconds, fn, true) end
-    function sb.now() return app.clock.now end
+    function sb.now() return app.clock.now + 0.0 end -- a float, as the server's is
     sb.shared = app.shared
     sb.json = cjson.new()
     sb.log = {}
