@@ -1,0 +1,885 @@
+/* conn.c — one connection's life: HTTP -> WebSocket -> closing -> closed.
+ *
+ * Reads land in the server's loop-wide buffer; the HTTP phase copies only an
+ * incomplete request head into hbuf, the WebSocket phase hands the bytes to the
+ * frame decoder, which copies only partial frames. Output is queued as
+ * references to refcounted buffers and written once per loop iteration. */
+#define _GNU_SOURCE
+#include "conn.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <arpa/inet.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "handshake.h"
+#include "http.h"
+#include "log.h"
+#include "pubsub.h"
+#include "script.h"
+#include "server.h"
+#include "static.h"
+
+#define OUTBUF_MIN 4096
+#define IOV_BATCH 64
+
+static void conn_on_event(evutil_socket_t fd, short what, void *arg);
+static void conn_kill(struct conn *c, uint16_t code);
+
+/* ---- outbound buffers ---------------------------------------------------- */
+
+struct outbuf *outbuf_new(size_t cap) {
+    if (cap > UINT32_MAX - sizeof(struct outbuf))
+        return NULL;
+    struct outbuf *b = malloc(sizeof *b + cap);
+    if (!b)
+        return NULL;
+    b->refs = 1;
+    b->len = 0;
+    b->cap = (uint32_t)cap;
+    return b;
+}
+
+void outbuf_unref(struct outbuf *b) {
+    if (b && --b->refs == 0)
+        free(b);
+}
+
+struct outbuf *outbuf_frame(int opcode, const void *payload, size_t len) {
+    struct outbuf *b = outbuf_new(len + 10);
+    if (!b)
+        return NULL;
+    b->len = (uint32_t)ws_frame_header(b->data, opcode, 1, 0, len);
+    if (len)
+        memcpy(b->data + b->len, payload, len);
+    b->len += (uint32_t)len;
+    b->cap = b->len; /* never appended to: it may be shared */
+    return b;
+}
+
+/* ---- output queue --------------------------------------------------------- */
+
+static void mark_flush(struct conn *c) {
+    if (!c->in_flush) {
+        c->in_flush = 1;
+        c->flush_next = c->srv->flush;
+        c->srv->flush = c;
+    }
+}
+
+static int queue_push(struct conn *c, struct outbuf *b) {
+    if (c->qlen == c->qcap) {
+        uint32_t ncap = c->qcap ? c->qcap * 2 : 4;
+        struct outseg *nq = malloc(sizeof *nq * ncap);
+        if (!nq)
+            return -1;
+        for (uint32_t i = 0; i < c->qlen; i++)
+            nq[i] = c->q[(c->qhead + i) % c->qcap];
+        free(c->q);
+        c->q = nq;
+        c->qcap = ncap;
+        c->qhead = 0;
+    }
+    c->q[(c->qhead + c->qlen) % c->qcap] = (struct outseg){b, 0};
+    c->qlen++;
+    c->queued += b->len;
+    mark_flush(c);
+    return 0;
+}
+
+/* Append bytes to the connection's own tail buffer, or start a new one. The
+ * tail is appendable only while nobody else holds it (refs == 1, spare cap). */
+static int queue_bytes(struct conn *c, const void *a, size_t alen, const void *p, size_t plen) {
+    size_t need = alen + plen;
+    if (c->qlen) {
+        struct outseg *last = &c->q[(c->qhead + c->qlen - 1) % c->qcap];
+        struct outbuf *b = last->b;
+        if (b->refs == 1 && (size_t)(b->cap - b->len) >= need) {
+            memcpy(b->data + b->len, a, alen);
+            if (plen)
+                memcpy(b->data + b->len + alen, p, plen);
+            b->len += (uint32_t)need;
+            c->queued += need;
+            mark_flush(c);
+            return 0;
+        }
+    }
+    struct outbuf *b = outbuf_new(need < OUTBUF_MIN ? OUTBUF_MIN : need);
+    if (!b)
+        return -1;
+    memcpy(b->data, a, alen);
+    if (plen)
+        memcpy(b->data + alen, p, plen);
+    b->len = (uint32_t)need;
+    if (queue_push(c, b) < 0) {
+        outbuf_unref(b);
+        return -1;
+    }
+    return 0;
+}
+
+static void set_read(struct conn *c, int on) {
+    if (c->read_paused == !on)
+        return;
+    c->read_paused = !on;
+    short ev = (short)((on ? EV_READ : 0) | (c->want_write ? EV_WRITE : 0) | EV_PERSIST);
+    event_del(&c->ev);
+    event_assign(&c->ev, c->srv->base, c->fd, ev, conn_on_event, c);
+    if (ev != EV_PERSIST)
+        event_add(&c->ev, NULL);
+}
+
+static void set_write(struct conn *c, int on) {
+    if (c->want_write == on)
+        return;
+    c->want_write = (uint8_t)on;
+    short ev = (short)((c->read_paused ? 0 : EV_READ) | (on ? EV_WRITE : 0) | EV_PERSIST);
+    event_del(&c->ev);
+    event_assign(&c->ev, c->srv->base, c->fd, ev, conn_on_event, c);
+    if (ev != EV_PERSIST)
+        event_add(&c->ev, NULL);
+}
+
+/* After anything was queued: the backpressure bookkeeping. Returns 1 below the
+ * high mark, 0 past it, -1 past the hard cap (the connection is closed). */
+static int after_queue(struct conn *c) {
+    struct sb_server *srv = c->srv;
+    if (c->queued <= srv->cfg.out_high)
+        return 1;
+    if (c->queued > srv->cfg.out_max) {
+        log_warn("conn %llu (%s): %zu bytes queued, past --out-max; closing with 1008",
+                 (unsigned long long)c->id, c->remote, c->queued);
+        srv->stats.slow_closed++;
+        conn_kill(c, WS_CLOSE_POLICY);
+        return -1;
+    }
+    if (!c->over_high) {
+        c->over_high = 1;
+        c->over_since = srv->now;
+        c->drain_pending = 1;
+        srv->stats.backpressure_events++;
+        set_read(c, 0); /* the peer reads slower than it writes: stop reading */
+    }
+    return 0;
+}
+
+int conn_write(struct conn *c, const void *data, size_t len) {
+    if (c->state == CONN_DEAD)
+        return -1;
+    return queue_bytes(c, data, len, NULL, 0);
+}
+
+static int can_send(const struct conn *c) {
+    return c->state == CONN_WS && !c->close_sent;
+}
+
+int conn_send(struct conn *c, int opcode, const void *data, size_t len) {
+    if (!can_send(c) && !(opcode == WS_OP_CLOSE && c->state != CONN_DEAD))
+        return -1;
+    uint8_t hdr[10];
+    size_t hl = ws_frame_header(hdr, opcode, 1, 0, len);
+    if (queue_bytes(c, hdr, hl, data, len) < 0) {
+        conn_kill(c, WS_CLOSE_INTERNAL);
+        return -1;
+    }
+    if (opcode == WS_OP_TEXT || opcode == WS_OP_BINARY) {
+        c->srv->stats.msgs_out++;
+        c->srv->stats.bytes_out += len;
+    }
+    return after_queue(c);
+}
+
+int conn_send_shared(struct conn *c, struct outbuf *b) {
+    struct sb_server *srv = c->srv;
+    if (!can_send(c))
+        return -1;
+    if (c->over_high) { /* a slow subscriber: its publishes are dropped */
+        srv->stats.dropped_deliveries++;
+        return -1;
+    }
+    b->refs++;
+    if (queue_push(c, b) < 0) {
+        b->refs--;
+        return -1;
+    }
+    srv->stats.deliveries++;
+    srv->stats.msgs_out++;
+    return after_queue(c);
+}
+
+int conn_http_respond(struct conn *c, int status, const char *extra_headers, const void *body,
+                      size_t body_len, int head_only) {
+    char head[4096];
+    long hl = http_format_head(head, sizeof head, status, extra_headers, (long long)body_len,
+                               c->keep_alive);
+    if (hl < 0)
+        return -1;
+    if (queue_bytes(c, head, (size_t)hl, head_only ? NULL : body, head_only ? 0 : body_len) < 0)
+        return -1;
+    return 0;
+}
+
+/* ---- life cycle ----------------------------------------------------------- */
+
+struct conn *conn_new(struct sb_server *srv, int fd, const struct sockaddr *sa, int salen) {
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c) {
+        close(fd);
+        return NULL;
+    }
+    c->srv = srv;
+    c->fd = fd;
+    c->id = ++srv->next_id;
+    c->state = CONN_HTTP;
+    c->ws_ref = -2; /* LUA_NOREF */
+    c->keep_alive = 1;
+    c->last_rx = srv->now;
+    c->deadline = srv->now + srv->cfg.handshake_timeout;
+    char host[INET6_ADDRSTRLEN] = "?";
+    int port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        evutil_inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);
+        port = ntohs(s4->sin_port);
+        snprintf(c->remote, sizeof c->remote, "%s:%d", host, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        evutil_inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
+        port = ntohs(s6->sin6_port);
+        snprintf(c->remote, sizeof c->remote, "[%s]:%d", host, port);
+    }
+    (void)salen;
+    event_assign(&c->ev, srv->base, fd, EV_READ | EV_PERSIST, conn_on_event, c);
+    event_add(&c->ev, NULL);
+    c->next = srv->all;
+    if (srv->all)
+        srv->all->prev = c;
+    srv->all = c;
+    srv->stats.accepted++;
+    srv->stats.open++;
+    return c;
+}
+
+/* Tear down now (from the loop's point of view): stop I/O and put the conn on
+ * the reap list. The memory is released in conn_reap_all. */
+static void conn_kill(struct conn *c, uint16_t code) {
+    if (c->state == CONN_DEAD)
+        return;
+    if (!c->close_code || (c->state == CONN_WS && !c->close_rcvd && !c->close_sent))
+        c->close_code = code;
+    c->state = CONN_DEAD;
+    c->deadline = 0;
+    event_del(&c->ev);
+    c->reap_next = c->srv->reap;
+    c->srv->reap = c;
+}
+
+void conn_abort(struct conn *c, uint16_t code) {
+    conn_kill(c, code);
+}
+
+static void conn_linger(struct conn *c, int wait_eof) {
+    c->state = CONN_LINGER;
+    c->deadline = c->srv->now + c->srv->cfg.close_timeout;
+    c->linger_eof = (uint8_t)wait_eof;
+    set_read(c, 1);
+    mark_flush(c);
+}
+
+void conn_close(struct conn *c, unsigned code, const char *reason, size_t reason_len) {
+    if (c->state != CONN_WS || c->close_sent)
+        return;
+    uint8_t p[125] = {0};
+    size_t n = 0;
+    if (code) {
+        p[0] = (uint8_t)(code >> 8);
+        p[1] = (uint8_t)code;
+        n = 2;
+        if (reason_len > 123)
+            reason_len = 123;
+        memcpy(p + 2, reason, reason_len);
+        n += reason_len;
+    }
+    conn_send(c, WS_OP_CLOSE, p, n);
+    c->close_sent = 1;
+    c->close_code = (uint16_t)(code ? code : WS_CLOSE_NO_STATUS);
+    c->state = CONN_CLOSING;
+    c->deadline = c->srv->now + c->srv->cfg.close_timeout;
+    set_read(c, 1);
+}
+
+/* Fail the WebSocket connection (RFC 6455 §7.1.7): send a close frame with
+ * the code, then close once it is written; reads are discarded meanwhile. */
+static void conn_fail(struct conn *c, unsigned code, const char *reason) {
+    log_info("conn %llu (%s): closing with %u: %s", (unsigned long long)c->id, c->remote, code,
+             reason ? reason : "");
+    if (c->state == CONN_WS && !c->close_sent) {
+        conn_close(c, code, reason, reason ? strlen(reason) : 0);
+    }
+    c->close_code = (uint16_t)code;
+    conn_linger(c, 1);
+}
+
+static void conn_free(struct conn *c) {
+    struct sb_server *srv = c->srv;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->all = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    for (uint32_t i = 0; i < c->qlen; i++)
+        outbuf_unref(c->q[(c->qhead + i) % c->qcap].b);
+    free(c->q);
+    if (c->dec) {
+        ws_decoder_free(c->dec);
+        free(c->dec);
+    }
+    free(c->hbuf);
+    free(c->head);
+    free(c->close_reason);
+    free(c->protocol);
+    close(c->fd);
+    srv->stats.open--;
+    free(c);
+}
+
+void conn_reap_all(struct sb_server *srv) {
+    while (srv->reap) {
+        struct conn *c = srv->reap;
+        srv->reap = c->reap_next;
+        if (c->opened) {
+            c->opened = 0;
+            srv->stats.ws_open--;
+            pubsub_unsubscribe_all(srv->pubsub, c);
+            script_close(srv->script, c, c->close_code ? c->close_code : WS_CLOSE_ABNORMAL,
+                         c->close_reason ? c->close_reason : "");
+        }
+        conn_free(c);
+    }
+}
+
+/* ---- writing -------------------------------------------------------------- */
+
+static void conn_flush(struct conn *c) {
+    struct sb_server *srv = c->srv;
+    while (c->qlen) {
+        struct iovec iov[IOV_BATCH];
+        int n = 0;
+        for (uint32_t i = 0; i < c->qlen && n < IOV_BATCH; i++, n++) {
+            struct outseg *s = &c->q[(c->qhead + i) % c->qcap];
+            iov[n].iov_base = s->b->data + s->off;
+            iov[n].iov_len = s->b->len - s->off;
+        }
+        ssize_t w = writev(c->fd, iov, n);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                set_write(c, 1);
+                return;
+            }
+            if (errno == EINTR)
+                continue;
+            conn_kill(c, WS_CLOSE_ABNORMAL);
+            return;
+        }
+        c->queued -= (size_t)w;
+        size_t left = (size_t)w;
+        while (left && c->qlen) {
+            struct outseg *s = &c->q[c->qhead];
+            size_t avail = s->b->len - s->off;
+            if (left < avail) {
+                s->off += (uint32_t)left;
+                left = 0;
+                break;
+            }
+            left -= avail;
+            outbuf_unref(s->b);
+            c->qhead = (c->qhead + 1) % c->qcap;
+            c->qlen--;
+        }
+        if (c->qlen) { /* the kernel took less than offered */
+            set_write(c, 1);
+            break;
+        }
+    }
+    if (!c->qlen) {
+        free(c->q);
+        c->q = NULL;
+        c->qcap = c->qhead = 0;
+        set_write(c, 0);
+    }
+    if (c->over_high && c->queued < srv->cfg.out_low) {
+        c->over_high = 0;
+        if (c->state == CONN_WS || c->state == CONN_CLOSING)
+            set_read(c, 1);
+        if (c->drain_pending && c->state == CONN_WS) {
+            c->drain_pending = 0;
+            script_drain(srv->script, c);
+        }
+    }
+    if (c->state == CONN_LINGER && !c->qlen) {
+        if (c->linger_eof) {
+            shutdown(c->fd, SHUT_WR); /* wait for the peer's EOF, bounded by deadline */
+        } else {
+            conn_kill(c, c->close_code);
+        }
+    }
+}
+
+void conn_flush_all(struct sb_server *srv) {
+    /* Handlers run from a flush (drain) may queue more: a few rounds at most. */
+    for (int round = 0; round < 4 && srv->flush; round++) {
+        struct conn *list = srv->flush;
+        srv->flush = NULL;
+        while (list) {
+            struct conn *c = list;
+            list = c->flush_next;
+            c->flush_next = NULL;
+            if (c->state == CONN_DEAD)
+                continue; /* on the reap list; flush_next reused there */
+            c->in_flush = 0;
+            conn_flush(c);
+        }
+    }
+}
+
+/* ---- HTTP phase ------------------------------------------------------------ */
+
+static void http_error(struct conn *c, int status, const char *extra, const char *body) {
+    c->keep_alive = 0;
+    char text[256];
+    if (!body) {
+        snprintf(text, sizeof text, "%d %s\n", status, http_status_text(status));
+        body = text;
+    }
+    char hdrs[512];
+    snprintf(hdrs, sizeof hdrs, "Content-Type: text/plain; charset=utf-8\r\n%s", extra ? extra : "");
+    conn_http_respond(c, status, hdrs, body, strlen(body), 0);
+    conn_linger(c, 1);
+}
+
+struct proto_pick {
+    const char *want;
+    int found;
+};
+
+static void pick_proto(void *ud, const char *p, size_t len) {
+    struct proto_pick *pp = ud;
+    if (strlen(pp->want) == len && memcmp(pp->want, p, len) == 0)
+        pp->found = 1;
+}
+
+/* Complete the upgrade; returns 0, or -1 when the connection was refused. */
+static int do_upgrade(struct conn *c, struct route *r, const struct http_request *req,
+                      size_t head_len, const char *headbytes) {
+    struct sb_server *srv = c->srv;
+    const char *key;
+    size_t key_len;
+    const char *reason = NULL;
+    int st = handshake_validate(req, &key, &key_len, &reason);
+    if (st) {
+        srv->stats.handshakes_refused++;
+        char body[160];
+        snprintf(body, sizeof body, "%s\n", reason ? reason : http_status_text(st));
+        http_error(c, st, st == 426 ? "Sec-WebSocket-Version: 13\r\n" : NULL, body);
+        return -1;
+    }
+    if (srv->stopping) {
+        srv->stats.handshakes_refused++;
+        http_error(c, 503, "Retry-After: 5\r\n", "server is shutting down\n");
+        return -1;
+    }
+    c->route = r;
+    /* keep the head for ws.path / ws.query / ws.headers */
+    c->head = malloc(head_len);
+    if (!c->head) {
+        http_error(c, 500, NULL, NULL);
+        return -1;
+    }
+    memcpy(c->head, headbytes, head_len);
+    c->head_len = (uint32_t)head_len;
+
+    struct upgrade_answer ans = {0};
+    if (r->has & ROUTE_UPGRADE)
+        script_upgrade(srv->script, c, req, &ans);
+    if (ans.status) {
+        srv->stats.handshakes_refused++;
+        char extra[1024];
+        snprintf(extra, sizeof extra, "%s", ans.headers ? ans.headers : "");
+        if (ans.body)
+            http_error(c, ans.status, extra, ans.body);
+        else
+            http_error(c, ans.status, extra, NULL);
+        script_upgrade_free(&ans);
+        free(c->head);
+        c->head = NULL;
+        return -1;
+    }
+    if (ans.protocol) {
+        struct proto_pick pp = {ans.protocol, 0};
+        handshake_each_protocol(req, pick_proto, &pp);
+        if (!pp.found) {
+            log_error("route %s: upgrade chose subprotocol '%s' the client did not offer", r->path,
+                      ans.protocol);
+            srv->stats.handshakes_refused++;
+            http_error(c, 500, NULL, NULL);
+            script_upgrade_free(&ans);
+            return -1;
+        }
+    }
+    char accept[HANDSHAKE_ACCEPT_LEN + 1];
+    handshake_accept_key(key, key_len, accept);
+    char resp[4096];
+    int n = snprintf(resp, sizeof resp,
+                     "HTTP/1.1 101 Switching Protocols\r\n"
+                     "Upgrade: websocket\r\n"
+                     "Connection: Upgrade\r\n"
+                     "Sec-WebSocket-Accept: %s\r\n"
+                     "%s%s%s%s\r\n",
+                     accept, ans.protocol ? "Sec-WebSocket-Protocol: " : "",
+                     ans.protocol ? ans.protocol : "", ans.protocol ? "\r\n" : "",
+                     ans.headers ? ans.headers : "");
+    script_upgrade_free(&ans);
+    if (n < 0 || (size_t)n >= sizeof resp || conn_write(c, resp, (size_t)n) < 0) {
+        http_error(c, 500, NULL, NULL);
+        return -1;
+    }
+    c->dec = calloc(1, sizeof *c->dec);
+    if (!c->dec) {
+        conn_kill(c, WS_CLOSE_INTERNAL);
+        return -1;
+    }
+    c->dec->max_message = srv->cfg.max_message;
+    c->state = CONN_WS;
+    c->deadline = 0;
+    c->opened = 1;
+    srv->stats.handshakes_ok++;
+    srv->stats.ws_open++;
+    if (r->has & ROUTE_OPEN)
+        script_open(srv->script, c);
+    return 0;
+}
+
+static void ws_feed(struct conn *c, uint8_t *p, size_t n);
+
+/* Handle complete requests in buf; returns bytes consumed (the rest is a
+ * partial request) or -1 when the connection changed state. */
+static long http_process(struct conn *c, char *buf, size_t len) {
+    struct sb_server *srv = c->srv;
+    size_t off = 0;
+    while (off < len && c->state == CONN_HTTP) {
+        struct http_header hdrs[srv->cfg.max_headers + 1];
+        struct http_request req = {.headers = hdrs, .headers_cap = srv->cfg.max_headers + 1};
+        struct http_limits lim = {srv->cfg.max_header_bytes, srv->cfg.max_headers};
+        int status = 0;
+        size_t last = c->hlast > off ? c->hlast - off : 0;
+        int r = http_parse_request(buf + off, len - off, last, &lim, &req, &status);
+        if (r == HTTP_NEED_MORE) {
+            c->hlast = (uint32_t)(len - off);
+            return (long)off;
+        }
+        if (r < 0) {
+            http_error(c, status ? status : 400, NULL, NULL);
+            return -1;
+        }
+        c->hlast = 0;
+        size_t head_len = (size_t)r;
+        size_t body_len = req.content_length > 0 ? (size_t)req.content_length : 0;
+        if (req.content_length > 0 && (uint64_t)req.content_length > srv->cfg.max_body) {
+            http_error(c, 413, NULL, NULL);
+            return -1;
+        }
+        if (len - off < head_len + body_len)
+            return (long)off; /* wait for the body */
+        c->keep_alive = (uint8_t)req.keep_alive;
+
+        /* decode the path for routing */
+        char path[2048];
+        long plen = req.path_len < sizeof path
+                        ? http_percent_decode(path, req.path, req.path_len, 0)
+                        : -1;
+        if (plen < 0 || memchr(path, 0, (size_t)plen)) {
+            http_error(c, 400, NULL, "bad request path\n");
+            return -1;
+        }
+        path[plen] = 0;
+        struct route *route = script_find_route(srv->script, path, (size_t)plen);
+        if (handshake_is_upgrade(&req)) {
+            if (!route || route->gone) {
+                srv->stats.handshakes_refused++;
+                http_error(c, 404, NULL, NULL);
+                return -1;
+            }
+            const char *headbytes = buf + off;
+            if (do_upgrade(c, route, &req, head_len, headbytes) < 0)
+                return -1;
+            off += head_len;
+            /* frames that came with the request */
+            if (off < len)
+                ws_feed(c, (uint8_t *)buf + off, len - off);
+            return -1;
+        }
+        int is_get = req.method_len == 3 && memcmp(req.method, "GET", 3) == 0;
+        int is_head = req.method_len == 4 && memcmp(req.method, "HEAD", 4) == 0;
+        int done = 0;
+        if (route && !route->gone && (route->has & ROUTE_REQUEST)) {
+            struct http_answer ans = {0};
+            script_request(srv->script, c, route, &req, buf + off + head_len, body_len, &ans);
+            conn_http_respond(c, ans.status, ans.headers, ans.body, ans.body_len, is_head);
+            script_response_free(&ans);
+            done = 1;
+        }
+        if (!done && (is_get || is_head)) {
+            char pub[4096];
+            snprintf(pub, sizeof pub, "%s/public", srv->cfg.app_dir);
+            if (static_serve(c, pub, &req))
+                done = 1;
+        }
+        if (!done) {
+            if (route && !route->gone) {
+                if (is_get || is_head) {
+                    c->keep_alive = 0;
+                    const char *b = "this route speaks WebSocket: send an Upgrade request\n";
+                    conn_http_respond(c, 426,
+                                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                                      "Sec-WebSocket-Version: 13\r\n"
+                                      "Content-Type: text/plain; charset=utf-8\r\n",
+                                      b, strlen(b), is_head);
+                    conn_linger(c, 1);
+                    return -1;
+                }
+                http_error(c, 405, "Allow: GET\r\n", NULL);
+                return -1;
+            }
+            if (!is_get && !is_head) {
+                http_error(c, 405, "Allow: GET, HEAD\r\n", NULL);
+                return -1;
+            }
+            c->keep_alive = 0;
+            http_error(c, 404, NULL, NULL);
+            return -1;
+        }
+        off += head_len + body_len;
+        if (!c->keep_alive) {
+            conn_linger(c, 1);
+            return -1;
+        }
+        c->deadline = srv->now + srv->cfg.handshake_timeout; /* next request */
+    }
+    return (long)off;
+}
+
+static void http_read(struct conn *c, uint8_t *data, size_t n) {
+    struct sb_server *srv = c->srv;
+    char *buf;
+    size_t len;
+    if (c->hlen) {
+        size_t need = c->hlen + n;
+        if (need > c->hcap) {
+            size_t ncap = c->hcap * 2 > need ? c->hcap * 2 : need;
+            char *nb = realloc(c->hbuf, ncap);
+            if (!nb) {
+                conn_kill(c, WS_CLOSE_ABNORMAL);
+                return;
+            }
+            c->hbuf = nb;
+            c->hcap = (uint32_t)ncap;
+        }
+        memcpy(c->hbuf + c->hlen, data, n);
+        c->hlen += (uint32_t)n;
+        buf = c->hbuf;
+        len = c->hlen;
+    } else {
+        buf = (char *)data;
+        len = n;
+    }
+    long used = http_process(c, buf, len);
+    if (used < 0) { /* upgraded or closing: the partial buffer is no longer needed */
+        free(c->hbuf);
+        c->hbuf = NULL;
+        c->hlen = c->hcap = 0;
+        return;
+    }
+    size_t rest = len - (size_t)used;
+    if (rest > srv->cfg.max_header_bytes + srv->cfg.max_body + 1) {
+        http_error(c, 413, NULL, NULL);
+        return;
+    }
+    if (buf == c->hbuf) {
+        if (used)
+            memmove(c->hbuf, c->hbuf + used, rest);
+        c->hlen = (uint32_t)rest;
+        if (!rest) {
+            free(c->hbuf);
+            c->hbuf = NULL;
+            c->hcap = 0;
+        }
+    } else if (rest) {
+        size_t cap = rest < 1024 ? 1024 : rest;
+        c->hbuf = malloc(cap);
+        if (!c->hbuf) {
+            conn_kill(c, WS_CLOSE_ABNORMAL);
+            return;
+        }
+        memcpy(c->hbuf, buf + used, rest);
+        c->hlen = (uint32_t)rest;
+        c->hcap = (uint32_t)cap;
+    }
+}
+
+/* ---- WebSocket phase ------------------------------------------------------- */
+
+static int on_message(void *ud, int opcode, uint8_t *data, size_t len, int compressed) {
+    struct conn *c = ud;
+    if (c->state != CONN_WS || c->close_sent)
+        return 0; /* closing: data is discarded */
+    (void)compressed;
+    c->srv->stats.msgs_in++;
+    c->srv->stats.bytes_in += len;
+    if (c->route->has & ROUTE_MESSAGE)
+        script_message(c->srv->script, c, data, len, opcode == WS_OP_BINARY);
+    return c->state == CONN_DEAD || c->state == CONN_LINGER;
+}
+
+static int on_control(void *ud, int opcode, uint8_t *data, size_t len) {
+    struct conn *c = ud;
+    switch (opcode) {
+    case WS_OP_PING:
+        if (c->state == CONN_WS && !c->close_sent)
+            conn_send(c, WS_OP_PONG, data, len);
+        return 0;
+    case WS_OP_PONG:
+        c->ping_out = 0;
+        return 0;
+    case WS_OP_CLOSE: {
+        unsigned code = WS_CLOSE_NO_STATUS;
+        const char *reason = "";
+        size_t rlen = 0;
+        ws_close_parse(data, len, &code, &reason, &rlen);
+        c->close_rcvd = 1;
+        c->close_code = (uint16_t)code;
+        free(c->close_reason);
+        c->close_reason = strndup(reason, rlen);
+        if (!c->close_sent) {
+            /* echo the code (RFC 6455 §5.5.1); an empty close is answered empty */
+            uint8_t p[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+            conn_send(c, WS_OP_CLOSE, p, code == WS_CLOSE_NO_STATUS ? 0 : 2);
+            c->close_sent = 1;
+        }
+        conn_linger(c, 0); /* the server closes TCP first (§7.1.1) */
+        return 1;
+    }
+    }
+    return 0;
+}
+
+static const struct ws_decoder_cb decoder_cb = {on_message, on_control};
+
+static void ws_feed(struct conn *c, uint8_t *p, size_t n) {
+    if (c->state != CONN_WS && c->state != CONN_CLOSING)
+        return;
+    ssize_t r = ws_decoder_feed(c->dec, p, n, &decoder_cb, c);
+    if (r < 0 && c->state != CONN_DEAD)
+        conn_fail(c, (unsigned)-r, c->dec->error);
+}
+
+/* ---- the event callback ---------------------------------------------------- */
+
+static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
+    struct conn *c = arg;
+    struct sb_server *srv = c->srv;
+    if (what & EV_WRITE) {
+        conn_flush(c);
+        if (c->state == CONN_DEAD)
+            return;
+    }
+    if (!(what & EV_READ))
+        return;
+    for (int rounds = 0; rounds < 4; rounds++) {
+        ssize_t n = read(fd, srv->rbuf, srv->rbuf_size);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK)
+                conn_kill(c, WS_CLOSE_ABNORMAL);
+            return;
+        }
+        if (n == 0) {
+            conn_kill(c, c->close_rcvd ? c->close_code : WS_CLOSE_ABNORMAL);
+            return;
+        }
+        c->last_rx = srv->now;
+        c->ping_out = 0;
+        switch (c->state) {
+        case CONN_HTTP:
+            http_read(c, srv->rbuf, (size_t)n);
+            break;
+        case CONN_WS:
+        case CONN_CLOSING:
+            ws_feed(c, srv->rbuf, (size_t)n);
+            break;
+        default:
+            break; /* lingering: discard */
+        }
+        if (c->state == CONN_DEAD || c->read_paused || (size_t)n < srv->rbuf_size)
+            return;
+    }
+}
+
+/* ---- timeouts --------------------------------------------------------------- */
+
+void conn_sweep(struct sb_server *srv) {
+    const struct sb_config *cfg = &srv->cfg;
+    double now = srv->now;
+    for (struct conn *c = srv->all; c; c = c->next) {
+        switch (c->state) {
+        case CONN_HTTP:
+            if (c->deadline && now >= c->deadline) {
+                srv->stats.timeouts++;
+                if (c->hlen)
+                    http_error(c, 408, NULL, NULL);
+                else
+                    conn_kill(c, WS_CLOSE_ABNORMAL);
+            }
+            break;
+        case CONN_WS:
+            if (c->over_high && cfg->slow == SLOW_CLOSE && now - c->over_since >= cfg->slow_grace) {
+                srv->stats.slow_closed++;
+                conn_fail(c, WS_CLOSE_POLICY, "too slow to read");
+                break;
+            }
+            if (c->ping_out && now >= c->deadline) {
+                srv->stats.timeouts++;
+                log_info("conn %llu (%s): no pong in time, closing", (unsigned long long)c->id,
+                         c->remote);
+                conn_kill(c, WS_CLOSE_ABNORMAL);
+                break;
+            }
+            if (cfg->idle_timeout > 0 && now - c->last_rx >= cfg->idle_timeout) {
+                srv->stats.timeouts++;
+                conn_fail(c, WS_CLOSE_GOING_AWAY, "idle timeout");
+                break;
+            }
+            if (cfg->ping_interval > 0 && !c->ping_out && now - c->last_rx >= cfg->ping_interval) {
+                conn_send(c, WS_OP_PING, NULL, 0);
+                c->ping_out = 1;
+                c->deadline = now + cfg->pong_timeout;
+            }
+            break;
+        case CONN_CLOSING:
+        case CONN_LINGER:
+            if (c->deadline && now >= c->deadline)
+                conn_kill(c, c->close_code ? c->close_code : WS_CLOSE_ABNORMAL);
+            break;
+        default:
+            break;
+        }
+    }
+}

@@ -1,0 +1,112 @@
+/* conn.h — one connection's life: HTTP -> WebSocket -> closing -> closed.
+ *
+ * Ownership: a conn is owned by the server's `all` list and freed only in
+ * conn_reap (after the event-loop iteration), never inside a callback, so a
+ * pointer held by Lua or a caller stays valid until then. Output is corked:
+ * everything a connection produces in one iteration leaves in one writev. */
+#ifndef SB_CONN_H
+#define SB_CONN_H
+
+#include <event2/event_struct.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "frame.h"
+
+struct sb_server;
+struct route;
+
+/* A refcounted chunk of outbound bytes (one or more frames). A published
+ * message is one of these shared by every subscriber's queue. */
+struct outbuf {
+    uint32_t refs;
+    uint32_t len, cap;
+    uint8_t data[];
+};
+
+struct outbuf *outbuf_new(size_t cap);
+void outbuf_unref(struct outbuf *b);
+/* A buffer holding one complete server frame (header + payload). */
+struct outbuf *outbuf_frame(int opcode, const void *payload, size_t len);
+
+enum conn_state {
+    CONN_HTTP,    /* reading a request head */
+    CONN_WS,      /* open WebSocket */
+    CONN_CLOSING, /* we sent a close frame; waiting for the peer's */
+    CONN_LINGER,  /* flushing, then closing the socket (reads discarded) */
+    CONN_DEAD,    /* on the reap list */
+};
+
+struct outseg {
+    struct outbuf *b;
+    uint32_t off;
+};
+
+struct subscription;
+
+struct conn {
+    struct event ev; /* read persistent; write added only while output is queued */
+    struct sb_server *srv;
+    struct conn *next, *prev; /* srv->all */
+    struct conn *flush_next;  /* srv->flush */
+    struct conn *reap_next;   /* srv->reap */
+    uint64_t id;
+    int fd;
+    uint8_t state;
+    uint8_t in_flush : 1, want_write : 1, read_paused : 1, opened : 1, close_sent : 1,
+        close_rcvd : 1, drain_pending : 1, ping_out : 1;
+    uint8_t over_high : 1, keep_alive : 1, is_tls : 1, linger_eof : 1;
+    uint16_t close_code; /* code for the close handler (peer's, or 1006) */
+    struct route *route; /* not owned; routes outlive their connections */
+    int ws_ref;          /* Lua registry ref of the ws userdata, or LUA_NOREF */
+    double deadline;     /* handshake / close / pong deadline (0 = none) */
+    double last_rx;      /* monotonic seconds of the last bytes from the peer */
+    double over_since;   /* when queued output passed out_high */
+    /* HTTP phase: partial request bytes (owned, freed at upgrade or close) */
+    char *hbuf;
+    uint32_t hlen, hcap, hlast;
+    /* request head kept for ws.path/query/headers (owned) */
+    char *head;
+    uint32_t head_len;
+    char *close_reason; /* peer's close reason (owned), NUL-terminated */
+    char *protocol;     /* negotiated subprotocol (owned) or NULL */
+    struct ws_decoder *dec; /* owned; WebSocket phase only */
+    /* output queue (ring of segments; owned) */
+    struct outseg *q;
+    uint32_t qhead, qlen, qcap;
+    size_t queued; /* bytes not yet written */
+    struct subscription *subs; /* owned by pubsub */
+    uint32_t nsubs, subs_cap;
+    char remote[48]; /* "addr:port" */
+};
+
+/* Take ownership of an accepted socket. Returns the conn or NULL (socket closed). */
+struct conn *conn_new(struct sb_server *srv, int fd, const struct sockaddr *sa, int salen);
+
+/* Queue raw bytes (an HTTP response) for this connection. Returns 0, -1 on OOM. */
+int conn_write(struct conn *c, const void *data, size_t len);
+/* Queue a complete HTTP response with a Content-Length body. Returns 0 or -1. */
+int conn_http_respond(struct conn *c, int status, const char *extra_headers, const void *body,
+                      size_t body_len, int head_only);
+
+/* Queue a frame for this connection. Returns 1 queued (queue below out_high),
+ * 0 queued but past out_high (slow down), -1 not queued (connection closing
+ * or queue past out_max: the connection is then closed with 1008). */
+int conn_send(struct conn *c, int opcode, const void *data, size_t len);
+/* Queue a shared frame (pubsub). Same return contract; respects the slow policy. */
+int conn_send_shared(struct conn *c, struct outbuf *b);
+
+/* Start the closing handshake with code and reason (reason <= 123 bytes).
+ * No-op if already closing. */
+void conn_close(struct conn *c, unsigned code, const char *reason, size_t reason_len);
+/* Drop the connection at once (no close frame). */
+void conn_abort(struct conn *c, uint16_t close_code);
+
+/* Write the queued output of every connection in srv->flush. */
+void conn_flush_all(struct sb_server *srv);
+/* Free every connection on srv->reap (calls the close handlers first). */
+void conn_reap_all(struct sb_server *srv);
+/* Once a second: timeouts and pings. */
+void conn_sweep(struct sb_server *srv);
+
+#endif

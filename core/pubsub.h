@@ -1,0 +1,36 @@
+/* pubsub.h — topics -> subscribers. A message is framed once and the same
+ * refcounted buffer is queued on every subscriber. */
+#ifndef SB_PUBSUB_H
+#define SB_PUBSUB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct conn;
+struct pubsub;
+
+/* One topic a connection is subscribed to (array owned by the conn). */
+struct subscription {
+    struct topic *topic;
+    uint32_t slot; /* index in the topic's subscriber array */
+};
+
+struct pubsub *pubsub_new(void);
+void pubsub_free(struct pubsub *ps);
+
+/* Returns 1 subscribed, 0 already subscribed, -1 out of memory. */
+int pubsub_subscribe(struct pubsub *ps, struct conn *c, const char *topic, size_t len);
+/* Returns 1 unsubscribed, 0 was not subscribed. */
+int pubsub_unsubscribe(struct pubsub *ps, struct conn *c, const char *topic, size_t len);
+/* Leave every topic (a closing connection). */
+void pubsub_unsubscribe_all(struct pubsub *ps, struct conn *c);
+/* Frame once, queue on every subscriber except `except` (may be NULL).
+ * Returns the number of subscribers it was queued on. */
+size_t pubsub_publish(struct pubsub *ps, const char *topic, size_t tlen, const void *msg,
+                      size_t len, int binary, struct conn *except);
+size_t pubsub_count(struct pubsub *ps, const char *topic, size_t len);
+/* Calls cb for every topic with at least one subscriber. */
+void pubsub_each_topic(struct pubsub *ps, void (*cb)(void *ud, const char *t, size_t len),
+                       void *ud);
+
+#endif

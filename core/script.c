@@ -1,0 +1,1259 @@
+/* script.c — the Lua side: one lua_State, routes, event dispatch, the `ws`
+ * userdata and the `switchboard` module. */
+#define _GNU_SOURCE
+#include "script.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "conn.h"
+#include "handshake.h"
+#include "http.h"
+#include "log.h"
+#include "pubsub.h"
+#include "server.h"
+#include "utf8.h"
+
+#define WS_MT "switchboard.ws"
+#define TIMER_MT "switchboard.timer"
+#define HOOK_EVERY 1000
+
+struct sb_timer;
+
+struct script {
+    lua_State *L;
+    struct sb_server *srv;
+    char *app_dir;
+    char *lib_dir;
+    struct route *routes;
+    struct route *cur_route; /* route whose code is running (owns new timers) */
+    struct sb_timer *timers;
+    size_t mem, mem_cap;
+    long budget_ticks; /* hook ticks left in this handler call */
+    int in_handler;
+    int budget_hit;
+    int shared_ref; /* switchboard.shared */
+    uint32_t loading_version; /* version being loaded for cur_route, 0 otherwise */
+};
+
+struct sb_timer {
+    struct event *ev;
+    struct script *s;
+    struct route *owner;
+    uint32_t version; /* the owner's version that created it */
+    int fn_ref, ud_ref;
+    int repeat;
+    struct sb_timer *next, *prev;
+};
+
+struct ws_ud {
+    struct conn *c; /* NULL once the connection is closed */
+    uint64_t id;
+};
+
+struct timer_ud {
+    struct sb_timer *t; /* NULL once fired (one-shot) or cancelled */
+};
+
+static struct script *get_script(lua_State *L) {
+    struct script *s;
+    lua_getallocf(L, (void **)&s);
+    return s;
+}
+
+/* ---- memory cap and instruction budget --------------------------------------- */
+
+static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
+    struct script *s = ud;
+    if (nsize == 0) {
+        if (ptr)
+            s->mem -= osize;
+        free(ptr);
+        return NULL;
+    }
+    size_t old = ptr ? osize : 0;
+    if (nsize > old && s->in_handler && s->mem + (nsize - old) > s->mem_cap)
+        return NULL; /* Lua raises a memory error in the running handler */
+    void *p = realloc(ptr, nsize);
+    if (p)
+        s->mem = s->mem - old + nsize;
+    return p;
+}
+
+static void l_hook(lua_State *L, lua_Debug *ar) {
+    (void)ar;
+    struct script *s = get_script(L);
+    if (s->in_handler && --s->budget_ticks < 0) {
+        s->budget_hit = 1;
+        s->budget_ticks = 1000; /* room to unwind */
+        luaL_error(L, "instruction budget exceeded (--lua-budget %ld)", s->srv->cfg.lua_budget);
+    }
+}
+
+static int l_traceback(lua_State *L) {
+    const char *msg = lua_tostring(L, 1);
+    if (!msg)
+        msg = luaL_tolstring(L, 1, NULL);
+    luaL_traceback(L, L, msg, 1);
+    return 1;
+}
+
+/* Call the function below nargs arguments on the stack under the budget and
+ * the memory cap. Returns 0, or -1 after logging the error with `what`. */
+static int protected_call(struct script *s, int nargs, int nres, const char *what) {
+    lua_State *L = s->L;
+    int base = lua_gettop(L) - nargs;
+    lua_pushcfunction(L, l_traceback);
+    lua_insert(L, base);
+    int outer = s->in_handler;
+    if (!outer) {
+        s->in_handler = 1;
+        s->budget_hit = 0;
+        s->budget_ticks = s->srv->cfg.lua_budget / HOOK_EVERY + 1;
+    }
+    int rc = lua_pcall(L, nargs, nres, base);
+    if (!outer)
+        s->in_handler = 0;
+    lua_remove(L, base);
+    if (rc == LUA_OK)
+        return 0;
+    const char *err = lua_tostring(L, -1);
+    s->srv->stats.handler_errors++;
+    if (s->budget_hit)
+        s->srv->stats.budget_stops++;
+    if (rc == LUA_ERRMEM)
+        log_error("%s: out of memory (Lua state past --lua-memory %zu bytes)", what, s->mem_cap);
+    else
+        log_error("%s: %s", what, err ? err : "(error object is not a string)");
+    lua_pop(L, 1);
+    lua_gc(L, LUA_GCCOLLECT);
+    return -1;
+}
+
+/* ---- routes ---------------------------------------------------------------------- */
+
+static unsigned handler_bits(lua_State *L, int idx) {
+    static const char *const names[] = {"upgrade", "open", "message", "close", "drain", "request"};
+    unsigned bits = 0;
+    for (int i = 0; i < 6; i++) {
+        lua_getfield(L, idx, names[i]);
+        if (lua_isfunction(L, -1))
+            bits |= 1u << i;
+        lua_pop(L, 1);
+    }
+    return bits;
+}
+
+/* Cancel r's timers: with same=1 those of `version`, with same=0 all others.
+ * r NULL: every timer. */
+static void cancel_route_timers(struct script *s, struct route *r, uint32_t version, int same);
+
+/* Load (or reload) a route's script. Returns 0; on failure logs it and keeps
+ * the previous version. */
+static int route_load(struct script *s, struct route *r) {
+    lua_State *L = s->L;
+    double t0 = server_clock();
+    char what[PATH_MAX + 32];
+    snprintf(what, sizeof what, "loading %s", r->file);
+    if (luaL_loadfile(L, r->file) != LUA_OK) {
+        log_error("%s: %s", what, lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return -1;
+    }
+    /* a fresh environment whose globals do not leak into other scripts */
+    lua_newtable(L);
+    lua_newtable(L);
+    lua_pushglobaltable(L);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    if (!lua_setupvalue(L, -2, 1))
+        lua_pop(L, 1);
+    struct route *prev_route = s->cur_route;
+    uint32_t prev_loading = s->loading_version;
+    uint32_t version = r->version + 1;
+    s->cur_route = r;
+    s->loading_version = version;
+    int rc = protected_call(s, 0, 1, what);
+    s->cur_route = prev_route;
+    s->loading_version = prev_loading;
+    if (rc < 0)
+        goto fail;
+    if (!lua_istable(L, -1)) {
+        log_error("%s: the script must return a table of handlers, not %s", what,
+                  luaL_typename(L, -1));
+        lua_pop(L, 1);
+        goto fail;
+    }
+    int tbl = lua_gettop(L);
+    /* a handler that is not a function is a mistake worth refusing */
+    static const char *const names[] = {"upgrade", "open", "message", "close", "drain", "request"};
+    for (int i = 0; i < 6; i++) {
+        lua_getfield(L, tbl, names[i]);
+        int bad = !lua_isnil(L, -1) && !lua_isfunction(L, -1);
+        lua_pop(L, 1);
+        if (bad) {
+            log_error("%s: handler '%s' must be a function", what, names[i]);
+            lua_pop(L, 1);
+            goto fail;
+        }
+    }
+    if (r->ref != LUA_NOREF) {
+        /* migrate: the new version's reload(old) hook */
+        lua_getfield(L, tbl, "reload");
+        if (lua_isfunction(L, -1)) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+            s->cur_route = r;
+            s->loading_version = version;
+            protected_call(s, 1, 0, what);
+            s->cur_route = prev_route;
+            s->loading_version = prev_loading;
+        } else {
+            lua_pop(L, 1);
+        }
+        luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
+    }
+    r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+    r->has = handler_bits(L, lua_gettop(L));
+    lua_pop(L, 1);
+    r->gone = 0;
+    r->version = version;
+    /* the old version's timers go with it */
+    cancel_route_timers(s, r, version, 0);
+    if (version > 1) {
+        s->srv->stats.reloads_ok++;
+        log_info("reloaded %s (route %s, version %u) in %.1f ms", r->file, r->path, r->version,
+                 (server_clock() - t0) * 1e3);
+    }
+    return 0;
+
+fail:
+    /* timers created by a failed top level die with it */
+    cancel_route_timers(s, r, version, 1);
+    if (r->version > 0)
+        s->srv->stats.reloads_failed++;
+    return -1;
+}
+
+static struct route *route_by_file(struct script *s, const char *file) {
+    for (struct route *r = s->routes; r; r = r->next)
+        if (strcmp(r->file, file) == 0)
+            return r;
+    return NULL;
+}
+
+/* "chat.lua" -> "/chat", "api/feed.lua" -> "/api/feed", "index.lua" -> "/",
+ * "room/index.lua" -> "/room". rel has no leading slash. */
+static char *route_path(const char *rel) {
+    size_t n = strlen(rel) - 4; /* drop ".lua" */
+    char *p = malloc(n + 2);
+    if (!p)
+        return NULL;
+    p[0] = '/';
+    memcpy(p + 1, rel, n);
+    p[n + 1] = 0;
+    size_t len = n + 1;
+    if (len >= 6 && strcmp(p + len - 6, "/index") == 0) {
+        p[len - 6] = 0;
+        if (!p[0])
+            strcpy(p, "/");
+    }
+    return p;
+}
+
+static struct route *route_add(struct script *s, const char *file, const char *rel) {
+    struct route *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->file = strdup(file);
+    r->path = route_path(rel);
+    r->ref = LUA_NOREF;
+    r->gone = 1;
+    r->next = s->routes;
+    s->routes = r;
+    return r;
+}
+
+/* Walk dir for *.lua route scripts (not lib/ or public/ at the top). */
+static void scan_dir(struct script *s, const char *dir, const char *rel, int *loaded, int *failed) {
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        if (!rel[0] && (strcmp(e->d_name, "lib") == 0 || strcmp(e->d_name, "public") == 0))
+            continue;
+        char path[PATH_MAX], sub[PATH_MAX];
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        snprintf(sub, sizeof sub, "%s%s%s", rel, rel[0] ? "/" : "", e->d_name);
+        struct stat st;
+        if (stat(path, &st) < 0)
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            scan_dir(s, path, sub, loaded, failed);
+            continue;
+        }
+        size_t n = strlen(e->d_name);
+        if (!S_ISREG(st.st_mode) || n < 5 || strcmp(e->d_name + n - 4, ".lua") != 0)
+            continue;
+        struct route *r = route_by_file(s, path);
+        if (!r)
+            r = route_add(s, path, sub);
+        if (!r)
+            continue;
+        if (route_load(s, r) == 0)
+            (*loaded)++;
+        else
+            (*failed)++;
+    }
+    closedir(d);
+}
+
+struct route *script_find_route(struct script *s, const char *path, size_t len) {
+    for (struct route *r = s->routes; r; r = r->next)
+        if (strlen(r->path) == len && memcmp(r->path, path, len) == 0 && r->ref != LUA_NOREF)
+            return r;
+    return NULL;
+}
+
+/* ---- the ws userdata ------------------------------------------------------------- */
+
+static void push_ws(struct script *s, struct conn *c) {
+    lua_State *L = s->L;
+    if (c->ws_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->ws_ref);
+        return;
+    }
+    struct ws_ud *u = lua_newuserdatauv(L, sizeof *u, 2);
+    u->c = c;
+    u->id = c->id;
+    luaL_setmetatable(L, WS_MT);
+    lua_pushvalue(L, -1);
+    c->ws_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+static struct ws_ud *check_ws(lua_State *L) {
+    return luaL_checkudata(L, 1, WS_MT);
+}
+
+/* The conn behind a ws, or a Lua error naming the function. */
+static struct conn *ws_conn(lua_State *L, const char *fn) {
+    struct ws_ud *u = check_ws(L);
+    if (!u->c)
+        luaL_error(L, "bad argument #1 to '%s' (ws %d is closed)", fn, (int)u->id);
+    return u->c;
+}
+
+static int ws_send(lua_State *L) {
+    struct conn *c = ws_conn(L, "send");
+    size_t len;
+    const char *msg = luaL_checklstring(L, 2, &len);
+    int binary = lua_toboolean(L, 3);
+    if (!binary && utf8_validate(UTF8_ACCEPT, (const uint8_t *)msg, len) != UTF8_ACCEPT)
+        return luaL_argerror(L, 2, "text is not valid UTF-8 (send it as binary)");
+    if ((uint64_t)len > c->srv->cfg.max_message)
+        return luaL_argerror(L, 2, "message longer than --max-message");
+    int r = conn_send(c, binary ? WS_OP_BINARY : WS_OP_TEXT, msg, len);
+    lua_pushboolean(L, r == 1);
+    return 1;
+}
+
+static int ws_close(lua_State *L) {
+    struct conn *c = ws_conn(L, "close");
+    lua_Integer code = luaL_optinteger(L, 2, 1000);
+    size_t rlen = 0;
+    const char *reason = luaL_optlstring(L, 3, "", &rlen);
+    if (!(code == 1000 || (code >= 3000 && code <= 4999)))
+        return luaL_argerror(L, 2, "close code must be 1000 or 3000-4999");
+    if (rlen > 123)
+        return luaL_argerror(L, 3, "reason longer than 123 bytes");
+    if (utf8_validate(UTF8_ACCEPT, (const uint8_t *)reason, rlen) != UTF8_ACCEPT)
+        return luaL_argerror(L, 3, "reason is not valid UTF-8");
+    conn_close(c, (unsigned)code, reason, rlen);
+    return 0;
+}
+
+static int ws_ping(lua_State *L) {
+    struct conn *c = ws_conn(L, "ping");
+    size_t len = 0;
+    const char *data = luaL_optlstring(L, 2, "", &len);
+    if (len > 125)
+        return luaL_argerror(L, 2, "ping payload longer than 125 bytes");
+    lua_pushboolean(L, conn_send(c, WS_OP_PING, data, len) >= 0);
+    return 1;
+}
+
+static int ws_subscribe(lua_State *L) {
+    struct conn *c = ws_conn(L, "subscribe");
+    size_t len;
+    const char *t = luaL_checklstring(L, 2, &len);
+    int r = pubsub_subscribe(c->srv->pubsub, c, t, len);
+    if (r < 0)
+        return luaL_error(L, "subscribe: out of memory");
+    lua_pushboolean(L, r == 1);
+    return 1;
+}
+
+static int ws_unsubscribe(lua_State *L) {
+    struct conn *c = ws_conn(L, "unsubscribe");
+    size_t len;
+    const char *t = luaL_checklstring(L, 2, &len);
+    lua_pushboolean(L, pubsub_unsubscribe(c->srv->pubsub, c, t, len) == 1);
+    return 1;
+}
+
+static int do_publish(lua_State *L, int first, struct sb_server *srv, struct conn *except,
+                      const char *fn) {
+    size_t tlen, len;
+    const char *t = luaL_checklstring(L, first, &tlen);
+    const char *msg = luaL_checklstring(L, first + 1, &len);
+    int binary = lua_toboolean(L, first + 2);
+    if (!binary && utf8_validate(UTF8_ACCEPT, (const uint8_t *)msg, len) != UTF8_ACCEPT)
+        return luaL_error(L, "bad argument #%d to '%s' (text is not valid UTF-8)", first + 1, fn);
+    srv->stats.publishes++;
+    size_t n = pubsub_publish(srv->pubsub, t, tlen, msg, len, binary, except);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
+static int ws_publish(lua_State *L) {
+    struct conn *c = ws_conn(L, "publish");
+    return do_publish(L, 2, c->srv, c, "publish");
+}
+
+static int ws_buffered(lua_State *L) {
+    struct conn *c = ws_conn(L, "buffered");
+    lua_pushinteger(L, (lua_Integer)c->queued);
+    return 1;
+}
+
+/* Fields derived from the kept request head, built on first use and cached
+ * in the userdata's second user value. */
+static void push_query_table(lua_State *L, const char *q, size_t len);
+static void push_headers_table(lua_State *L, const struct http_request *req);
+
+static int parse_kept_head(struct conn *c, struct http_request *req, struct http_header *h,
+                           size_t cap) {
+    memset(req, 0, sizeof *req);
+    req->headers = h;
+    req->headers_cap = cap;
+    struct http_limits lim = {c->head_len + 1, cap - 1};
+    int status;
+    return c->head && http_parse_request(c->head, c->head_len, 0, &lim, req, &status) > 0;
+}
+
+static void push_decoded_path(lua_State *L, const struct http_request *req) {
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(L, &b, req->path_len + 1);
+    long n = http_percent_decode(p, req->path, req->path_len, 0);
+    luaL_pushresultsize(&b, n < 0 ? 0 : (size_t)n);
+}
+
+static void ws_fill_cache(lua_State *L, struct conn *c) {
+    lua_newtable(L);
+    struct http_header h[1001];
+    struct http_request req;
+    if (!parse_kept_head(c, &req, h, sizeof h / sizeof h[0]))
+        return;
+    push_decoded_path(L, &req);
+    lua_setfield(L, -2, "path");
+    push_query_table(L, req.query, req.query_len);
+    lua_setfield(L, -2, "query");
+    push_headers_table(L, &req);
+    lua_setfield(L, -2, "headers");
+    lua_pushstring(L, c->remote);
+    lua_setfield(L, -2, "remote");
+    if (c->protocol) {
+        lua_pushstring(L, c->protocol);
+        lua_setfield(L, -2, "protocol");
+    }
+}
+
+static int ws_index(lua_State *L) {
+    struct ws_ud *u = check_ws(L);
+    const char *k = luaL_checkstring(L, 2);
+    if (luaL_getmetafield(L, 1, "__methods") != LUA_TNIL) {
+        lua_getfield(L, -1, k);
+        if (!lua_isnil(L, -1))
+            return 1;
+        lua_pop(L, 2);
+    }
+    if (strcmp(k, "id") == 0) {
+        lua_pushinteger(L, (lua_Integer)u->id);
+        return 1;
+    }
+    if (strcmp(k, "data") == 0) {
+        if (lua_getiuservalue(L, 1, 1) != LUA_TTABLE) {
+            lua_pop(L, 1);
+            lua_newtable(L);
+            lua_pushvalue(L, -1);
+            lua_setiuservalue(L, 1, 1);
+        }
+        return 1;
+    }
+    if (lua_getiuservalue(L, 1, 2) != LUA_TTABLE) {
+        lua_pop(L, 1);
+        if (!u->c)
+            return 0;
+        ws_fill_cache(L, u->c);
+        lua_pushvalue(L, -1);
+        lua_setiuservalue(L, 1, 2);
+    }
+    lua_getfield(L, -1, k);
+    return 1;
+}
+
+static int ws_newindex(lua_State *L) {
+    const char *k = luaL_checkstring(L, 2);
+    if (strcmp(k, "data") == 0) {
+        luaL_checktype(L, 3, LUA_TTABLE);
+        lua_settop(L, 3);
+        lua_setiuservalue(L, 1, 1);
+        return 0;
+    }
+    return luaL_error(L, "ws.%s is read-only (keep your state in ws.data)", k);
+}
+
+static int ws_tostring(lua_State *L) {
+    struct ws_ud *u = check_ws(L);
+    lua_pushfstring(L, "ws %d%s", (int)u->id, u->c ? "" : " (closed)");
+    return 1;
+}
+
+static int ws_eq(lua_State *L) {
+    struct ws_ud *a = luaL_testudata(L, 1, WS_MT), *b = luaL_testudata(L, 2, WS_MT);
+    lua_pushboolean(L, a && b && a->id == b->id);
+    return 1;
+}
+
+/* ---- request tables ------------------------------------------------------------- */
+
+struct qctx {
+    lua_State *L;
+};
+
+static void query_pair(void *ud, const char *k, size_t kl, const char *v, size_t vl) {
+    lua_State *L = ((struct qctx *)ud)->L;
+    if (kl == 0)
+        return;
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(L, &b, kl);
+    long n = http_percent_decode(p, k, kl, 1);
+    if (n < 0) {
+        luaL_pushresultsize(&b, 0);
+        lua_pop(L, 1);
+        return;
+    }
+    luaL_pushresultsize(&b, (size_t)n);
+    if (v) {
+        char *pv = luaL_buffinitsize(L, &b, vl + 1);
+        long m = http_percent_decode(pv, v, vl, 1);
+        luaL_pushresultsize(&b, m < 0 ? 0 : (size_t)m);
+    } else {
+        lua_pushliteral(L, "");
+    }
+    /* table key value */
+    lua_pushvalue(L, -2);
+    int t = lua_rawget(L, -4);
+    if (t == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_rawset(L, -3);
+    } else if (t == LUA_TTABLE) {
+        lua_insert(L, -2); /* key list value */
+        lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+        lua_pop(L, 2);
+    } else { /* second value: make a list */
+        lua_newtable(L);
+        lua_insert(L, -2);
+        lua_rawseti(L, -2, 1); /* key value list */
+        lua_insert(L, -2);     /* key list value */
+        lua_rawseti(L, -2, 2);
+        lua_rawset(L, -3);
+    }
+}
+
+static void push_query_table(lua_State *L, const char *q, size_t len) {
+    lua_newtable(L);
+    struct qctx ctx = {L};
+    if (q && len)
+        http_query_each(q, len, query_pair, &ctx);
+}
+
+static void push_headers_table(lua_State *L, const struct http_request *req) {
+    lua_newtable(L);
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *h = &req->headers[i];
+        char name[256];
+        size_t n = h->name_len < sizeof name ? h->name_len : sizeof name - 1;
+        for (size_t j = 0; j < n; j++) {
+            char ch = h->name[j];
+            name[j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch + 32) : ch;
+        }
+        lua_pushlstring(L, name, n);
+        lua_pushvalue(L, -1);
+        if (lua_rawget(L, -3) == LUA_TSTRING) { /* repeated: join with ", " */
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, h->value, h->value_len);
+            lua_concat(L, 3);
+        } else {
+            lua_pop(L, 1);
+            lua_pushlstring(L, h->value, h->value_len);
+        }
+        lua_rawset(L, -3);
+    }
+}
+
+static void push_proto(void *ud, const char *p, size_t len) {
+    lua_State *L = ud;
+    lua_pushlstring(L, p, len);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+static void push_request(lua_State *L, struct conn *c, const struct http_request *req,
+                         const char *body, size_t body_len) {
+    lua_createtable(L, 0, 8);
+    lua_pushlstring(L, req->method, req->method_len);
+    lua_setfield(L, -2, "method");
+    push_decoded_path(L, req);
+    lua_setfield(L, -2, "path");
+    push_query_table(L, req->query, req->query_len);
+    lua_setfield(L, -2, "query");
+    push_headers_table(L, req);
+    lua_setfield(L, -2, "headers");
+    lua_pushstring(L, c->remote);
+    lua_setfield(L, -2, "remote");
+    lua_newtable(L);
+    handshake_each_protocol(req, push_proto, L);
+    lua_setfield(L, -2, "protocols");
+    if (body) {
+        lua_pushlstring(L, body, body_len);
+        lua_setfield(L, -2, "body");
+    }
+}
+
+/* Format a Lua table of headers {Name = "value"} into "Name: value\r\n" lines.
+ * Names/values with CR, LF or NUL are refused. Returns malloc'd text or NULL. */
+static char *format_headers(lua_State *L, int idx, const char **err) {
+    if (!lua_istable(L, idx))
+        return NULL;
+    size_t cap = 256, len = 0;
+    char *out = malloc(cap);
+    if (!out)
+        return NULL;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        size_t kl, vl;
+        if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1)) {
+            *err = "header names and values must be strings";
+            lua_pop(L, 2);
+            free(out);
+            return NULL;
+        }
+        const char *k = lua_tolstring(L, -2, &kl);
+        const char *v = lua_tolstring(L, -1, &vl);
+        if (kl == 0 || strcspn(k, "\r\n: \t") != kl || strcspn(v, "\r\n") != vl) {
+            *err = "header name or value has a forbidden character";
+            lua_pop(L, 2);
+            free(out);
+            return NULL;
+        }
+        size_t need = len + kl + vl + 5;
+        if (need > cap) {
+            while (cap < need)
+                cap *= 2;
+            char *n = realloc(out, cap);
+            if (!n) {
+                free(out);
+                lua_pop(L, 2);
+                return NULL;
+            }
+            out = n;
+        }
+        len += (size_t)sprintf(out + len, "%.*s: %.*s\r\n", (int)kl, k, (int)vl, v);
+        lua_pop(L, 1);
+    }
+    out[len] = 0;
+    return out;
+}
+
+/* ---- dispatch ------------------------------------------------------------------- */
+
+/* Push the route's handler `name`; returns 0 if it is not a function (nothing pushed). */
+static int push_handler(struct script *s, struct route *r, const char *name) {
+    lua_State *L = s->L;
+    if (r->ref == LUA_NOREF)
+        return 0;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+    lua_getfield(L, -1, name);
+    lua_remove(L, -2);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    return 1;
+}
+
+static int run_handler(struct script *s, struct conn *c, struct route *r, const char *name,
+                       int nargs, int nres) {
+    char what[512];
+    snprintf(what, sizeof what, "route %s (%s): %s handler failed", r->path, r->file, name);
+    struct route *prev = s->cur_route;
+    s->cur_route = r;
+    int rc = protected_call(s, nargs, nres, what);
+    s->cur_route = prev;
+    (void)c;
+    return rc;
+}
+
+void script_upgrade(struct script *s, struct conn *c, const struct http_request *req,
+                    struct upgrade_answer *ans) {
+    lua_State *L = s->L;
+    memset(ans, 0, sizeof *ans);
+    if (!push_handler(s, c->route, "upgrade"))
+        return;
+    push_request(L, c, req, NULL, 0);
+    if (run_handler(s, c, c->route, "upgrade", 1, 3) < 0) {
+        ans->status = 500;
+        return;
+    }
+    int top = lua_gettop(L);
+    if (lua_toboolean(L, top - 2)) {
+        if (lua_istable(L, top - 1)) {
+            lua_getfield(L, top - 1, "protocol");
+            if (lua_type(L, -1) == LUA_TSTRING)
+                ans->protocol = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            lua_getfield(L, top - 1, "headers");
+            const char *err = NULL;
+            ans->headers = format_headers(L, lua_gettop(L), &err);
+            lua_pop(L, 1);
+            if (err) {
+                log_error("route %s: upgrade returned bad headers: %s", c->route->path, err);
+                ans->status = 500;
+            }
+        }
+        if (ans->protocol) {
+            free(c->protocol);
+            c->protocol = strdup(ans->protocol);
+        }
+    } else {
+        lua_Integer st = lua_isinteger(L, top - 1) ? lua_tointeger(L, top - 1) : 403;
+        if (st < 400 || st > 599) {
+            log_error("route %s: upgrade refused with status %lld; using 403", c->route->path,
+                      (long long)st);
+            st = 403;
+        }
+        ans->status = (int)st;
+        if (lua_type(L, top) == LUA_TSTRING) {
+            size_t bl;
+            const char *bd = lua_tolstring(L, top, &bl);
+            ans->body = malloc(bl + 1);
+            if (ans->body) {
+                memcpy(ans->body, bd, bl);
+                ans->body[bl] = 0;
+                ans->body_len = bl;
+            }
+        }
+    }
+    lua_settop(L, top - 3);
+}
+
+void script_upgrade_free(struct upgrade_answer *ans) {
+    free(ans->protocol);
+    free(ans->headers);
+    free(ans->body);
+    memset(ans, 0, sizeof *ans);
+}
+
+void script_request(struct script *s, struct conn *c, struct route *r,
+                    const struct http_request *req, const char *body, size_t body_len,
+                    struct http_answer *ans) {
+    lua_State *L = s->L;
+    memset(ans, 0, sizeof *ans);
+    ans->status = 500;
+    if (!push_handler(s, r, "request"))
+        return;
+    push_request(L, c, req, body, body_len);
+    if (run_handler(s, c, r, "request", 1, 1) < 0)
+        return;
+    if (!lua_istable(L, -1)) {
+        log_error("route %s: request handler must return a table {status=, headers=, body=}",
+                  r->path);
+        lua_pop(L, 1);
+        return;
+    }
+    int t = lua_gettop(L);
+    lua_getfield(L, t, "status");
+    lua_Integer st = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 200;
+    lua_pop(L, 1);
+    if (st < 200 || st > 599 || st == 204 || st == 304) {
+        if (st != 204 && st != 304)
+            st = 500;
+    }
+    lua_getfield(L, t, "headers");
+    const char *err = NULL;
+    ans->headers = format_headers(L, lua_gettop(L), &err);
+    lua_pop(L, 1);
+    if (err) {
+        log_error("route %s: request handler returned bad headers: %s", r->path, err);
+        lua_pop(L, 1);
+        return;
+    }
+    lua_getfield(L, t, "body");
+    size_t bl = 0;
+    const char *bd = lua_tolstring(L, -1, &bl);
+    if (bd) {
+        ans->body = malloc(bl ? bl : 1);
+        if (ans->body)
+            memcpy(ans->body, bd, bl);
+        ans->body_len = bl;
+    }
+    lua_pop(L, 2);
+    ans->status = (int)st;
+}
+
+void script_response_free(struct http_answer *ans) {
+    free(ans->headers);
+    free(ans->body);
+    memset(ans, 0, sizeof *ans);
+}
+
+void script_open(struct script *s, struct conn *c) {
+    if (!push_handler(s, c->route, "open"))
+        return;
+    push_ws(s, c);
+    if (run_handler(s, c, c->route, "open", 1, 0) < 0)
+        conn_close(c, WS_CLOSE_INTERNAL, "internal error", 14);
+}
+
+void script_message(struct script *s, struct conn *c, const uint8_t *data, size_t len,
+                    int binary) {
+    lua_State *L = s->L;
+    if (!push_handler(s, c->route, "message"))
+        return;
+    push_ws(s, c);
+    lua_pushlstring(L, (const char *)data, len);
+    lua_pushboolean(L, binary);
+    if (run_handler(s, c, c->route, "message", 3, 0) < 0)
+        conn_close(c, WS_CLOSE_INTERNAL, "internal error", 14);
+}
+
+void script_drain(struct script *s, struct conn *c) {
+    if (!push_handler(s, c->route, "drain"))
+        return;
+    push_ws(s, c);
+    if (run_handler(s, c, c->route, "drain", 1, 0) < 0)
+        conn_close(c, WS_CLOSE_INTERNAL, "internal error", 14);
+}
+
+void script_close(struct script *s, struct conn *c, unsigned code, const char *reason) {
+    lua_State *L = s->L;
+    if (push_handler(s, c->route, "close")) {
+        push_ws(s, c);
+        lua_pushinteger(L, code);
+        lua_pushstring(L, reason);
+        run_handler(s, c, c->route, "close", 3, 0);
+    }
+    if (c->ws_ref != LUA_NOREF) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, c->ws_ref);
+        struct ws_ud *u = lua_touserdata(L, -1);
+        if (u)
+            u->c = NULL;
+        lua_pop(L, 1);
+        luaL_unref(L, LUA_REGISTRYINDEX, c->ws_ref);
+        c->ws_ref = LUA_NOREF;
+    }
+}
+
+/* ---- timers ------------------------------------------------------------------------ */
+
+static void timer_free(struct sb_timer *t) {
+    struct script *s = t->s;
+    lua_State *L = s->L;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        s->timers = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    event_free(t->ev);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ud_ref);
+    struct timer_ud *u = lua_touserdata(L, -1);
+    if (u)
+        u->t = NULL;
+    lua_pop(L, 1);
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ud_ref);
+    luaL_unref(L, LUA_REGISTRYINDEX, t->fn_ref);
+    free(t);
+}
+
+static void cancel_route_timers(struct script *s, struct route *r, uint32_t version, int same) {
+    for (struct sb_timer *t = s->timers; t;) {
+        struct sb_timer *n = t->next;
+        if (!r || (t->owner == r && (t->version == version) == same))
+            timer_free(t);
+        t = n;
+    }
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *arg) {
+    struct sb_timer *t = arg;
+    struct script *s = t->s;
+    lua_State *L = s->L;
+    (void)fd;
+    (void)what;
+    s->srv->now = server_clock();
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, t->ud_ref);
+    char what_s[256];
+    snprintf(what_s, sizeof what_s, "timer of %s failed", t->owner ? t->owner->path : "?");
+    struct route *prev = s->cur_route;
+    s->cur_route = t->owner;
+    int repeat = t->repeat;
+    /* a one-shot timer is gone before its function runs (it may not be cancelled) */
+    int ud_ref = t->ud_ref;
+    (void)ud_ref;
+    if (!repeat) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref); /* keep fn alive on the stack */
+        lua_pop(L, 1);
+        timer_free(t);
+    }
+    protected_call(s, 1, 0, what_s);
+    s->cur_route = prev;
+}
+
+static int new_timer(lua_State *L, int repeat) {
+    struct script *s = get_script(L);
+    lua_Number secs = luaL_checknumber(L, 1);
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    if (!(secs >= 0) || secs > 1e9)
+        return luaL_argerror(L, 1, "seconds must be between 0 and 1e9");
+    if (repeat && secs < 0.001)
+        return luaL_argerror(L, 1, "an 'every' interval must be at least 0.001 seconds");
+    struct sb_timer *t = calloc(1, sizeof *t);
+    if (!t)
+        return luaL_error(L, "out of memory");
+    t->s = s;
+    t->owner = s->cur_route;
+    t->version = s->loading_version ? s->loading_version : (t->owner ? t->owner->version : 0);
+    t->repeat = repeat;
+    t->ev = event_new(s->srv->base, -1, repeat ? EV_PERSIST : 0, on_timer, t);
+    lua_pushvalue(L, 2);
+    t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    struct timer_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+    u->t = t;
+    luaL_setmetatable(L, TIMER_MT);
+    lua_pushvalue(L, -1);
+    t->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    t->next = s->timers;
+    if (s->timers)
+        s->timers->prev = t;
+    s->timers = t;
+    struct timeval tv = {(time_t)secs, (suseconds_t)((secs - (double)(time_t)secs) * 1e6)};
+    event_add(t->ev, &tv);
+    return 1;
+}
+
+static int sb_after(lua_State *L) {
+    return new_timer(L, 0);
+}
+
+static int sb_every(lua_State *L) {
+    return new_timer(L, 1);
+}
+
+static int timer_cancel(lua_State *L) {
+    struct timer_ud *u = luaL_checkudata(L, 1, TIMER_MT);
+    int was = u->t != NULL;
+    if (u->t)
+        timer_free(u->t);
+    lua_pushboolean(L, was);
+    return 1;
+}
+
+/* ---- the switchboard module ------------------------------------------------------- */
+
+static int sb_publish(lua_State *L) {
+    return do_publish(L, 1, get_script(L)->srv, NULL, "publish");
+}
+
+static int sb_subscribers(lua_State *L) {
+    size_t len;
+    const char *t = luaL_checklstring(L, 1, &len);
+    lua_pushinteger(L, (lua_Integer)pubsub_count(get_script(L)->srv->pubsub, t, len));
+    return 1;
+}
+
+static void topic_cb(void *ud, const char *t, size_t len) {
+    lua_State *L = ud;
+    lua_pushlstring(L, t, len);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+static int sb_topics(lua_State *L) {
+    lua_newtable(L);
+    pubsub_each_topic(get_script(L)->srv->pubsub, topic_cb, L);
+    return 1;
+}
+
+static int sb_now(lua_State *L) {
+    lua_pushnumber(L, server_clock());
+    return 1;
+}
+
+static int script_name(lua_State *L, char *out, size_t cap) {
+    struct script *s = get_script(L);
+    lua_Debug ar;
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+        const char *src = ar.short_src;
+        size_t al = strlen(s->app_dir);
+        if (strncmp(src, s->app_dir, al) == 0 && src[al] == '/')
+            src += al + 1;
+        snprintf(out, cap, "%s:%d", src, ar.currentline);
+        return 1;
+    }
+    snprintf(out, cap, "%s", s->cur_route ? s->cur_route->path : "lua");
+    return 0;
+}
+
+static int do_log(lua_State *L, enum log_level lvl) {
+    int n = lua_gettop(L);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    for (int i = 1; i <= n; i++) {
+        luaL_tolstring(L, i, NULL);
+        luaL_addvalue(&b);
+        if (i < n)
+            luaL_addchar(&b, ' ');
+    }
+    luaL_pushresult(&b);
+    char where[256];
+    script_name(L, where, sizeof where);
+    log_msg(lvl, "[%s] %s", where, lua_tostring(L, -1));
+    return 0;
+}
+
+static int sb_log_info(lua_State *L) {
+    return do_log(L, LOG_INFO);
+}
+static int sb_log_warn(lua_State *L) {
+    return do_log(L, LOG_WARN);
+}
+static int sb_log_error(lua_State *L) {
+    return do_log(L, LOG_ERROR);
+}
+
+static int sb_stats(lua_State *L) {
+    struct script *s = get_script(L);
+    const struct sb_stats *st = &s->srv->stats;
+    lua_newtable(L);
+#define F(name)                                                                                    \
+    lua_pushinteger(L, (lua_Integer)st->name);                                                     \
+    lua_setfield(L, -2, #name)
+    F(accepted);
+    F(open);
+    F(ws_open);
+    F(handshakes_ok);
+    F(handshakes_refused);
+    F(msgs_in);
+    F(msgs_out);
+    F(bytes_in);
+    F(bytes_out);
+    F(publishes);
+    F(deliveries);
+    F(dropped_deliveries);
+    F(backpressure_events);
+    F(slow_closed);
+    F(handler_errors);
+    F(budget_stops);
+    F(reloads_ok);
+    F(reloads_failed);
+    F(timeouts);
+#undef F
+    lua_pushinteger(L, (lua_Integer)s->mem);
+    lua_setfield(L, -2, "lua_memory");
+    return 1;
+}
+
+static int luaopen_switchboard(lua_State *L) {
+    struct script *s = get_script(L);
+    static const luaL_Reg fns[] = {
+        {"publish", sb_publish}, {"subscribers", sb_subscribers},
+        {"topics", sb_topics},   {"after", sb_after},
+        {"every", sb_every},     {"now", sb_now},
+        {"stats", sb_stats},     {NULL, NULL},
+    };
+    luaL_newlib(L, fns);
+    static const luaL_Reg logf[] = {
+        {"info", sb_log_info}, {"warn", sb_log_warn}, {"error", sb_log_error}, {NULL, NULL}};
+    luaL_newlib(L, logf);
+    lua_setfield(L, -2, "log");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->shared_ref);
+    lua_setfield(L, -2, "shared");
+    lua_getglobal(L, "require");
+    lua_pushliteral(L, "cjson");
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+        lua_setfield(L, -2, "json");
+    } else {
+        log_warn("lua-cjson not found: switchboard.json is unavailable (%s)", lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pushliteral(L, SB_VERSION);
+    lua_setfield(L, -2, "version");
+    return 1;
+}
+
+/* ---- state ------------------------------------------------------------------------ */
+
+static void set_package_path(struct script *s) {
+    lua_State *L = s->L;
+    char exe[PATH_MAX];
+    char extra[PATH_MAX * 4] = "";
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = 0;
+        /* from a build dir in the source tree: ../lua; installed: ../share/lua/5.4 */
+        snprintf(extra, sizeof extra, "%s/../lua/?.lua;%s/../lua/?/init.lua;", exe, exe);
+    }
+    lua_getglobal(L, "package");
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s%s/?.lua;%s/?/init.lua;", s->lib_dir, s->lib_dir,
+                    extra, SB_LUA_DIR, SB_LUA_DIR);
+    lua_getfield(L, -2, "path");
+    lua_concat(L, 2);
+    lua_setfield(L, -2, "path");
+    lua_pop(L, 1);
+}
+
+struct script *script_new(struct sb_server *srv, const char *app_dir) {
+    struct script *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->srv = srv;
+    s->mem_cap = srv->cfg.lua_memory;
+    char real[PATH_MAX];
+    s->app_dir = strdup(realpath(app_dir, real) ? real : app_dir);
+    size_t ll = strlen(s->app_dir) + 5;
+    s->lib_dir = malloc(ll);
+    snprintf(s->lib_dir, ll, "%s/lib", s->app_dir);
+    s->L = lua_newstate(l_alloc, s);
+    if (!s->L) {
+        free(s);
+        return NULL;
+    }
+    lua_State *L = s->L;
+    luaL_openlibs(L);
+    lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    set_package_path(s);
+    lua_newtable(L);
+    s->shared_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    lua_pushcfunction(L, luaopen_switchboard);
+    lua_setfield(L, -2, "switchboard");
+    lua_pop(L, 1);
+
+    static const luaL_Reg methods[] = {
+        {"send", ws_send},           {"close", ws_close},         {"ping", ws_ping},
+        {"subscribe", ws_subscribe}, {"unsubscribe", ws_unsubscribe},
+        {"publish", ws_publish},     {"buffered", ws_buffered},   {NULL, NULL},
+    };
+    luaL_newmetatable(L, WS_MT);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__methods");
+    lua_pushcfunction(L, ws_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, ws_newindex);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushcfunction(L, ws_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushcfunction(L, ws_eq);
+    lua_setfield(L, -2, "__eq");
+    lua_pushliteral(L, "ws");
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+    luaL_newmetatable(L, TIMER_MT);
+    lua_newtable(L);
+    lua_pushcfunction(L, timer_cancel);
+    lua_setfield(L, -2, "cancel");
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+
+    int loaded = 0, failed = 0;
+    scan_dir(s, s->app_dir, "", &loaded, &failed);
+    if (!loaded) {
+        log_error("no route script loaded from %s (%d failed)", s->app_dir, failed);
+        script_free(s);
+        return NULL;
+    }
+    log_info("loaded %d route(s) from %s%s", loaded, s->app_dir,
+             failed ? " (some failed: see above)" : "");
+    for (struct route *r = s->routes; r; r = r->next)
+        if (r->ref != LUA_NOREF)
+            log_info("route %s -> %s", r->path, r->file);
+    return s;
+}
+
+void script_free(struct script *s) {
+    cancel_route_timers(s, NULL, 0, 0);
+    lua_close(s->L);
+    while (s->routes) {
+        struct route *r = s->routes;
+        s->routes = r->next;
+        free(r->path);
+        free(r->file);
+        free(r);
+    }
+    free(s->app_dir);
+    free(s->lib_dir);
+    free(s);
+}
+
+void script_reload(struct script *s, const char *file) {
+    if (!file) {
+        int loaded = 0, failed = 0;
+        scan_dir(s, s->app_dir, "", &loaded, &failed);
+        return;
+    }
+    struct route *r = route_by_file(s, file);
+    struct stat st;
+    if (stat(file, &st) < 0) {
+        if (r && r->ref != LUA_NOREF) {
+            log_info("%s deleted: route %s closed", file, r->path);
+            r->gone = 1;
+            cancel_route_timers(s, r, 0, 0);
+            for (struct conn *c = s->srv->all; c; c = c->next)
+                if (c->route == r)
+                    conn_close(c, WS_CLOSE_GOING_AWAY, "route removed", 13);
+        }
+        return;
+    }
+    if (!r) {
+        size_t al = strlen(s->app_dir);
+        if (strncmp(file, s->app_dir, al) != 0 || file[al] != '/')
+            return;
+        r = route_add(s, file, file + al + 1);
+        if (!r)
+            return;
+    }
+    route_load(s, r);
+}
+
+size_t script_memory(struct script *s) {
+    return s->mem;
+}

@@ -1,0 +1,83 @@
+/* script.h — the Lua side: one lua_State, the route table, event dispatch,
+ * the `ws` userdata and the `switchboard` module. No other module touches Lua. */
+#ifndef SB_SCRIPT_H
+#define SB_SCRIPT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct sb_server;
+struct conn;
+struct http_request;
+
+enum {
+    ROUTE_UPGRADE = 1 << 0,
+    ROUTE_OPEN = 1 << 1,
+    ROUTE_MESSAGE = 1 << 2,
+    ROUTE_CLOSE = 1 << 3,
+    ROUTE_DRAIN = 1 << 4,
+    ROUTE_REQUEST = 1 << 5,
+};
+
+/* A route: one script file. Routes are never freed while the server runs (a
+ * deleted script's route is marked gone), so a conn may point at one. */
+struct route {
+    char *path; /* "/chat" */
+    char *file; /* absolute or app-relative path of the script */
+    int ref;    /* registry ref of the handler table, LUA_NOREF when not loaded */
+    unsigned has; /* ROUTE_* bits of the loaded version */
+    int gone;     /* script deleted: no new upgrades */
+    uint32_t version;
+    struct route *next;
+};
+
+/* Answer of an upgrade handler. Strings are owned (malloc) and freed by
+ * script_upgrade_free. */
+struct upgrade_answer {
+    int status;     /* 0: accept; else the HTTP status to refuse with */
+    char *protocol; /* chosen subprotocol or NULL */
+    char *headers;  /* extra response header lines "Name: value\r\n" or NULL */
+    char *body;     /* refusal body or NULL */
+    size_t body_len;
+};
+
+/* Answer of a request handler (owned; freed by script_response_free). */
+struct http_answer {
+    int status;
+    char *headers;
+    char *body;
+    size_t body_len;
+};
+
+/* Create the Lua state and load every route under app_dir. Returns NULL (after
+ * logging every failure) when no route loads. */
+struct script *script_new(struct sb_server *srv, const char *app_dir);
+void script_free(struct script *s);
+
+/* The route for a decoded path, or NULL. */
+struct route *script_find_route(struct script *s, const char *path, size_t len);
+
+/* Handlers. Each runs under the instruction budget and memory cap; a handler
+ * that fails is logged with its traceback, and: upgrade/request -> answer 500;
+ * open/message -> the connection is closed with 1011. */
+void script_upgrade(struct script *s, struct conn *c, const struct http_request *req,
+                    struct upgrade_answer *ans);
+void script_upgrade_free(struct upgrade_answer *ans);
+void script_request(struct script *s, struct conn *c, struct route *r,
+                    const struct http_request *req, const char *body, size_t body_len,
+                    struct http_answer *ans);
+void script_response_free(struct http_answer *ans);
+void script_open(struct script *s, struct conn *c);
+void script_message(struct script *s, struct conn *c, const uint8_t *data, size_t len,
+                    int binary);
+void script_drain(struct script *s, struct conn *c);
+/* Called exactly once for an opened connection, then the ws is invalidated. */
+void script_close(struct script *s, struct conn *c, unsigned code, const char *reason);
+
+/* Reload one script file (added, changed or deleted) or, with NULL, all. */
+void script_reload(struct script *s, const char *file);
+
+/* Lua memory in use (bytes). */
+size_t script_memory(struct script *s);
+
+#endif

@@ -1,0 +1,337 @@
+/* server.c — listeners, accept, the loop with per-iteration corking, timeouts,
+ * signals and graceful shutdown. */
+#define _GNU_SOURCE
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "log.h"
+#include "pubsub.h"
+#include "script.h"
+
+#define READ_BUF_SIZE (256 * 1024)
+#define ACCEPT_BATCH 64
+
+struct sb_listener {
+    struct event *ev;
+    int fd;
+    char name[64];
+    struct sb_server *srv;
+    struct sb_listener *next;
+};
+
+void config_defaults(struct sb_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->max_header_bytes = 8192;
+    cfg->max_headers = 100;
+    cfg->max_body = 1 << 20;
+    cfg->max_message = 16u << 20;
+    cfg->out_high = 1 << 20;
+    cfg->out_low = 256 << 10;
+    cfg->out_max = 64u << 20;
+    cfg->slow = SLOW_DROP;
+    cfg->slow_grace = 10;
+    cfg->handshake_timeout = 10;
+    cfg->idle_timeout = 0;
+    cfg->ping_interval = 30;
+    cfg->pong_timeout = 20;
+    cfg->close_timeout = 5;
+    cfg->max_connections = 0;
+    cfg->lua_budget = 100000000;
+    cfg->lua_memory = 512u << 20;
+    cfg->watch = 1;
+    cfg->reload_debounce = 0.05;
+}
+
+double server_clock(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- listeners -------------------------------------------------------------- */
+
+/* Parse "ADDR:PORT" / "[V6]:PORT" / ":PORT". Returns 0 or -1. */
+static int parse_addr(const char *spec, struct sockaddr_storage *ss, socklen_t *len) {
+    char host[256];
+    const char *port;
+    memset(ss, 0, sizeof *ss);
+    if (spec[0] == '[') {
+        const char *end = strchr(spec, ']');
+        if (!end || end[1] != ':' || (size_t)(end - spec - 1) >= sizeof host)
+            return -1;
+        memcpy(host, spec + 1, (size_t)(end - spec - 1));
+        host[end - spec - 1] = 0;
+        port = end + 2;
+    } else {
+        const char *colon = strrchr(spec, ':');
+        if (!colon || (size_t)(colon - spec) >= sizeof host)
+            return -1;
+        memcpy(host, spec, (size_t)(colon - spec));
+        host[colon - spec] = 0;
+        port = colon + 1;
+        if (!host[0])
+            strcpy(host, "0.0.0.0");
+    }
+    char *endp;
+    long p = strtol(port, &endp, 10);
+    if (!*port || *endp || p < 0 || p > 65535)
+        return -1;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)p);
+        *len = sizeof *s4;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)p);
+        *len = sizeof *s6;
+        return 0;
+    }
+    return -1;
+}
+
+static void format_addr(const struct sockaddr *sa, char *out, size_t cap) {
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);
+        snprintf(out, cap, "%s:%d", host, ntohs(s4->sin_port));
+    } else {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
+        snprintf(out, cap, "[%s]:%d", host, ntohs(s6->sin6_port));
+    }
+}
+
+static void on_accept(evutil_socket_t fd, short what, void *arg) {
+    struct sb_listener *l = arg;
+    struct sb_server *srv = l->srv;
+    (void)what;
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if ((errno == EMFILE || errno == ENFILE) && srv->spare_fd >= 0) {
+                /* out of descriptors: use the spare to accept and drop one
+                 * connection, so the listener does not spin */
+                close(srv->spare_fd);
+                int x = accept(fd, NULL, NULL);
+                if (x >= 0)
+                    close(x);
+                srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+                log_warn("out of file descriptors: dropped a new connection");
+            }
+            return;
+        }
+        if (srv->stopping ||
+            (srv->cfg.max_connections && srv->stats.open >= srv->cfg.max_connections)) {
+            static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                                       "Connection: close\r\n\r\n";
+            ssize_t w = write(cfd, busy, sizeof busy - 1);
+            (void)w;
+            close(cfd);
+            continue;
+        }
+        int one = 1;
+        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        conn_new(srv, cfd, (struct sockaddr *)&ss, (int)sl);
+    }
+}
+
+static int add_listener(struct sb_server *srv, const char *spec) {
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    if (parse_addr(spec, &ss, &sl) < 0) {
+        log_error("--listen %s: expected ADDR:PORT or [IPV6]:PORT", spec);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        log_error("--listen %s: socket: %s", spec, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 4096) < 0) {
+        log_error("--listen %s: %s", spec, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    struct sb_listener *l = calloc(1, sizeof *l);
+    if (!l) {
+        close(fd);
+        return -1;
+    }
+    sl = sizeof ss;
+    getsockname(fd, (struct sockaddr *)&ss, &sl);
+    format_addr((struct sockaddr *)&ss, l->name, sizeof l->name);
+    l->fd = fd;
+    l->srv = srv;
+    l->ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, on_accept, l);
+    event_add(l->ev, NULL);
+    l->next = srv->listeners;
+    srv->listeners = l;
+    log_info("listening on %s (ws://%s/)", l->name, l->name);
+    return 0;
+}
+
+static void close_listeners(struct sb_server *srv) {
+    while (srv->listeners) {
+        struct sb_listener *l = srv->listeners;
+        srv->listeners = l->next;
+        event_free(l->ev);
+        close(l->fd);
+        free(l);
+    }
+}
+
+/* ---- timers and signals ----------------------------------------------------- */
+
+static void on_sweep(evutil_socket_t fd, short what, void *arg) {
+    struct sb_server *srv = arg;
+    (void)fd;
+    (void)what;
+    srv->now = server_clock();
+    conn_sweep(srv);
+}
+
+static void begin_shutdown(struct sb_server *srv) {
+    srv->stopping = 1;
+    close_listeners(srv);
+    size_t n = 0;
+    for (struct conn *c = srv->all; c; c = c->next) {
+        if (c->state == CONN_WS) {
+            conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down", 20);
+            n++;
+        } else if (c->state == CONN_HTTP && !c->hlen) {
+            conn_abort(c, WS_CLOSE_ABNORMAL);
+        }
+    }
+    log_info("shutting down: closing %zu WebSocket connection(s) with 1001", n);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg) {
+    struct sb_server *srv = arg;
+    (void)what;
+    if (sig == SIGHUP) {
+        log_info("SIGHUP: reloading every script");
+        script_reload(srv->script, NULL);
+        return;
+    }
+    if (srv->stopping) {
+        log_warn("second signal: exiting now");
+        srv->stopping = 2;
+        event_base_loopbreak(srv->base);
+        return;
+    }
+    log_info("%s: graceful shutdown", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    begin_shutdown(srv);
+}
+
+int server_init(struct sb_server *srv, const struct sb_config *cfg) {
+    memset(srv, 0, sizeof *srv);
+    srv->cfg = *cfg;
+    srv->spare_fd = -1;
+    srv->now = server_clock();
+    struct event_config *ec = event_config_new();
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+    srv->base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    if (!srv->base) {
+        log_error("could not create the event loop");
+        return -1;
+    }
+    srv->rbuf_size = READ_BUF_SIZE;
+    srv->rbuf = malloc(srv->rbuf_size);
+    srv->pubsub = pubsub_new();
+    if (!srv->rbuf || !srv->pubsub)
+        return -1;
+    srv->script = script_new(srv, cfg->app_dir);
+    if (!srv->script)
+        return -1;
+    for (int i = 0; i < cfg->n_listen; i++)
+        if (add_listener(srv, cfg->listen[i]) < 0)
+            return -1;
+    srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    struct timeval one = {1, 0};
+    srv->sweep_ev = event_new(srv->base, -1, EV_PERSIST, on_sweep, srv);
+    event_add(srv->sweep_ev, &one);
+    int sigs[3] = {SIGTERM, SIGINT, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        srv->sig_ev[i] = evsignal_new(srv->base, sigs[i], on_signal, srv);
+        event_add(srv->sig_ev[i], NULL);
+    }
+    return 0;
+}
+
+int server_run(struct sb_server *srv) {
+    double stop_deadline = 0;
+    for (;;) {
+        int r = event_base_loop(srv->base, EVLOOP_ONCE);
+        srv->now = server_clock();
+        conn_flush_all(srv);
+        conn_reap_all(srv);
+        if (srv->stopping == 2 || r < 0)
+            break;
+        if (srv->stopping == 1) {
+            if (!stop_deadline)
+                stop_deadline = srv->now + srv->cfg.close_timeout;
+            if (!srv->all) {
+                log_info("shutdown complete");
+                break;
+            }
+            if (srv->now >= stop_deadline) {
+                for (struct conn *c = srv->all; c; c = c->next)
+                    conn_abort(c, WS_CLOSE_ABNORMAL);
+                conn_reap_all(srv);
+                log_info("shutdown: drain timeout passed, remaining connections dropped");
+                break;
+            }
+        }
+    }
+    return 0;
+}
+
+void server_free(struct sb_server *srv) {
+    for (struct conn *c = srv->all; c; c = c->next)
+        conn_abort(c, WS_CLOSE_ABNORMAL);
+    conn_reap_all(srv);
+    close_listeners(srv);
+    if (srv->script)
+        script_free(srv->script);
+    if (srv->pubsub)
+        pubsub_free(srv->pubsub);
+    for (int i = 0; i < 3; i++)
+        if (srv->sig_ev[i])
+            event_free(srv->sig_ev[i]);
+    if (srv->sweep_ev)
+        event_free(srv->sweep_ev);
+    if (srv->base)
+        event_base_free(srv->base);
+    if (srv->spare_fd >= 0)
+        close(srv->spare_fd);
+    free(srv->rbuf);
+}

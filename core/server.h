@@ -1,0 +1,87 @@
+/* server.h — the server: configuration, listeners, the event loop, limits,
+ * statistics and shutdown. One server per process, passed explicitly. */
+#ifndef SB_SERVER_H
+#define SB_SERVER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+struct event_base;
+struct event;
+struct conn;
+struct script;
+struct pubsub;
+
+#define SB_MAX_LISTEN 16
+
+enum slow_policy { SLOW_DROP, SLOW_CLOSE };
+
+/* Every limit: its default is set by config_defaults, its flag in main.c. */
+struct sb_config {
+    const char *app_dir;
+    const char *listen[SB_MAX_LISTEN]; /* "ADDR:PORT", "[v6]:PORT" */
+    int n_listen;
+    size_t max_header_bytes;  /* --max-header-bytes: request head (431) */
+    size_t max_headers;       /* --max-headers: header fields (431) */
+    size_t max_body;          /* --max-body: plain HTTP request body (413) */
+    uint64_t max_message;     /* --max-message: WebSocket message payload (1009) */
+    size_t out_high;          /* --out-high: queued bytes where send() says false */
+    size_t out_low;           /* --out-low: drain fires below this */
+    size_t out_max;           /* --out-max: hard cap; past it the connection is closed (1008) */
+    enum slow_policy slow;    /* --slow-policy drop|close: subscriber past out_high */
+    double slow_grace;        /* --slow-grace: seconds past out_high before a 'close' */
+    double handshake_timeout; /* --handshake-timeout: request head + upgrade */
+    double idle_timeout;      /* --idle-timeout: no frame from the peer (0 = off) */
+    double ping_interval;     /* --ping-interval: server ping when idle (0 = off) */
+    double pong_timeout;      /* --pong-timeout: close after a ping goes unanswered */
+    double close_timeout;     /* --close-timeout: wait for the peer's close frame */
+    unsigned max_connections; /* --max-connections (0 = only the fd limit) */
+    long lua_budget;          /* --lua-budget: VM instructions per handler call */
+    size_t lua_memory;        /* --lua-memory: bytes for the Lua state */
+    int watch;                /* --no-watch clears it */
+    double reload_debounce;   /* seconds */
+};
+
+void config_defaults(struct sb_config *cfg);
+
+struct sb_stats {
+    uint64_t accepted, open, ws_open, handshakes_ok, handshakes_refused;
+    uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+    uint64_t publishes, deliveries, dropped_deliveries, backpressure_events, slow_closed;
+    uint64_t handler_errors, budget_stops, reloads_ok, reloads_failed;
+    uint64_t timeouts;
+};
+
+struct sb_listener;
+
+struct sb_server {
+    struct event_base *base;
+    struct sb_config cfg;
+    uint8_t *rbuf; /* loop-wide read buffer */
+    size_t rbuf_size;
+    struct conn *all;       /* every connection (sweep for timeouts) */
+    struct conn *flush;     /* connections with output produced this iteration */
+    struct conn *reap;      /* connections to free after this iteration */
+    struct sb_listener *listeners;
+    struct event *sweep_ev; /* once a second: timeouts and pings */
+    struct event *sig_ev[3];
+    struct script *script;
+    struct pubsub *pubsub;
+    uint64_t next_id;
+    double now; /* cached monotonic seconds, refreshed per iteration */
+    int spare_fd;   /* kept to shed a connection on EMFILE */
+    int stopping;   /* 1: graceful shutdown in progress; 2: exit now */
+    struct sb_stats stats;
+};
+
+/* Create the loop, listeners and Lua state. Returns 0, or -1 after logging why. */
+int server_init(struct sb_server *srv, const struct sb_config *cfg);
+/* Run until shut down. Returns the process exit status. */
+int server_run(struct sb_server *srv);
+void server_free(struct sb_server *srv);
+
+/* Monotonic seconds. */
+double server_clock(void);
+
+#endif
