@@ -55,8 +55,10 @@ static int is_value_byte(unsigned char c) {
  * bare LF. Only buf[0..limit) is searched. */
 static long find_head_end(const char *buf, size_t limit, size_t last_len) {
     for (size_t i = last_len; i < limit; i++) {
-        if (buf[i] != '\n')
-            continue;
+        const char *lf = memchr(buf + i, '\n', limit - i);
+        if (lf == NULL)
+            break;
+        i = (size_t)(lf - buf);
         if (i == 0 || buf[i - 1] != '\r')
             return -1;
         if (i >= 3 && buf[i - 2] == '\n' && buf[i - 3] == '\r')
