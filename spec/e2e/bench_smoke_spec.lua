@@ -1,0 +1,80 @@
+-- A short run of each sbload mode against the real server: each completes,
+-- verifies what it checks, and reports sane numbers. No speed thresholds.
+local server = require "server"
+local cjson = require "cjson"
+
+local root = os.getenv("SB_ROOT") or "."
+local sbload_bin = (os.getenv("SB_BUILD") or (root .. "/build")) .. "/sbload"
+
+-- Runs sbload with --json; returns the decoded report, or nil and the output.
+local function sbload(fmt, ...)
+    local cmd = ("%s " .. fmt .. " --json 2>&1"):format(sbload_bin, ...)
+    local p = assert(io.popen(cmd))
+    local out = p:read("a")
+    local ok = p:close()
+    if not ok then
+        return nil, out
+    end
+    local decoded, report = pcall(cjson.decode, out)
+    assert(decoded, "sbload printed no JSON: " .. out)
+    return report
+end
+
+local function assert_latency(r, prefix)
+    local p50, p99, p999 = r[prefix .. "_p50_us"], r[prefix .. "_p99_us"], r[prefix .. "_p999_us"]
+    assert.is_true(p50 > 0, "p50 > 0")
+    assert.is_true(p50 <= p99 and p99 <= p999, "p50 <= p99 <= p99.9")
+end
+
+describe("sbload against switchboard", function()
+    local s
+
+    setup(function()
+        s = server.start { app = root .. "/bench/app" }
+    end)
+
+    teardown(function()
+        if s then
+            s:stop()
+        end
+    end)
+
+    it("echo round-trips text messages, verifies them and reports a rate and latency", function()
+        local r, err = sbload("echo --url ws://127.0.0.1:%d/echo -c 4 -d 4 -s 32 -t 0.5", s.port)
+        assert.is_truthy(r, err)
+        assert.is_true(r.messages > 0)
+        assert.is_true(r.msgs_per_s > 0)
+        assert_latency(r, "rtt")
+    end)
+
+    it("echo stops after -n binary messages of 64 KiB", function()
+        local r, err = sbload("echo --url ws://127.0.0.1:%d/echo -c 2 -d 2 -s 65536 --binary -n 40",
+            s.port)
+        assert.is_truthy(r, err)
+        assert.are.equal(40, r.messages)
+    end)
+
+    it("fanout delivers every published message to every subscriber", function()
+        local r, err = sbload("fanout --url ws://127.0.0.1:%d/fanout -c 20 -d 4 -n 100", s.port)
+        assert.is_truthy(r, err)
+        assert.are.equal(100, r.published)
+        assert.are.equal(100 * 20, r.deliveries)
+        assert_latency(r, "delivery")
+    end)
+
+    it("connect holds connections over two processes and reports memory per connection", function()
+        local r, err = sbload("connect --url ws://127.0.0.1:%d/echo -c 200 --procs 2 --src 2 "
+            .. "--hold 0.2 --pid %d", s.port, s.pid)
+        assert.is_truthy(r, err)
+        assert.are.equal(200, r.conns)
+        assert.is_true(r.handshakes_per_s > 0)
+        assert.is_true(r.rss_after_kib >= r.rss_before_kib)
+        assert.is_number(r.bytes_per_conn)
+    end)
+
+    it("fails with a clear message when the route does not exist", function()
+        local r, out = sbload("echo --url ws://127.0.0.1:%d/no-such-route -c 1 -n 1", s.port)
+        assert.is_nil(r)
+        assert.matches("handshake refused", out)
+    end)
+end)
