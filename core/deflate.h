@@ -28,8 +28,8 @@
 #define DEFLATE_ERR_INTERNAL (-1011) /* out of memory, or zlib refused */
 
 /* "permessage-deflate; server_no_context_takeover; client_no_context_takeover;
- * server_max_window_bits=15; client_max_window_bits=15" plus NUL fits. */
-#define DEFLATE_RESPONSE_MAX 128
+ * server_max_window_bits=15; client_max_window_bits=15" (128 bytes) plus NUL fits. */
+#define DEFLATE_RESPONSE_MAX 144
 
 /* Server-wide settings. Fill with deflate_config_default, then adjust. Must
  * outlive every struct ws_deflate / deflate_shared that points at it. */
