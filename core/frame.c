@@ -263,9 +263,8 @@ ssize_t ws_decoder_feed(struct ws_decoder *d, uint8_t *buf, size_t len,
             pos += n;
             d->fr_remaining = 0;
             d->in_frame = 0;
-            if (cb->message &&
-                cb->message(ud, d->msg_opcode, n ? p : (uint8_t *)empty_payload, n,
-                            d->msg_compressed))
+            if (cb->message && cb->message(ud, d->msg_opcode, n ? p : (uint8_t *)empty_payload, n,
+                                           d->msg_compressed))
                 return (ssize_t)pos;
             continue;
         }
@@ -294,9 +293,8 @@ ssize_t ws_decoder_feed(struct ws_decoder *d, uint8_t *buf, size_t len,
         if (check_text(d) && d->utf8_state != UTF8_ACCEPT)
             return fail(d, WS_CLOSE_INVALID_DATA, "text ends inside a UTF-8 sequence");
         int stop = cb->message &&
-                   cb->message(ud, d->msg_opcode,
-                               d->msg ? d->msg : (uint8_t *)empty_payload, d->msg_len,
-                               d->msg_compressed);
+                   cb->message(ud, d->msg_opcode, d->msg ? d->msg : (uint8_t *)empty_payload,
+                               d->msg_len, d->msg_compressed);
         msg_release(d);
         if (stop)
             return (ssize_t)pos;

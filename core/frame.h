@@ -55,10 +55,10 @@ struct ws_decoder {
     uint8_t rsv1_ok;      /* permessage-deflate negotiated: RSV1 allowed on first frames */
 
     /* state (private) */
-    uint8_t hdr_have;     /* bytes of a partial frame header held in hdr[] */
-    uint8_t in_frame;     /* a frame header has been decoded, payload pending */
-    uint8_t in_message;   /* a fragmented data message is open (last data frame had FIN=0) */
-    uint8_t msg_opcode;   /* opcode of the current message */
+    uint8_t hdr_have;   /* bytes of a partial frame header held in hdr[] */
+    uint8_t in_frame;   /* a frame header has been decoded, payload pending */
+    uint8_t in_message; /* a fragmented data message is open (last data frame had FIN=0) */
+    uint8_t msg_opcode; /* opcode of the current message */
     uint8_t msg_compressed;
     uint8_t fr_opcode, fr_fin, mask_off;
     uint8_t mask[4];
