@@ -13,6 +13,8 @@
 -- the whole contract of DESIGN.md ("Apps and routes") with the server's semantics:
 -- misuse raises in Lua style, a handler that raises is recorded in route.errors and its
 -- connection is closed with 1011, a ws used after its connection closed raises.
+-- Where DESIGN.md leaves a detail open, this follows core/script.c (return values of
+-- subscribe/publish/ping, ws.data assignable, lenient request answers, reload(old)).
 local cjson = require "cjson"
 
 local testing = {}
@@ -60,6 +62,12 @@ end
 
 local function check_function(fname, n, v)
     if type(v) ~= "function" then argerror(fname, n, "function expected, got " .. typename(v)) end
+    return v
+end
+
+local function check_text(fname, n, v, binary)
+    v = check_string(fname, n, v)
+    if not binary and not utf8.len(v) then argerror(fname, n, "text is not valid UTF-8 (send it as binary)") end
     return v
 end
 
@@ -188,8 +196,14 @@ local ws_mt = {
         if WS_FIELDS[k] then return ws_conn[ws].fields[k] end
         return ws_methods[k]
     end,
-    __newindex = function(_, k)
-        raise(("ws.%s is read-only (keep per-connection state in ws.data)"):format(tostring(k)))
+    __newindex = function(ws, k, v)
+        if k == "data" then
+            if type(v) ~= "table" then argerror("__newindex", 3, "table expected, got " .. typename(v)) end
+            ws_conn[ws].fields.data = v
+            ws_conn[ws].client.data = v
+            return
+        end
+        raise(("ws.%s is read-only (keep your state in ws.data)"):format(tostring(k)))
     end,
     __tostring = function(ws) return ("ws: %d"):format(ws_conn[ws].fields.id) end,
 }
@@ -200,14 +214,14 @@ local function check_ws(fname, ws, allow_closed)
         raise(("calling '%s' on bad self (ws expected, got %s)"):format(fname, typename(ws)))
     end
     if conn.state == "closed" and not allow_closed then
-        raise(("calling '%s' on bad self (ws is closed)"):format(fname))
+        raise(("bad argument #1 to '%s' (ws %d is closed)"):format(fname, conn.fields.id))
     end
     return conn
 end
 
 function ws_methods.send(ws, msg, binary)
     local conn = check_ws("send", ws)
-    msg = check_string("send", 1, msg)
+    msg = check_text("send", 1, msg, binary)
     if conn.state ~= "open" then return false end
     conn.client.sent[#conn.client.sent + 1] = { data = msg, binary = binary and true or false }
     return not conn.client.pressured
@@ -216,14 +230,14 @@ end
 function ws_methods.close(ws, code, reason)
     local conn = check_ws("close", ws)
     if code ~= nil then
-        code = check_number("close", 1, code)
-        if math.type(code) ~= "integer" and code ~= math.floor(code) or not valid_close_code(code) then
-            argerror("close", 1, "invalid close code " .. tostring(code))
+        code = math.tointeger(check_number("close", 1, code))
+        if not code or not (code == 1000 or (code >= 3000 and code <= 4999)) then
+            argerror("close", 1, "close code must be 1000 or 3000-4999")
         end
-        code = math.tointeger(code)
     end
     reason = opt_string("close", 2, reason, "")
     if #reason > 123 then argerror("close", 2, "reason longer than 123 bytes") end
+    if not utf8.len(reason) then argerror("close", 2, "reason is not valid UTF-8") end
     if conn.state ~= "open" then return end
     conn.state = "closing"
     conn.client.closed = { code = code or 1000, reason = reason }
@@ -233,28 +247,30 @@ end
 function ws_methods.ping(ws, data)
     local conn = check_ws("ping", ws)
     data = opt_string("ping", 1, data, "")
-    if #data > 125 then argerror("ping", 1, "data longer than 125 bytes") end
-    if conn.state == "open" then conn.client.pings[#conn.client.pings + 1] = data end
+    if #data > 125 then argerror("ping", 1, "ping payload longer than 125 bytes") end
+    if conn.state ~= "open" then return false end
+    conn.client.pings[#conn.client.pings + 1] = data
+    return true
 end
 
 function ws_methods.subscribe(ws, topic)
     local conn = check_ws("subscribe", ws)
     topic = check_topic("subscribe", 1, topic)
-    if conn.state ~= "open" then return end
-    conn.app:_subscribe(conn, topic)
+    if conn.state ~= "open" then return false end
+    return conn.app:_subscribe(conn, topic)
 end
 
 function ws_methods.unsubscribe(ws, topic)
     local conn = check_ws("unsubscribe", ws)
     topic = check_topic("unsubscribe", 1, topic)
-    conn.app:_unsubscribe(conn, topic)
+    return conn.app:_unsubscribe(conn, topic)
 end
 
 function ws_methods.publish(ws, topic, msg, binary)
     local conn = check_ws("publish", ws)
     topic = check_topic("publish", 1, topic)
-    msg = check_string("publish", 2, msg)
-    conn.app:_publish(topic, msg, binary, conn)
+    msg = check_text("publish", 2, msg, binary)
+    return conn.app:_publish(topic, msg, binary, conn)
 end
 
 function ws_methods.buffered(ws)
@@ -364,6 +380,24 @@ end
 local Route = {}
 Route.__index = Route
 
+-- Response headers as the server takes them: string (or number) values, names and
+-- values without CR, LF (or ':' and blanks in names). Returns a copy, or {}, err.
+local function check_headers(h)
+    local r = {}
+    if type(h) ~= "table" then return r end
+    for k, v in pairs(h) do
+        if type(k) ~= "string" or (type(v) ~= "string" and type(v) ~= "number") then
+            return {}, "header names and values must be strings"
+        end
+        v = tostring(v)
+        if k == "" or k:find("[\r\n: \t]") or v:find("[\r\n]") then
+            return {}, "header name or value has a forbidden character"
+        end
+        r[k] = v
+    end
+    return r
+end
+
 local function route_path(name)
     local p = "/" .. name
     p = p:gsub("/index$", "")
@@ -401,7 +435,7 @@ function Route:_dispatch(conn, name, ...)
     local ok = self:_call(name, fn, ...)
     if not ok and conn.state == "open" then
         conn.state = "closing"
-        conn.client.closed = { code = 1011, reason = "" }
+        conn.client.closed = { code = 1011, reason = "internal error" }
         self.app.pending_closes[#self.app.pending_closes + 1] = conn
     end
     return ok
@@ -436,14 +470,21 @@ function Route:_run()
     return handlers, version
 end
 
--- Re-runs the script as the server's hot reload does: on success the handlers are
--- swapped, open connections keep their ws.data and the old version's timers are
--- cancelled. On failure returns nil, err and the previous version keeps serving.
+-- Re-runs the script as the server's hot reload does: on success the new version's
+-- optional reload(old_handlers) hook runs, the handlers are swapped, open connections
+-- keep their ws.data and the old version's timers are cancelled. On failure returns
+-- nil, err and the previous version keeps serving.
 function Route:reload()
     local handlers, version = self:_run()
     if not handlers then
         self.app:_log("error", self.name, "reload failed: " .. tostring(version))
         return nil, version
+    end
+    if type(handlers.reload) == "function" then
+        local prev = self.version
+        self.version = version
+        self:_call("reload", handlers.reload, self.handlers)
+        self.version = prev
     end
     self.app:_cancel_timers(self.version)
     self.handlers, self.version = handlers, version
@@ -473,25 +514,29 @@ function Route:connect(opts)
         local ok, accept, arg2, arg3 = self:_call("upgrade", up, req)
         app:_settle()
         if not ok then return nil, 500, "Internal Server Error" end
-        if accept == false then return nil, arg2 or 403, arg3 end
-        if accept ~= true then
-            local msg = ("upgrade must return true or false, got %s"):format(typename(accept))
-            self:_fail("upgrade", msg)
-            return nil, 500, "Internal Server Error"
+        if not accept then
+            local status = math.type(arg2) == "integer" and arg2 or 403
+            if status < 400 or status > 599 then
+                app:_log("error", self.name, ("upgrade refused with status %d; using 403"):format(status))
+                status = 403
+            end
+            return nil, status, type(arg3) == "string" and arg3 or nil
         end
-        if arg2 ~= nil then
-            if type(arg2) ~= "table" then
-                local msg = "upgrade's second result must be a table, got " .. type(arg2)
-                self:_fail("upgrade", msg)
+        if type(arg2) == "table" then
+            if type(arg2.protocol) == "string" then protocol = arg2.protocol end
+            local bad
+            resp_headers, bad = check_headers(arg2.headers)
+            if bad then
+                self:_fail("upgrade", "upgrade returned bad headers: " .. bad)
                 return nil, 500, "Internal Server Error"
             end
-            protocol, resp_headers = arg2.protocol, copy(arg2.headers)
             if protocol ~= nil then
                 local offered = false
                 for _, p in ipairs(protocols) do offered = offered or p == protocol end
                 if not offered then
-                    local msg = ("upgrade chose protocol %q, which the client did not offer"):format(tostring(protocol))
-                    self:_fail("upgrade", msg)
+                    -- The server sends it anyway; a conforming client then fails the connection.
+                    self:_fail("upgrade",
+                        ("upgrade chose protocol %q, which the client did not offer"):format(protocol))
                     return nil, 500, "Internal Server Error"
                 end
             end
@@ -530,19 +575,23 @@ function Route:request(opts)
     }
     local ok, resp = self:_call("request", fn, req)
     self.app:_settle()
-    local bad
-    if ok and type(resp) ~= "table" then
-        bad = "request must return a table, got " .. type(resp)
-    elseif ok and resp.status ~= nil and math.type(resp.status) ~= "integer" then
-        bad = "response status must be an integer"
-    elseif ok and resp.body ~= nil and type(resp.body) ~= "string" then
-        bad = "response body must be a string, got " .. type(resp.body)
+    local failed = { status = 500, headers = {}, body = "" }
+    if not ok then return failed end
+    if type(resp) ~= "table" then
+        self:_fail("request", "request handler must return a table {status=, headers=, body=}, got " .. type(resp))
+        return failed
     end
-    if bad then self:_fail("request", bad) end
-    if not ok or bad then
-        return { status = 500, headers = { ["content-type"] = "text/plain" }, body = "Internal Server Error" }
+    -- Lenient where the server is: a missing status is 200, a body may be a number.
+    local status = math.type(resp.status) == "integer" and resp.status or 200
+    if (status < 200 or status > 599) and status ~= 204 and status ~= 304 then status = 500 end
+    local headers, bad = check_headers(resp.headers)
+    if bad then
+        self:_fail("request", "request handler returned bad headers: " .. bad)
+        return failed
     end
-    return { status = resp.status or 200, headers = copy(resp.headers), body = resp.body or "" }
+    local body = resp.body
+    if type(body) == "number" then body = tostring(body) end
+    return { status = status, headers = headers, body = type(body) == "string" and body or "" }
 end
 
 -- Apps: one directory, its routes, and the state the server keeps per app.
@@ -560,15 +609,15 @@ function App:_subscribe(conn, topic)
         subs = { n = 0, list = {} }
         self.topics[topic] = subs
     end
-    if not conn.topics[topic] then
-        conn.topics[topic] = true
-        subs.n = subs.n + 1
-        subs.list[#subs.list + 1] = conn
-    end
+    if conn.topics[topic] then return false end
+    conn.topics[topic] = true
+    subs.n = subs.n + 1
+    subs.list[#subs.list + 1] = conn
+    return true
 end
 
 function App:_unsubscribe(conn, topic)
-    if not conn.topics[topic] then return end
+    if not conn.topics[topic] then return false end
     conn.topics[topic] = nil
     local subs = self.topics[topic]
     for i, c in ipairs(subs.list) do
@@ -576,6 +625,7 @@ function App:_unsubscribe(conn, topic)
     end
     subs.n = subs.n - 1
     if subs.n == 0 then self.topics[topic] = nil end
+    return true
 end
 
 function App:_publish(topic, msg, binary, sender)
@@ -583,12 +633,14 @@ function App:_publish(topic, msg, binary, sender)
     self.published[#self.published + 1] = { topic = topic, data = msg, binary = binary,
         sender = sender and sender.fields.id or nil }
     local subs = self.topics[topic]
-    if not subs then return end
-    for _, conn in ipairs(copy(subs.list)) do
+    local n = 0
+    for _, conn in ipairs(subs and copy(subs.list) or {}) do
         if conn ~= sender and conn.state == "open" then
             conn.client.sent[#conn.client.sent + 1] = { data = msg, binary = binary }
+            n = n + 1
         end
     end
+    return n
 end
 
 -- Completes the closes queued during the last event, as the loop does after it:
@@ -616,19 +668,24 @@ end
 local Timer = {}
 Timer.__index = Timer
 
--- Stops the timer; it does not fire again. Cancelling twice is harmless.
+-- Stops the timer; it does not fire again. Returns whether it was still pending.
 function Timer:cancel()
     if getmetatable(self) ~= Timer then
         raise(("calling 'cancel' on bad self (timer expected, got %s)"):format(typename(self)))
     end
+    local was = self.clock.timers[self] ~= nil
     self.clock.timers[self] = nil
+    return was
 end
 
 function App:_timer(fname, seconds, fn, repeating)
     seconds = check_number(fname, 1, seconds)
     fn = check_function(fname, 2, fn)
-    if seconds < 0 or seconds ~= seconds or (repeating and seconds == 0) then
-        argerror(fname, 1, repeating and "interval must be positive" or "seconds must not be negative")
+    if seconds ~= seconds or seconds < 0 or seconds > 1e9 then
+        argerror(fname, 1, "seconds must be between 0 and 1e9")
+    end
+    if repeating and seconds < 0.001 then
+        argerror(fname, 1, "an 'every' interval must be at least 0.001 seconds")
     end
     local clock = self.clock
     local version = self.current
@@ -638,9 +695,9 @@ function App:_timer(fname, seconds, fn, repeating)
     tm.fire = function()
         local route = version and version.route
         if route then
-            route:_call(fname, fn)
+            route:_call(fname, fn, tm)
         else
-            local ok, err = xpcall(fn, debug.traceback)
+            local ok, err = xpcall(fn, debug.traceback, tm)
             if not ok then self:_log("error", "?", fname .. " callback failed: " .. err) end
         end
         self:_settle()
@@ -655,8 +712,8 @@ function App:_module()
     local sb = {}
     function sb.publish(topic, msg, binary)
         topic = check_topic("publish", 1, topic)
-        msg = check_string("publish", 2, msg)
-        app:_publish(topic, msg, binary, nil)
+        msg = check_text("publish", 2, msg, binary)
+        return app:_publish(topic, msg, binary, nil)
     end
     function sb.subscribers(topic)
         topic = check_topic("subscribers", 1, topic)

@@ -158,6 +158,15 @@ describe("switchboard.testing: upgrade and open", function()
         assert.same({ nil, 403 }, { route:connect{ query = { who = "nobody" } } })
     end)
 
+    it("refuses with 403 when upgrade returns nothing or a status outside 400-599", function()
+        local answer
+        local _, route = probe{ upgrade = function() return answer() end }
+        answer = function() end
+        assert.same({ nil, 403 }, { route:connect() })
+        answer = function() return false, 200 end
+        assert.same({ nil, 403 }, { route:connect() })
+    end)
+
     it("passes the upgrade's response headers on", function()
         local _, route = probe{ upgrade = function() return true, { headers = { ["set-cookie"] = "s=1" } } end }
         assert.same({ ["set-cookie"] = "s=1" }, route:connect().response_headers)
@@ -170,12 +179,12 @@ describe("switchboard.testing: upgrade and open", function()
         assert.same({ nil, 500, "Internal Server Error" }, { route:connect() })
         assert.matches("no db", route.errors[1].message)
         assert.equal("upgrade", route.errors[1].handler)
-        answer = function() return nil end
-        assert.equal(500, select(2, route:connect()))
-        assert.matches("upgrade must return true or false", route.errors[2].message)
         answer = function() return true, { protocol = "never-offered" } end
         assert.equal(500, select(2, route:connect{ protocols = { "p1" } }))
-        assert.matches("did not offer", route.errors[3].message)
+        assert.matches("did not offer", route.errors[2].message)
+        answer = function() return true, { headers = { ["x-bad"] = "a\r\nb" } } end
+        assert.equal(500, select(2, route:connect()))
+        assert.matches("forbidden character", route.errors[3].message)
     end)
 
     it("closes with 1011 when open raises, and still runs close once", function()
@@ -185,7 +194,7 @@ describe("switchboard.testing: upgrade and open", function()
             close = function(_, code) closes[#closes + 1] = code end,
         }
         local c = route:connect()
-        assert.same({ code = 1011, reason = "" }, c.closed)
+        assert.same({ code = 1011, reason = "internal error" }, c.closed)
         assert.same({ 1011 }, closes)
         assert.matches("bad open", route.errors[1].message)
         assert.is_false(c:is_open())
@@ -258,7 +267,7 @@ describe("switchboard.testing: messages and closing", function()
             function() kept:subscribe("t") end, function() kept:unsubscribe("t") end,
             function() kept:publish("t", "x") end, function() kept:buffered() end,
         }) do
-            assert.error_matches(call, "ws is closed")
+            assert.error_matches(call, "ws %d+ is closed")
         end
         assert.equal(c.id, kept.id) -- fields stay readable
         assert.error_matches(function() c:message("x") end, "the connection is closed")
@@ -273,13 +282,16 @@ describe("switchboard.testing: messages and closing", function()
             { function() kept:send({}) end, "bad argument #1 to 'send' %(string expected, got table%)" },
             { function() kept.send("x") end, "calling 'send' on bad self %(ws expected, got string%)" },
             { function() kept:close("x") end, "bad argument #1 to 'close' %(number expected, got string%)" },
-            { function() kept:close(1005) end, "bad argument #1 to 'close' %(invalid close code 1005%)" },
+            { function() kept:close(1005) end, "bad argument #1 to 'close' %(close code must be 1000 or 3000%-4999%)" },
             { function() kept:close(1000, ("r"):rep(124)) end, "bad argument #2 to 'close'" },
             { function() kept:ping(("p"):rep(126)) end, "bad argument #1 to 'ping'" },
+            { function() kept:send("\255") end, "bad argument #1 to 'send' %(text is not valid UTF%-8" },
+            { function() kept:publish("t", "\255") end, "bad argument #2 to 'publish' %(text is not valid UTF%-8" },
+            { function() kept.data = 1 end, "table expected, got number" },
             { function() kept:subscribe() end, "bad argument #1 to 'subscribe' %(string expected, got nil%)" },
             { function() kept:subscribe("") end, "bad argument #1 to 'subscribe' %(topic must not be empty%)" },
             { function() kept:publish("t") end, "bad argument #2 to 'publish' %(string expected, got nil%)" },
-            { function() kept.data = {} end, "ws.data is read%-only" },
+            { function() kept.id = 1 end, "ws.id is read%-only" },
         }
         for _, case in ipairs(cases) do
             local ok, err = pcall(case[1])
@@ -295,7 +307,7 @@ describe("switchboard.testing: messages and closing", function()
         end }
         local a, b = route:connect(), route:connect()
         a:message("boom")
-        assert.same({ code = 1011, reason = "" }, a.closed)
+        assert.same({ code = 1011, reason = "internal error" }, a.closed)
         assert.equal(1, #route.errors)
         assert.equal("message", route.errors[1].handler)
         assert.matches("exploded", route.errors[1].message)
@@ -309,6 +321,13 @@ describe("switchboard.testing: messages and closing", function()
         write("bad.lua", "return { message = function() error('strict boom') end }")
         local c = t.app(dir, { strict = true }):load("bad"):connect()
         assert.error_matches(function() c:message("x") end, "strict boom")
+    end)
+
+    it("lets a script replace ws.data with another table", function()
+        local _, route = probe{ open = function(ws) ws.data = { fresh = true } end }
+        local c = route:connect()
+        assert.same({ fresh = true }, c.ws.data)
+        assert.equal(c.ws.data, c.data)
     end)
 
     it("records pings", function()
@@ -374,6 +393,18 @@ describe("switchboard.testing: pub/sub", function()
         assert.error_matches(function() sb.subscribers(1 > 2) end, "bad argument #1 to 'subscribers'")
     end)
 
+    it("reports what subscribe, unsubscribe and publish did", function()
+        local results = {}
+        local app, route = probe{ open = function(ws)
+            results[#results + 1] = { ws:subscribe("t"), ws:subscribe("t"), ws:unsubscribe("x") }
+            results[#results + 1] = ws:publish("t", "hi")
+        end }
+        route:connect()
+        route:connect()
+        assert.same({ { true, false, false }, 0, { true, false, false }, 1 }, results)
+        assert.equal(2, app.module.publish("t", "all"))
+    end)
+
     it("delivers binary publishes as binary", function()
         local app, route = probe{ open = function(ws) ws:subscribe("b") end }
         local c = route:connect()
@@ -409,13 +440,30 @@ describe("switchboard.testing: timers and the clock", function()
         assert.same({ 2 }, fired)
     end)
 
+    it("passes the timer to its function; cancel reports whether it was pending", function()
+        local app = probe()
+        local sb = sb_of(app)
+        local seen = {}
+        local tick
+        tick = sb.every(1, function(tm)
+            seen[#seen + 1] = tm == tick
+            if #seen == 2 then assert(tm:cancel() == true) end
+        end)
+        app:advance(5)
+        assert.same({ true, true }, seen)
+        assert.is_false(tick:cancel())
+        local once = sb.after(1, function() end)
+        app:advance(1)
+        assert.is_false(once:cancel())
+    end)
+
     it("checks timer arguments", function()
         local sb = sb_of(probe())
         assert.error_matches(function() sb.after("1", print) end,
             "bad argument #1 to 'after' %(number expected, got string%)")
         assert.error_matches(function() sb.every(1) end, "bad argument #2 to 'every' %(function expected, got nil%)")
-        assert.error_matches(function() sb.every(0, print) end, "interval must be positive")
-        assert.error_matches(function() sb.after(-1, print) end, "must not be negative")
+        assert.error_matches(function() sb.every(0, print) end, "interval must be at least 0.001 seconds")
+        assert.error_matches(function() sb.after(-1, print) end, "seconds must be between 0 and 1e9")
     end)
 
     it("records a timer callback that raises against its route", function()
@@ -459,6 +507,18 @@ describe("switchboard.testing: reload, shared, log, request", function()
         assert.equal(2, app.shared.loads)
         assert.equal(0, app:advance(5))
         assert.equal(1, app:subscribers("t"))
+    end)
+
+    it("runs the new version's reload(old) hook with the old handlers", function()
+        write("r.lua", "return { name = 'v1' }")
+        local app = t.app(dir)
+        local route = app:load("r")
+        write("r.lua", [[
+            local sb = require "switchboard"
+            return { name = "v2", reload = function(old) sb.shared.migrated_from = old.name end }
+        ]])
+        assert.is_true(route:reload())
+        assert.equal("v1", app.shared.migrated_from)
     end)
 
     it("keeps the previous version when a reload fails", function()
@@ -513,9 +573,13 @@ describe("switchboard.testing: reload, shared, log, request", function()
         assert.equal(500, route:request{}.status)
         answer = function() return "ok" end
         assert.equal(500, route:request{}.status)
-        answer = function() return { body = 42 } end
+        answer = function() return { headers = { ["x-bad"] = "a\nb" } } end
         assert.equal(500, route:request{}.status)
         assert.equal(3, #route.errors)
+        answer = function() return { status = "201", body = 42 } end
+        assert.same({ status = 200, headers = {}, body = "42" }, route:request{})
+        answer = function() return { status = 700 } end
+        assert.equal(500, route:request{}.status)
     end)
 
     it("answers 426 on a route without a request handler", function()
