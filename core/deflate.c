@@ -588,8 +588,8 @@ int deflate_inflate_message(struct ws_deflate *d, const uint8_t *in, size_t len,
 
 /* Deflate in[0..len) with Z_SYNC_FLUSH into a fresh buffer after headroom
  * bytes, and drop the trailing 00 00 ff ff. */
-static int deflate_run(z_stream *zs, const uint8_t *in, size_t len, size_t headroom,
-                       uint8_t **out, size_t *out_len) {
+static int deflate_run(z_stream *zs, const uint8_t *in, size_t len, size_t headroom, uint8_t **out,
+                       size_t *out_len) {
     uLong bound = deflateBound(zs, len > ULONG_MAX ? ULONG_MAX : (uLong)len);
     size_t cap = headroom + (size_t)bound + 16;
     uint8_t *buf = malloc(cap);
@@ -650,8 +650,8 @@ static int empty_payload(size_t headroom, uint8_t **out, size_t *out_len) {
     return 0;
 }
 
-int deflate_compress_message(struct ws_deflate *d, const uint8_t *in, size_t len,
-                             size_t headroom, uint8_t **out, size_t *out_len) {
+int deflate_compress_message(struct ws_deflate *d, const uint8_t *in, size_t len, size_t headroom,
+                             uint8_t **out, size_t *out_len) {
     *out = NULL;
     *out_len = 0;
     if (len == 0)

@@ -232,7 +232,8 @@ static int l_shared_compress(lua_State *L) {
 }
 
 static int l_shared_mem(lua_State *L) {
-    lua_pushinteger(L, (lua_Integer)((struct deflate_shared *)luaL_checkudata(L, 1, SHARED_MT))->mem);
+    lua_pushinteger(L,
+                    (lua_Integer)((struct deflate_shared *)luaL_checkudata(L, 1, SHARED_MT))->mem);
     return 1;
 }
 
@@ -363,11 +364,14 @@ static void new_mt(lua_State *L, const char *name, const luaL_Reg *methods, lua_
 }
 
 int luaopen_sbt_deflate(lua_State *L) {
-    static const luaL_Reg conn[] = {
-        {"inflate", l_conn_inflate}, {"compress", l_conn_compress},
-        {"trim", l_conn_trim},       {"mem", l_conn_mem},
-        {"note_shared", l_conn_note_shared}, {"shared_bits", l_conn_shared_bits},
-        {"wants", l_conn_wants},     {NULL, NULL}};
+    static const luaL_Reg conn[] = {{"inflate", l_conn_inflate},
+                                    {"compress", l_conn_compress},
+                                    {"trim", l_conn_trim},
+                                    {"mem", l_conn_mem},
+                                    {"note_shared", l_conn_note_shared},
+                                    {"shared_bits", l_conn_shared_bits},
+                                    {"wants", l_conn_wants},
+                                    {NULL, NULL}};
     static const luaL_Reg shared[] = {
         {"compress", l_shared_compress}, {"mem", l_shared_mem}, {NULL, NULL}};
     static const luaL_Reg ref[] = {{"feed", l_ref_feed}, {NULL, NULL}};
@@ -376,11 +380,16 @@ int luaopen_sbt_deflate(lua_State *L) {
     new_mt(L, CONN_MT, conn, l_conn_gc);
     new_mt(L, SHARED_MT, shared, l_shared_gc);
     new_mt(L, REF_MT, ref, l_ref_gc);
-    static const luaL_Reg fns[] = {
-        {"config", l_config},   {"negotiate", l_negotiate}, {"new", l_new},
-        {"shared", l_shared},   {"ref", l_ref},             {"zdeflate", l_zdeflate},
-        {"zeros_bomb", l_zeros_bomb}, {"maxrss", l_maxrss}, {"sizeof", l_sizeof},
-        {NULL, NULL}};
+    static const luaL_Reg fns[] = {{"config", l_config},
+                                   {"negotiate", l_negotiate},
+                                   {"new", l_new},
+                                   {"shared", l_shared},
+                                   {"ref", l_ref},
+                                   {"zdeflate", l_zdeflate},
+                                   {"zeros_bomb", l_zeros_bomb},
+                                   {"maxrss", l_maxrss},
+                                   {"sizeof", l_sizeof},
+                                   {NULL, NULL}};
     luaL_newlib(L, fns);
     return 1;
 }
