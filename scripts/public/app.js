@@ -174,6 +174,8 @@ const handlers = {
   pm(msg) {
     const room = state.rooms.get(msg.room);
     if (!room) return;
+    room.typing.delete(msg.from);
+    renderTyping();
     addItem(msg.room, msg, true);
   },
 
@@ -328,7 +330,6 @@ function nearBottom(box) {
 function appendItem(item, prev) {
   const box = $('messages');
   const stick = nearBottom(box) || (item.type !== 'notice' && (item.nick === state.nick || item.from === state.nick));
-  box.querySelector('.empty')?.remove();
   box.append(itemNode(item, prev));
   if (stick) box.scrollTop = box.scrollHeight;
 }
@@ -338,9 +339,10 @@ function renderMessages() {
   const room = state.rooms.get(state.current);
   box.replaceChildren();
   if (!room) return;
-  if (!room.items.some((i) => i.type !== 'notice')) {
-    box.append(el('div', 'empty', `This is the start of #${state.current}. Say hello!`));
-  }
+  const intro = el('div', 'room-intro');
+  intro.append(el('div', 'room-intro-hash', '#'), el('h2', null, `Welcome to #${state.current}`),
+    el('p', 'muted', 'Everyone in this room sees what you write here. New members get the last 100 messages.'));
+  box.append(intro);
   room.items.forEach((item, i) => box.append(itemNode(item, room.items[i - 1])));
   box.scrollTop = box.scrollHeight;
 }
@@ -515,7 +517,9 @@ function submitMessage() {
   else if (state.pmTarget) ok = send({ type: 'pm', room: state.current, to: state.pmTarget, text });
   else ok = send({ type: 'say', room: state.current, text });
   if (!ok) { toast('Not connected — your message is still in the box', 'warn'); return; }
-  if (state.typingSentAt) state.typingSentAt = 0; // a message ends typing for the others
+  // A room message ends "typing" for the others; a private one does not reach them.
+  if (cmd || state.pmTarget) stopTyping();
+  state.typingSentAt = 0;
   clearTimeout(state.typingIdleTimer);
   box.value = '';
   onType();
