@@ -86,6 +86,7 @@ static _Noreturn void child(long first, long count, int nsrc, int rep, int ctl) 
     if (G.ep < 0)
         sb_fail("epoll_create1: %s", strerror(errno));
     G.mode = &connect_mode;
+    G.now = now_ns();
     G.deadline = G.now + (uint64_t)(G.o.timeout * 1e9);
     alarm((unsigned)G.o.timeout + 10);
     uint64_t seed = now_ns() ^ (uint64_t)getpid() << 32;
@@ -227,5 +228,9 @@ int mode_connect(void) {
         if (o->pid)
             printf("  server VmRSS %ld KiB -> %ld KiB: %.0f B per connection\n", rss0, rss, per);
     }
+    free(hs);
+    free(r);
+    free(pids);
+    free(reps);
     return 0;
 }
