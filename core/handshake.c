@@ -66,7 +66,11 @@ static size_t count_headers(const struct http_request *req, const char *name,
 }
 
 int handshake_is_upgrade(const struct http_request *req) {
-    return http_header_has_token(req, "upgrade", "websocket");
+    const struct http_header *h;
+    /* a key means a WebSocket client, even one whose Upgrade header is wrong:
+     * it gets the handshake's 400 with a reason, not a plain-GET answer */
+    return http_header_has_token(req, "upgrade", "websocket") ||
+           count_headers(req, "sec-websocket-key", &h) > 0;
 }
 
 int handshake_validate(const struct http_request *req, const char **key, size_t *key_len,

@@ -12,7 +12,8 @@
 #define HANDSHAKE_ACCEPT_LEN 28 /* base64 of a 20-byte SHA-1 */
 
 /* Is this request asking for a WebSocket upgrade at all (an Upgrade header
- * naming websocket)? Used to tell an upgrade from a plain GET. */
+ * naming websocket, or a Sec-WebSocket-Key)? Used to tell an upgrade from a
+ * plain GET. */
 int handshake_is_upgrade(const struct http_request *req);
 
 /* Validate an upgrade request. Returns 0 when it is a valid RFC 6455 opening

@@ -177,6 +177,7 @@ describe("the WebSocket handshake", function()
             assert.is_false(http.is_upgrade("GET / HTTP/1.1\r\nHost: a\r\n\r\n"))
             assert.is_false(http.is_upgrade("GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"))
             assert.is_true(http.is_upgrade("GET / HTTP/1.1\r\nupgrade: WEBSOCKET\r\n\r\n"))
+            assert.is_true(http.is_upgrade("GET / HTTP/1.1\r\nUpgrade: h2c\r\nSec-WebSocket-Key: x\r\n\r\n"))
         end)
     end)
 
