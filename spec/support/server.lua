@@ -1,6 +1,7 @@
 -- Starts the real switchboard binary on a free loopback port for an
 -- end-to-end spec, and stops it (even when the spec failed: call s:stop() in
--- a finally/teardown).
+-- a finally/teardown). start{ raw_args = true, expect_exit = true, args = {...} }
+-- runs the binary with exactly those arguments (command-line specs).
 --
 --   local server = require "server"
 --   local s = server.start{ app = "scripts", args = { "--idle-timeout", "5" } }
@@ -52,6 +53,7 @@ function server.start(opts)
     local argv = { server.bin, "--listen", opts.listen or "127.0.0.1:0" }
     for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = a end
     argv[#argv + 1] = app
+    if opts.raw_args then argv = { server.bin, table.unpack(opts.args) } end -- exactly these
     local env = { ASAN_OPTIONS = "detect_leaks=1:abort_on_error=1" }
     for k, v in pairs(opts.env or {}) do env[k] = v end
     local pid, err = proc.spawn(argv, { stderr = logf, stdout = logf .. ".out", env = env })
