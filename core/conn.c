@@ -192,6 +192,9 @@ int conn_send(struct conn *c, int opcode, const void *data, size_t len) {
     if (opcode == WS_OP_TEXT || opcode == WS_OP_BINARY) {
         c->srv->stats.msgs_out++;
         c->srv->stats.bytes_out += len;
+    } else if (opcode == WS_OP_CLOSE) {
+        const uint8_t *p = data;
+        c->srv->stats.close_sent[sb_close_bucket(len >= 2 ? (unsigned)(p[0] << 8 | p[1]) : 1005)]++;
     }
     return after_queue(c);
 }
@@ -211,6 +214,9 @@ int conn_send_shared(struct conn *c, struct outbuf *b) {
     }
     srv->stats.deliveries++;
     srv->stats.msgs_out++;
+    /* payload bytes: the frame less its header (2, 4 or 10 bytes) */
+    uint8_t l7 = b->data[1] & 0x7f;
+    srv->stats.bytes_out += b->len - (l7 < 126 ? 2u : l7 == 126 ? 4u : 10u);
     return after_queue(c);
 }
 
@@ -358,6 +364,9 @@ void conn_reap_all(struct sb_server *srv) {
         if (c->opened) {
             c->opened = 0;
             srv->stats.ws_open--;
+            c->route->ws_open--;
+            if (c->close_rcvd && c->close_sent)
+                srv->stats.ws_closed_clean++;
             pubsub_unsubscribe_all(srv->pubsub, c);
             script_close(srv->script, c, c->close_code ? c->close_code : WS_CLOSE_ABNORMAL,
                          c->close_reason ? c->close_reason : "");
@@ -465,6 +474,12 @@ static void http_error(struct conn *c, int status, const char *extra, const char
     conn_linger(c, 1);
 }
 
+static void count_refusal(struct sb_server *srv, int status) {
+    srv->stats.handshakes_refused++;
+    if (status > 0 && status < 600)
+        srv->stats.handshake_status[status]++;
+}
+
 struct proto_pick {
     const char *want;
     int found;
@@ -485,14 +500,14 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
     const char *reason = NULL;
     int st = handshake_validate(req, &key, &key_len, &reason);
     if (st) {
-        srv->stats.handshakes_refused++;
+        count_refusal(srv, st);
         char body[160];
         snprintf(body, sizeof body, "%s\n", reason ? reason : http_status_text(st));
         http_error(c, st, st == 426 ? "Sec-WebSocket-Version: 13\r\n" : NULL, body);
         return -1;
     }
     if (srv->stopping) {
-        srv->stats.handshakes_refused++;
+        count_refusal(srv, 503);
         http_error(c, 503, "Retry-After: 5\r\n", "server is shutting down\n");
         return -1;
     }
@@ -510,7 +525,7 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
     if (r->has & ROUTE_UPGRADE)
         script_upgrade(srv->script, c, req, &ans);
     if (ans.status) {
-        srv->stats.handshakes_refused++;
+        count_refusal(srv, ans.status);
         char extra[1024];
         snprintf(extra, sizeof extra, "%s", ans.headers ? ans.headers : "");
         if (ans.body)
@@ -528,7 +543,7 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
         if (!pp.found) {
             log_error("route %s: upgrade chose subprotocol '%s' the client did not offer", r->path,
                       ans.protocol);
-            srv->stats.handshakes_refused++;
+            count_refusal(srv, 500);
             http_error(c, 500, NULL, NULL);
             script_upgrade_free(&ans);
             return -1;
@@ -561,7 +576,10 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
     c->deadline = 0;
     c->opened = 1;
     srv->stats.handshakes_ok++;
+    srv->stats.handshake_status[101]++;
     srv->stats.ws_open++;
+    r->ws_open++;
+    r->ws_total++;
     if (r->has & ROUTE_OPEN)
         script_open(srv->script, c);
     return 0;
@@ -613,7 +631,7 @@ static long http_process(struct conn *c, char *buf, size_t len) {
         struct route *route = script_find_route(srv->script, path, (size_t)plen);
         if (handshake_is_upgrade(&req)) {
             if (!route || route->gone) {
-                srv->stats.handshakes_refused++;
+                count_refusal(srv, 404);
                 http_error(c, 404, NULL, NULL);
                 return -1;
             }
@@ -765,6 +783,7 @@ static int on_control(void *ud, int opcode, uint8_t *data, size_t len) {
         ws_close_parse(data, len, &code, &reason, &rlen);
         c->close_rcvd = 1;
         c->close_code = (uint16_t)code;
+        c->srv->stats.close_rcvd[sb_close_bucket(code)]++;
         free(c->close_reason);
         c->close_reason = strndup(reason, rlen);
         if (!c->close_sent) {

@@ -40,8 +40,11 @@ static const char usage[] =
     "  --idle-timeout SECONDS    close a WebSocket silent this long (0 = never)  default 0\n"
     "  --ping-interval SECONDS   ping a silent peer (0 = never)          default 30\n"
     "  --pong-timeout SECONDS    drop a peer that does not answer a ping default 20\n"
-    "  --close-timeout SECONDS   wait for the peer's close frame / drain at shutdown\n"
-    "                            default 5\n"
+    "  --close-timeout SECONDS   wait for the peer's close frame          default 5\n"
+    "  --drain-timeout SECONDS   SIGTERM/SIGINT: wait this long for close frames and\n"
+    "                            queued output, then drop the rest       default 10\n"
+    "  --metrics ADDR:PORT       serve Prometheus metrics on their own listener\n"
+    "  --metrics-path PATH       serve them at PATH on the main listeners (e.g. /metrics)\n"
     "  --max-connections N       refuse past this many (0 = fd limit)   default 0\n"
     "  --lua-budget N            VM instructions per handler call       default 100000000\n"
     "  --lua-memory N            Lua state memory cap                   default 512MiB\n"
@@ -106,6 +109,9 @@ enum {
     OPT_PING_INTERVAL,
     OPT_PONG_TIMEOUT,
     OPT_CLOSE_TIMEOUT,
+    OPT_DRAIN_TIMEOUT,
+    OPT_METRICS,
+    OPT_METRICS_PATH,
     OPT_MAX_CONNECTIONS,
     OPT_LUA_BUDGET,
     OPT_LUA_MEMORY,
@@ -130,6 +136,9 @@ int main(int argc, char **argv) {
         {"ping-interval", required_argument, 0, OPT_PING_INTERVAL},
         {"pong-timeout", required_argument, 0, OPT_PONG_TIMEOUT},
         {"close-timeout", required_argument, 0, OPT_CLOSE_TIMEOUT},
+        {"drain-timeout", required_argument, 0, OPT_DRAIN_TIMEOUT},
+        {"metrics", required_argument, 0, OPT_METRICS},
+        {"metrics-path", required_argument, 0, OPT_METRICS_PATH},
         {"max-connections", required_argument, 0, OPT_MAX_CONNECTIONS},
         {"lua-budget", required_argument, 0, OPT_LUA_BUDGET},
         {"lua-memory", required_argument, 0, OPT_LUA_MEMORY},
@@ -212,6 +221,7 @@ int main(int argc, char **argv) {
         case OPT_PING_INTERVAL:
         case OPT_PONG_TIMEOUT:
         case OPT_CLOSE_TIMEOUT:
+        case OPT_DRAIN_TIMEOUT:
             if (parse_seconds(optarg, &d) < 0)
                 return die_usage("not a number of seconds: '%s'", optarg);
             if (o == OPT_SLOW_GRACE)
@@ -224,8 +234,18 @@ int main(int argc, char **argv) {
                 cfg.ping_interval = d;
             else if (o == OPT_PONG_TIMEOUT)
                 cfg.pong_timeout = d;
+            else if (o == OPT_DRAIN_TIMEOUT)
+                cfg.drain_timeout = d;
             else
                 cfg.close_timeout = d;
+            break;
+        case OPT_METRICS:
+            cfg.metrics_listen = optarg;
+            break;
+        case OPT_METRICS_PATH:
+            if (optarg[0] != '/')
+                return die_usage("--metrics-path must start with '/': %s", optarg);
+            cfg.metrics_path = optarg;
             break;
         case OPT_NO_WATCH:
             cfg.watch = 0;

@@ -28,6 +28,7 @@ struct route {
     unsigned has; /* ROUTE_* bits of the loaded version */
     int gone;     /* script deleted: no new upgrades */
     uint32_t version;
+    uint64_t ws_open, ws_total; /* WebSocket connections open now / accepted (101) */
     struct route *next;
 };
 

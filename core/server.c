@@ -49,6 +49,7 @@ void config_defaults(struct sb_config *cfg) {
     cfg->ping_interval = 30;
     cfg->pong_timeout = 20;
     cfg->close_timeout = 5;
+    cfg->drain_timeout = 10;
     cfg->max_connections = 0;
     cfg->lua_budget = 100000000;
     cfg->lua_memory = 512u << 20;
@@ -210,6 +211,13 @@ static void close_listeners(struct sb_server *srv) {
 
 /* ---- timers and signals ----------------------------------------------------- */
 
+static size_t conn_count(const struct sb_server *srv) {
+    size_t n = 0;
+    for (const struct conn *c = srv->all; c; c = c->next)
+        n++;
+    return n;
+}
+
 static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     struct sb_server *srv = arg;
     (void)fd;
@@ -218,19 +226,60 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     conn_sweep(srv);
 }
 
+/* Graceful shutdown, after the listeners are closed: every WebSocket is told 1001
+ * and has until the drain deadline to answer and take its queued output; an
+ * HTTP connection gets 503 for an upgrade. Idle HTTP connections (no request
+ * started, nothing to write) do not hold the exit up. */
+static void finish_shutdown(struct sb_server *srv, size_t busy) {
+    for (struct conn *c = srv->all; c; c = c->next)
+        conn_abort(c, WS_CLOSE_ABNORMAL);
+    conn_reap_all(srv);
+    unsigned long long clean = srv->stats.ws_closed_clean - srv->stop_clean0;
+    unsigned long long all = srv->stop_ws > clean ? srv->stop_ws : clean;
+    log_info("shutdown complete: %llu WebSocket connection(s) closed cleanly, %llu dropped%s",
+             clean, all - clean, busy ? " (drain timeout passed)" : "");
+}
+
+/* Every 20 ms while shutting down: done when nothing but idle HTTP is left. */
+static void on_stop_tick(evutil_socket_t fd, short what, void *arg) {
+    struct sb_server *srv = arg;
+    (void)fd;
+    (void)what;
+    srv->now = server_clock();
+    size_t busy = 0;
+    for (struct conn *c = srv->all; c; c = c->next)
+        if (!(c->state == CONN_HTTP && !c->hlen && !c->qlen))
+            busy++;
+    if (busy && srv->now < srv->stop_deadline)
+        return;
+    finish_shutdown(srv, busy);
+    srv->stopping = 3;
+    event_base_loopbreak(srv->base);
+}
+
 static void begin_shutdown(struct sb_server *srv) {
     srv->stopping = 1;
+    srv->stop_deadline = srv->now + srv->cfg.drain_timeout;
+    srv->stop_clean0 = srv->stats.ws_closed_clean;
     close_listeners(srv);
-    size_t n = 0;
+    size_t n = 0, closing = 0;
     for (struct conn *c = srv->all; c; c = c->next) {
         if (c->state == CONN_WS) {
             conn_close(c, WS_CLOSE_GOING_AWAY, "server shutting down", 20);
+            c->deadline = srv->stop_deadline; /* the peer's close may take the whole drain */
             n++;
-        } else if (c->state == CONN_HTTP && !c->hlen) {
-            conn_abort(c, WS_CLOSE_ABNORMAL);
+        } else if (c->state == CONN_CLOSING) {
+            closing++;
         }
     }
-    log_info("shutting down: closing %zu WebSocket connection(s) with 1001", n);
+    srv->stop_ws = n + closing;
+    struct timeval tick = {0, 20000};
+    srv->stop_ev = event_new(srv->base, -1, EV_PERSIST, on_stop_tick, srv);
+    if (srv->stop_ev)
+        event_add(srv->stop_ev, &tick);
+    log_info("shutting down: closing %zu WebSocket connection(s) with 1001 (%zu already closing), "
+             "draining for up to %g s",
+             n, closing, srv->cfg.drain_timeout);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg) {
@@ -242,7 +291,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
         return;
     }
     if (srv->stopping) {
-        log_warn("second signal: exiting now");
+        log_warn("second signal: exiting now, dropping %zu connection(s)", conn_count(srv));
         srv->stopping = 2;
         event_base_loopbreak(srv->base);
         return;
@@ -288,31 +337,22 @@ int server_init(struct sb_server *srv, const struct sb_config *cfg) {
 }
 
 int server_run(struct sb_server *srv) {
-    double stop_deadline = 0;
     for (;;) {
-        int r = event_base_loop(srv->base, EVLOOP_ONCE);
+        /* Output queued by close handlers (run from the reap) or past the flush
+         * rounds must not wait for the next event: poll without blocking. */
+        int pending = srv->flush || srv->reap;
+        int r = event_base_loop(srv->base, pending ? EVLOOP_NONBLOCK : EVLOOP_ONCE);
         srv->now = server_clock();
         conn_flush_all(srv);
         conn_reap_all(srv);
-        if (srv->stopping == 2 || r < 0)
+        if (srv->stopping >= 2 || r < 0)
             break;
-        if (srv->stopping == 1) {
-            if (!stop_deadline)
-                stop_deadline = srv->now + srv->cfg.close_timeout;
-            if (!srv->all) {
-                log_info("shutdown complete");
-                break;
-            }
-            if (srv->now >= stop_deadline) {
-                for (struct conn *c = srv->all; c; c = c->next)
-                    conn_abort(c, WS_CLOSE_ABNORMAL);
-                conn_reap_all(srv);
-                log_info("shutdown: drain timeout passed, remaining connections dropped");
-                break;
-            }
+        if (srv->stopping == 1 && !srv->all) {
+            finish_shutdown(srv, 0);
+            break;
         }
     }
-    return 0;
+    return srv->stopping == 2 ? 1 : 0; /* 2: a second signal cut the drain short */
 }
 
 void server_free(struct sb_server *srv) {
@@ -329,6 +369,8 @@ void server_free(struct sb_server *srv) {
             event_free(srv->sig_ev[i]);
     if (srv->sweep_ev)
         event_free(srv->sweep_ev);
+    if (srv->stop_ev)
+        event_free(srv->stop_ev);
     if (srv->base)
         event_base_free(srv->base);
     if (srv->spare_fd >= 0)

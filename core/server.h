@@ -17,6 +17,10 @@ struct pubsub;
 
 enum slow_policy { SLOW_DROP, SLOW_CLOSE };
 
+#define SB_CLOSE_OTHER 16 /* close codes 1000..1015 have a bucket each; the rest share one */
+#define SB_CLOSE_BUCKETS (SB_CLOSE_OTHER + 1)
+#define SB_TIME_BUCKETS 12 /* upper bounds in metrics.c */
+
 /* Every limit: its default is set by config_defaults, its flag in main.c. */
 struct sb_config {
     const char *app_dir;
@@ -36,6 +40,9 @@ struct sb_config {
     double ping_interval;     /* --ping-interval: server ping when idle (0 = off) */
     double pong_timeout;      /* --pong-timeout: close after a ping goes unanswered */
     double close_timeout;     /* --close-timeout: wait for the peer's close frame */
+    double drain_timeout;     /* --drain-timeout: graceful shutdown bound */
+    const char *metrics_listen; /* --metrics ADDR:PORT: own listener, or NULL */
+    const char *metrics_path;   /* --metrics-path /metrics on the main listeners, or NULL */
     unsigned max_connections; /* --max-connections (0 = only the fd limit) */
     long lua_budget;          /* --lua-budget: VM instructions per handler call */
     size_t lua_memory;        /* --lua-memory: bytes for the Lua state */
@@ -51,7 +58,19 @@ struct sb_stats {
     uint64_t publishes, deliveries, dropped_deliveries, backpressure_events, slow_closed;
     uint64_t handler_errors, budget_stops, reloads_ok, reloads_failed;
     uint64_t timeouts;
+    uint64_t ws_closed_clean; /* both close frames exchanged */
+    /* close frames by code: [code - 1000] for 1000..1015, [SB_CLOSE_OTHER] otherwise */
+    uint64_t close_sent[SB_CLOSE_BUCKETS], close_rcvd[SB_CLOSE_BUCKETS];
+    uint64_t handshake_status[600]; /* by HTTP status: 101 and each refusal */
+    /* Lua handler time, only measured with metrics on (see metrics.h) */
+    uint64_t handler_time_buckets[SB_TIME_BUCKETS + 1]; /* last: +Inf */
+    double handler_time_sum;
 };
+
+/* Bucket of a close code in sb_stats.close_sent / close_rcvd. */
+static inline unsigned sb_close_bucket(unsigned code) {
+    return code >= 1000 && code < 1000 + SB_CLOSE_OTHER ? code - 1000 : SB_CLOSE_OTHER;
+}
 
 struct sb_listener;
 
@@ -65,13 +84,16 @@ struct sb_server {
     struct conn *reap;      /* connections to free after this iteration */
     struct sb_listener *listeners;
     struct event *sweep_ev; /* once a second: timeouts and pings */
+    struct event *stop_ev;  /* every 20 ms while shutting down */
     struct event *sig_ev[3];
     struct script *script;
     struct pubsub *pubsub;
     uint64_t next_id;
     double now; /* cached monotonic seconds, refreshed per iteration */
     int spare_fd;   /* kept to shed a connection on EMFILE */
-    int stopping;   /* 1: graceful shutdown in progress; 2: exit now */
+    int stopping;   /* 1: graceful shutdown in progress; 2: exit now; 3: drained */
+    double stop_deadline;          /* graceful shutdown: drop what is left then */
+    uint64_t stop_ws, stop_clean0; /* WebSockets told 1001; ws_closed_clean at the signal */
     struct sb_stats stats;
 };
 
