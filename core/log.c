@@ -9,6 +9,11 @@
 
 static enum log_level min_level = LOG_INFO;
 static const char *const names[] = {"debug", "info", "warn", "error"};
+static char prefix[32];
+
+void log_set_prefix(const char *p) {
+    snprintf(prefix, sizeof prefix, "%s", p ? p : "");
+}
 
 void log_set_level(enum log_level lvl) {
     min_level = lvl;
@@ -34,8 +39,8 @@ void log_msg(enum log_level lvl, const char *fmt, ...) {
     struct tm tm;
     gmtime_r(&tv.tv_sec, &tm);
     int n = (int)strftime(line, sizeof line, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += snprintf(line + n, sizeof line - (size_t)n, ".%03dZ %-5s ", (int)(tv.tv_usec / 1000),
-                  names[lvl]);
+    n += snprintf(line + n, sizeof line - (size_t)n, ".%03dZ %-5s %s", (int)(tv.tv_usec / 1000),
+                  names[lvl], prefix);
     va_list ap;
     va_start(ap, fmt);
     int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);

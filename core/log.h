@@ -10,6 +10,9 @@ enum log_level log_get_level(void);
 /* Parse "debug" / "info" / "warn" / "error"; -1 if unknown. */
 int log_parse_level(const char *s);
 
+/* Text put before every message, e.g. "[w1] " in worker 1 (copied; NULL or "" for none). */
+void log_set_prefix(const char *prefix);
+
 void log_msg(enum log_level lvl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #define log_debug(...) log_msg(LOG_DEBUG, __VA_ARGS__)

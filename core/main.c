@@ -11,7 +11,9 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "redis.h"
 #include "server.h"
+#include "supervisor.h"
 
 #ifndef SB_VERSION
 #define SB_VERSION "0.0.0"
@@ -49,6 +51,11 @@ static const char usage[] =
     "  --lua-budget N            VM instructions per handler call       default 100000000\n"
     "  --lua-memory N            Lua state memory cap                   default 512MiB\n"
     "  --no-watch                do not reload scripts when they change\n"
+    "  --workers N               run N worker processes under a supervisor, sharing\n"
+    "                            the listeners (SO_REUSEPORT)             default 0 (one process)\n"
+    "  --redis URL               publish across processes through Redis:\n"
+    "                            redis://host:port[/db]\n"
+    "  --redis-optional          start local-only (with a warning) when Redis is down\n"
     "  --log-level LEVEL         debug, info, warn, error               default info\n"
     "  -h, --help                this text\n"
     "  -V, --version             the version\n"
@@ -117,7 +124,29 @@ enum {
     OPT_LUA_MEMORY,
     OPT_NO_WATCH,
     OPT_LOG_LEVEL,
+    OPT_WORKERS,
+    OPT_REDIS,
+    OPT_REDIS_OPTIONAL,
 };
+
+/* One server process: the whole server, or one worker under --workers. */
+static int run_server(struct sb_config *cfg) {
+    struct sb_server srv;
+    if (server_init(&srv, cfg) < 0) {
+        server_free(&srv);
+        return 1;
+    }
+    if (cfg->redis_url && !(srv.redis = redis_new(&srv, cfg->redis_url))) {
+        server_free(&srv);
+        return 1;
+    }
+    supervisor_worker_ready();
+    int rc = server_run(&srv);
+    redis_free(srv.redis);
+    srv.redis = NULL;
+    server_free(&srv);
+    return rc;
+}
 
 int main(int argc, char **argv) {
     static const struct option opts[] = {
@@ -144,6 +173,9 @@ int main(int argc, char **argv) {
         {"lua-memory", required_argument, 0, OPT_LUA_MEMORY},
         {"no-watch", no_argument, 0, OPT_NO_WATCH},
         {"log-level", required_argument, 0, OPT_LOG_LEVEL},
+        {"workers", required_argument, 0, OPT_WORKERS},
+        {"redis", required_argument, 0, OPT_REDIS},
+        {"redis-optional", no_argument, 0, OPT_REDIS_OPTIONAL},
         {"help", no_argument, 0, 'h'},
         {"version", no_argument, 0, 'V'},
         {0, 0, 0, 0},
@@ -257,6 +289,17 @@ int main(int argc, char **argv) {
             log_set_level((enum log_level)lvl);
             break;
         }
+        case OPT_WORKERS:
+            if (parse_size(optarg, &n) < 0 || n < 1 || n > 256)
+                return die_usage("--workers must be 1..256: %s", optarg);
+            cfg.workers = (unsigned)n;
+            break;
+        case OPT_REDIS:
+            cfg.redis_url = optarg;
+            break;
+        case OPT_REDIS_OPTIONAL:
+            cfg.redis_optional = 1;
+            break;
         case ':':
             return die_usage("option '%s' needs a value", argv[optind - 1]);
         default:
@@ -279,13 +322,21 @@ int main(int argc, char **argv) {
     if (cfg.n_listen == 0)
         cfg.listen[cfg.n_listen++] = "127.0.0.1:8080";
     signal(SIGPIPE, SIG_IGN);
-
-    struct sb_server srv;
-    if (server_init(&srv, &cfg) < 0) {
-        server_free(&srv);
-        return 1;
+    if (cfg.redis_url) {
+        char err[512];
+        int port, db;
+        char host[256];
+        if (redis_parse_url(cfg.redis_url, host, sizeof host, &port, &db, err, sizeof err) < 0)
+            return die_usage("%s", err);
+        if (redis_probe(cfg.redis_url, err, sizeof err) < 0) {
+            if (!cfg.redis_optional) {
+                log_error("%s (--redis-optional starts without it)", err);
+                return 1;
+            }
+            log_warn("%s: publishing locally only until it comes up (--redis-optional)", err);
+        }
     }
-    int rc = server_run(&srv);
-    server_free(&srv);
-    return rc;
+    if (cfg.workers)
+        return supervisor_run(&cfg, run_server);
+    return run_server(&cfg);
 }

@@ -25,7 +25,14 @@ struct topic {
 struct pubsub {
     struct topic **buckets;
     size_t nbuckets, ntopics;
+    pubsub_topic_hook hook;
+    void *hook_ud;
 };
+
+void pubsub_set_hook(struct pubsub *ps, pubsub_topic_hook fn, void *ud) {
+    ps->hook = fn;
+    ps->hook_ud = ud;
+}
 
 static uint64_t hash_name(const char *s, size_t len) {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
@@ -139,6 +146,8 @@ int pubsub_subscribe(struct pubsub *ps, struct conn *c, const char *name, size_t
     t->subs[t->n] = (struct sub_ref){c, c->nsubs};
     c->nsubs++;
     t->n++;
+    if (t->n == 1 && ps->hook)
+        ps->hook(ps->hook_ud, t->name, t->len, 1);
     return 1;
 oom:
     if (t->n == 0)
@@ -164,8 +173,11 @@ static void drop(struct pubsub *ps, struct conn *c, uint32_t i) {
         struct subscription *m = &c->subs[i];
         m->topic->subs[m->slot].idx = i;
     }
-    if (t->n == 0)
+    if (t->n == 0) {
+        if (ps->hook)
+            ps->hook(ps->hook_ud, t->name, t->len, 0);
         topic_remove(ps, t);
+    }
 }
 
 int pubsub_unsubscribe(struct pubsub *ps, struct conn *c, const char *name, size_t len) {

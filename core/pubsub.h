@@ -16,6 +16,11 @@ struct subscription {
 };
 
 struct pubsub *pubsub_new(void);
+
+/* Called when a topic gains its first subscriber (added = 1) or loses its last (0):
+ * how --redis follows which channels to subscribe. NULL fn removes it. */
+typedef void (*pubsub_topic_hook)(void *ud, const char *topic, size_t len, int added);
+void pubsub_set_hook(struct pubsub *ps, pubsub_topic_hook fn, void *ud);
 void pubsub_free(struct pubsub *ps);
 
 /* Returns 1 subscribed, 0 already subscribed, -1 out of memory. */

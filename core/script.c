@@ -23,6 +23,7 @@
 #include "http.h"
 #include "log.h"
 #include "pubsub.h"
+#include "redis.h"
 #include "server.h"
 #include "utf8.h"
 
@@ -426,6 +427,8 @@ static int do_publish(lua_State *L, int first, struct sb_server *srv, struct con
         return luaL_error(L, "bad argument #%d to '%s' (text is not valid UTF-8)", first + 1, fn);
     srv->stats.publishes++;
     size_t n = pubsub_publish(srv->pubsub, t, tlen, msg, len, binary, except);
+    if (srv->redis)
+        redis_publish(srv->redis, t, tlen, msg, len, binary);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
 }

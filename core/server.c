@@ -159,7 +159,7 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
-static int add_listener(struct sb_server *srv, const char *spec) {
+int server_bind(const char *spec, int backlog, char *name, size_t cap) {
     struct sockaddr_storage ss;
     socklen_t sl;
     if (parse_addr(spec, &ss, &sl) < 0) {
@@ -176,26 +176,34 @@ static int add_listener(struct sb_server *srv, const char *spec) {
     setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
     if (ss.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 4096) < 0) {
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0 || (backlog >= 0 && listen(fd, backlog) < 0)) {
         log_error("--listen %s: %s", spec, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    struct sb_listener *l = calloc(1, sizeof *l);
-    if (!l) {
         close(fd);
         return -1;
     }
     sl = sizeof ss;
     getsockname(fd, (struct sockaddr *)&ss, &sl);
-    format_addr((struct sockaddr *)&ss, l->name, sizeof l->name);
-    l->fd = fd;
+    format_addr((struct sockaddr *)&ss, name, cap);
+    return fd;
+}
+
+static int add_listener(struct sb_server *srv, const char *spec) {
+    struct sb_listener *l = calloc(1, sizeof *l);
+    if (!l)
+        return -1;
+    l->fd = server_bind(spec, 4096, l->name, sizeof l->name);
+    if (l->fd < 0) {
+        free(l);
+        return -1;
+    }
     l->srv = srv;
-    l->ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, on_accept, l);
+    l->ev = event_new(srv->base, l->fd, EV_READ | EV_PERSIST, on_accept, l);
     event_add(l->ev, NULL);
     l->next = srv->listeners;
     srv->listeners = l;
-    log_info("listening on %s (ws://%s/)", l->name, l->name);
+    /* under --workers the supervisor says it once per address */
+    log_msg(srv->cfg.worker ? LOG_DEBUG : LOG_INFO, "listening on %s (ws://%s/)", l->name,
+            l->name);
     return 0;
 }
 

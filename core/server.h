@@ -12,6 +12,7 @@ struct event;
 struct conn;
 struct script;
 struct pubsub;
+struct sb_redis;
 
 #define SB_MAX_LISTEN 16
 
@@ -48,6 +49,10 @@ struct sb_config {
     size_t lua_memory;        /* --lua-memory: bytes for the Lua state */
     int watch;                /* --no-watch clears it */
     double reload_debounce;   /* seconds */
+    unsigned workers;         /* --workers: worker processes under a supervisor (0 = none) */
+    unsigned worker;          /* this process's worker index, 1..workers; 0 without --workers */
+    const char *redis_url;    /* --redis redis://host:port[/db]; NULL = in-process pub/sub */
+    int redis_optional;       /* --redis-optional: start local-only when Redis is down */
 };
 
 void config_defaults(struct sb_config *cfg);
@@ -58,6 +63,7 @@ struct sb_stats {
     uint64_t publishes, deliveries, dropped_deliveries, backpressure_events, slow_closed;
     uint64_t handler_errors, budget_stops, reloads_ok, reloads_failed;
     uint64_t timeouts;
+    uint64_t redis_reconnects, redis_published, redis_received, redis_errors; /* --redis */
     uint64_t ws_closed_clean; /* both close frames exchanged */
     /* close frames by code: [code - 1000] for 1000..1015, [SB_CLOSE_OTHER] otherwise */
     uint64_t close_sent[SB_CLOSE_BUCKETS], close_rcvd[SB_CLOSE_BUCKETS];
@@ -88,6 +94,7 @@ struct sb_server {
     struct event *sig_ev[3];
     struct script *script;
     struct pubsub *pubsub;
+    struct sb_redis *redis; /* --redis: set up and freed by main.c; NULL when off */
     uint64_t next_id;
     double now; /* cached monotonic seconds, refreshed per iteration */
     int spare_fd;   /* kept to shed a connection on EMFILE */
@@ -102,6 +109,11 @@ int server_init(struct sb_server *srv, const struct sb_config *cfg);
 /* Run until shut down. Returns the process exit status. */
 int server_run(struct sb_server *srv);
 void server_free(struct sb_server *srv);
+
+/* Bind a listening socket for "ADDR:PORT" (port 0: the kernel picks) with SO_REUSEPORT,
+ * and listen on it unless backlog < 0. Writes the bound address to name.
+ * Returns the socket, or -1 after logging why. */
+int server_bind(const char *spec, int backlog, char *name, size_t cap);
 
 /* Monotonic seconds. */
 double server_clock(void);

@@ -1,0 +1,36 @@
+/* redis.h — `--redis URL`: publish across processes and hosts through Redis pub/sub.
+ *
+ * A publish is delivered locally at once (pubsub.c) and also PUBLISHed to the Redis
+ * channel "sb:<topic>"; the message carries this process's random origin id, so a
+ * process skips its own messages when they come back. A process SUBSCRIBEs to
+ * "sb:<topic>" while it has at least one local subscriber to the topic. When Redis goes
+ * away, local delivery goes on; the connections are retried with backoff and every live
+ * topic is subscribed again. Messages published while Redis is away do not cross. */
+#ifndef SB_REDIS_H
+#define SB_REDIS_H
+
+#include <stddef.h>
+
+struct sb_server;
+struct sb_redis;
+
+/* Parse "redis://host[:port][/db]" (port 6379 when absent). Returns 0, or -1 with a
+ * message in err. */
+int redis_parse_url(const char *url, char *host, size_t cap, int *port, int *db, char *err,
+                    size_t errcap);
+
+/* Blocking start-up check: connect and PING within 2 s. Returns 0, or -1 with a message
+ * in err. */
+int redis_probe(const char *url, char *err, size_t errcap);
+
+/* Connect to Redis on srv's loop and hook srv's topics (never blocks: a Redis that is
+ * down is retried with backoff). Returns NULL only when the URL is bad or memory runs
+ * out. Free with redis_free before server_free. */
+struct sb_redis *redis_new(struct sb_server *srv, const char *url);
+void redis_free(struct sb_redis *r);
+
+/* Send one publish to the other processes (the local delivery is the caller's). */
+void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
+                   size_t len, int binary);
+
+#endif
