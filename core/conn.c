@@ -26,9 +26,12 @@
 #include "script.h"
 #include "server.h"
 #include "static.h"
+#include "tls.h"
+#include "utf8.h"
 
 #define OUTBUF_MIN 4096
 #define IOV_BATCH 64
+#define DEFLATE_TRIM_IDLE 2.0 /* seconds without input before zlib state is parked */
 
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 static void conn_kill(struct conn *c, uint16_t code);
@@ -184,8 +187,17 @@ int conn_send(struct conn *c, int opcode, const void *data, size_t len) {
     if (!can_send(c) && !(opcode == WS_OP_CLOSE && c->state != CONN_DEAD))
         return -1;
     uint8_t hdr[10];
-    size_t hl = ws_frame_header(hdr, opcode, 1, 0, len);
-    if (queue_bytes(c, hdr, hl, data, len) < 0) {
+    uint8_t *z = NULL; /* the compressed payload, RSV1 on the (only) frame */
+    size_t zlen = 0;
+    if (c->defl && (opcode == WS_OP_TEXT || opcode == WS_OP_BINARY) &&
+        deflate_wants(c->defl, len) && deflate_compress_message(c->defl, data, len, 0, &z, &zlen)) {
+        conn_kill(c, WS_CLOSE_INTERNAL);
+        return -1;
+    }
+    size_t hl = ws_frame_header(hdr, opcode, 1, z != NULL, z ? zlen : len);
+    int qr = queue_bytes(c, hdr, hl, z ? z : data, z ? zlen : len);
+    free(z);
+    if (qr < 0) {
         conn_kill(c, WS_CLOSE_INTERNAL);
         return -1;
     }
@@ -273,6 +285,20 @@ struct conn *conn_new(struct sb_server *srv, int fd, const struct sockaddr *sa, 
     return c;
 }
 
+void conn_start_tls(struct conn *c, struct tls_ctx *ctx) {
+    c->ssl = tls_conn_new(ctx, c->fd);
+    if (!c->ssl) {
+        conn_abort(c, WS_CLOSE_ABNORMAL);
+        return;
+    }
+    c->is_tls = 1;
+}
+
+size_t conn_extensions(const struct conn *c, char buf[DEFLATE_RESPONSE_MAX]) {
+    buf[0] = 0;
+    return c->defl ? deflate_response(&c->defl->p, buf) : 0;
+}
+
 /* Tear down now (from the loop's point of view): stop I/O and put the conn on
  * the reap list. The memory is released in conn_reap_all. */
 static void conn_kill(struct conn *c, uint16_t code) {
@@ -352,6 +378,11 @@ static void conn_free(struct conn *c) {
     free(c->head);
     free(c->close_reason);
     free(c->protocol);
+    if (c->defl) {
+        deflate_free(c->defl);
+        free(c->defl);
+    }
+    tls_conn_free(c->ssl);
     close(c->fd);
     srv->stats.open--;
     free(c);
@@ -377,6 +408,31 @@ void conn_reap_all(struct sb_server *srv) {
 
 /* ---- writing -------------------------------------------------------------- */
 
+/* The TLS branch of the I/O path, with writev's contract. OpenSSL may need the
+ * other direction first: the flag makes the matching event retry us. */
+static ssize_t tls_conn_writev(struct conn *c, struct iovec *iov, int n) {
+    int want;
+    ssize_t w = tls_writev(c->ssl, iov, n, &want);
+    if (w >= 0)
+        return w;
+    errno = w == TLS_AGAIN ? EAGAIN : EPIPE;
+    c->tls_write_wants_read = w == TLS_AGAIN && want == TLS_WANT_READ;
+    return -1;
+}
+
+static ssize_t tls_conn_read(struct conn *c, void *buf, size_t cap) {
+    int want;
+    ssize_t n = tls_read(c->ssl, buf, cap, &want);
+    if (n >= 0)
+        return n;
+    errno = n == TLS_AGAIN ? EAGAIN : EPROTO; /* a failed handshake is closed quietly */
+    if (n == TLS_AGAIN && want == TLS_WANT_WRITE) {
+        c->tls_read_wants_write = 1;
+        set_write(c, 1);
+    }
+    return -1;
+}
+
 static void conn_flush(struct conn *c) {
     struct sb_server *srv = c->srv;
     while (c->qlen) {
@@ -387,10 +443,10 @@ static void conn_flush(struct conn *c) {
             iov[n].iov_base = s->b->data + s->off;
             iov[n].iov_len = s->b->len - s->off;
         }
-        ssize_t w = writev(c->fd, iov, n);
+        ssize_t w = c->is_tls ? tls_conn_writev(c, iov, n) : writev(c->fd, iov, n);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                set_write(c, 1);
+                set_write(c, !c->tls_write_wants_read);
                 return;
             }
             if (errno == EINTR)
@@ -434,6 +490,8 @@ static void conn_flush(struct conn *c) {
         }
     }
     if (c->state == CONN_LINGER && !c->qlen) {
+        if (c->ssl)
+            tls_conn_shutdown(c->ssl);
         if (c->linger_eof) {
             shutdown(c->fd, SHUT_WR); /* wait for the peer's EOF, bounded by deadline */
         } else {
@@ -489,6 +547,29 @@ static void pick_proto(void *ud, const char *p, size_t len) {
     struct proto_pick *pp = ud;
     if (strlen(pp->want) == len && memcmp(pp->want, p, len) == 0)
         pp->found = 1;
+}
+
+/* permessage-deflate from the request's Sec-WebSocket-Extensions headers:
+ * 1 with *p and the response header line in line, or 0 (no extension). */
+static int negotiate_deflate(struct conn *c, const struct http_request *req,
+                             struct deflate_params *p, char *line, size_t cap) {
+    const struct deflate_config *dc = &c->srv->cfg.deflate;
+    if (!dc->enabled || c->route->no_compression)
+        return 0;
+    const char *vals[16];
+    size_t lens[16], n = 0;
+    for (size_t i = 0; i < req->num_headers && n < 16; i++) {
+        const struct http_header *h = &req->headers[i];
+        if (h->name_len == 24 && strncasecmp(h->name, "sec-websocket-extensions", 24) == 0) {
+            vals[n] = h->value;
+            lens[n++] = h->value_len;
+        }
+    }
+    char resp[DEFLATE_RESPONSE_MAX];
+    if (!n || !deflate_negotiate(dc, vals, lens, n, p, resp))
+        return 0;
+    snprintf(line, cap, "Sec-WebSocket-Extensions: %s\r\n", resp);
+    return 1;
 }
 
 /* Complete the upgrade; returns 0, or -1 when the connection was refused. */
@@ -551,15 +632,18 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
     }
     char accept[HANDSHAKE_ACCEPT_LEN + 1];
     handshake_accept_key(key, key_len, accept);
+    struct deflate_params dp;
+    char ext[DEFLATE_RESPONSE_MAX + 32] = "";
+    int deflate_on = negotiate_deflate(c, req, &dp, ext, sizeof ext);
     char resp[4096];
     int n = snprintf(resp, sizeof resp,
                      "HTTP/1.1 101 Switching Protocols\r\n"
                      "Upgrade: websocket\r\n"
                      "Connection: Upgrade\r\n"
                      "Sec-WebSocket-Accept: %s\r\n"
-                     "%s%s%s%s\r\n",
+                     "%s%s%s%s%s\r\n",
                      accept, ans.protocol ? "Sec-WebSocket-Protocol: " : "",
-                     ans.protocol ? ans.protocol : "", ans.protocol ? "\r\n" : "",
+                     ans.protocol ? ans.protocol : "", ans.protocol ? "\r\n" : "", ext,
                      ans.headers ? ans.headers : "");
     script_upgrade_free(&ans);
     if (n < 0 || (size_t)n >= sizeof resp || conn_write(c, resp, (size_t)n) < 0) {
@@ -572,6 +656,15 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
         return -1;
     }
     c->dec->max_message = srv->cfg.max_message;
+    if (deflate_on) {
+        c->defl = malloc(sizeof *c->defl);
+        if (!c->defl) {
+            conn_kill(c, WS_CLOSE_INTERNAL);
+            return -1;
+        }
+        deflate_init(c->defl, &srv->cfg.deflate, &dp);
+        c->dec->rsv1_ok = 1;
+    }
     c->state = CONN_WS;
     c->deadline = 0;
     c->opened = 1;
@@ -758,11 +851,30 @@ static int on_message(void *ud, int opcode, uint8_t *data, size_t len, int compr
     struct conn *c = ud;
     if (c->state != CONN_WS || c->close_sent)
         return 0; /* closing: data is discarded */
-    (void)compressed;
+    uint8_t *plain = NULL; /* the inflated message (owned here) */
+    if (compressed) {
+        static uint8_t empty[1];
+        size_t plen = 0;
+        int r = deflate_inflate_message(c->defl, data, len, c->srv->cfg.max_message, &plain, &plen);
+        if (r == 0 && opcode == WS_OP_TEXT && utf8_validate(UTF8_ACCEPT, plain, plen) != UTF8_ACCEPT)
+            r = -WS_CLOSE_INVALID_DATA;
+        if (r < 0) {
+            free(plain);
+            conn_fail(c, (unsigned)-r,
+                      r == DEFLATE_ERR_TOO_BIG   ? "message too big"
+                      : r == DEFLATE_ERR_DATA    ? "invalid compressed data"
+                      : r == DEFLATE_ERR_INTERNAL ? "cannot inflate"
+                                                 : "invalid UTF-8");
+            return 1;
+        }
+        data = plain ? plain : empty;
+        len = plen;
+    }
     c->srv->stats.msgs_in++;
     c->srv->stats.bytes_in += len;
     if (c->route->has & ROUTE_MESSAGE)
         script_message(c->srv->script, c, data, len, opcode == WS_OP_BINARY);
+    free(plain);
     return c->state == CONN_DEAD || c->state == CONN_LINGER;
 }
 
@@ -814,6 +926,14 @@ static void ws_feed(struct conn *c, uint8_t *p, size_t n) {
 static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
     struct conn *c = arg;
     struct sb_server *srv = c->srv;
+    if (c->tls_read_wants_write && (what & EV_WRITE)) {
+        c->tls_read_wants_write = 0;
+        what |= EV_READ;
+    }
+    if (c->tls_write_wants_read && (what & EV_READ)) {
+        c->tls_write_wants_read = 0;
+        what |= EV_WRITE;
+    }
     if (what & EV_WRITE) {
         conn_flush(c);
         if (c->state == CONN_DEAD)
@@ -822,7 +942,8 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
     if (!(what & EV_READ))
         return;
     for (int rounds = 0; rounds < 4; rounds++) {
-        ssize_t n = read(fd, srv->rbuf, srv->rbuf_size);
+        ssize_t n = c->is_tls ? tls_conn_read(c, srv->rbuf, srv->rbuf_size)
+                              : read(fd, srv->rbuf, srv->rbuf_size);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -869,6 +990,8 @@ void conn_sweep(struct sb_server *srv) {
             }
             break;
         case CONN_WS:
+            if (c->defl && c->defl->mem && now - c->last_rx >= DEFLATE_TRIM_IDLE)
+                deflate_trim(c->defl); /* a quiet connection keeps only its windows */
             if (c->over_high && cfg->slow == SLOW_CLOSE && now - c->over_since >= cfg->slow_grace) {
                 srv->stats.slow_closed++;
                 conn_fail(c, WS_CLOSE_POLICY, "too slow to read");

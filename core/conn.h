@@ -11,10 +11,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "deflate.h"
 #include "frame.h"
 
 struct sb_server;
 struct route;
+struct ssl_st;
+struct tls_ctx;
 
 /* A refcounted chunk of outbound bytes (one or more frames). A published
  * message is one of these shared by every subscriber's queue. */
@@ -56,6 +59,7 @@ struct conn {
     uint8_t in_flush : 1, want_write : 1, read_paused : 1, opened : 1, close_sent : 1,
         close_rcvd : 1, drain_pending : 1, ping_out : 1;
     uint8_t over_high : 1, keep_alive : 1, is_tls : 1, linger_eof : 1;
+    uint8_t tls_read_wants_write : 1, tls_write_wants_read : 1; /* TLS I/O waiting on the other event */
     uint16_t close_code; /* code for the close handler (peer's, or 1006) */
     struct route *route; /* not owned; routes outlive their connections */
     int ws_ref;          /* Lua registry ref of the ws userdata, or LUA_NOREF */
@@ -71,6 +75,8 @@ struct conn {
     char *close_reason; /* peer's close reason (owned), NUL-terminated */
     char *protocol;     /* negotiated subprotocol (owned) or NULL */
     struct ws_decoder *dec; /* owned; WebSocket phase only */
+    struct ssl_st *ssl;      /* owned; TLS connections only (is_tls) */
+    struct ws_deflate *defl; /* owned; only when permessage-deflate was negotiated */
     /* output queue (ring of segments; owned) */
     struct outseg *q;
     uint32_t qhead, qlen, qcap;
@@ -82,6 +88,13 @@ struct conn {
 
 /* Take ownership of an accepted socket. Returns the conn or NULL (socket closed). */
 struct conn *conn_new(struct sb_server *srv, int fd, const struct sockaddr *sa, int salen);
+
+/* Make c a TLS connection (its bytes go through an SSL from ctx). On OOM the
+ * connection is dropped. */
+void conn_start_tls(struct conn *c, struct tls_ctx *ctx);
+/* The negotiated Sec-WebSocket-Extensions value, NUL-terminated in buf;
+ * returns its length, 0 when no extension is in use. */
+size_t conn_extensions(const struct conn *c, char buf[DEFLATE_RESPONSE_MAX]);
 
 /* Queue raw bytes (an HTTP response) for this connection. Returns 0, -1 on OOM. */
 int conn_write(struct conn *c, const void *data, size_t len);

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "redis.h"
 #include "server.h"
+#include "tls.h"
 #include "supervisor.h"
 
 #ifndef SB_VERSION
@@ -51,6 +52,16 @@ static const char usage[] =
     "  --lua-budget N            VM instructions per handler call       default 100000000\n"
     "  --lua-memory N            Lua state memory cap                   default 512MiB\n"
     "  --no-watch                do not reload scripts when they change\n"
+    "  --listen-tls ADDR:PORT    serve https:// and wss:// here (repeatable, beside --listen)\n"
+    "  --tls-cert FILE           PEM certificate chain for --listen-tls (SIGHUP reloads it)\n"
+    "  --tls-key FILE            PEM private key for --tls-cert\n"
+    "  --tls-self-signed DIR     use DIR/cert.pem + DIR/key.pem, creating a self-signed\n"
+    "                            pair for localhost when missing; without --listen-tls\n"
+    "                            it listens on 127.0.0.1:8443\n"
+    "  --no-compression          never negotiate permessage-deflate\n"
+    "  --deflate-window-bits N   8..15: zlib window for each direction    default 15\n"
+    "  --deflate-mem-level N     1..9: zlib memLevel of the compressor    default 8\n"
+    "  --deflate-min-size N      send messages shorter than this uncompressed  default 64\n"
     "  --workers N               run N worker processes under a supervisor, sharing\n"
     "                            the listeners (SO_REUSEPORT)             default 0 (one process)\n"
     "  --redis URL               publish across processes through Redis:\n"
@@ -124,6 +135,14 @@ enum {
     OPT_LUA_MEMORY,
     OPT_NO_WATCH,
     OPT_LOG_LEVEL,
+    OPT_LISTEN_TLS,
+    OPT_TLS_CERT,
+    OPT_TLS_KEY,
+    OPT_TLS_SELF_SIGNED,
+    OPT_NO_COMPRESSION,
+    OPT_DEFLATE_WINDOW_BITS,
+    OPT_DEFLATE_MEM_LEVEL,
+    OPT_DEFLATE_MIN_SIZE,
     OPT_WORKERS,
     OPT_REDIS,
     OPT_REDIS_OPTIONAL,
@@ -173,6 +192,14 @@ int main(int argc, char **argv) {
         {"lua-memory", required_argument, 0, OPT_LUA_MEMORY},
         {"no-watch", no_argument, 0, OPT_NO_WATCH},
         {"log-level", required_argument, 0, OPT_LOG_LEVEL},
+        {"listen-tls", required_argument, 0, OPT_LISTEN_TLS},
+        {"tls-cert", required_argument, 0, OPT_TLS_CERT},
+        {"tls-key", required_argument, 0, OPT_TLS_KEY},
+        {"tls-self-signed", required_argument, 0, OPT_TLS_SELF_SIGNED},
+        {"no-compression", no_argument, 0, OPT_NO_COMPRESSION},
+        {"deflate-window-bits", required_argument, 0, OPT_DEFLATE_WINDOW_BITS},
+        {"deflate-mem-level", required_argument, 0, OPT_DEFLATE_MEM_LEVEL},
+        {"deflate-min-size", required_argument, 0, OPT_DEFLATE_MIN_SIZE},
         {"workers", required_argument, 0, OPT_WORKERS},
         {"redis", required_argument, 0, OPT_REDIS},
         {"redis-optional", no_argument, 0, OPT_REDIS_OPTIONAL},
@@ -182,6 +209,7 @@ int main(int argc, char **argv) {
     };
     struct sb_config cfg;
     config_defaults(&cfg);
+    const char *tls_dir = NULL; /* --tls-self-signed */
     opterr = 0;
     int o;
     while ((o = getopt_long(argc, argv, ":hV", opts, NULL)) != -1) {
@@ -300,6 +328,40 @@ int main(int argc, char **argv) {
         case OPT_REDIS_OPTIONAL:
             cfg.redis_optional = 1;
             break;
+        case OPT_LISTEN_TLS:
+            if (cfg.n_listen_tls == SB_MAX_LISTEN)
+                return die_usage("too many --listen-tls (at most 16): %s", optarg);
+            cfg.listen_tls[cfg.n_listen_tls++] = optarg;
+            break;
+        case OPT_TLS_CERT:
+            cfg.tls_cert = optarg;
+            break;
+        case OPT_TLS_KEY:
+            cfg.tls_key = optarg;
+            break;
+        case OPT_TLS_SELF_SIGNED:
+            tls_dir = optarg;
+            break;
+        case OPT_NO_COMPRESSION:
+            cfg.deflate.enabled = 0;
+            break;
+        case OPT_DEFLATE_WINDOW_BITS:
+        case OPT_DEFLATE_MEM_LEVEL:
+        case OPT_DEFLATE_MIN_SIZE:
+            if (parse_size(optarg, &n) < 0)
+                return die_usage("not a size or count: '%s'", optarg);
+            if (o == OPT_DEFLATE_WINDOW_BITS) {
+                if (n < 8 || n > 15)
+                    return die_usage("--deflate-window-bits must be 8..15: %s", optarg);
+                cfg.deflate.server_max_window_bits = cfg.deflate.client_max_window_bits = (int)n;
+            } else if (o == OPT_DEFLATE_MEM_LEVEL) {
+                if (n < 1 || n > 9)
+                    return die_usage("--deflate-mem-level must be 1..9: %s", optarg);
+                cfg.deflate.mem_level = (int)n;
+            } else {
+                cfg.deflate.min_size = n;
+            }
+            break;
         case ':':
             return die_usage("option '%s' needs a value", argv[optind - 1]);
         default:
@@ -321,6 +383,21 @@ int main(int argc, char **argv) {
     }
     if (cfg.n_listen == 0)
         cfg.listen[cfg.n_listen++] = "127.0.0.1:8080";
+    static char tls_cert[4096], tls_key[4096];
+    if (tls_dir) {
+        if (cfg.tls_cert || cfg.tls_key)
+            return die_usage("%s", "--tls-self-signed replaces --tls-cert and --tls-key");
+        if (tls_self_signed(tls_dir, tls_cert, tls_key, sizeof tls_cert) < 0)
+            return 1;
+        cfg.tls_cert = tls_cert;
+        cfg.tls_key = tls_key;
+        if (!cfg.n_listen_tls)
+            cfg.listen_tls[cfg.n_listen_tls++] = "127.0.0.1:8443";
+    }
+    if (cfg.n_listen_tls && (!cfg.tls_cert || !cfg.tls_key))
+        return die_usage("%s", "--listen-tls needs --tls-cert FILE and --tls-key FILE");
+    if (!cfg.n_listen_tls && (cfg.tls_cert || cfg.tls_key))
+        return die_usage("%s", "--tls-cert/--tls-key without --listen-tls ADDR:PORT");
     signal(SIGPIPE, SIG_IGN);
     if (cfg.redis_url) {
         char err[512];

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "conn.h"
+#include "server.h"
 
 struct sub_ref {
     struct conn *c;
@@ -201,14 +202,34 @@ void pubsub_unsubscribe_all(struct pubsub *ps, struct conn *c) {
     c->subs_cap = 0;
 }
 
+/* A frame compressed once from a fresh context of `bits` window bits: valid
+ * for every subscriber whose deflate_shared_bits() is at least that. */
+static struct outbuf *deflated_frame(struct deflate_shared *ds, int bits, int opcode,
+                                     const void *msg, size_t len) {
+    uint8_t *z;
+    size_t zlen;
+    if (deflate_shared_compress(ds, bits, msg, len, 0, &z, &zlen) < 0)
+        return NULL;
+    struct outbuf *b = outbuf_new(zlen + 10);
+    if (b) {
+        b->len = (uint32_t)ws_frame_header(b->data, opcode, 1, 1, zlen);
+        memcpy(b->data + b->len, z, zlen);
+        b->len += (uint32_t)zlen;
+        b->cap = b->len; /* shared: never appended to */
+    }
+    free(z);
+    return b;
+}
+
 size_t pubsub_publish(struct pubsub *ps, const char *name, size_t tlen, const void *msg,
                       size_t len, int binary, struct conn *except) {
     struct topic *t = find(ps, name, tlen, hash_name(name, tlen));
     if (!t || (t->n == 1 && t->subs[0].c == except))
         return 0;
-    struct outbuf *b = outbuf_frame(binary ? WS_OP_BINARY : WS_OP_TEXT, msg, len);
-    if (!b)
-        return 0;
+    int opcode = binary ? WS_OP_BINARY : WS_OP_TEXT;
+    /* One plain frame for every subscriber without compression, and one
+     * compressed frame per window size for those with it: made on first need. */
+    struct outbuf *frames[16] = {0};
     size_t n = 0;
     /* a send may close a subscriber (hard cap), which only marks it: the
      * array is not modified until the reap */
@@ -216,10 +237,20 @@ size_t pubsub_publish(struct pubsub *ps, const char *name, size_t tlen, const vo
         struct conn *c = t->subs[i].c;
         if (c == except)
             continue;
-        if (conn_send_shared(c, b) >= 0)
+        int bits = c->defl && deflate_wants(c->defl, len) ? deflate_shared_bits(c->defl) : 0;
+        if (!frames[bits])
+            frames[bits] = bits ? deflated_frame(c->srv->deflate_shared, bits, opcode, msg, len)
+                                : outbuf_frame(opcode, msg, len);
+        if (!frames[bits])
+            continue;
+        if (conn_send_shared(c, frames[bits]) >= 0) {
             n++;
+            if (bits)
+                deflate_note_shared(c->defl);
+        }
     }
-    outbuf_unref(b);
+    for (int i = 0; i < 16; i++)
+        outbuf_unref(frames[i]);
     return n;
 }
 

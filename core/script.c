@@ -228,7 +228,9 @@ static int route_load(struct script *s, struct route *r) {
     r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
     r->has = handler_bits(L, lua_gettop(L));
-    lua_pop(L, 1);
+    lua_getfield(L, -1, "compression"); /* only `false` turns permessage-deflate off */
+    r->no_compression = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
+    lua_pop(L, 2);
     r->gone = 0;
     r->version = version;
     /* the old version's timers go with it */
@@ -483,6 +485,11 @@ static void ws_fill_cache(lua_State *L, struct conn *c) {
     if (c->protocol) {
         lua_pushstring(L, c->protocol);
         lua_setfield(L, -2, "protocol");
+    }
+    char ext[DEFLATE_RESPONSE_MAX];
+    if (conn_extensions(c, ext)) {
+        lua_pushstring(L, ext);
+        lua_setfield(L, -2, "extensions");
     }
 }
 

@@ -27,6 +27,7 @@ struct route {
     int ref;    /* registry ref of the handler table, LUA_NOREF when not loaded */
     unsigned has; /* ROUTE_* bits of the loaded version */
     int gone;     /* script deleted: no new upgrades */
+    int no_compression; /* the script returned `compression = false` */
     uint32_t version;
     uint64_t ws_open, ws_total; /* WebSocket connections open now / accepted (101) */
     struct route *next;

@@ -21,6 +21,7 @@
 #include "log.h"
 #include "pubsub.h"
 #include "script.h"
+#include "tls.h"
 
 #define READ_BUF_SIZE (256 * 1024)
 #define ACCEPT_BATCH 64
@@ -31,6 +32,7 @@ struct sb_listener {
     char name[64];
     struct sb_server *srv;
     struct sb_listener *next;
+    int tls; /* connections start a TLS handshake */
 };
 
 void config_defaults(struct sb_config *cfg) {
@@ -55,6 +57,7 @@ void config_defaults(struct sb_config *cfg) {
     cfg->lua_memory = 512u << 20;
     cfg->watch = 1;
     cfg->reload_debounce = 0.05;
+    deflate_config_default(&cfg->deflate);
 }
 
 double server_clock(void) {
@@ -155,7 +158,9 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
         }
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        conn_new(srv, cfd, (struct sockaddr *)&ss, (int)sl);
+        struct conn *c = conn_new(srv, cfd, (struct sockaddr *)&ss, (int)sl);
+        if (c && l->tls)
+            conn_start_tls(c, srv->tls);
     }
 }
 
@@ -187,7 +192,7 @@ int server_bind(const char *spec, int backlog, char *name, size_t cap) {
     return fd;
 }
 
-static int add_listener(struct sb_server *srv, const char *spec) {
+static int add_listener(struct sb_server *srv, const char *spec, int tls) {
     struct sb_listener *l = calloc(1, sizeof *l);
     if (!l)
         return -1;
@@ -197,13 +202,14 @@ static int add_listener(struct sb_server *srv, const char *spec) {
         return -1;
     }
     l->srv = srv;
+    l->tls = tls;
     l->ev = event_new(srv->base, l->fd, EV_READ | EV_PERSIST, on_accept, l);
     event_add(l->ev, NULL);
     l->next = srv->listeners;
     srv->listeners = l;
     /* under --workers the supervisor says it once per address */
-    log_msg(srv->cfg.worker ? LOG_DEBUG : LOG_INFO, "listening on %s (ws://%s/)", l->name,
-            l->name);
+    log_msg(srv->cfg.worker ? LOG_DEBUG : LOG_INFO, "listening on %s (%s://%s/)", l->name,
+            tls ? "wss" : "ws", l->name);
     return 0;
 }
 
@@ -295,6 +301,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
     (void)what;
     if (sig == SIGHUP) {
         log_info("SIGHUP: reloading every script");
+        if (srv->tls)
+            tls_ctx_reload(srv->tls); /* new connections only; open ones keep theirs */
         script_reload(srv->script, NULL);
         return;
     }
@@ -330,8 +338,17 @@ int server_init(struct sb_server *srv, const struct sb_config *cfg) {
     if (!srv->script)
         return -1;
     for (int i = 0; i < cfg->n_listen; i++)
-        if (add_listener(srv, cfg->listen[i]) < 0)
+        if (add_listener(srv, cfg->listen[i], 0) < 0)
             return -1;
+    if (cfg->n_listen_tls && !(srv->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key)))
+        return -1;
+    for (int i = 0; i < cfg->n_listen_tls; i++)
+        if (add_listener(srv, cfg->listen_tls[i], 1) < 0)
+            return -1;
+    srv->deflate_shared = malloc(sizeof *srv->deflate_shared);
+    if (!srv->deflate_shared)
+        return -1;
+    deflate_shared_init(srv->deflate_shared, &srv->cfg.deflate);
     srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     struct timeval one = {1, 0};
     srv->sweep_ev = event_new(srv->base, -1, EV_PERSIST, on_sweep, srv);
@@ -372,6 +389,11 @@ void server_free(struct sb_server *srv) {
         script_free(srv->script);
     if (srv->pubsub)
         pubsub_free(srv->pubsub);
+    if (srv->deflate_shared) {
+        deflate_shared_free(srv->deflate_shared);
+        free(srv->deflate_shared);
+    }
+    tls_ctx_free(srv->tls);
     for (int i = 0; i < 3; i++)
         if (srv->sig_ev[i])
             event_free(srv->sig_ev[i]);

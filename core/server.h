@@ -7,11 +7,14 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "deflate.h"
+
 struct event_base;
 struct event;
 struct conn;
 struct script;
 struct pubsub;
+struct tls_ctx;
 struct sb_redis;
 
 #define SB_MAX_LISTEN 16
@@ -49,6 +52,11 @@ struct sb_config {
     size_t lua_memory;        /* --lua-memory: bytes for the Lua state */
     int watch;                /* --no-watch clears it */
     double reload_debounce;   /* seconds */
+    /* TLS (tls.c): listeners beside the plain ones, one certificate for all */
+    const char *listen_tls[SB_MAX_LISTEN]; /* --listen-tls ADDR:PORT */
+    int n_listen_tls;
+    const char *tls_cert, *tls_key; /* --tls-cert / --tls-key, or from --tls-self-signed DIR */
+    struct deflate_config deflate;  /* --no-compression, --deflate-window-bits/-mem-level/-min-size */
     unsigned workers;         /* --workers: worker processes under a supervisor (0 = none) */
     unsigned worker;          /* this process's worker index, 1..workers; 0 without --workers */
     const char *redis_url;    /* --redis redis://host:port[/db]; NULL = in-process pub/sub */
@@ -94,6 +102,8 @@ struct sb_server {
     struct event *sig_ev[3];
     struct script *script;
     struct pubsub *pubsub;
+    struct tls_ctx *tls;                   /* owned; NULL without --listen-tls */
+    struct deflate_shared *deflate_shared; /* owned; compress-once contexts for publish */
     struct sb_redis *redis; /* --redis: set up and freed by main.c; NULL when off */
     uint64_t next_id;
     double now; /* cached monotonic seconds, refreshed per iteration */
