@@ -47,6 +47,8 @@ struct script {
     int budget_hit;
     int shared_ref; /* switchboard.shared */
     uint32_t loading_version; /* version being loaded for cur_route, 0 otherwise */
+    const char *loading_mod;  /* app module whose top level runs (a string on the Lua stack) */
+    int started;              /* past the start-up scan: loads are reloads, counted */
 };
 
 struct sb_timer {
@@ -157,6 +159,120 @@ static unsigned handler_bits(lua_State *L, int idx) {
     return bits;
 }
 
+/* ---- app modules (lib/) ------------------------------------------------------------- */
+
+/* registry[MODS_KEY][name] = { file = path under lib/, users = { [app module
+ * that required it] = true }, routes = { [route light userdata] = true } } */
+#define MODS_KEY "switchboard.modules"
+
+/* Where the app module `name` lives: a file under lib/ that package.path
+ * finds, or, for a module found nowhere yet, where lib/ would hold it (so that
+ * writing it reloads the routes that asked for it). 0: not an app module. */
+static int mod_file(struct script *s, lua_State *L, const char *name, char *out, size_t cap) {
+    size_t ll = strlen(s->lib_dir);
+    int found = 0, top = lua_gettop(L);
+    lua_getglobal(L, "package");
+    if (!lua_istable(L, -1))
+        goto done;
+    static const char *const paths[] = {"path", "cpath"};
+    for (int i = 0; i < 2; i++) {
+        lua_getfield(L, top + 1, "searchpath");
+        lua_pushstring(L, name);
+        lua_getfield(L, top + 1, paths[i]);
+        if (!lua_isfunction(L, -3) || !lua_isstring(L, -1) || lua_pcall(L, 2, 1, 0) != LUA_OK) {
+            lua_settop(L, top + 1);
+            continue;
+        }
+        const char *f = lua_tostring(L, -1);
+        if (f) {
+            found = i == 0 && strncmp(f, s->lib_dir, ll) == 0 && f[ll] == '/' &&
+                    snprintf(out, cap, "%s", f) < (int)cap;
+            goto done;
+        }
+        lua_pop(L, 1);
+    }
+    lua_getfield(L, top + 1, "preload");
+    if (lua_istable(L, -1) && lua_getfield(L, -1, name) != LUA_TNIL)
+        goto done;
+    int n = snprintf(out, cap, "%s/%s.lua", s->lib_dir, name);
+    if (n > 0 && (size_t)n < cap) {
+        for (char *p = out + ll + 1; p < out + n - 4; p++)
+            if (*p == '.')
+                *p = '/';
+        found = 1;
+    }
+done:
+    lua_settop(L, top);
+    return found;
+}
+
+/* Push the record of app module `name`, creating it the first time name is
+ * required. Returns 0 (nothing pushed) for modules outside the app. */
+static int mod_record(struct script *s, lua_State *L, const char *name) {
+    lua_getfield(L, LUA_REGISTRYINDEX, MODS_KEY);
+    if (lua_getfield(L, -1, name) == LUA_TTABLE) {
+        lua_remove(L, -2);
+        return 1;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    int loaded = lua_getfield(L, -1, name) != LUA_TNIL;
+    lua_pop(L, 2);
+    char file[PATH_MAX];
+    if (loaded || !mod_file(s, L, name, file, sizeof file)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, file);
+    lua_setfield(L, -2, "file");
+    lua_newtable(L);
+    lua_setfield(L, -2, "users");
+    lua_newtable(L);
+    lua_setfield(L, -2, "routes");
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, name);
+    lua_remove(L, -2);
+    return 1;
+}
+
+/* `require` for scripts: the standard one (upvalue 1), noting which route and
+ * which app module asked for which app module, so a change under lib/ reloads
+ * exactly the routes that depend on it. */
+static int sb_require(lua_State *L) {
+    struct script *s = get_script(L);
+    const char *name = luaL_checkstring(L, 1);
+    lua_settop(L, 1);
+    if (!mod_record(s, L, name)) {
+        lua_pushvalue(L, lua_upvalueindex(1));
+        lua_insert(L, 1);
+        lua_call(L, 1, 2);
+        return 2;
+    }
+    if (s->cur_route) {
+        lua_getfield(L, -1, "routes");
+        lua_pushboolean(L, 1);
+        lua_rawsetp(L, -2, s->cur_route);
+        lua_pop(L, 1);
+    }
+    if (s->loading_mod) {
+        lua_getfield(L, -1, "users");
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, s->loading_mod);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    const char *prev = s->loading_mod;
+    s->loading_mod = name; /* anchored: argument 1 of this call */
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_pushvalue(L, 1);
+    int rc = lua_pcall(L, 1, 2, 0);
+    s->loading_mod = prev;
+    if (rc != LUA_OK)
+        return lua_error(L);
+    return 2;
+}
+
 /* Cancel r's timers: with same=1 those of `version`, with same=0 all others.
  * r NULL: every timer. */
 static void cancel_route_timers(struct script *s, struct route *r, uint32_t version, int same);
@@ -168,10 +284,11 @@ static int route_load(struct script *s, struct route *r) {
     double t0 = server_clock();
     char what[PATH_MAX + 32];
     snprintf(what, sizeof what, "loading %s", r->file);
+    uint32_t version = r->version + 1;
     if (luaL_loadfile(L, r->file) != LUA_OK) {
         log_error("%s: %s", what, lua_tostring(L, -1));
         lua_pop(L, 1);
-        return -1;
+        goto fail;
     }
     /* a fresh environment whose globals do not leak into other scripts */
     lua_newtable(L);
@@ -183,7 +300,6 @@ static int route_load(struct script *s, struct route *r) {
         lua_pop(L, 1);
     struct route *prev_route = s->cur_route;
     uint32_t prev_loading = s->loading_version;
-    uint32_t version = r->version + 1;
     s->cur_route = r;
     s->loading_version = version;
     int rc = protected_call(s, 0, 1, what);
@@ -203,12 +319,13 @@ static int route_load(struct script *s, struct route *r) {
     for (int i = 0; i < 6; i++) {
         lua_getfield(L, tbl, names[i]);
         int bad = !lua_isnil(L, -1) && !lua_isfunction(L, -1);
-        lua_pop(L, 1);
         if (bad) {
-            log_error("%s: handler '%s' must be a function", what, names[i]);
-            lua_pop(L, 1);
+            log_error("%s: handler '%s' must be a function, not %s", what, names[i],
+                      luaL_typename(L, -1));
+            lua_pop(L, 2);
             goto fail;
         }
+        lua_pop(L, 1);
     }
     if (r->ref != LUA_NOREF) {
         /* migrate: the new version's reload(old) hook */
@@ -235,19 +352,43 @@ static int route_load(struct script *s, struct route *r) {
     r->version = version;
     /* the old version's timers go with it */
     cancel_route_timers(s, r, version, 0);
-    if (version > 1) {
+    if (s->started) {
         s->srv->stats.reloads_ok++;
-        log_info("reloaded %s (route %s, version %u) in %.1f ms", r->file, r->path, r->version,
-                 (server_clock() - t0) * 1e3);
+        log_info("reloaded %s (route %s, version %u%s) in %.1f ms", r->file, r->path, r->version,
+                 version > 1 ? "" : ", new route", (server_clock() - t0) * 1e3);
     }
     return 0;
 
 fail:
     /* timers created by a failed top level die with it */
     cancel_route_timers(s, r, version, 1);
-    if (r->version > 0)
+    if (s->started) {
         s->srv->stats.reloads_failed++;
+        if (r->ref != LUA_NOREF && !r->gone)
+            log_error("reload of %s failed in %.1f ms: route %s keeps serving version %u",
+                      r->file, (server_clock() - t0) * 1e3, r->path, r->version);
+        else
+            log_error("reload of %s failed in %.1f ms: route %s is not live", r->file,
+                      (server_clock() - t0) * 1e3, r->path);
+    }
     return -1;
+}
+
+/* The script was deleted: no new upgrades (404), open connections get 1001. */
+static void route_delete(struct script *s, struct route *r) {
+    double t0 = server_clock();
+    size_t n = 0;
+    r->gone = 1;
+    cancel_route_timers(s, r, 0, 0);
+    for (struct conn *c = s->srv->all; c; c = c->next) {
+        if (c->route == r && c->state == CONN_WS) {
+            conn_close(c, WS_CLOSE_GOING_AWAY, "route removed", 13);
+            n++;
+        }
+    }
+    s->srv->stats.reloads_ok++;
+    log_info("deleted %s: route %s gone, %zu connection(s) closed with 1001, in %.1f ms", r->file,
+             r->path, n, (server_clock() - t0) * 1e3);
 }
 
 static struct route *route_by_file(struct script *s, const char *file) {
@@ -1172,6 +1313,11 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
     lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
     set_package_path(s);
     lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, MODS_KEY);
+    lua_getglobal(L, "require");
+    lua_pushcclosure(L, sb_require, 1);
+    lua_setglobal(L, "require");
+    lua_newtable(L);
     s->shared_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
     lua_pushcfunction(L, luaopen_switchboard);
@@ -1216,6 +1362,7 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
     for (struct route *r = s->routes; r; r = r->next)
         if (r->ref != LUA_NOREF)
             log_info("route %s -> %s", r->path, r->file);
+    s->started = 1;
     return s;
 }
 
@@ -1234,27 +1381,152 @@ void script_free(struct script *s) {
     free(s);
 }
 
+/* Forget every app module in package.loaded, so the next require loads it
+ * afresh. With `file`, only the modules loaded from it and, transitively, the
+ * app modules that required them; the routes that required any of those are
+ * pushed as light userdata keys of a table. Returns how many modules. */
+static int forget_modules(struct script *s, const char *file) {
+    lua_State *L = s->L;
+    lua_getfield(L, LUA_REGISTRYINDEX, MODS_KEY);
+    int mods = lua_gettop(L);
+    lua_newtable(L); /* hit: name -> true */
+    int hit = mods + 1;
+    lua_newtable(L); /* work: list of names */
+    int work = mods + 2;
+    int nwork = 0, nmods = 0;
+    lua_pushnil(L);
+    while (lua_next(L, mods)) {
+        lua_getfield(L, -1, "file");
+        const char *f = lua_tostring(L, -1);
+        if (!file || (f && strcmp(f, file) == 0)) {
+            lua_pushvalue(L, -3);
+            lua_pushboolean(L, 1);
+            lua_rawset(L, hit);
+            lua_pushvalue(L, -3);
+            lua_rawseti(L, work, ++nwork);
+        }
+        lua_pop(L, 2);
+    }
+    while (nwork > 0) { /* add the app modules that required a hit one */
+        lua_rawgeti(L, work, nwork);
+        lua_pushnil(L);
+        lua_rawseti(L, work, nwork--);
+        lua_rawget(L, mods);
+        lua_getfield(L, -1, "users");
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pop(L, 1);
+            lua_pushvalue(L, -1);
+            if (lua_rawget(L, hit) == LUA_TNIL) {
+                lua_pushvalue(L, -2);
+                lua_pushboolean(L, 1);
+                lua_rawset(L, hit);
+                lua_pushvalue(L, -2);
+                lua_rawseti(L, work, ++nwork);
+            }
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 2);
+    }
+    lua_newtable(L); /* the result: route -> true */
+    int routes = lua_gettop(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    lua_pushnil(L);
+    while (lua_next(L, hit)) {
+        lua_pop(L, 1);
+        nmods++;
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, -4); /* package.loaded[name] = nil */
+        lua_pushvalue(L, -1);
+        lua_rawget(L, mods);
+        lua_getfield(L, -1, "routes");
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, routes);
+        }
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 1);
+    lua_replace(L, mods); /* leave only the routes table */
+    lua_settop(L, mods);
+    return nmods;
+}
+
+/* A module under lib/ changed (or appeared, or went): every route that
+ * required it, directly or through another app module, loads again. */
+static void reload_lib(struct script *s, const char *file) {
+    lua_State *L = s->L;
+    int nmods = forget_modules(s, file);
+    size_t n = 0, cap = 8;
+    struct route **rs = malloc(cap * sizeof *rs);
+    lua_pushnil(L);
+    while (rs && lua_next(L, -2)) {
+        lua_pop(L, 1);
+        if (n == cap) {
+            struct route **more = realloc(rs, (cap *= 2) * sizeof *rs);
+            if (!more)
+                break;
+            rs = more;
+        }
+        rs[n++] = (struct route *)lua_touserdata(L, -1);
+    }
+    lua_settop(L, 0);
+    if (!nmods) {
+        log_info("lib module %s changed: no route requires it", file);
+    } else {
+        log_info("lib module %s changed: reloading the %zu route(s) that require it", file, n);
+        struct stat st;
+        for (size_t i = 0; i < n; i++)
+            if (stat(rs[i]->file, &st) == 0)
+                route_load(s, rs[i]);
+    }
+    free(rs);
+}
+
+/* SIGHUP: every app module afresh, every route script again, deleted ones gone. */
+static void reload_all(struct script *s) {
+    double t0 = server_clock();
+    forget_modules(s, NULL);
+    lua_pop(s->L, 1);
+    int loaded = 0, failed = 0;
+    scan_dir(s, s->app_dir, "", &loaded, &failed);
+    struct stat st;
+    for (struct route *r = s->routes; r; r = r->next)
+        if (!r->gone && stat(r->file, &st) < 0)
+            route_delete(s, r);
+    log_info("reloaded every script: %d loaded, %d failed, in %.1f ms", loaded, failed,
+             (server_clock() - t0) * 1e3);
+}
+
 void script_reload(struct script *s, const char *file) {
     if (!file) {
-        int loaded = 0, failed = 0;
-        scan_dir(s, s->app_dir, "", &loaded, &failed);
+        reload_all(s);
+        return;
+    }
+    size_t ll = strlen(s->lib_dir), al = strlen(s->app_dir), fl = strlen(file);
+    if (strncmp(file, s->lib_dir, ll) == 0 && file[ll] == '/') {
+        reload_lib(s, file);
         return;
     }
     struct route *r = route_by_file(s, file);
     struct stat st;
     if (stat(file, &st) < 0) {
-        if (r && r->ref != LUA_NOREF) {
-            log_info("%s deleted: route %s closed", file, r->path);
-            r->gone = 1;
-            cancel_route_timers(s, r, 0, 0);
-            for (struct conn *c = s->srv->all; c; c = c->next)
-                if (c->route == r)
-                    conn_close(c, WS_CLOSE_GOING_AWAY, "route removed", 13);
-        }
+        if (r && !r->gone)
+            route_delete(s, r);
+        if (r)
+            return;
+        /* a folder went away: every route under it */
+        for (r = s->routes; r; r = r->next)
+            if (!r->gone && strncmp(r->file, file, fl) == 0 && r->file[fl] == '/')
+                route_delete(s, r);
         return;
     }
+    if (!S_ISREG(st.st_mode) || fl < 5 || strcmp(file + fl - 4, ".lua") != 0)
+        return;
     if (!r) {
-        size_t al = strlen(s->app_dir);
         if (strncmp(file, s->app_dir, al) != 0 || file[al] != '/')
             return;
         r = route_add(s, file, file + al + 1);

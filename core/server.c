@@ -20,6 +20,7 @@
 #include "conn.h"
 #include "log.h"
 #include "pubsub.h"
+#include "reload.h"
 #include "script.h"
 #include "tls.h"
 
@@ -337,6 +338,8 @@ int server_init(struct sb_server *srv, const struct sb_config *cfg) {
     srv->script = script_new(srv, cfg->app_dir);
     if (!srv->script)
         return -1;
+    if (cfg->watch)
+        srv->reload = reload_new(srv, cfg->app_dir); /* NULL: logged, runs unwatched */
     for (int i = 0; i < cfg->n_listen; i++)
         if (add_listener(srv, cfg->listen[i], 0) < 0)
             return -1;
@@ -385,6 +388,7 @@ void server_free(struct sb_server *srv) {
         conn_abort(c, WS_CLOSE_ABNORMAL);
     conn_reap_all(srv);
     close_listeners(srv);
+    reload_free(srv->reload);
     if (srv->script)
         script_free(srv->script);
     if (srv->pubsub)

@@ -13,6 +13,7 @@ struct event_base;
 struct event;
 struct conn;
 struct script;
+struct reload;
 struct pubsub;
 struct tls_ctx;
 struct sb_redis;
@@ -101,6 +102,7 @@ struct sb_server {
     struct event *stop_ev;  /* every 20 ms while shutting down */
     struct event *sig_ev[3];
     struct script *script;
+    struct reload *reload; /* owned; NULL with --no-watch */
     struct pubsub *pubsub;
     struct tls_ctx *tls;                   /* owned; NULL without --listen-tls */
     struct deflate_shared *deflate_shared; /* owned; compress-once contexts for publish */

@@ -13,8 +13,16 @@ local rawws = {}
 local C = {}
 C.__index = C
 
-function rawws.connect(port, host)
-    local sock = assert(socket.tcp())
+-- opts.rcvbuf: a small receive buffer (set before connecting, so the window
+-- stays small): a client that stops reading then backs up the server quickly.
+function rawws.connect(port, host, opts)
+    local sock
+    if opts and opts.rcvbuf then
+        sock = assert(socket.tcp4())
+        assert(sock:setoption("recv-buffer-size", opts.rcvbuf))
+    else
+        sock = assert(socket.tcp())
+    end
     sock:settimeout(10)
     assert(sock:connect(host or "127.0.0.1", port))
     sock:setoption("tcp-nodelay", true)
@@ -39,8 +47,8 @@ function rawws.request(path, extra, opts)
 end
 
 -- Connect and complete a handshake; raises unless the answer is 101.
-function rawws.open(port, path, extra)
-    local c = rawws.connect(port)
+function rawws.open(port, path, extra, opts)
+    local c = rawws.connect(port, nil, opts)
     c:send(rawws.request(path or "/echo", extra))
     local status, headers = c:http_head()
     assert(status == 101, "expected 101, got " .. tostring(status))
