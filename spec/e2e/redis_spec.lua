@@ -1,0 +1,248 @@
+-- --redis: publish reaches subscribers in every process through a real
+-- redis-server on a free loopback port.
+local server = require "server"
+local rawws = require "rawws"
+local wsframe = require "wsframe"
+local proc = require "sbt_proc"
+local socket = require "socket"
+
+local APP = server.root .. "/spec/apps/scale"
+local REDIS = "/usr/bin/redis-server"
+
+local function free_port()
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    return tonumber(port)
+end
+
+-- One inline command to Redis; returns the raw reply, or nil when it is down.
+local function redis_cmd(port, cmd)
+    local c = socket.tcp()
+    c:settimeout(2)
+    if not c:connect("127.0.0.1", port) then return nil end
+    c:send(cmd .. "\r\n")
+    local reply = {}
+    local line = c:receive("*l")
+    while line do
+        reply[#reply + 1] = line
+        if line:match("^[+:%-]") and #reply == 1 then break end
+        if line:match("^:") then break end
+        line = c:receive("*l")
+    end
+    c:close()
+    return table.concat(reply, "\n")
+end
+
+local function start_redis(port)
+    local logf = server.tmpname(".redis.log")
+    local pid = assert(proc.spawn({ REDIS, "--port", tostring(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no" }, { stdout = logf, stderr = logf, env = { LD_PRELOAD = "" } }))
+    server.wait_for(function()
+        if proc.wait(pid, true) then error("redis-server exited:\n" .. server.read_file(logf)) end
+        return redis_cmd(port, "PING") == "+PONG"
+    end, 10, "redis-server to answer PING")
+    return { pid = pid, log = logf }
+end
+
+local function stop_redis(r)
+    if not r then return end
+    proc.kill(r.pid, proc.SIGKILL)
+    proc.wait(r.pid)
+    os.remove(r.log)
+end
+
+-- Processes subscribed to the Redis channel of a topic.
+local function numsub(port, topic)
+    local reply = redis_cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
+    return tonumber(reply:match(":(%d+)$"))
+end
+
+local function wait_numsub(port, topic, n)
+    server.wait_for(function() return numsub(port, topic) == n end, 10,
+        ("%d process(es) subscribed to sb:%s"):format(n, topic))
+end
+
+local function open(s, topic)
+    local c = rawws.open(s.port, "/node" .. (topic and ("?topic=" .. topic) or ""))
+    local f = assert(c:recv_frame())
+    assert(f.payload:match("^pid:%d+$"))
+    return c
+end
+
+-- Read exactly n data frames.
+local function recv_n(c, n)
+    local got = {}
+    for i = 1, n do
+        local f, err = c:recv_frame()
+        assert(f, ("frame %d of %d: %s"):format(i, n, tostring(err)))
+        got[i] = f
+    end
+    return got
+end
+
+-- True when no frame arrives within t seconds (the "exactly once" half).
+local function quiet(c, t)
+    c.timeout = t
+    local ok = c:fill()
+    c.timeout = nil
+    return not ok or #c.buf == 0
+end
+
+describe("--redis", function()
+    local rport, redis, a, b
+    local clients = {}
+
+    local function track(c)
+        clients[#clients + 1] = c
+        return c
+    end
+
+    lazy_setup(function()
+        rport = free_port()
+        redis = start_redis(rport)
+        local url = "redis://127.0.0.1:" .. rport
+        a = server.start { app = APP, args = { "--redis", url } }
+        b = server.start { app = APP, args = { "--redis", url } }
+        a:wait_log("redis: connected")
+        b:wait_log("redis: connected")
+    end)
+
+    lazy_teardown(function()
+        for _, c in ipairs(clients) do c:close() end
+        local errs = {}
+        for _, s in ipairs { a, b } do
+            local ok, e = pcall(s.stop, s)
+            if not ok then errs[#errs + 1] = e end
+        end
+        stop_redis(redis)
+        assert(#errs == 0, table.concat(errs, "\n"))
+    end)
+
+    it("delivers every publish exactly once on both processes, in order per publisher", function()
+        local sa, sb = track(open(a, "t")), track(open(b, "t"))
+        local pa, pb = track(open(a)), track(open(b))
+        wait_numsub(rport, "t", 2)
+        local N = 50
+        for i = 1, N do
+            assert(pa:send(wsframe.text("pub:t:A" .. i)))
+            assert(pb:send(wsframe.text("pub:t:B" .. i)))
+        end
+        for name, c in pairs { a = sa, b = sb } do
+            local next_a, next_b = 1, 1
+            for _, f in ipairs(recv_n(c, 2 * N)) do
+                assert.equal(1, f.opcode)
+                local who, i = f.payload:match("^([AB])(%d+)$")
+                i = tonumber(i)
+                if who == "A" then
+                    assert.equal(next_a, i, name .. " got A" .. i .. " out of order")
+                    next_a = next_a + 1
+                else
+                    assert.equal(next_b, i, name .. " got B" .. i .. " out of order")
+                    next_b = next_b + 1
+                end
+            end
+            assert.equal(N + 1, next_a)
+            assert.equal(N + 1, next_b)
+        end
+        assert.truthy(quiet(sa, 0.3), "a subscriber on a got a message twice")
+        assert.truthy(quiet(sb, 0.3), "a subscriber on b got a message twice")
+    end)
+
+    it("carries binary messages intact", function()
+        local sa, sb = track(open(a, "bin")), track(open(b, "bin"))
+        local pa = track(open(a, "bin"))
+        wait_numsub(rport, "bin", 2)
+        local bytes = {}
+        for i = 0, 255 do bytes[#bytes + 1] = string.char(i) end
+        local payload = table.concat(bytes) .. "\0\r\n\255" .. string.rep("\0\1\2", 20000)
+        assert(pa:send(wsframe.binary(payload)))
+        for _, c in ipairs { sa, sb, pa } do
+            local f = assert(c:recv_frame())
+            assert.equal(2, f.opcode)
+            assert.equal(#payload, #f.payload)
+            assert.equal(payload, f.payload)
+        end
+    end)
+
+    it("subscribes a Redis channel only while the process has a subscriber to the topic", function()
+        assert.equal(0, numsub(rport, "u"))
+        local c1 = open(a, "u")
+        wait_numsub(rport, "u", 1)
+        local c2 = open(b, "u")
+        wait_numsub(rport, "u", 2)
+        c1:close()
+        wait_numsub(rport, "u", 1)
+        c2:close()
+        wait_numsub(rport, "u", 0)
+        -- and again: a topic that comes back is subscribed again
+        local c3 = track(open(a, "u"))
+        wait_numsub(rport, "u", 1)
+        local p = track(open(b))
+        assert(p:send(wsframe.text("pub:u:back")))
+        assert.equal("back", assert(c3:recv_frame()).payload)
+    end)
+
+    it("keeps local delivery while Redis is down and crosses again once it is back", function()
+        local sa, sb = track(open(a, "r")), track(open(b, "r"))
+        local pa = track(open(a))
+        wait_numsub(rport, "r", 2)
+        stop_redis(redis)
+        redis = nil
+        a:wait_log("redis: connection to 127%.0%.0%.1:%d+ lost")
+        b:wait_log("redis: connection to 127%.0%.0%.1:%d+ lost")
+        assert(pa:send(wsframe.text("pub:r:local")))
+        assert.equal("local", assert(sa:recv_frame()).payload)
+        redis = start_redis(rport)
+        a:wait_log("redis: reconnected")
+        b:wait_log("redis: reconnected")
+        wait_numsub(rport, "r", 2)
+        assert(pa:send(wsframe.text("pub:r:crossed")))
+        assert.equal("crossed", assert(sa:recv_frame()).payload)
+        -- the one published while Redis was away did not cross; this one did
+        assert.equal("crossed", assert(sb:recv_frame()).payload)
+        assert.truthy(a:running() and b:running())
+    end)
+end)
+
+describe("--redis at start-up", function()
+    it("exits non-zero with a clear error when Redis cannot be reached", function()
+        local port = free_port()
+        local s = server.start { app = APP, args = { "--redis", "redis://127.0.0.1:" .. port },
+                                 expect_exit = true }
+        local ok, err = pcall(function()
+            local how, code = s:wait_exit(10)
+            assert.equal("exited", how)
+            assert.equal(1, code)
+            assert.matches("cannot reach Redis at 127%.0%.0%.1:" .. port, s:log())
+            assert.matches("--redis%-optional", s:log())
+        end)
+        s:stop()
+        assert(ok, err)
+    end)
+
+    it("starts local-only with a warning under --redis-optional", function()
+        local port = free_port()
+        local s = server.start { app = APP,
+                                 args = { "--redis", "redis://127.0.0.1:" .. port, "--redis-optional" } }
+        local ok, err = pcall(function()
+            assert.matches("warn .*cannot reach Redis.*publishing locally only", s:log())
+            local sub = open(s, "x")
+            local pub = open(s)
+            assert(pub:send(wsframe.text("pub:x:hi")))
+            assert.equal("hi", assert(sub:recv_frame()).payload)
+            sub:close()
+            pub:close()
+        end)
+        s:stop()
+        assert(ok, err)
+    end)
+
+    it("refuses a URL that is not redis://host:port[/db]", function()
+        local s = server.start { app = APP, args = { "--redis", "http://x" }, expect_exit = true }
+        local how, code = s:wait_exit(10)
+        s:stop()
+        assert.equal("exited", how)
+        assert.equal(2, code)
+    end)
+end)
