@@ -101,7 +101,8 @@ static void l_hook(lua_State *L, lua_Debug *ar) {
     if (s->in_handler && --s->budget_ticks < 0) {
         s->budget_hit = 1;
         s->budget_ticks = 1000; /* room to unwind */
-        luaL_error(L, "instruction budget exceeded (--lua-budget %ld)", s->srv->cfg.lua_budget);
+        luaL_error(L, "instruction budget exceeded (--lua-budget %I)",
+                   (lua_Integer)s->srv->cfg.lua_budget);
     }
 }
 
@@ -494,23 +495,76 @@ static struct ws_ud *check_ws(lua_State *L) {
     return luaL_checkudata(L, 1, WS_MT);
 }
 
+/* Misuse errors worded like lauxlib's, but naming the function and counting
+ * arguments as a method call does (ws:send(x): x is #1) however the function
+ * was called (pcall(ws.send, ws, x) included), at the calling script's line. */
+static int arg_error(lua_State *L, int n, const char *fn, const char *msg) {
+    luaL_where(L, 1);
+    lua_pushfstring(L, "bad argument #%d to '%s' (%s)", n, fn, msg);
+    lua_concat(L, 2);
+    return lua_error(L);
+}
+
+static int type_error(lua_State *L, int idx, int n, const char *fn, const char *want) {
+    const char *got = lua_isnone(L, idx) ? "no value" : luaL_typename(L, idx);
+    return arg_error(L, n, fn, lua_pushfstring(L, "%s expected, got %s", want, got));
+}
+
+/* Argument idx as a string (a number converts), or a misuse error for #n. */
+static const char *arg_string(lua_State *L, int idx, int n, const char *fn, size_t *len) {
+    int t = lua_type(L, idx);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER)
+        type_error(L, idx, n, fn, "string");
+    return lua_tolstring(L, idx, len);
+}
+
+static const char *arg_optstring(lua_State *L, int idx, int n, const char *fn, size_t *len) {
+    if (lua_isnoneornil(L, idx)) {
+        *len = 0;
+        return "";
+    }
+    return arg_string(L, idx, n, fn, len);
+}
+
+static const char *arg_topic(lua_State *L, int idx, int n, const char *fn, size_t *len) {
+    const char *t = arg_string(L, idx, n, fn, len);
+    if (*len == 0)
+        arg_error(L, n, fn, "topic must not be empty");
+    return t;
+}
+
+static int is_utf8(const char *p, size_t len) {
+    return utf8_validate(UTF8_ACCEPT, (const uint8_t *)p, len) == UTF8_ACCEPT;
+}
+
 /* The conn behind a ws, or a Lua error naming the function. */
 static struct conn *ws_conn(lua_State *L, const char *fn) {
+    if (lua_type(L, 1) != LUA_TUSERDATA)
+        luaL_error(L, "calling '%s' on bad self (ws expected, got %s)", fn, luaL_typename(L, 1));
     struct ws_ud *u = check_ws(L);
-    if (!u->c)
-        luaL_error(L, "bad argument #1 to '%s' (ws %d is closed)", fn, (int)u->id);
+    if (!u->c) {
+        luaL_where(L, 1);
+        lua_pushfstring(L, "bad argument #1 to '%s' (ws %d is closed)", fn, (int)u->id);
+        lua_concat(L, 2);
+        lua_error(L);
+    }
     return u->c;
+}
+
+/* Open for sending: not closing, not closed (a closing ws's send returns false). */
+static int ws_is_open(const struct conn *c) {
+    return c->state == CONN_WS && !c->close_sent;
 }
 
 static int ws_send(lua_State *L) {
     struct conn *c = ws_conn(L, "send");
     size_t len;
-    const char *msg = luaL_checklstring(L, 2, &len);
+    const char *msg = arg_string(L, 2, 1, "send", &len);
     int binary = lua_toboolean(L, 3);
-    if (!binary && utf8_validate(UTF8_ACCEPT, (const uint8_t *)msg, len) != UTF8_ACCEPT)
-        return luaL_argerror(L, 2, "text is not valid UTF-8 (send it as binary)");
+    if (!binary && !is_utf8(msg, len))
+        return arg_error(L, 1, "send", "text is not valid UTF-8 (send it as binary)");
     if ((uint64_t)len > c->srv->cfg.max_message)
-        return luaL_argerror(L, 2, "message longer than --max-message");
+        return arg_error(L, 1, "send", "message longer than --max-message");
     int r = conn_send(c, binary ? WS_OP_BINARY : WS_OP_TEXT, msg, len);
     lua_pushboolean(L, r == 1);
     return 1;
@@ -518,15 +572,23 @@ static int ws_send(lua_State *L) {
 
 static int ws_close(lua_State *L) {
     struct conn *c = ws_conn(L, "close");
-    lua_Integer code = luaL_optinteger(L, 2, 1000);
+    lua_Integer code = 1000;
+    if (!lua_isnoneornil(L, 2)) {
+        if (lua_type(L, 2) != LUA_TNUMBER)
+            return type_error(L, 2, 1, "close", "number");
+        int isint = 0;
+        code = lua_tointegerx(L, 2, &isint);
+        if (!isint)
+            code = 0;
+    }
     size_t rlen = 0;
-    const char *reason = luaL_optlstring(L, 3, "", &rlen);
+    const char *reason = arg_optstring(L, 3, 2, "close", &rlen);
     if (!(code == 1000 || (code >= 3000 && code <= 4999)))
-        return luaL_argerror(L, 2, "close code must be 1000 or 3000-4999");
+        return arg_error(L, 1, "close", "close code must be 1000 or 3000-4999");
     if (rlen > 123)
-        return luaL_argerror(L, 3, "reason longer than 123 bytes");
-    if (utf8_validate(UTF8_ACCEPT, (const uint8_t *)reason, rlen) != UTF8_ACCEPT)
-        return luaL_argerror(L, 3, "reason is not valid UTF-8");
+        return arg_error(L, 2, "close", "reason longer than 123 bytes");
+    if (!is_utf8(reason, rlen))
+        return arg_error(L, 2, "close", "reason is not valid UTF-8");
     conn_close(c, (unsigned)code, reason, rlen);
     return 0;
 }
@@ -534,17 +596,21 @@ static int ws_close(lua_State *L) {
 static int ws_ping(lua_State *L) {
     struct conn *c = ws_conn(L, "ping");
     size_t len = 0;
-    const char *data = luaL_optlstring(L, 2, "", &len);
+    const char *data = arg_optstring(L, 2, 1, "ping", &len);
     if (len > 125)
-        return luaL_argerror(L, 2, "ping payload longer than 125 bytes");
-    lua_pushboolean(L, conn_send(c, WS_OP_PING, data, len) >= 0);
+        return arg_error(L, 1, "ping", "ping payload longer than 125 bytes");
+    lua_pushboolean(L, ws_is_open(c) && conn_send(c, WS_OP_PING, data, len) >= 0);
     return 1;
 }
 
 static int ws_subscribe(lua_State *L) {
     struct conn *c = ws_conn(L, "subscribe");
     size_t len;
-    const char *t = luaL_checklstring(L, 2, &len);
+    const char *t = arg_topic(L, 2, 1, "subscribe", &len);
+    if (!ws_is_open(c)) { /* it would leave the topic at once */
+        lua_pushboolean(L, 0);
+        return 1;
+    }
     int r = pubsub_subscribe(c->srv->pubsub, c, t, len);
     if (r < 0)
         return luaL_error(L, "subscribe: out of memory");
@@ -555,7 +621,7 @@ static int ws_subscribe(lua_State *L) {
 static int ws_unsubscribe(lua_State *L) {
     struct conn *c = ws_conn(L, "unsubscribe");
     size_t len;
-    const char *t = luaL_checklstring(L, 2, &len);
+    const char *t = arg_topic(L, 2, 1, "unsubscribe", &len);
     lua_pushboolean(L, pubsub_unsubscribe(c->srv->pubsub, c, t, len) == 1);
     return 1;
 }
@@ -563,11 +629,13 @@ static int ws_unsubscribe(lua_State *L) {
 static int do_publish(lua_State *L, int first, struct sb_server *srv, struct conn *except,
                       const char *fn) {
     size_t tlen, len;
-    const char *t = luaL_checklstring(L, first, &tlen);
-    const char *msg = luaL_checklstring(L, first + 1, &len);
+    const char *t = arg_topic(L, first, 1, fn, &tlen);
+    const char *msg = arg_string(L, first + 1, 2, fn, &len);
     int binary = lua_toboolean(L, first + 2);
-    if (!binary && utf8_validate(UTF8_ACCEPT, (const uint8_t *)msg, len) != UTF8_ACCEPT)
-        return luaL_error(L, "bad argument #%d to '%s' (text is not valid UTF-8)", first + 1, fn);
+    if (!binary && !is_utf8(msg, len))
+        return arg_error(L, 2, fn, "text is not valid UTF-8 (send it as binary)");
+    if ((uint64_t)len > srv->cfg.max_message)
+        return arg_error(L, 2, fn, "message longer than --max-message");
     srv->stats.publishes++;
     size_t n = pubsub_publish(srv->pubsub, t, tlen, msg, len, binary, except);
     if (srv->redis)
@@ -1089,12 +1157,16 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
 
 static int new_timer(lua_State *L, int repeat) {
     struct script *s = get_script(L);
-    lua_Number secs = luaL_checknumber(L, 1);
-    luaL_checktype(L, 2, LUA_TFUNCTION);
+    const char *fn = repeat ? "every" : "after";
+    if (lua_type(L, 1) != LUA_TNUMBER)
+        return type_error(L, 1, 1, fn, "number");
+    if (lua_type(L, 2) != LUA_TFUNCTION)
+        return type_error(L, 2, 2, fn, "function");
+    lua_Number secs = lua_tonumber(L, 1);
     if (!(secs >= 0) || secs > 1e9)
-        return luaL_argerror(L, 1, "seconds must be between 0 and 1e9");
+        return arg_error(L, 1, fn, "seconds must be between 0 and 1e9");
     if (repeat && secs < 0.001)
-        return luaL_argerror(L, 1, "an 'every' interval must be at least 0.001 seconds");
+        return arg_error(L, 1, fn, "an 'every' interval must be at least 0.001 seconds");
     struct sb_timer *t = calloc(1, sizeof *t);
     if (!t)
         return luaL_error(L, "out of memory");
@@ -1144,7 +1216,7 @@ static int sb_publish(lua_State *L) {
 
 static int sb_subscribers(lua_State *L) {
     size_t len;
-    const char *t = luaL_checklstring(L, 1, &len);
+    const char *t = arg_topic(L, 1, 1, "subscribers", &len);
     lua_pushinteger(L, (lua_Integer)pubsub_count(get_script(L)->srv->pubsub, t, len));
     return 1;
 }
@@ -1156,8 +1228,16 @@ static void topic_cb(void *ud, const char *t, size_t len) {
 }
 
 static int sb_topics(lua_State *L) {
+    lua_settop(L, 0);
     lua_newtable(L);
     pubsub_each_topic(get_script(L)->srv->pubsub, topic_cb, L);
+    /* sorted, so a spec (and switchboard.testing) sees a stable order */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, "table") == LUA_TTABLE && lua_getfield(L, -1, "sort") == LUA_TFUNCTION) {
+        lua_pushvalue(L, -4);
+        lua_call(L, 1, 0);
+    }
+    lua_settop(L, 1);
     return 1;
 }
 
@@ -1183,6 +1263,9 @@ static int script_name(lua_State *L, char *out, size_t cap) {
 
 static int do_log(lua_State *L, enum log_level lvl) {
     int n = lua_gettop(L);
+    if (n == 0)
+        return type_error(L, 1, 1, lvl == LOG_INFO ? "info" : lvl == LOG_WARN ? "warn" : "error",
+                          "string");
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     for (int i = 1; i <= n; i++) {

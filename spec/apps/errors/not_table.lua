@@ -1,0 +1,2 @@
+-- Returns something that is not a table of handlers.
+return 42
