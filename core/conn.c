@@ -22,6 +22,7 @@
 #include "handshake.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "pubsub.h"
 #include "script.h"
 #include "server.h"
@@ -680,6 +681,34 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
 
 static void ws_feed(struct conn *c, uint8_t *p, size_t n);
 
+/* GET/HEAD of the metrics path on a main listener, or of /metrics on the
+ * --metrics one. Returns 0 (answered; the connection may stay) or -1 (closing). */
+static int serve_metrics(struct conn *c, const struct http_request *req, const char *path) {
+    int is_get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;
+    int is_head = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
+    if (c->metrics_only && strcmp(path, "/metrics") != 0) {
+        http_error(c, 404, NULL, "metrics are at /metrics\n");
+        return -1;
+    }
+    if (!is_get && !is_head) {
+        http_error(c, 405, "Allow: GET, HEAD\r\n", NULL);
+        return -1;
+    }
+    size_t len = 0;
+    char *body = metrics_format(c->srv, &len);
+    if (!body) {
+        http_error(c, 500, NULL, NULL);
+        return -1;
+    }
+    conn_http_respond(c, 200, "Content-Type: " METRICS_CONTENT_TYPE "\r\n", body, len, is_head);
+    free(body);
+    if (!c->keep_alive) {
+        conn_linger(c, 1);
+        return -1;
+    }
+    return 0;
+}
+
 /* Handle complete requests in buf; returns bytes consumed (the rest is a
  * partial request) or -1 when the connection changed state. */
 static long http_process(struct conn *c, char *buf, size_t len) {
@@ -721,6 +750,13 @@ static long http_process(struct conn *c, char *buf, size_t len) {
             return -1;
         }
         path[plen] = 0;
+        if (c->metrics_only || (srv->cfg.metrics_path && strcmp(path, srv->cfg.metrics_path) == 0)) {
+            if (serve_metrics(c, &req, path) < 0)
+                return -1;
+            off += head_len + body_len;
+            c->deadline = srv->now + srv->cfg.handshake_timeout;
+            continue;
+        }
         struct route *route = script_find_route(srv->script, path, (size_t)plen);
         if (handshake_is_upgrade(&req)) {
             if (!route || route->gone) {

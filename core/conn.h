@@ -58,7 +58,8 @@ struct conn {
     uint8_t state;
     uint8_t in_flush : 1, want_write : 1, read_paused : 1, opened : 1, close_sent : 1,
         close_rcvd : 1, drain_pending : 1, ping_out : 1;
-    uint8_t over_high : 1, keep_alive : 1, is_tls : 1, linger_eof : 1;
+    uint8_t over_high : 1, keep_alive : 1, is_tls : 1, linger_eof : 1,
+        metrics_only : 1; /* accepted on the --metrics listener */
     uint8_t tls_read_wants_write : 1, tls_write_wants_read : 1; /* TLS I/O waiting on the other event */
     uint16_t close_code; /* code for the close handler (peer's, or 1006) */
     struct route *route; /* not owned; routes outlive their connections */

@@ -22,6 +22,7 @@
 #include "handshake.h"
 #include "http.h"
 #include "log.h"
+#include "metrics.h"
 #include "pubsub.h"
 #include "redis.h"
 #include "server.h"
@@ -127,7 +128,10 @@ static int protected_call(struct script *s, int nargs, int nres, const char *wha
         s->budget_hit = 0;
         s->budget_ticks = s->srv->cfg.lua_budget / HOOK_EVERY + 1;
     }
+    double t0 = !outer && metrics_enabled(s->srv) ? server_clock() : 0;
     int rc = lua_pcall(L, nargs, nres, base);
+    if (t0 > 0)
+        metrics_observe_handler(&s->srv->stats, server_clock() - t0);
     if (!outer)
         s->in_handler = 0;
     lua_remove(L, base);
@@ -1291,6 +1295,52 @@ static int sb_log_error(lua_State *L) {
     return do_log(L, LOG_ERROR);
 }
 
+/* t[key] = { [number] = count } for the non-zero counts; index i is number base + i. */
+static void push_counts(lua_State *L, const char *key, const uint64_t *v, unsigned n,
+                        unsigned base) {
+    lua_newtable(L);
+    for (unsigned i = 0; i < n; i++) {
+        if (v[i]) {
+            lua_pushinteger(L, (lua_Integer)v[i]);
+            lua_rawseti(L, -2, (lua_Integer)(base + i));
+        }
+    }
+    lua_setfield(L, -2, key);
+}
+
+/* The labelled counters of the metrics, for switchboard.stats(). */
+static void push_stats_detail(lua_State *L, struct script *s) {
+    const struct sb_stats *st = &s->srv->stats;
+    lua_pushinteger(L, (lua_Integer)metrics_resident_bytes());
+    lua_setfield(L, -2, "resident_memory");
+    lua_pushinteger(L, (lua_Integer)st->ws_closed_clean);
+    lua_setfield(L, -2, "ws_closed_clean");
+    push_counts(L, "handshakes", st->handshake_status, 600, 0);
+    /* close codes 1000..1015; the "other" bucket under key 0 */
+    push_counts(L, "close_sent", st->close_sent, SB_CLOSE_OTHER, 1000);
+    lua_getfield(L, -1, "close_sent");
+    lua_pushinteger(L, (lua_Integer)st->close_sent[SB_CLOSE_OTHER]);
+    lua_rawseti(L, -2, 0);
+    lua_pop(L, 1);
+    push_counts(L, "close_received", st->close_rcvd, SB_CLOSE_OTHER, 1000);
+    lua_getfield(L, -1, "close_received");
+    lua_pushinteger(L, (lua_Integer)st->close_rcvd[SB_CLOSE_OTHER]);
+    lua_rawseti(L, -2, 0);
+    lua_pop(L, 1);
+    lua_newtable(L);
+    for (struct route *r = s->routes; r; r = r->next) {
+        if (!r->version)
+            continue;
+        lua_createtable(L, 0, 2);
+        lua_pushinteger(L, (lua_Integer)r->ws_open);
+        lua_setfield(L, -2, "open");
+        lua_pushinteger(L, (lua_Integer)r->ws_total);
+        lua_setfield(L, -2, "total");
+        lua_setfield(L, -2, r->path);
+    }
+    lua_setfield(L, -2, "routes");
+}
+
 static int sb_stats(lua_State *L) {
     struct script *s = get_script(L);
     const struct sb_stats *st = &s->srv->stats;
@@ -1320,6 +1370,7 @@ static int sb_stats(lua_State *L) {
 #undef F
     lua_pushinteger(L, (lua_Integer)s->mem);
     lua_setfield(L, -2, "lua_memory");
+    push_stats_detail(L, s);
     return 1;
 }
 
@@ -1621,4 +1672,8 @@ void script_reload(struct script *s, const char *file) {
 
 size_t script_memory(struct script *s) {
     return s->mem;
+}
+
+struct route *script_routes(struct script *s) {
+    return s->routes;
 }

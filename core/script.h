@@ -81,5 +81,7 @@ void script_reload(struct script *s, const char *file);
 
 /* Lua memory in use (bytes). */
 size_t script_memory(struct script *s);
+/* Every route ever seen (a list through route->next; version 0: never loaded). */
+struct route *script_routes(struct script *s);
 
 #endif

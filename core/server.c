@@ -19,6 +19,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "pubsub.h"
 #include "reload.h"
 #include "script.h"
@@ -277,6 +278,7 @@ static void begin_shutdown(struct sb_server *srv) {
     srv->stop_deadline = srv->now + srv->cfg.drain_timeout;
     srv->stop_clean0 = srv->stats.ws_closed_clean;
     close_listeners(srv);
+    metrics_close(srv);
     size_t n = 0, closing = 0;
     for (struct conn *c = srv->all; c; c = c->next) {
         if (c->state == CONN_WS) {
@@ -352,6 +354,8 @@ int server_init(struct sb_server *srv, const struct sb_config *cfg) {
     if (!srv->deflate_shared)
         return -1;
     deflate_shared_init(srv->deflate_shared, &srv->cfg.deflate);
+    if (cfg->metrics_listen && metrics_listen(srv, cfg->metrics_listen) < 0)
+        return -1;
     srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     struct timeval one = {1, 0};
     srv->sweep_ev = event_new(srv->base, -1, EV_PERSIST, on_sweep, srv);
@@ -405,6 +409,7 @@ void server_free(struct sb_server *srv) {
         event_free(srv->sweep_ev);
     if (srv->stop_ev)
         event_free(srv->stop_ev);
+    metrics_close(srv);
     if (srv->base)
         event_base_free(srv->base);
     if (srv->spare_fd >= 0)

@@ -100,6 +100,7 @@ struct sb_server {
     struct sb_listener *listeners;
     struct event *sweep_ev; /* once a second: timeouts and pings */
     struct event *stop_ev;  /* every 20 ms while shutting down */
+    struct metrics_listener *metrics; /* --metrics: owned; NULL when off */
     struct event *sig_ev[3];
     struct script *script;
     struct reload *reload; /* owned; NULL with --no-watch */

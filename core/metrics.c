@@ -1,0 +1,293 @@
+/* metrics.c — format srv->stats and the per-route counters as Prometheus text
+ * (exposition format 0.0.4). Label values come from bounded sets: routes that
+ * exist, HTTP statuses (< 600), close codes 1000..1015 and "other". */
+#define _GNU_SOURCE
+#include "metrics.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "conn.h"
+#include "log.h"
+#include "script.h"
+
+#ifndef SB_VERSION
+#define SB_VERSION "0.0.0"
+#endif
+
+const double metrics_time_bounds[SB_TIME_BUCKETS] = {
+    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5,
+};
+
+void metrics_observe_handler(struct sb_stats *st, double seconds) {
+    unsigned i = 0;
+    while (i < SB_TIME_BUCKETS && seconds > metrics_time_bounds[i])
+        i++;
+    st->handler_time_buckets[i]++;
+    st->handler_time_sum += seconds;
+}
+
+size_t metrics_resident_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return 0;
+    unsigned long size = 0, resident = 0;
+    int n = fscanf(f, "%lu %lu", &size, &resident);
+    fclose(f);
+    long page = sysconf(_SC_PAGESIZE);
+    return n == 2 && page > 0 ? (size_t)resident * (size_t)page : 0;
+}
+
+/* ---- output buffer ------------------------------------------------------------ */
+
+struct mbuf {
+    char *p;
+    size_t len, cap;
+    int oom;
+};
+
+static void put(struct mbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(struct mbuf *b, const char *fmt, ...) {
+    if (b->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = 1;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t ncap = b->cap * 2 + (size_t)n;
+        char *np = realloc(b->p, ncap);
+        if (!np) {
+            b->oom = 1;
+            return;
+        }
+        b->p = np;
+        b->cap = ncap;
+    }
+}
+
+static void family(struct mbuf *b, const char *name, const char *type, const char *help) {
+    put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void counter(struct mbuf *b, const char *name, const char *help, uint64_t v) {
+    family(b, name, "counter", help);
+    put(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void gauge(struct mbuf *b, const char *name, const char *help, double v) {
+    family(b, name, "gauge", help);
+    put(b, "%s %.17g\n", name, v);
+}
+
+/* A label value with \, " and newline escaped (route paths come from file names). */
+static void put_label(struct mbuf *b, const char *v) {
+    for (; *v; v++) {
+        if (*v == '\\' || *v == '"')
+            put(b, "\\%c", *v);
+        else if (*v == '\n')
+            put(b, "\\n");
+        else
+            put(b, "%c", *v);
+    }
+}
+
+static void by_route(struct mbuf *b, struct script *s, const char *name, const char *type,
+                     const char *help, int total) {
+    family(b, name, type, help);
+    for (struct route *r = script_routes(s); r; r = r->next) {
+        if (!r->version)
+            continue; /* never loaded: not a route */
+        put(b, "%s{route=\"", name);
+        put_label(b, r->path);
+        put(b, "\"} %llu\n", (unsigned long long)(total ? r->ws_total : r->ws_open));
+    }
+}
+
+static void close_codes(struct mbuf *b, const char *name, const char *help, const uint64_t *v) {
+    family(b, name, "counter", help);
+    for (unsigned i = 0; i < SB_CLOSE_BUCKETS; i++) {
+        if (!v[i])
+            continue;
+        if (i == SB_CLOSE_OTHER)
+            put(b, "%s{code=\"other\"} %llu\n", name, (unsigned long long)v[i]);
+        else
+            put(b, "%s{code=\"%u\"} %llu\n", name, 1000 + i, (unsigned long long)v[i]);
+    }
+}
+
+char *metrics_format(struct sb_server *srv, size_t *len) {
+    const struct sb_stats *st = &srv->stats;
+    struct mbuf b = {malloc(8192), 0, 8192, 0};
+    if (!b.p)
+        return NULL;
+    family(&b, "switchboard_build_info", "gauge", "The running version (always 1).");
+    put(&b, "switchboard_build_info{version=\"%s\"} 1\n", SB_VERSION);
+
+    counter(&b, "switchboard_connections_accepted_total", "TCP connections accepted.",
+            st->accepted);
+    gauge(&b, "switchboard_connections_open", "TCP connections open (HTTP and WebSocket).",
+          (double)st->open);
+    by_route(&b, srv->script, "switchboard_websocket_connections_open", "gauge",
+             "WebSocket connections open, by route.", 0);
+    by_route(&b, srv->script, "switchboard_websocket_connections_total", "counter",
+             "WebSocket connections accepted (101), by route.", 1);
+    family(&b, "switchboard_handshakes_total", "counter",
+           "WebSocket upgrade requests by answer: 101, or the HTTP status of the refusal.");
+    put(&b, "switchboard_handshakes_total{status=\"101\"} %llu\n",
+        (unsigned long long)st->handshake_status[101]);
+    for (int i = 102; i < 600; i++)
+        if (st->handshake_status[i])
+            put(&b, "switchboard_handshakes_total{status=\"%d\"} %llu\n", i,
+                (unsigned long long)st->handshake_status[i]);
+
+    counter(&b, "switchboard_messages_received_total", "WebSocket messages received.",
+            st->msgs_in);
+    counter(&b, "switchboard_messages_sent_total",
+            "WebSocket messages sent (ws:send and pub/sub deliveries).", st->msgs_out);
+    counter(&b, "switchboard_message_received_bytes_total",
+            "Payload bytes of the WebSocket messages received.", st->bytes_in);
+    counter(&b, "switchboard_message_sent_bytes_total",
+            "Payload bytes of the WebSocket messages sent.", st->bytes_out);
+    close_codes(&b, "switchboard_close_frames_sent_total", "Close frames sent, by close code.",
+                st->close_sent);
+    close_codes(&b, "switchboard_close_frames_received_total",
+                "Close frames received, by close code.", st->close_rcvd);
+    counter(&b, "switchboard_websocket_clean_closes_total",
+            "WebSocket connections ended by a complete closing handshake.", st->ws_closed_clean);
+
+    counter(&b, "switchboard_publishes_total", "Pub/sub publishes (ws:publish, switchboard.publish).",
+            st->publishes);
+    counter(&b, "switchboard_deliveries_total", "Published messages queued to a subscriber.",
+            st->deliveries);
+    counter(&b, "switchboard_deliveries_dropped_total",
+            "Published messages dropped for a subscriber past --out-high.", st->dropped_deliveries);
+    counter(&b, "switchboard_backpressure_events_total",
+            "Times a connection's queued output passed --out-high.", st->backpressure_events);
+    counter(&b, "switchboard_slow_consumers_closed_total",
+            "Connections closed with 1008 for reading too slowly (--out-max, --slow-policy close).",
+            st->slow_closed);
+    counter(&b, "switchboard_timeouts_total",
+            "Connections ended by a timeout (handshake, pong, idle).", st->timeouts);
+
+    counter(&b, "switchboard_lua_errors_total",
+            "Lua handler calls that raised (including budget stops and out-of-memory).",
+            st->handler_errors);
+    counter(&b, "switchboard_lua_budget_stops_total",
+            "Lua handler calls stopped by the --lua-budget instruction budget.", st->budget_stops);
+    family(&b, "switchboard_lua_handler_duration_seconds", "histogram",
+           "Time of each call into Lua (handlers, timers, script loads).");
+    uint64_t cum = 0;
+    for (int i = 0; i < SB_TIME_BUCKETS; i++) {
+        cum += st->handler_time_buckets[i];
+        put(&b, "switchboard_lua_handler_duration_seconds_bucket{le=\"%g\"} %llu\n",
+            metrics_time_bounds[i], (unsigned long long)cum);
+    }
+    cum += st->handler_time_buckets[SB_TIME_BUCKETS];
+    put(&b, "switchboard_lua_handler_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
+        (unsigned long long)cum);
+    put(&b, "switchboard_lua_handler_duration_seconds_sum %.9f\n", st->handler_time_sum);
+    put(&b, "switchboard_lua_handler_duration_seconds_count %llu\n", (unsigned long long)cum);
+
+    if (srv->cfg.redis_url) {
+        counter(&b, "switchboard_redis_reconnects_total", "Reconnections to Redis (--redis).",
+                st->redis_reconnects);
+        counter(&b, "switchboard_redis_published_total", "Publishes sent to Redis.",
+                st->redis_published);
+        counter(&b, "switchboard_redis_received_total", "Messages received from Redis.",
+                st->redis_received);
+        counter(&b, "switchboard_redis_errors_total", "Redis errors (lost connection, bad reply).",
+                st->redis_errors);
+    }
+    family(&b, "switchboard_reloads_total", "counter", "Script reloads, by outcome.");
+    put(&b, "switchboard_reloads_total{outcome=\"ok\"} %llu\n", (unsigned long long)st->reloads_ok);
+    put(&b, "switchboard_reloads_total{outcome=\"failed\"} %llu\n",
+        (unsigned long long)st->reloads_failed);
+    gauge(&b, "switchboard_lua_memory_bytes", "Memory in use by the Lua state.",
+          (double)script_memory(srv->script));
+    gauge(&b, "process_resident_memory_bytes", "Resident memory size in bytes.",
+          (double)metrics_resident_bytes());
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}
+
+/* ---- the --metrics listener ------------------------------------------------------- */
+
+struct metrics_listener {
+    struct event *ev;
+    int fd;
+    char name[64];
+};
+
+static void on_metrics_accept(evutil_socket_t fd, short what, void *arg) {
+    struct sb_server *srv = arg;
+    (void)what;
+    for (int i = 0; i < 16; i++) { /* a scrape is rare: a small batch */
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof ss;
+        int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return;
+        }
+        int one = 1;
+        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct conn *c = conn_new(srv, cfd, (struct sockaddr *)&ss, (int)sl);
+        if (c)
+            c->metrics_only = 1;
+    }
+}
+
+int metrics_listen(struct sb_server *srv, const char *spec) {
+    struct metrics_listener *m = calloc(1, sizeof *m);
+    if (!m)
+        return -1;
+    m->fd = server_bind(spec, 64, m->name, sizeof m->name);
+    if (m->fd < 0) {
+        log_error("--metrics %s: cannot listen there", spec);
+        free(m);
+        return -1;
+    }
+    m->ev = event_new(srv->base, m->fd, EV_READ | EV_PERSIST, on_metrics_accept, srv);
+    if (!m->ev) {
+        close(m->fd);
+        free(m);
+        return -1;
+    }
+    event_add(m->ev, NULL);
+    srv->metrics = m;
+    log_info("metrics on http://%s/metrics", m->name);
+    return 0;
+}
+
+void metrics_close(struct sb_server *srv) {
+    struct metrics_listener *m = srv->metrics;
+    if (!m)
+        return;
+    event_free(m->ev);
+    close(m->fd);
+    free(m);
+    srv->metrics = NULL;
+}
