@@ -1545,7 +1545,10 @@ static int forget_modules(struct script *s, const char *file) {
         lua_rawgeti(L, work, nwork);
         lua_pushnil(L);
         lua_rawseti(L, work, nwork--);
-        lua_rawget(L, mods);
+        if (lua_rawget(L, mods) != LUA_TTABLE) {
+            lua_pop(L, 1);
+            continue;
+        }
         lua_getfield(L, -1, "users");
         lua_pushnil(L);
         while (lua_next(L, -2)) {
@@ -1573,7 +1576,10 @@ static int forget_modules(struct script *s, const char *file) {
         lua_pushnil(L);
         lua_rawset(L, -4); /* package.loaded[name] = nil */
         lua_pushvalue(L, -1);
-        lua_rawget(L, mods);
+        if (lua_rawget(L, mods) != LUA_TTABLE) {
+            lua_pop(L, 1);
+            continue;
+        }
         lua_getfield(L, -1, "routes");
         lua_pushnil(L);
         while (lua_next(L, -2)) {
@@ -1593,6 +1599,7 @@ static int forget_modules(struct script *s, const char *file) {
  * required it, directly or through another app module, loads again. */
 static void reload_lib(struct script *s, const char *file) {
     lua_State *L = s->L;
+    int top = lua_gettop(L);
     int nmods = forget_modules(s, file);
     size_t n = 0, cap = 8;
     struct route **rs = malloc(cap * sizeof *rs);
@@ -1607,7 +1614,7 @@ static void reload_lib(struct script *s, const char *file) {
         }
         rs[n++] = (struct route *)lua_touserdata(L, -1);
     }
-    lua_settop(L, 0);
+    lua_settop(L, top);
     if (!nmods) {
         log_info("lib module %s changed: no route requires it", file);
     } else {
