@@ -90,23 +90,22 @@ function ops.stale(ws)
     ws:close(4001, "bye")
 end
 
-function ops.after(_, c)
-    local fired = {}
-    local t0 = sb.now()
-    sb.after(c.secs, function() fired[#fired + 1] = "after" end)
-    local cancelled = sb.after(c.secs / 2, function() fired[#fired + 1] = "cancelled" end)
-    local n = 0
+-- every(secs/10) ticks three times and cancels itself, a cancelled after()
+-- never runs, after(secs) reports what fired and when.
+function ops.timers(ws, c)
+    local fired, t0, n = {}, sb.now(), 0
     local every
-    every = sb.every(c.secs / 4, function()
+    every = sb.every(c.secs / 10, function()
         n = n + 1
-        if n == 3 then
-            every:cancel()
-            fired[#fired + 1] = "every x3"
-        end
+        fired[#fired + 1] = "every " .. n
+        if n == 3 then every:cancel() end
     end)
-    local first = cancelled:cancel()
-    local again = cancelled:cancel()
-    return { ret = { first = first, again = again }, t0 = t0, fired = fired }
+    local cancelled = sb.after(c.secs / 2, function() fired[#fired + 1] = "cancelled" end)
+    sb.after(c.secs, function()
+        fired[#fired + 1] = "after"
+        ws:send(json.encode({ fired = fired, elapsed = sb.now() - t0 }))
+    end)
+    return { armed = #fired, first = cancelled:cancel(), again = cancelled:cancel() }
 end
 
 function ops.now()
