@@ -1407,7 +1407,7 @@ static int luaopen_switchboard(lua_State *L) {
 static void set_package_path(struct script *s) {
     lua_State *L = s->L;
     char exe[PATH_MAX];
-    char extra[PATH_MAX * 4] = "";
+    char extra[PATH_MAX * 4 + 256] = "";
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (n > 0) {
         exe[n] = 0;
@@ -1415,7 +1415,10 @@ static void set_package_path(struct script *s) {
         if (slash)
             *slash = 0;
         /* from a build dir in the source tree: ../lua; installed: ../share/lua/5.4 */
-        snprintf(extra, sizeof extra, "%s/../lua/?.lua;%s/../lua/?/init.lua;", exe, exe);
+        snprintf(extra, sizeof extra,
+                 "%s/../lua/?.lua;%s/../lua/?/init.lua;%s/../share/lua/5.4/?.lua;"
+                 "%s/../share/lua/5.4/?/init.lua;",
+                 exe, exe, exe, exe);
     }
     lua_getglobal(L, "package");
     lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s%s/?.lua;%s/?/init.lua;", s->lib_dir, s->lib_dir,
