@@ -62,7 +62,8 @@ describe("error isolation", function()
         local log = s:wait_log("route /boom %([^\n]*boom%.lua%): message handler failed:[^\n]*")
         assert.matches("boom%.lua:5: boom in message", log)
         local full = s:log()
-        assert.matches("stack traceback:\n[^\n]*\n[^\n]*boom%.lua:5: in upvalue 'explode'\n[^\n]*boom%.lua:18: in", full)
+        assert.matches("stack traceback:\n[^\n]*\n[^\n]*boom%.lua:5: in upvalue 'explode'\n"
+            .. "[^\n]*boom%.lua:18: in", full)
         -- the other connection on the same route goes on
         assert.equal("fine:2", good:echo("2"))
         good:close()
