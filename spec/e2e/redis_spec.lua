@@ -246,3 +246,68 @@ describe("--redis at start-up", function()
         assert.equal(2, code)
     end)
 end)
+
+describe("the chat with --workers 2 --redis", function()
+    local cjson = require "cjson"
+    local rport, redis, a, b
+
+    lazy_setup(function()
+        rport = free_port()
+        redis = start_redis(rport)
+        local url = "redis://127.0.0.1:" .. rport
+        a = server.start { args = { "--workers", "2", "--redis", url } }
+        b = server.start { args = { "--redis", url } }
+        server.wait_for(function()
+            local n = 0
+            for _ in a:log():gmatch("redis: connected") do n = n + 1 end
+            return n == 2
+        end, 10, "both workers connected to Redis")
+        b:wait_log("redis: connected")
+    end)
+
+    lazy_teardown(function()
+        local errs = {}
+        for _, s in ipairs { a, b } do
+            local ok, e = pcall(s.stop, s)
+            if not ok then errs[#errs + 1] = e end
+        end
+        stop_redis(redis)
+        assert(#errs == 0, table.concat(errs, "\n"))
+    end)
+
+    local function send(c, t) assert(c:send(wsframe.text(cjson.encode(t)))) end
+    -- Next message of the given type (others, such as room lists, are skipped).
+    local function expect(c, typ)
+        for _ = 1, 50 do
+            local f = assert(c:recv_frame())
+            local m = cjson.decode(f.payload)
+            if m.type == typ then return m end
+        end
+        error("no " .. typ .. " message")
+    end
+    local function user(s, nick, room)
+        local c = rawws.open(s.port, "/chat")
+        expect(c, "welcome")
+        send(c, { type = "nick", nick = nick })
+        expect(c, "nick")
+        send(c, { type = "join", room = room })
+        return c, expect(c, "joined")
+    end
+
+    it("lets users on different processes talk in one room and see each other join and leave", function()
+        local ann = user(b, "ann", "crossroom")
+        wait_numsub(rport, "room:crossroom", 1)
+        local bob = user(a, "bob", "crossroom")
+        local j = expect(ann, "join")
+        assert.equal("bob", j.nick)
+        send(bob, { type = "say", room = "crossroom", text = "hi ann" })
+        local m = expect(ann, "message")
+        assert.same({ "bob", "hi ann" }, { m.nick, m.text })
+        assert.equal("hi ann", expect(bob, "message").text)
+        send(ann, { type = "say", room = "crossroom", text = "hi bob" })
+        assert.equal("hi bob", expect(bob, "message").text)
+        bob:close()
+        assert.equal("bob", expect(ann, "leave").nick)
+        ann:close()
+    end)
+end)

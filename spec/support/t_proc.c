@@ -42,6 +42,9 @@ static int l_spawn(lua_State *L) {
         posix_spawn_file_actions_addopen(&fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (err)
         posix_spawn_file_actions_addopen(&fa, 2, err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    /* the child gets stdio only: a client socket a spec holds must not stay open in a
+     * server it starts later, or closing it would not reach the peer */
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
     /* environment: inherited, plus overrides */
     size_t envc = 0;
     while (environ[envc])
