@@ -50,6 +50,7 @@ struct script {
     uint32_t loading_version; /* version being loaded for cur_route, 0 otherwise */
     const char *loading_mod;  /* app module whose top level runs (a string on the Lua stack) */
     int started;              /* past the start-up scan: loads are reloads, counted */
+    const void *ws_mt;        /* the ws metatable, for a pointer check */
 };
 
 struct sb_timer {
@@ -116,8 +117,11 @@ static int l_traceback(lua_State *L) {
 }
 
 /* Call the function below nargs arguments on the stack under the budget and
- * the memory cap. Returns 0, or -1 after logging the error with `what`. */
-static int protected_call(struct script *s, int nargs, int nres, const char *what) {
+ * the memory cap. Returns 0, or -1 after logging the error with `what` (or,
+ * when `what` is NULL, "route R (FILE): HANDLER handler failed" for
+ * s->cur_route: formatted only on failure, since this runs per message). */
+static int protected_call_h(struct script *s, int nargs, int nres, const char *what,
+                            const char *handler) {
     lua_State *L = s->L;
     int base = lua_gettop(L) - nargs;
     lua_pushcfunction(L, l_traceback);
@@ -138,6 +142,13 @@ static int protected_call(struct script *s, int nargs, int nres, const char *wha
     if (rc == LUA_OK)
         return 0;
     const char *err = lua_tostring(L, -1);
+    char buf[512];
+    if (!what) {
+        struct route *r = s->cur_route;
+        snprintf(buf, sizeof buf, "route %s (%s): %s handler failed", r ? r->path : "?",
+                 r ? r->file : "?", handler ? handler : "a");
+        what = buf;
+    }
     s->srv->stats.handler_errors++;
     if (s->budget_hit)
         s->srv->stats.budget_stops++;
@@ -148,6 +159,10 @@ static int protected_call(struct script *s, int nargs, int nres, const char *wha
     lua_pop(L, 1);
     lua_gc(L, LUA_GCCOLLECT);
     return -1;
+}
+
+static int protected_call(struct script *s, int nargs, int nres, const char *what) {
+    return protected_call_h(s, nargs, nres, what, NULL);
 }
 
 /* ---- routes ---------------------------------------------------------------------- */
@@ -496,6 +511,15 @@ static void push_ws(struct script *s, struct conn *c) {
 }
 
 static struct ws_ud *check_ws(lua_State *L) {
+    /* per call on the hot path: compare metatables by pointer rather than
+     * looking the name up in the registry */
+    struct ws_ud *u = lua_touserdata(L, 1);
+    if (u && lua_getmetatable(L, 1)) {
+        int ok = lua_topointer(L, -1) == get_script(L)->ws_mt;
+        lua_pop(L, 1);
+        if (ok)
+            return u;
+    }
     return luaL_checkudata(L, 1, WS_MT);
 }
 
@@ -708,13 +732,11 @@ static void ws_fill_cache(lua_State *L, struct conn *c) {
 
 static int ws_index(lua_State *L) {
     struct ws_ud *u = check_ws(L);
+    lua_pushvalue(L, 2);
+    if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) /* a method */
+        return 1;
+    lua_pop(L, 1);
     const char *k = luaL_checkstring(L, 2);
-    if (luaL_getmetafield(L, 1, "__methods") != LUA_TNIL) {
-        lua_getfield(L, -1, k);
-        if (!lua_isnil(L, -1))
-            return 1;
-        lua_pop(L, 2);
-    }
     if (strcmp(k, "id") == 0) {
         lua_pushinteger(L, (lua_Integer)u->id);
         return 1;
@@ -932,11 +954,9 @@ static int push_handler(struct script *s, struct route *r, const char *name) {
 
 static int run_handler(struct script *s, struct conn *c, struct route *r, const char *name,
                        int nargs, int nres) {
-    char what[512];
-    snprintf(what, sizeof what, "route %s (%s): %s handler failed", r->path, r->file, name);
     struct route *prev = s->cur_route;
     s->cur_route = r;
-    int rc = protected_call(s, nargs, nres, what);
+    int rc = protected_call_h(s, nargs, nres, NULL, name);
     s->cur_route = prev;
     (void)c;
     return rc;
@@ -1142,8 +1162,6 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     s->srv->now = server_clock();
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->ud_ref);
-    char what_s[256];
-    snprintf(what_s, sizeof what_s, "timer of %s failed", t->owner ? t->owner->path : "?");
     struct route *prev = s->cur_route;
     s->cur_route = t->owner;
     int repeat = t->repeat;
@@ -1155,7 +1173,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
         lua_pop(L, 1);
         timer_free(t);
     }
-    protected_call(s, 1, 0, what_s);
+    protected_call_h(s, 1, 0, NULL, "timer");
     s->cur_route = prev;
 }
 
@@ -1295,14 +1313,17 @@ static int sb_log_error(lua_State *L) {
     return do_log(L, LOG_ERROR);
 }
 
-/* t[key] = { [number] = count } for the non-zero counts; index i is number base + i. */
+/* t[key] = { ["number"] = count } for the non-zero counts; index i is number
+ * base + i. String keys: the table is a map (and JSON-encodes as an object). */
 static void push_counts(lua_State *L, const char *key, const uint64_t *v, unsigned n,
                         unsigned base) {
     lua_newtable(L);
     for (unsigned i = 0; i < n; i++) {
         if (v[i]) {
             lua_pushinteger(L, (lua_Integer)v[i]);
-            lua_rawseti(L, -2, (lua_Integer)(base + i));
+            char k[16];
+            snprintf(k, sizeof k, "%u", base + i);
+            lua_setfield(L, -2, k);
         }
     }
     lua_setfield(L, -2, key);
@@ -1316,16 +1337,16 @@ static void push_stats_detail(lua_State *L, struct script *s) {
     lua_pushinteger(L, (lua_Integer)st->ws_closed_clean);
     lua_setfield(L, -2, "ws_closed_clean");
     push_counts(L, "handshakes", st->handshake_status, 600, 0);
-    /* close codes 1000..1015; the "other" bucket under key 0 */
+    /* close codes 1000..1015; everything else under "other" */
     push_counts(L, "close_sent", st->close_sent, SB_CLOSE_OTHER, 1000);
     lua_getfield(L, -1, "close_sent");
     lua_pushinteger(L, (lua_Integer)st->close_sent[SB_CLOSE_OTHER]);
-    lua_rawseti(L, -2, 0);
+    lua_setfield(L, -2, "other");
     lua_pop(L, 1);
     push_counts(L, "close_received", st->close_rcvd, SB_CLOSE_OTHER, 1000);
     lua_getfield(L, -1, "close_received");
     lua_pushinteger(L, (lua_Integer)st->close_rcvd[SB_CLOSE_OTHER]);
-    lua_rawseti(L, -2, 0);
+    lua_setfield(L, -2, "other");
     lua_pop(L, 1);
     lua_newtable(L);
     for (struct route *r = s->routes; r; r = r->next) {
@@ -1467,9 +1488,9 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
         {"publish", ws_publish},     {"buffered", ws_buffered},   {NULL, NULL},
     };
     luaL_newmetatable(L, WS_MT);
+    s->ws_mt = lua_topointer(L, -1);
     luaL_newlib(L, methods);
-    lua_setfield(L, -2, "__methods");
-    lua_pushcfunction(L, ws_index);
+    lua_pushcclosure(L, ws_index, 1);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, ws_newindex);
     lua_setfield(L, -2, "__newindex");
