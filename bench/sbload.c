@@ -17,6 +17,8 @@ static void usage(FILE *f) {
         "           C connections, D messages in flight each, S-byte messages; every echo\n"
         "           is verified. --raw: the peer is a plain TCP echo (no handshake), the\n"
         "           masked frames must come back unchanged.\n"
+        "  --deflate (any mode) offers permessage-deflate and inflates compressed answers\n"
+        "           (zlib, context takeover); messages are sent uncompressed.\n"
         "  fanout   -c SUBSCRIBERS -d D -s S [--binary] (-t SECONDS | -n MESSAGES)\n"
         "           subscribers connect to URL?role=sub, one publisher to URL?role=pub;\n"
         "           the route publishes each message from the publisher to every\n"
@@ -115,6 +117,8 @@ int main(int argc, char **argv) {
             o->binary = 1;
         else if (!strcmp(a, "--raw"))
             o->raw = 1;
+        else if (!strcmp(a, "--deflate"))
+            o->deflate = 1;
         else if (!strcmp(a, "--json"))
             o->json = 1;
         else {

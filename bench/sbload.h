@@ -33,6 +33,7 @@ struct opts {
     const char *mode, *url;
     long conns, depth, size;
     int binary, raw, json;
+    int deflate; /* --deflate: offer permessage-deflate, inflate RSV1 answers */
     double seconds, warmup, timeout, hold;
     long messages;
     long pid, procs, nsrc, window;
@@ -54,6 +55,7 @@ struct conn {
     uint8_t *frag;             /* fragmented message being reassembled (owned) */
     size_t frag_len, frag_cap;
     uint8_t frag_op;
+    struct ws_deflate *zd; /* --deflate: inflater for the server's messages (owned) */
     char key[25];              /* Sec-WebSocket-Key sent */
     /* mode state */
     uint64_t sent, recvd;

@@ -5,6 +5,8 @@
  * buffer; only an incomplete tail is kept per connection. */
 #include "sbload.h"
 
+#include "deflate.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -308,6 +310,11 @@ void wsc_free(struct conn *c) {
     free(c->out);
     free(c->tail);
     free(c->frag);
+    if (c->zd) {
+        deflate_free(c->zd);
+        free(c->zd);
+        c->zd = NULL;
+    }
     c->out = c->tail = c->frag = NULL;
     c->out_cap = c->out_len = c->out_off = c->tail_len = c->frag_len = c->frag_cap = 0;
 }
@@ -393,6 +400,28 @@ static void control_frame(struct conn *c, int op, uint8_t *p, size_t n) {
     }
 }
 
+/* --deflate: the server's messages compress with 15-bit windows and context
+ * takeover (what it answers a bare "permessage-deflate" offer): inflate as the
+ * server would inflate a client using those parameters. */
+static void inflated_message(struct conn *c, int op, const uint8_t *p, size_t len) {
+    static struct deflate_config cfg;
+    if (!c->zd) {
+        deflate_config_default(&cfg);
+        struct deflate_params prm = {0, 0, 15, 15, 0, 0};
+        c->zd = malloc(sizeof *c->zd);
+        if (!c->zd)
+            sb_fail("out of memory");
+        deflate_init(c->zd, &cfg, &prm);
+    }
+    uint8_t *out = NULL;
+    size_t olen = 0;
+    if (deflate_inflate_message(c->zd, p, len, (size_t)1 << 31, &out, &olen) < 0)
+        conn_fail(c, "compressed message does not inflate");
+    if (c->state == C_OPEN)
+        G.mode->message(c, op, out ? out : (uint8_t *)"", olen);
+    free(out);
+}
+
 /* Parse frames at p[0..n). Returns bytes consumed; stops early if c is done. */
 static size_t frames(struct conn *c, uint8_t *p, size_t n) {
     size_t off = 0;
@@ -429,8 +458,14 @@ static size_t frames(struct conn *c, uint8_t *p, size_t n) {
         }
         if (masked)
             conn_fail(c, "server frame is masked");
-        if (f[0] & 0x70)
+        if (f[0] & (G.o.deflate && (op == 1 || op == 2) ? 0x30 : 0x70))
             conn_fail(c, "server frame has RSV bits set (0x%02x)", f[0]);
+        if (f[0] & 0x40) { /* compressed (--deflate): whole messages only */
+            if (!fin)
+                conn_fail(c, "fragmented compressed message (not supported by sbload)");
+            inflated_message(c, op, f + h, (size_t)len);
+            continue;
+        }
         uint8_t *pl = f + h;
         if (op >= 0x8) {
             if (!fin || len > 125)
@@ -549,8 +584,9 @@ static void on_connected(struct conn *c) {
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-                     "Sec-WebSocket-Version: 13\r\n\r\n",
-                     G.path, G.host, G.port, c->key);
+                     "Sec-WebSocket-Version: 13\r\n%s\r\n",
+                     G.path, G.host, G.port, c->key,
+                     G.o.deflate ? "Sec-WebSocket-Extensions: permessage-deflate\r\n" : "");
     c->state = C_HANDSHAKE;
     wsc_write(c, (uint8_t *)req, (size_t)n);
     wsc_flush(c);
