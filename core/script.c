@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -51,6 +52,7 @@ struct script {
     const char *loading_mod;  /* app module whose top level runs (a string on the Lua stack) */
     int started;              /* past the start-up scan: loads are reloads, counted */
     const void *ws_mt;        /* the ws metatable, for a pointer check */
+    char node[17];            /* switchboard.node: random hex, per process */
 };
 
 struct sb_timer {
@@ -1420,6 +1422,10 @@ static int luaopen_switchboard(lua_State *L) {
     }
     lua_pushliteral(L, SB_VERSION);
     lua_setfield(L, -2, "version");
+    /* this process's name among many (workers, --redis hosts): ws.id is unique
+     * only within one process, so topics meant for one connection use both */
+    lua_pushstring(L, s->node);
+    lua_setfield(L, -2, "node");
     return 1;
 }
 
@@ -1461,6 +1467,10 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
     size_t ll = strlen(s->app_dir) + 5;
     s->lib_dir = malloc(ll);
     snprintf(s->lib_dir, ll, "%s/lib", s->app_dir);
+    uint64_t rnd = 0;
+    if (getrandom(&rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+        rnd = (uint64_t)getpid() << 32 ^ (uint64_t)(server_clock() * 1e9);
+    snprintf(s->node, sizeof s->node, "%016llx", (unsigned long long)rnd);
     s->L = lua_newstate(l_alloc, s);
     if (!s->L) {
         free(s);

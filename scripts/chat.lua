@@ -23,7 +23,9 @@ if not state then
 end
 
 local function room_topic(name) return "room:" .. name end
-local function user_topic(id) return "user:" .. id end
+-- ws.id is unique within one process; with --workers or --redis the topic
+-- must also name the process, or a private message could reach a namesake id.
+local function user_topic(id) return "user:" .. sb.node .. ":" .. id end
 
 local function send(ws, msg) ws:send(json.encode(msg)) end
 

@@ -731,6 +731,7 @@ function App:_module()
     function sb.now() return app.clock.now + 0.0 end -- a float, as the server's is
     sb.shared = app.shared
     sb.json = cjson.new()
+    sb.node = app.node
     sb.log = {}
     for _, level in ipairs({ "info", "warn", "error" }) do
         sb.log[level] = function(...)
@@ -798,6 +799,7 @@ function testing.app(dir, opts)
         dir = dir, lib_path = dir .. "/lib/?.lua;" .. dir .. "/lib/?/init.lua",
         routes = {}, topics = {}, conns = {}, pending_closes = {}, loaded = {},
         shared = {}, published = {}, logs = {}, clock = new_clock(), strict = opts.strict or false,
+        node = opts.node or "0000000000000001",
     }, App)
     app.module = app:_module()
     current_clock = app.clock

@@ -466,7 +466,7 @@ describe("chat: private messages", function()
         assert.is_number(m.ts)
         assert.same(m, last(ann))
         assert.same({}, take(cy))
-        assert.equal("user:" .. bob.id, app.published[#app.published].topic)
+        assert.equal("user:" .. app.node .. ":" .. bob.id, app.published[#app.published].topic)
     end)
 
     it("finds the member in the given room when the nick is used in two rooms", function()
