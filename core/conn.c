@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -158,8 +159,9 @@ static int after_queue(struct conn *c) {
     if (c->queued <= srv->cfg.out_high)
         return 1;
     if (c->queued > srv->cfg.out_max) {
+        char rb[64];
         log_warn("conn %llu (%s): %zu bytes queued, past --out-max; closing with 1008",
-                 (unsigned long long)c->id, c->remote, c->queued);
+                 (unsigned long long)c->id, conn_remote(c, rb, sizeof rb), c->queued);
         srv->stats.slow_closed++;
         conn_kill(c, WS_CLOSE_POLICY);
         return -1;
@@ -247,6 +249,20 @@ int conn_http_respond(struct conn *c, int status, const char *extra_headers, con
 
 /* ---- life cycle ----------------------------------------------------------- */
 
+const char *conn_remote(const struct conn *c, char *buf, size_t cap) {
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (c->raddr_family == AF_INET) {
+        evutil_inet_ntop(AF_INET, c->raddr, host, sizeof host);
+        snprintf(buf, cap, "%s:%u", host, (unsigned)c->rport);
+    } else if (c->raddr_family == AF_INET6) {
+        evutil_inet_ntop(AF_INET6, c->raddr, host, sizeof host);
+        snprintf(buf, cap, "[%s]:%u", host, (unsigned)c->rport);
+    } else {
+        snprintf(buf, cap, "?");
+    }
+    return buf;
+}
+
 struct conn *conn_new(struct sb_server *srv, int fd, const struct sockaddr *sa, int salen) {
     struct conn *c = calloc(1, sizeof *c);
     if (!c) {
@@ -261,18 +277,17 @@ struct conn *conn_new(struct sb_server *srv, int fd, const struct sockaddr *sa, 
     c->keep_alive = 1;
     c->last_rx = srv->now;
     c->deadline = srv->now + srv->cfg.handshake_timeout;
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
+    /* the peer's address in 19 bytes; formatted only when asked for */
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
-        evutil_inet_ntop(AF_INET, &s4->sin_addr, host, sizeof host);
-        port = ntohs(s4->sin_port);
-        snprintf(c->remote, sizeof c->remote, "%s:%d", host, port);
+        memcpy(c->raddr, &s4->sin_addr, 4);
+        c->rport = ntohs(s4->sin_port);
+        c->raddr_family = AF_INET;
     } else if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
-        evutil_inet_ntop(AF_INET6, &s6->sin6_addr, host, sizeof host);
-        port = ntohs(s6->sin6_port);
-        snprintf(c->remote, sizeof c->remote, "[%s]:%d", host, port);
+        memcpy(c->raddr, &s6->sin6_addr, 16);
+        c->rport = ntohs(s6->sin6_port);
+        c->raddr_family = AF_INET6;
     }
     (void)salen;
     event_assign(&c->ev, srv->base, fd, EV_READ | EV_PERSIST, conn_on_event, c);
@@ -351,7 +366,9 @@ void conn_close(struct conn *c, unsigned code, const char *reason, size_t reason
 /* Fail the WebSocket connection (RFC 6455 §7.1.7): send a close frame with
  * the code, then close once it is written; reads are discarded meanwhile. */
 static void conn_fail(struct conn *c, unsigned code, const char *reason) {
-    log_info("conn %llu (%s): closing with %u: %s", (unsigned long long)c->id, c->remote, code,
+    char rb[64];
+    log_info("conn %llu (%s): closing with %u: %s", (unsigned long long)c->id,
+             conn_remote(c, rb, sizeof rb), code,
              reason ? reason : "");
     if (c->state == CONN_WS && !c->close_sent) {
         conn_close(c, code, reason, reason ? strlen(reason) : 0);
@@ -573,6 +590,47 @@ static int negotiate_deflate(struct conn *c, const struct http_request *req,
     return 1;
 }
 
+/* Keep a compact copy of the request head (a valid head: request line, the
+ * headers a script may read, the empty line). Returns 0 or -1. */
+static int keep_head(struct conn *c, const struct http_request *req, size_t head_len) {
+    /* the two largest fields no script needs (ws.extensions has the outcome) */
+    static const char *const drop[] = {"sec-websocket-key", "sec-websocket-extensions"};
+    /* room for a space after each colon the client left out */
+    char *h = malloc(head_len + req->num_headers + 16);
+    if (!h)
+        return -1;
+    size_t n = 0;
+    memcpy(h + n, req->method, req->method_len);
+    n += req->method_len;
+    h[n++] = ' ';
+    memcpy(h + n, req->target, req->target_len);
+    n += req->target_len;
+    memcpy(h + n, " HTTP/1.1\r\n", 11);
+    n += 11;
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct http_header *hd = &req->headers[i];
+        int skip = 0;
+        for (size_t d = 0; d < sizeof drop / sizeof drop[0] && !skip; d++)
+            skip = hd->name_len == strlen(drop[d]) && !strncasecmp(hd->name, drop[d], hd->name_len);
+        if (skip)
+            continue;
+        memcpy(h + n, hd->name, hd->name_len);
+        n += hd->name_len;
+        h[n++] = ':';
+        h[n++] = ' ';
+        memcpy(h + n, hd->value, hd->value_len);
+        n += hd->value_len;
+        h[n++] = '\r';
+        h[n++] = '\n';
+    }
+    h[n++] = '\r';
+    h[n++] = '\n';
+    char *shrunk = realloc(h, n);
+    c->head = shrunk ? shrunk : h;
+    c->head_len = (uint32_t)n;
+    return 0;
+}
+
 /* Complete the upgrade; returns 0, or -1 when the connection was refused. */
 static int do_upgrade(struct conn *c, struct route *r, const struct http_request *req,
                       size_t head_len, const char *headbytes) {
@@ -594,14 +652,13 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
         return -1;
     }
     c->route = r;
-    /* keep the head for ws.path / ws.query / ws.headers */
-    c->head = malloc(head_len);
-    if (!c->head) {
+    /* keep the head for ws.path / ws.query / ws.headers, without the fields
+     * only the handshake needed: an idle connection carries no more than that */
+    if (keep_head(c, req, head_len) < 0) {
         http_error(c, 500, NULL, NULL);
         return -1;
     }
-    memcpy(c->head, headbytes, head_len);
-    c->head_len = (uint32_t)head_len;
+    (void)headbytes;
 
     struct upgrade_answer ans = {0};
     if (r->has & ROUTE_UPGRADE)
@@ -1035,8 +1092,9 @@ void conn_sweep(struct sb_server *srv) {
             }
             if (c->ping_out && now >= c->deadline) {
                 srv->stats.timeouts++;
+                char rb[64];
                 log_info("conn %llu (%s): no pong in time, closing", (unsigned long long)c->id,
-                         c->remote);
+                         conn_remote(c, rb, sizeof rb));
                 conn_kill(c, WS_CLOSE_ABNORMAL);
                 break;
             }

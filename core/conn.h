@@ -62,6 +62,9 @@ struct conn {
         metrics_only : 1; /* accepted on the --metrics listener */
     uint8_t tls_read_wants_write : 1, tls_write_wants_read : 1; /* TLS I/O waiting on the other event */
     uint16_t close_code; /* code for the close handler (peer's, or 1006) */
+    uint16_t rport;      /* the peer's port; its address: */
+    uint8_t raddr_family;
+    uint8_t raddr[16];
     struct route *route; /* not owned; routes outlive their connections */
     int ws_ref;          /* Lua registry ref of the ws userdata, or LUA_NOREF */
     double deadline;     /* handshake / close / pong deadline (0 = none) */
@@ -84,8 +87,10 @@ struct conn {
     size_t queued; /* bytes not yet written */
     struct subscription *subs; /* owned by pubsub */
     uint32_t nsubs, subs_cap;
-    char remote[48]; /* "addr:port" */
 };
+
+/* The peer's "addr:port" ("[v6]:port") written into buf; "?" once it is gone. */
+const char *conn_remote(const struct conn *c, char *buf, size_t cap);
 
 /* Take ownership of an accepted socket. Returns the conn or NULL (socket closed). */
 struct conn *conn_new(struct sb_server *srv, int fd, const struct sockaddr *sa, int salen);

@@ -719,7 +719,8 @@ static void ws_fill_cache(lua_State *L, struct conn *c) {
     lua_setfield(L, -2, "query");
     push_headers_table(L, &req);
     lua_setfield(L, -2, "headers");
-    lua_pushstring(L, c->remote);
+    char rb[64];
+    lua_pushstring(L, conn_remote(c, rb, sizeof rb));
     lua_setfield(L, -2, "remote");
     if (c->protocol) {
         lua_pushstring(L, c->protocol);
@@ -881,7 +882,8 @@ static void push_request(lua_State *L, struct conn *c, const struct http_request
     lua_setfield(L, -2, "query");
     push_headers_table(L, req);
     lua_setfield(L, -2, "headers");
-    lua_pushstring(L, c->remote);
+    char rb[64];
+    lua_pushstring(L, conn_remote(c, rb, sizeof rb));
     lua_setfield(L, -2, "remote");
     lua_newtable(L);
     handshake_each_protocol(req, push_proto, L);

@@ -155,6 +155,8 @@ asyncio.run(main())
             assert.equal("Hi", fa.headers["x-mixed-case"])
             assert.falsy(fa.headers["X-Mixed-Case"])
             assert.equal("13", fa.headers["sec-websocket-version"])
+            -- not kept past the handshake (documented): the key is of no use to a script
+            assert.is_nil(fa.headers["sec-websocket-key"])
             local ip, port = a.sock:getsockname()
             assert.equal(ip .. ":" .. port, fa.remote)
             a:close()
