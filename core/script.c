@@ -32,6 +32,7 @@
 #define WS_MT "switchboard.ws"
 #define TIMER_MT "switchboard.timer"
 #define HOOK_EVERY 1000
+#define TRACEBACK_INDEX 1 /* l_traceback, at the bottom of the main state's stack */
 
 struct sb_timer;
 
@@ -125,9 +126,6 @@ static int l_traceback(lua_State *L) {
 static int protected_call_h(struct script *s, int nargs, int nres, const char *what,
                             const char *handler) {
     lua_State *L = s->L;
-    int base = lua_gettop(L) - nargs;
-    lua_pushcfunction(L, l_traceback);
-    lua_insert(L, base);
     int outer = s->in_handler;
     if (!outer) {
         s->in_handler = 1;
@@ -135,12 +133,13 @@ static int protected_call_h(struct script *s, int nargs, int nres, const char *w
         s->budget_ticks = s->srv->cfg.lua_budget / HOOK_EVERY + 1;
     }
     double t0 = !outer && metrics_enabled(s->srv) ? server_clock() : 0;
-    int rc = lua_pcall(L, nargs, nres, base);
+    /* the message handler lives at stack index 1 of the main state for good
+     * (pushed in script_new): no push and rotate per call */
+    int rc = lua_pcall(L, nargs, nres, TRACEBACK_INDEX);
     if (t0 > 0)
         metrics_observe_handler(&s->srv->stats, server_clock() - t0);
     if (!outer)
         s->in_handler = 0;
-    lua_remove(L, base);
     if (rc == LUA_OK)
         return 0;
     const char *err = lua_tostring(L, -1);
@@ -734,7 +733,8 @@ static void ws_fill_cache(lua_State *L, struct conn *c) {
 }
 
 static int ws_index(lua_State *L) {
-    struct ws_ud *u = check_ws(L);
+    /* only the VM calls this, on a ws: the metatable is hidden (__metatable) */
+    struct ws_ud *u = lua_touserdata(L, 1);
     lua_pushvalue(L, 2);
     if (lua_rawget(L, lua_upvalueindex(1)) != LUA_TNIL) /* a method */
         return 1;
@@ -1479,6 +1479,7 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
         return NULL;
     }
     lua_State *L = s->L;
+    lua_pushcfunction(L, l_traceback); /* TRACEBACK_INDEX, never popped */
     luaL_openlibs(L);
     lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
     set_package_path(s);
@@ -1512,6 +1513,8 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
     lua_setfield(L, -2, "__eq");
     lua_pushliteral(L, "ws");
     lua_setfield(L, -2, "__name");
+    lua_pushliteral(L, "ws");
+    lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
     luaL_newmetatable(L, TIMER_MT);
     lua_newtable(L);
