@@ -1213,6 +1213,9 @@ static int new_timer(lua_State *L, int repeat) {
         s->timers->prev = t;
     s->timers = t;
     struct timeval tv = {(time_t)secs, (suseconds_t)((secs - (double)(time_t)secs) * 1e6)};
+    /* from now, not from the loop's cached time of this iteration (which a
+     * long handler leaves behind): a timer never fires early */
+    event_base_update_cache_time(s->srv->base);
     event_add(t->ev, &tv);
     return 1;
 }

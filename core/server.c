@@ -325,7 +325,8 @@ int server_init(struct sb_server *srv, const struct sb_config *cfg) {
     srv->spare_fd = -1;
     srv->now = server_clock();
     struct event_config *ec = event_config_new();
-    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+    /* precise: timers agree with switchboard.now() (not the coarse clock) */
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK | EVENT_BASE_FLAG_PRECISE_TIMER);
     srv->base = event_base_new_with_config(ec);
     event_config_free(ec);
     if (!srv->base) {
