@@ -388,10 +388,7 @@ static void conn_free(struct conn *c) {
     for (uint32_t i = 0; i < c->qlen; i++)
         outbuf_unref(c->q[(c->qhead + i) % c->qcap].b);
     free(c->q);
-    if (c->dec) {
-        ws_decoder_free(c->dec);
-        free(c->dec);
-    }
+    ws_decoder_free(&c->dec); /* zeroed until the upgrade: nothing to free then */
     free(c->hbuf);
     free(c->head);
     free(c->close_reason);
@@ -592,41 +589,43 @@ static int negotiate_deflate(struct conn *c, const struct http_request *req,
 
 /* Keep a compact copy of the request head (a valid head: request line, the
  * headers a script may read, the empty line). Returns 0 or -1. */
-static int keep_head(struct conn *c, const struct http_request *req, size_t head_len) {
+static int keep_head(struct conn *c, const struct http_request *req) {
     /* the two largest fields no script needs (ws.extensions has the outcome) */
     static const char *const drop[] = {"sec-websocket-key", "sec-websocket-extensions"};
-    /* room for a space after each colon the client left out */
-    char *h = malloc(head_len + req->num_headers + 16);
-    if (!h)
-        return -1;
+    char *h = NULL;
     size_t n = 0;
-    memcpy(h + n, req->method, req->method_len);
-    n += req->method_len;
-    h[n++] = ' ';
-    memcpy(h + n, req->target, req->target_len);
-    n += req->target_len;
-    memcpy(h + n, " HTTP/1.1\r\n", 11);
-    n += 11;
-    for (size_t i = 0; i < req->num_headers; i++) {
-        const struct http_header *hd = &req->headers[i];
-        int skip = 0;
-        for (size_t d = 0; d < sizeof drop / sizeof drop[0] && !skip; d++)
-            skip = hd->name_len == strlen(drop[d]) && !strncasecmp(hd->name, drop[d], hd->name_len);
-        if (skip)
-            continue;
-        memcpy(h + n, hd->name, hd->name_len);
-        n += hd->name_len;
-        h[n++] = ':';
-        h[n++] = ' ';
-        memcpy(h + n, hd->value, hd->value_len);
-        n += hd->value_len;
-        h[n++] = '\r';
-        h[n++] = '\n';
+    /* pass 0 measures, pass 1 writes: one allocation of the exact size */
+    for (int pass = 0; pass < 2; pass++) {
+        n = 0;
+#define PUT(p, l)                                                                                  \
+    do {                                                                                           \
+        if (pass)                                                                                  \
+            memcpy(h + n, (p), (l));                                                               \
+        n += (l);                                                                                  \
+    } while (0)
+        PUT(req->method, req->method_len);
+        PUT(" ", 1);
+        PUT(req->target, req->target_len);
+        PUT(" HTTP/1.1\r\n", 11);
+        for (size_t i = 0; i < req->num_headers; i++) {
+            const struct http_header *hd = &req->headers[i];
+            int skip = 0;
+            for (size_t d = 0; d < sizeof drop / sizeof drop[0] && !skip; d++)
+                skip = hd->name_len == strlen(drop[d]) &&
+                       !strncasecmp(hd->name, drop[d], hd->name_len);
+            if (skip)
+                continue;
+            PUT(hd->name, hd->name_len);
+            PUT(": ", 2);
+            PUT(hd->value, hd->value_len);
+            PUT("\r\n", 2);
+        }
+        PUT("\r\n", 2);
+#undef PUT
+        if (!pass && !(h = malloc(n)))
+            return -1;
     }
-    h[n++] = '\r';
-    h[n++] = '\n';
-    char *shrunk = realloc(h, n);
-    c->head = shrunk ? shrunk : h;
+    c->head = h;
     c->head_len = (uint32_t)n;
     return 0;
 }
@@ -654,7 +653,7 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
     c->route = r;
     /* keep the head for ws.path / ws.query / ws.headers, without the fields
      * only the handshake needed: an idle connection carries no more than that */
-    if (keep_head(c, req, head_len) < 0) {
+    if (keep_head(c, req) < 0) {
         http_error(c, 500, NULL, NULL);
         return -1;
     }
@@ -708,12 +707,7 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
         http_error(c, 500, NULL, NULL);
         return -1;
     }
-    c->dec = calloc(1, sizeof *c->dec);
-    if (!c->dec) {
-        conn_kill(c, WS_CLOSE_INTERNAL);
-        return -1;
-    }
-    c->dec->max_message = srv->cfg.max_message;
+    c->dec.max_message = srv->cfg.max_message;
     if (deflate_on) {
         c->defl = malloc(sizeof *c->defl);
         if (!c->defl) {
@@ -721,7 +715,7 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
             return -1;
         }
         deflate_init(c->defl, &srv->cfg.deflate, &dp);
-        c->dec->rsv1_ok = 1;
+        c->dec.rsv1_ok = 1;
     }
     c->state = CONN_WS;
     c->deadline = 0;
@@ -1009,9 +1003,9 @@ static const struct ws_decoder_cb decoder_cb = {on_message, on_control};
 static void ws_feed(struct conn *c, uint8_t *p, size_t n) {
     if (c->state != CONN_WS && c->state != CONN_CLOSING)
         return;
-    ssize_t r = ws_decoder_feed(c->dec, p, n, &decoder_cb, c);
+    ssize_t r = ws_decoder_feed(&c->dec, p, n, &decoder_cb, c);
     if (r < 0 && c->state != CONN_DEAD)
-        conn_fail(c, (unsigned)-r, c->dec->error);
+        conn_fail(c, (unsigned)-r, c->dec.error);
 }
 
 /* ---- the event callback ---------------------------------------------------- */

@@ -78,7 +78,7 @@ struct conn {
     uint32_t head_len;
     char *close_reason; /* peer's close reason (owned), NUL-terminated */
     char *protocol;     /* negotiated subprotocol (owned) or NULL */
-    struct ws_decoder *dec; /* owned; WebSocket phase only */
+    struct ws_decoder dec;  /* WebSocket phase; zeroed before (its buffers are owned) */
     struct ssl_st *ssl;      /* owned; TLS connections only (is_tls) */
     struct ws_deflate *defl; /* owned; only when permessage-deflate was negotiated */
     /* output queue (ring of segments; owned) */
