@@ -631,8 +631,7 @@ static int keep_head(struct conn *c, const struct http_request *req) {
 }
 
 /* Complete the upgrade; returns 0, or -1 when the connection was refused. */
-static int do_upgrade(struct conn *c, struct route *r, const struct http_request *req,
-                      size_t head_len, const char *headbytes) {
+static int do_upgrade(struct conn *c, struct route *r, const struct http_request *req) {
     struct sb_server *srv = c->srv;
     const char *key;
     size_t key_len;
@@ -657,7 +656,6 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
         http_error(c, 500, NULL, NULL);
         return -1;
     }
-    (void)headbytes;
 
     struct upgrade_answer ans = {0};
     if (r->has & ROUTE_UPGRADE)
@@ -815,8 +813,7 @@ static long http_process(struct conn *c, char *buf, size_t len) {
                 http_error(c, 404, NULL, NULL);
                 return -1;
             }
-            const char *headbytes = buf + off;
-            if (do_upgrade(c, route, &req, head_len, headbytes) < 0)
+            if (do_upgrade(c, route, &req) < 0)
                 return -1;
             off += head_len;
             /* frames that came with the request */

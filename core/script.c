@@ -1168,15 +1168,10 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->ud_ref);
     struct route *prev = s->cur_route;
     s->cur_route = t->owner;
-    int repeat = t->repeat;
-    /* a one-shot timer is gone before its function runs (it may not be cancelled) */
-    int ud_ref = t->ud_ref;
-    (void)ud_ref;
-    if (!repeat) {
-        lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref); /* keep fn alive on the stack */
-        lua_pop(L, 1);
+    /* a one-shot timer is gone before its function runs (so it cannot be
+     * cancelled from inside); the function and handle stay alive on the stack */
+    if (!t->repeat)
         timer_free(t);
-    }
     protected_call_h(s, 1, 0, NULL, "timer");
     s->cur_route = prev;
 }
