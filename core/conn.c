@@ -588,10 +588,34 @@ static int negotiate_deflate(struct conn *c, const struct http_request *req,
 }
 
 /* Keep a compact copy of the request head (a valid head: request line, the
- * headers a script may read, the empty line). Returns 0 or -1. */
+ * headers a script may read, the empty line). Fields that only the handshake
+ * needed are left out, and the usual handshake fields become bits in
+ * c->head_std (ws.headers shows them again). Returns 0 or -1. */
 static int keep_head(struct conn *c, const struct http_request *req) {
     /* the two largest fields no script needs (ws.extensions has the outcome) */
     static const char *const drop[] = {"sec-websocket-key", "sec-websocket-extensions"};
+    static const struct {
+        const char *name, *value;
+        unsigned bit;
+    } std[] = {{"upgrade", "websocket", CONN_STD_UPGRADE},
+               {"connection", "Upgrade", CONN_STD_CONNECTION},
+               {"sec-websocket-version", "13", CONN_STD_VERSION}};
+    /* a usual field becomes a bit only when it came once, with the usual value */
+    unsigned seen[3] = {0, 0, 0}, usual = 0;
+    for (size_t i = 0; i < req->num_headers; i++)
+        for (size_t k = 0; k < 3; k++) {
+            const struct http_header *hd = &req->headers[i];
+            if (hd->name_len == strlen(std[k].name) &&
+                !strncasecmp(hd->name, std[k].name, hd->name_len)) {
+                seen[k]++;
+                if (hd->value_len == strlen(std[k].value) &&
+                    !memcmp(hd->value, std[k].value, hd->value_len))
+                    usual |= std[k].bit;
+            }
+        }
+    for (size_t k = 0; k < 3; k++)
+        if (seen[k] != 1)
+            usual &= ~std[k].bit;
     char *h = NULL;
     size_t n = 0;
     /* pass 0 measures, pass 1 writes: one allocation of the exact size */
@@ -613,6 +637,9 @@ static int keep_head(struct conn *c, const struct http_request *req) {
             for (size_t d = 0; d < sizeof drop / sizeof drop[0] && !skip; d++)
                 skip = hd->name_len == strlen(drop[d]) &&
                        !strncasecmp(hd->name, drop[d], hd->name_len);
+            for (size_t k = 0; k < 3 && !skip; k++)
+                skip = (usual & std[k].bit) && hd->name_len == strlen(std[k].name) &&
+                       !strncasecmp(hd->name, std[k].name, hd->name_len);
             if (skip)
                 continue;
             PUT(hd->name, hd->name_len);
@@ -627,6 +654,7 @@ static int keep_head(struct conn *c, const struct http_request *req) {
     }
     c->head = h;
     c->head_len = (uint32_t)n;
+    c->head_std = usual & 7;
     return 0;
 }
 

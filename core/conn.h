@@ -47,6 +47,11 @@ struct outseg {
 
 struct subscription;
 
+/* Handshake fields with their one usual value, kept as a bit, not as bytes. */
+#define CONN_STD_UPGRADE 1    /* "upgrade: websocket" */
+#define CONN_STD_CONNECTION 2 /* "connection: Upgrade" */
+#define CONN_STD_VERSION 4    /* "sec-websocket-version: 13" */
+
 struct conn {
     struct event ev; /* read persistent; write added only while output is queued */
     struct sb_server *srv;
@@ -61,6 +66,7 @@ struct conn {
     uint8_t over_high : 1, keep_alive : 1, is_tls : 1, linger_eof : 1,
         metrics_only : 1; /* accepted on the --metrics listener */
     uint8_t tls_read_wants_write : 1, tls_write_wants_read : 1; /* TLS I/O waiting on the other event */
+    uint8_t head_std : 3; /* CONN_STD_* fields left out of head: ws.headers adds them back */
     uint16_t close_code; /* code for the close handler (peer's, or 1006) */
     uint16_t rport;      /* the peer's port; its address: */
     uint8_t raddr_family;

@@ -717,6 +717,19 @@ static void ws_fill_cache(lua_State *L, struct conn *c) {
     push_query_table(L, req.query, req.query_len);
     lua_setfield(L, -2, "query");
     push_headers_table(L, &req);
+    /* the usual handshake fields were kept as bits (conn.c keep_head) */
+    if (c->head_std & CONN_STD_UPGRADE) {
+        lua_pushliteral(L, "websocket");
+        lua_setfield(L, -2, "upgrade");
+    }
+    if (c->head_std & CONN_STD_CONNECTION) {
+        lua_pushliteral(L, "Upgrade");
+        lua_setfield(L, -2, "connection");
+    }
+    if (c->head_std & CONN_STD_VERSION) {
+        lua_pushliteral(L, "13");
+        lua_setfield(L, -2, "sec-websocket-version");
+    }
     lua_setfield(L, -2, "headers");
     char rb[64];
     lua_pushstring(L, conn_remote(c, rb, sizeof rb));

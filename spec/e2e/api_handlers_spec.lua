@@ -157,6 +157,15 @@ asyncio.run(main())
             assert.equal("13", fa.headers["sec-websocket-version"])
             -- not kept past the handshake (documented): the key is of no use to a script
             assert.is_nil(fa.headers["sec-websocket-key"])
+            -- the usual handshake fields are kept as bits and shown as sent
+            assert.equal("websocket", fa.headers.upgrade)
+            assert.equal("Upgrade", fa.headers.connection)
+            -- unusual ones are kept as they came
+            local odd = rawws.open(s.port, "/probe", { "Connection: keep-alive" })
+            local fo = cmd(odd, { op = "fields" })
+            assert.equal("Upgrade, keep-alive", fo.headers.connection)
+            assert.equal("websocket", fo.headers.upgrade)
+            odd:close()
             local ip, port = a.sock:getsockname()
             assert.equal(ip .. ":" .. port, fa.remote)
             a:close()
