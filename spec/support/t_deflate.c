@@ -14,6 +14,7 @@
 #define CONN_MT "sbt_deflate.conn"
 #define SHARED_MT "sbt_deflate.shared"
 #define REF_MT "sbt_deflate.ref"
+#define ZSTREAM_MT "sbt_deflate.zstream"
 
 static int opt_int(lua_State *L, int t, const char *k, int def) {
     lua_getfield(L, t, k);
@@ -343,6 +344,48 @@ static int l_zeros_bomb(lua_State *L) {
     return 1;
 }
 
+/* zstream(bits [, level]) -> a raw deflater that keeps its context across
+ * messages, as a client with context takeover compresses (plain zlib). */
+static int l_zstream(lua_State *L) {
+    int bits = (int)luaL_optinteger(L, 1, 15);
+    int level = (int)luaL_optinteger(L, 2, -1);
+    z_stream *zs = lua_newuserdatauv(L, sizeof *zs, 0);
+    memset(zs, 0, sizeof *zs);
+    /* zlib refuses a raw window of 8; 9 also fits an 8-bit window's peer */
+    if (deflateInit2(zs, level, Z_DEFLATED, -(bits < 9 ? 9 : bits), 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        return luaL_error(L, "deflateInit2 failed");
+    luaL_setmetatable(L, ZSTREAM_MT);
+    return 1;
+}
+
+static int l_zstream_gc(lua_State *L) {
+    deflateEnd(luaL_checkudata(L, 1, ZSTREAM_MT));
+    return 0;
+}
+
+/* zstream:push(message) -> payload (Z_SYNC_FLUSH, the 00 00 ff ff tail stripped) */
+static int l_zstream_push(lua_State *L) {
+    z_stream *zs = luaL_checkudata(L, 1, ZSTREAM_MT);
+    size_t len;
+    const char *in = luaL_checklstring(L, 2, &len);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    zs->next_in = (Bytef *)in;
+    zs->avail_in = (uInt)len;
+    do {
+        char *p = luaL_prepbuffsize(&b, 65536);
+        zs->next_out = (Bytef *)p;
+        zs->avail_out = 65536;
+        deflate(zs, Z_SYNC_FLUSH);
+        luaL_addsize(&b, 65536 - zs->avail_out);
+    } while (zs->avail_out == 0);
+    luaL_pushresult(&b);
+    size_t blen;
+    const char *s = lua_tolstring(L, -1, &blen);
+    lua_pushlstring(L, s, blen - 4);
+    return 1;
+}
+
 /* maxrss() -> peak resident set of this process, KiB */
 static int l_maxrss(lua_State *L) {
     struct rusage ru;
@@ -375,11 +418,13 @@ int luaopen_sbt_deflate(lua_State *L) {
     static const luaL_Reg shared[] = {
         {"compress", l_shared_compress}, {"mem", l_shared_mem}, {NULL, NULL}};
     static const luaL_Reg ref[] = {{"feed", l_ref_feed}, {NULL, NULL}};
+    static const luaL_Reg zstream[] = {{"push", l_zstream_push}, {NULL, NULL}};
     static const luaL_Reg none[] = {{NULL, NULL}};
     new_mt(L, CFG_MT, none, NULL);
     new_mt(L, CONN_MT, conn, l_conn_gc);
     new_mt(L, SHARED_MT, shared, l_shared_gc);
     new_mt(L, REF_MT, ref, l_ref_gc);
+    new_mt(L, ZSTREAM_MT, zstream, l_zstream_gc);
     static const luaL_Reg fns[] = {{"config", l_config},
                                    {"negotiate", l_negotiate},
                                    {"new", l_new},
@@ -387,6 +432,7 @@ int luaopen_sbt_deflate(lua_State *L) {
                                    {"ref", l_ref},
                                    {"zdeflate", l_zdeflate},
                                    {"zeros_bomb", l_zeros_bomb},
+                                   {"zstream", l_zstream},
                                    {"maxrss", l_maxrss},
                                    {"sizeof", l_sizeof},
                                    {NULL, NULL}};
