@@ -188,6 +188,7 @@ local CASES = {
     { "7.1.1", "text, then close 1000", cat(T("Hello World!"), CLOSE(1000)), { ET("Hello World!") }, 1000 },
     { "7.1.2", "close twice", cat(CLOSE(1000), CLOSE(1000)), {}, 1000 },
     { "7.1.3", "ping after close: no pong", cat(CLOSE(1000), PING("Hello World!")), {}, 1000 },
+    { "7.1.3b", "ping 50 ms after the close: no pong", { CLOSE(1000), P(0.05), PING("Hello World!") }, {}, 1000 },
     { "7.1.4", "text after close: no echo", cat(CLOSE(1000), T("Hello World!")), {}, 1000 },
     { "7.1.5", "close between fragments: no echo", cat(T("fragment1", NF), CLOSE(1000), C("fragment2")), {}, 1000 },
     { "7.1.6", "256 KiB text, close, ping: echo then close, no pong", cat(zframe(1, text_of(262144)), CLOSE(1000), PING("Hello World!")), { ET(text_of(262144)) }, 1000 },
@@ -349,6 +350,7 @@ for _, c in ipairs({
     { "12.0.3", "uncompressed text on a deflate connection", T("plain"), { ET("plain") } },
     { "12.0.4", "compressed empty message (a single 00 byte)", FR(1, "\0", R1), { ET("") } },
     { "12.0.5", "compressed empty message (zlib's flush)", FR(1, Z(""), R1), { ET("") } },
+    { "12.0.13", "compressed message with an empty payload", FR(2, "", R1), { EB("") } },
     { "12.0.6", "compressed message in 3 fragments, a ping between", cat(FR(1, Z("fragmented"):sub(1, 3), { fin = false, rsv1 = true }), PING("x"), C(Z("fragmented"):sub(4, 5), NF), C(Z("fragmented"):sub(6))), { EP("x"), ET("fragmented") } },
     { "12.0.7", "RSV1 on a continuation frame", cat(FR(1, Z("ab"):sub(1, 2), { fin = false, rsv1 = true }), C(Z("ab"):sub(3), R1)), {}, 1002 },
     { "12.0.8", "RSV1 on a ping", PING("x", R1), {}, 1002 },
@@ -667,5 +669,10 @@ describe("RFC 6455 conformance (Autobahn-style cases against /echo)", function()
             end
         end
         assert.are.same({ ET("still here"), EP("b") }, got)
+        -- every failure above was the peer's, answered on the wire: nothing for the log's
+        -- warn/error levels (a crash, a leak, a handler error would show there)
+        for line in s:log():gmatch("[^\n]+") do
+            assert.is_nil(line:match("Z (%a+) ") ~= "info" and line or nil, "unexpected log line")
+        end
     end)
 end)
