@@ -1016,7 +1016,10 @@ static int on_control(void *ud, int opcode, uint8_t *data, size_t len) {
             conn_send(c, WS_OP_CLOSE, p, code == WS_CLOSE_NO_STATUS ? 0 : 2);
             c->close_sent = 1;
         }
-        conn_linger(c, 0); /* the server closes TCP first (§7.1.1) */
+        /* the server starts the TCP close first (§7.1.1): FIN once the echo is
+         * written, then wait for the peer's FIN, so late bytes from it meet an
+         * open socket rather than a reset that could cost it our close frame */
+        conn_linger(c, 1);
         return 1;
     }
     }

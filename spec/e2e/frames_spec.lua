@@ -97,6 +97,20 @@ describe("framing (raw client, /echo)", function()
         c:close()
     end)
 
+    it("delivers its close echo even when the peer keeps sending after its close", function()
+        for _ = 1, 20 do
+            local c = rawws.open(s.port, "/echo")
+            -- data still in flight behind the close: the server must not answer it
+            -- with a reset that could destroy the close frame it just sent
+            c:send(wsframe.close(1000, "bye") .. wsframe.binary(("j"):rep(60000)))
+            local code, _, before = c:recv_close()
+            assert.are.equal(1000, code)
+            assert.are.same({}, before) -- nothing after a close is processed
+            assert.is_true(c:eof(5))
+            c:close()
+        end
+    end)
+
     it("answers an empty close with an empty close", function()
         local c = rawws.open(s.port, "/echo")
         c:send(wsframe.close())
