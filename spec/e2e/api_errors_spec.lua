@@ -6,13 +6,7 @@ local server = require "server"
 local rawws = require "rawws"
 local wsframe = require "wsframe"
 
-local function http(port, req)
-    local c = rawws.connect(port)
-    c:send(req)
-    local st, h, body = c:http()
-    c:close()
-    return st, h, body
-end
+local http = rawws.http
 
 local function make_app()
     local dir = server.tmpname("-app")

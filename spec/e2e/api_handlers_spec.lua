@@ -6,23 +6,9 @@ local wsframe = require "wsframe"
 local cjson = require "cjson"
 local proc = require "sbt_proc"
 
-local PYTHON = "/usr/bin/python3"
 
 -- Run a Python websockets client; it prints one JSON line.
-local function python(code, ...)
-    local file = server.tmpname(".py")
-    local f = assert(io.open(file, "w"))
-    f:write("import asyncio, json, sys\nimport websockets\n", code)
-    f:close()
-    local args = table.concat({ ... }, " ")
-    local p = io.popen(("env -u LD_PRELOAD timeout 30 %s %s %s 2>&1"):format(PYTHON, file, args))
-    local out = p:read("a")
-    p:close()
-    os.remove(file)
-    local ok, res = pcall(cjson.decode, out:match("([^\n]*)\n?$"))
-    assert(ok and type(res) == "table", "python client failed:\n" .. out)
-    return res
-end
+local python = server.python
 
 local function cmd(c, t)
     assert(c:send(wsframe.text(cjson.encode(t))))
@@ -37,13 +23,7 @@ local function rc(c)
     return { code, reason }
 end
 
-local function http(port, req)
-    local c = rawws.connect(port)
-    c:send(req)
-    local st, h, body, head = c:http()
-    c:close()
-    return st, h, body, head
-end
+local http = rawws.http
 
 -- Count "closed id=ID code=... reason=..." lines in the server's log.
 local function closes(s, id)

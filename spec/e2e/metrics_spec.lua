@@ -39,13 +39,7 @@ local function scrape(url)
     return parsed
 end
 
-local function http_get(port, path)
-    local c = rawws.connect(port)
-    assert(c:send(("GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"):format(path)))
-    local status, headers, body = c:http()
-    c:close()
-    return status, headers, body
-end
+local http_get = rawws.get
 
 local function copy_app()
     local dir = server.tmpname(".app")

@@ -22,10 +22,7 @@ local function count(text, pattern)
 end
 
 local function http_get(port, path)
-    local c = rawws.connect(port)
-    c:send("GET " .. path .. " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-    local status, _, body = c:http()
-    c:close()
+    local status, _, body = rawws.get(port, path)
     return status, body
 end
 

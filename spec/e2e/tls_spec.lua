@@ -5,9 +5,7 @@
 local server = require "server"
 local rawws = require "rawws"
 local proc = require "sbt_proc"
-local cjson = require "cjson"
 
-local PYTHON = "/usr/bin/python3"
 
 local function sh(cmd)
     local p = io.popen("env -u LD_PRELOAD " .. cmd .. " 2>&1; echo \"rc=$?\"")
@@ -28,19 +26,7 @@ local function tls_port(s)
     return tonumber(s:wait_log("listening on 127%.0%.0%.1:(%d+) %(wss://"))
 end
 
-local function python(code, ...)
-    local py = server.tmpname(".py")
-    local f = assert(io.open(py, "w"))
-    f:write(code)
-    f:close()
-    local args = { ... }
-    for i, a in ipairs(args) do args[i] = "'" .. tostring(a) .. "'" end
-    local out = sh(("timeout 60 %s %s %s"):format(PYTHON, py, table.concat(args, " ")))
-    os.remove(py)
-    local ok, res = pcall(cjson.decode, out:match("([^\n]*)\nrc=%d+%s*$") or "")
-    assert(ok and type(res) == "table", "python client failed:\n" .. out)
-    return res
-end
+local python = server.python
 
 describe("TLS", function()
     local dir, cert, key, cert2, key2

@@ -172,6 +172,23 @@ function C:close()
     self.sock:close()
 end
 
+-- One plain HTTP exchange on a fresh connection: send `req` as it is and read
+-- the answer: status, headers (lower-case names), body, raw head.
+function rawws.http(port, req)
+    local c = rawws.connect(port)
+    c:send(req)
+    local status, headers, body, head = c:http()
+    c:close()
+    return status, headers, body, head
+end
+
+-- GET path (Connection: close): status, headers, body.
+function rawws.get(port, path)
+    local status, headers, body = rawws.http(port,
+        "GET " .. path .. " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    return status, headers, body
+end
+
 -- Convenience: send a text frame and read the echo's payload.
 function C:echo(msg)
     assert(self:send(wsframe.text(msg)))

@@ -42,6 +42,30 @@ function server.wait_for(pred, timeout, what)
     end
 end
 
+-- Run a Python client (Debian's python3-websockets under /usr/bin/python3,
+-- never the `python3` on PATH, and without the sanitizer build's preloaded
+-- libasan): `code` is the script body after "import asyncio, json, sys" and
+-- "import websockets"; its last line of output must be a JSON object, which is
+-- returned decoded. Extra arguments are passed quoted.
+server.PYTHON = "/usr/bin/python3"
+function server.python(code, ...)
+    local cjson = require "cjson"
+    local file = server.tmpname(".py")
+    local f = assert(io.open(file, "w"))
+    f:write("import asyncio, json, sys\nimport websockets\n", code)
+    f:close()
+    local args = { ... }
+    for i, a in ipairs(args) do args[i] = "'" .. tostring(a) .. "'" end
+    local p = io.popen(("env -u LD_PRELOAD timeout 60 %s %s %s 2>&1")
+        :format(server.PYTHON, file, table.concat(args, " ")))
+    local out = p:read("a")
+    p:close()
+    os.remove(file)
+    local ok, res = pcall(cjson.decode, out:match("([^\n]*)\n?$") or "")
+    assert(ok and type(res) == "table", "python client failed:\n" .. out)
+    return res
+end
+
 local S = {}
 S.__index = S
 
