@@ -490,9 +490,9 @@ static void conn_flush(struct conn *c) {
         }
     }
     if (!c->qlen) {
-        free(c->q);
-        c->q = NULL;
-        c->qcap = c->qhead = 0;
+        /* the empty ring is kept for the next message (a busy subscriber gets
+         * one every iteration); conn_sweep frees it once a second */
+        c->qhead = 0;
         set_write(c, 0);
     }
     if (c->over_high && c->queued < srv->cfg.out_low) {
@@ -1094,6 +1094,11 @@ void conn_sweep(struct sb_server *srv) {
     const struct sb_config *cfg = &srv->cfg;
     double now = srv->now;
     for (struct conn *c = srv->all; c; c = c->next) {
+        if (c->q && !c->qlen) { /* idle connections hold no output ring */
+            free(c->q);
+            c->q = NULL;
+            c->qcap = c->qhead = 0;
+        }
         switch (c->state) {
         case CONN_HTTP:
             if (c->deadline && now >= c->deadline) {
