@@ -58,7 +58,7 @@ struct deflate_params {
     uint8_t client_bits_declared;
 };
 
-/* Defaults: enabled, 15/15 window bits, mem_level 8, level -1, context
+/* Defaults: enabled, 15/15 window bits, mem_level 8, level 1, context
  * takeover allowed both ways, min_size 64. */
 void deflate_config_default(struct deflate_config *cfg);
 

@@ -61,6 +61,7 @@ static const char usage[] =
     "  --no-compression          never negotiate permessage-deflate\n"
     "  --deflate-window-bits N   8..15: zlib window for each direction    default 15\n"
     "  --deflate-mem-level N     1..9: zlib memLevel of the compressor    default 8\n"
+    "  --deflate-level N         0..9: zlib compression level (1 fastest) default 1\n"
     "  --deflate-min-size N      send messages shorter than this uncompressed  default 64\n"
     "  --workers N               run N worker processes under a supervisor, sharing\n"
     "                            the listeners (SO_REUSEPORT)             default 0 (one process)\n"
@@ -142,6 +143,7 @@ enum {
     OPT_NO_COMPRESSION,
     OPT_DEFLATE_WINDOW_BITS,
     OPT_DEFLATE_MEM_LEVEL,
+    OPT_DEFLATE_LEVEL,
     OPT_DEFLATE_MIN_SIZE,
     OPT_WORKERS,
     OPT_REDIS,
@@ -199,6 +201,7 @@ int main(int argc, char **argv) {
         {"no-compression", no_argument, 0, OPT_NO_COMPRESSION},
         {"deflate-window-bits", required_argument, 0, OPT_DEFLATE_WINDOW_BITS},
         {"deflate-mem-level", required_argument, 0, OPT_DEFLATE_MEM_LEVEL},
+        {"deflate-level", required_argument, 0, OPT_DEFLATE_LEVEL},
         {"deflate-min-size", required_argument, 0, OPT_DEFLATE_MIN_SIZE},
         {"workers", required_argument, 0, OPT_WORKERS},
         {"redis", required_argument, 0, OPT_REDIS},
@@ -347,6 +350,7 @@ int main(int argc, char **argv) {
             break;
         case OPT_DEFLATE_WINDOW_BITS:
         case OPT_DEFLATE_MEM_LEVEL:
+        case OPT_DEFLATE_LEVEL:
         case OPT_DEFLATE_MIN_SIZE:
             if (parse_size(optarg, &n) < 0)
                 return die_usage("not a size or count: '%s'", optarg);
@@ -358,6 +362,10 @@ int main(int argc, char **argv) {
                 if (n < 1 || n > 9)
                     return die_usage("--deflate-mem-level must be 1..9: %s", optarg);
                 cfg.deflate.mem_level = (int)n;
+            } else if (o == OPT_DEFLATE_LEVEL) {
+                if (n > 9)
+                    return die_usage("--deflate-level must be 0..9: %s", optarg);
+                cfg.deflate.level = (int)n;
             } else {
                 cfg.deflate.min_size = n;
             }

@@ -57,6 +57,7 @@ describe("command line", function()
         { { "--max-message", "lots", "scripts" }, "not a size or count: 'lots'" },
         { { "--max-message", "0", "scripts" }, "--max-message must be 1..2g: 0" },
         { { "--max-header-bytes", "10", "scripts" }, "--max-header-bytes must be 64..1m: 10" },
+        { { "--deflate-level", "10", "scripts" }, "--deflate-level must be 0..9: 10" },
         { { "--max-headers", "-1", "scripts" }, "not a size or count: '-1'" },
         { { "--idle-timeout", "soon", "scripts" }, "not a number of seconds: 'soon'" },
         { { "--ping-interval", "-1", "scripts" }, "not a number of seconds: '-1'" },
