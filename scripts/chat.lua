@@ -25,7 +25,7 @@ end
 local function room_topic(name) return "room:" .. name end
 -- ws.id is unique within one process; with --workers or --redis the topic
 -- must also name the process, or a private message could reach a namesake id.
-local function user_topic(id) return "user:" .. sb.node .. ":" .. id end
+local function user_topic(id, node) return "user:" .. (node or sb.node) .. ":" .. id end
 
 local function send(ws, msg) ws:send(json.encode(msg)) end
 
@@ -153,7 +153,10 @@ function handle.join(ws, msg)
     data.joined = data.joined + 1
     ws:subscribe(room_topic(name))
     send(ws, { type = "joined", room = name, members = member_list(room), history = room.history })
-    ws:publish(room_topic(name), json.encode({ type = "join", room = name, nick = data.nick, ts = os.time() }))
+    -- node and id let members served by other processes (--workers, --redis)
+    -- introduce themselves to the newcomer: see handle.here
+    ws:publish(room_topic(name), json.encode({ type = "join", room = name, nick = data.nick, ts = os.time(),
+        node = sb.node, id = ws.id }))
     rooms_changed()
 end
 
@@ -214,6 +217,24 @@ function handle.pm(ws, msg)
     ws:send(out)
 end
 
+-- A member answers someone's join from another process: "I am here too".
+-- The newcomer's own process only knows its local members, so the page sends
+-- this for a join whose node is not its own; it goes to the newcomer alone.
+function handle.here(ws, msg)
+    local room = my_room(ws, msg, "here")
+    if not room then return end
+    if type(msg.node) ~= "string" or not msg.node:match("^%x+$") or #msg.node > 32 then
+        return fail(ws, "bad_field", "node must be the joiner's node id", "here")
+    end
+    local id = type(msg.id) == "number" and math.tointeger(msg.id) -- JSON numbers decode as floats
+    if not id or id < 1 then
+        return fail(ws, "bad_field", "id must be the joiner's connection id", "here")
+    end
+    if msg.node == sb.node then return end -- same process: the joiner's list has us already
+    sb.publish(user_topic(id, msg.node), json.encode({ type = "present", room = room.name,
+        nick = ws.data.nick }))
+end
+
 function handle.rooms(ws)
     send(ws, { type = "rooms", rooms = room_list() })
 end
@@ -239,7 +260,7 @@ function chat.open(ws)
     state.online = state.online + 1
     ws:subscribe(ROOMS_TOPIC)
     ws:subscribe(user_topic(ws.id))
-    send(ws, { type = "welcome", id = ws.id, rooms = room_list(), limits = {
+    send(ws, { type = "welcome", id = ws.id, node = sb.node, rooms = room_list(), limits = {
         nick = validate.NICK_MAX, room = validate.ROOM_MAX, text = validate.TEXT_MAX, history = HISTORY,
         burst = BURST, rate = RATE } })
 end

@@ -25,6 +25,7 @@ const state = {
   allRooms: [],
   pmTarget: null,
   pendingJoin: null,     // room the login form asked for
+  node: null,            // the server process serving us (switchboard.node)
   typingSentAt: 0,
   typingIdleTimer: 0,
 };
@@ -106,6 +107,7 @@ const handlers = {
     state.attempt = 0;
     clearInterval(state.countdownTimer);
     setStatus('online', 'Connected');
+    state.node = msg.node;
     setAllRooms(list(msg.rooms));
     if (msg.limits) {
       if (msg.limits.text) $('message').maxLength = msg.limits.text;
@@ -184,6 +186,17 @@ const handlers = {
     if (!room) return;
     room.members.add(msg.nick);
     addItem(msg.room, { type: 'notice', text: `${msg.nick} joined`, ts: msg.ts }, true);
+    if (msg.room === state.current) renderMembers();
+    // Served by another process (--workers, --redis): its member list lacks us.
+    if (msg.node && state.node && msg.node !== state.node) {
+      send({ type: 'here', room: msg.room, node: msg.node, id: msg.id });
+    }
+  },
+
+  present(msg) {
+    const room = state.rooms.get(msg.room);
+    if (!room) return;
+    room.members.add(msg.nick);
     if (msg.room === state.current) renderMembers();
   },
 
