@@ -248,12 +248,31 @@ ssize_t tls_read(SSL *ssl, void *buf, size_t cap, int *want) {
     return (ssize_t)got;
 }
 
+/* Small queued segments (a frame per publish) are copied together and written
+ * in one SSL_write: one TLS record and one syscall instead of one each. A
+ * retry after WANT_WRITE starts from the same queue head, so it offers the
+ * same bytes first (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER allows the copy). */
+#define TLS_GATHER 16384
+
 ssize_t tls_writev(SSL *ssl, const struct iovec *iov, int n, int *want) {
     size_t total = 0;
+    char gather[TLS_GATHER];
     *want = TLS_WANT_NONE;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n;) {
         const char *p = iov[i].iov_base;
         size_t len = iov[i].iov_len;
+        int used = 1;
+        if (len < TLS_GATHER && i + 1 < n && iov[i + 1].iov_len <= TLS_GATHER - len) {
+            size_t g = 0;
+            int j = i;
+            for (; j < n && iov[j].iov_len <= TLS_GATHER - g; j++) {
+                memcpy(gather + g, iov[j].iov_base, iov[j].iov_len);
+                g += iov[j].iov_len;
+            }
+            p = gather;
+            len = g;
+            used = j - i;
+        }
         while (len) {
             int chunk = len < INT_MAX ? (int)len : INT_MAX;
             int r = SSL_write(ssl, p, chunk);
@@ -268,6 +287,7 @@ ssize_t tls_writev(SSL *ssl, const struct iovec *iov, int n, int *want) {
             p += r;
             len -= (size_t)r;
         }
+        i += used;
     }
     return (ssize_t)total;
 }

@@ -225,3 +225,46 @@ describe("TLS start-up errors", function()
     end)
 end)
 
+
+describe("TLS fan-out", function()
+    local dir, s, port
+    setup(function()
+        dir = server.tmpname("-tlsfan")
+        assert(os.execute("mkdir -p " .. dir))
+        make_cert(dir, "c", "localhost")
+        s = server.start{ app = "bench/app", args = { "--listen-tls", "127.0.0.1:0", "--tls-cert",
+            dir .. "/c.pem", "--tls-key", dir .. "/c.key" } }
+        port = tls_port(s)
+    end)
+    teardown(function()
+        if s then s:stop() end
+        os.execute("rm -rf " .. dir)
+    end)
+
+    -- Many small published frames queue up for a wss subscriber and leave
+    -- together (copied into one TLS record): every one arrives, in order.
+    it("delivers a burst of small publishes to wss subscribers intact and in order", function()
+        local res = python([==[
+import ssl
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+N = 3000
+async def main():
+    subs = []
+    for compression in (None, "deflate"):
+        subs.append(await websockets.connect("wss://localhost:%s/fanout?role=sub" % sys.argv[2],
+                                             ssl=ctx, compression=compression, max_queue=None))
+    pub = await websockets.connect("ws://127.0.0.1:%s/fanout?role=pub" % sys.argv[3])
+    for i in range(N):
+        await pub.send("m%05d" % i + ("x" * (i % 200)))
+    out = {"ok": []}
+    for ws in subs:
+        got = [await asyncio.wait_for(ws.recv(), 20) for _ in range(N)]
+        out["ok"].append(got == ["m%05d" % i + ("x" * (i % 200)) for i in range(N)])
+        await ws.close()
+    await pub.close()
+    print(json.dumps(out))
+asyncio.run(main())
+]==], dir .. "/c.pem", port, s.port)
+        assert.are.same({ true, true }, res.ok)
+    end)
+end)
