@@ -33,6 +33,9 @@
 #define HDR 9
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
+#define HEALTH_EVERY 1.0 /* seconds between health checks */
+#define IDLE_PING 5.0    /* a PING after this long without a reply */
+#define STALL 5.0        /* no reply this long while one is owed: Redis is stuck */
 
 enum state { R_DOWN, R_CONNECTING, R_UP };
 
@@ -50,6 +53,9 @@ struct sb_redis {
     redisContext *sub;
     struct event *sub_rev, *sub_wev;
     struct event *retry_ev;
+    struct event *health_ev;
+    int pending;         /* replies owed on the publisher connection */
+    double last_heard;   /* when it last answered (or a wait began) */
     char *scratch; /* channel name and message for PUBLISH, reused */
     size_t scratch_cap;
 };
@@ -125,6 +131,8 @@ int redis_probe(const char *url, char *err, size_t errcap) {
 /* ---- connection life ----------------------------------------------------------- */
 
 static void connect_both(struct sb_redis *r);
+static void owe(struct sb_redis *r);
+static void on_pub_reply(redisAsyncContext *ac, void *reply, void *priv);
 
 static void teardown(struct sb_redis *r) {
     if (r->sub_rev) {
@@ -142,6 +150,7 @@ static void teardown(struct sb_redis *r) {
         redisAsyncFree(ac);
     }
     r->pub_ok = r->sub_ok = 0;
+    r->pending = 0;
 }
 
 /* Either connection failed or broke: drop both and retry after the backoff. */
@@ -170,12 +179,34 @@ static void maybe_up(struct sb_redis *r) {
         return;
     r->state = R_UP;
     r->delay = BACKOFF_MIN;
+    r->last_heard = server_clock();
     if (r->lost_once) {
         r->srv->stats.redis_reconnects++;
         log_info("redis: reconnected to %s:%d", r->host, r->port);
     } else {
         log_info("redis: connected to %s:%d", r->host, r->port);
     }
+}
+
+/* Once a second: a Redis that stops answering (stopped, hung, a dead link
+ * that TCP has not noticed) is treated as lost, so publishes do not pile up
+ * in the output buffer and the reconnection starts; an idle link is pinged. */
+static void on_health(evutil_socket_t fd, short what, void *arg) {
+    struct sb_redis *r = arg;
+    (void)fd;
+    (void)what;
+    if (r->state != R_UP || !r->pub)
+        return;
+    double now = server_clock();
+    if (r->pending > 0 && now - r->last_heard > STALL) {
+        char why[64];
+        snprintf(why, sizeof why, "no answer for %.0f s", now - r->last_heard);
+        lost(r, why);
+        return;
+    }
+    if (r->pending == 0 && now - r->last_heard > IDLE_PING &&
+        redisAsyncCommand(r->pub, on_pub_reply, NULL, "PING") == REDIS_OK)
+        owe(r);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg) {
@@ -208,12 +239,21 @@ static void on_pub_disconnect(const redisAsyncContext *ac, int status) {
     lost(r, ac->errstr[0] ? ac->errstr : "connection closed");
 }
 
+/* A reply is owed from now on. */
+static void owe(struct sb_redis *r) {
+    if (r->pending++ == 0)
+        r->last_heard = server_clock();
+}
+
 static void on_pub_reply(redisAsyncContext *ac, void *reply, void *priv) {
     struct sb_redis *r = ac->data;
     redisReply *rep = reply;
     (void)priv;
-    if (r->freeing || !rep)
+    if (r->freeing || !rep || ac != r->pub)
         return; /* the connection went away: counted in lost() */
+    if (r->pending > 0)
+        r->pending--;
+    r->last_heard = server_clock();
     if (rep->type == REDIS_REPLY_ERROR) {
         r->srv->stats.redis_errors++;
         log_warn("redis: PUBLISH failed: %s", rep->str);
@@ -259,6 +299,7 @@ void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const voi
         r->srv->stats.redis_errors++;
         return;
     }
+    owe(r);
     r->srv->stats.redis_published++;
 }
 
@@ -424,10 +465,15 @@ struct sb_redis *redis_new(struct sb_server *srv, const char *url) {
         r->origin = (uint64_t)getpid() << 32 ^ (uint64_t)(server_clock() * 1e9);
     r->delay = BACKOFF_MIN;
     r->retry_ev = evtimer_new(srv->base, on_retry, r);
-    if (!r->retry_ev) {
+    r->health_ev = event_new(srv->base, -1, EV_PERSIST, on_health, r);
+    if (!r->retry_ev || !r->health_ev) {
+        if (r->retry_ev)
+            event_free(r->retry_ev);
         free(r);
         return NULL;
     }
+    struct timeval every = {(time_t)HEALTH_EVERY, 0};
+    event_add(r->health_ev, &every);
     pubsub_set_hook(srv->pubsub, on_topic, r);
     connect_both(r);
     return r;
@@ -440,6 +486,7 @@ void redis_free(struct sb_redis *r) {
     pubsub_set_hook(r->srv->pubsub, NULL, NULL);
     teardown(r);
     event_free(r->retry_ev);
+    event_free(r->health_ev);
     free(r->scratch);
     free(r);
 }

@@ -203,6 +203,29 @@ describe("--redis", function()
         assert.equal("crossed", assert(sb:recv_frame()).payload)
         assert.truthy(a:running() and b:running())
     end)
+
+    it("treats a Redis that stops answering as lost, and crosses again once it answers", function()
+        local sa, sb = track(open(a, "h")), track(open(b, "h"))
+        local pa = track(open(a))
+        wait_numsub(rport, "h", 2)
+        proc.kill(redis.pid, proc.SIGSTOP) -- alive, connected, silent
+        local ok, err = pcall(function()
+            assert(pa:send(wsframe.text("pub:h:stuck"))) -- a PUBLISH that gets no answer
+            assert.equal("stuck", assert(sa:recv_frame()).payload) -- local delivery goes on
+            a:wait_log("redis: connection to 127%.0%.0%.1:%d+ lost %(no answer for %d+ s%)", 15)
+        end)
+        proc.kill(redis.pid, proc.SIGCONT)
+        assert(ok, err)
+        a:wait_log("redis: reconnected", 15)
+        wait_numsub(rport, "h", 2)
+        assert(pa:send(wsframe.text("pub:h:again")))
+        assert.equal("again", assert(sa:recv_frame()).payload)
+        local f = assert(sb:recv_frame())
+        -- what b got while a was cut off may include "stuck" (Redis delivered it
+        -- late); "again" must come, in order
+        if f.payload == "stuck" then f = assert(sb:recv_frame()) end
+        assert.equal("again", f.payload)
+    end)
 end)
 
 describe("--redis at start-up", function()

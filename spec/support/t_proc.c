@@ -158,5 +158,9 @@ int luaopen_sbt_proc(lua_State *L) {
     lua_setfield(L, -2, "SIGHUP");
     lua_pushinteger(L, SIGINT);
     lua_setfield(L, -2, "SIGINT");
+    lua_pushinteger(L, SIGSTOP);
+    lua_setfield(L, -2, "SIGSTOP");
+    lua_pushinteger(L, SIGCONT);
+    lua_setfield(L, -2, "SIGCONT");
     return 1;
 }
