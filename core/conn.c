@@ -490,9 +490,17 @@ static void conn_flush(struct conn *c) {
         }
     }
     if (!c->qlen) {
-        /* the empty ring is kept for the next message (a busy subscriber gets
-         * one every iteration); conn_sweep frees it once a second */
+        /* an open WebSocket keeps its empty ring for the next message (a busy
+         * subscriber gets one every iteration; conn_sweep frees idle ones once
+         * a second); the handshake's answer frees it at once, so thousands of
+         * fresh idle connections leave no freed rings scattered among them */
+        if (c->state != CONN_WS || c->opened_now) {
+            free(c->q);
+            c->q = NULL;
+            c->qcap = 0;
+        }
         c->qhead = 0;
+        c->opened_now = 0;
         set_write(c, 0);
     }
     if (c->over_high && c->queued < srv->cfg.out_low) {
@@ -746,6 +754,7 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
     c->state = CONN_WS;
     c->deadline = 0;
     c->opened = 1;
+    c->opened_now = 1;
     srv->stats.handshakes_ok++;
     srv->stats.handshake_status[101]++;
     srv->stats.ws_open++;

@@ -67,6 +67,7 @@ struct conn {
         metrics_only : 1; /* accepted on the --metrics listener */
     uint8_t tls_read_wants_write : 1, tls_write_wants_read : 1; /* TLS I/O waiting on the other event */
     uint8_t head_std : 3; /* CONN_STD_* fields left out of head: ws.headers adds them back */
+    uint8_t opened_now : 1; /* the 101 is still queued */
     uint16_t close_code; /* code for the close handler (peer's, or 1006) */
     uint16_t rport;      /* the peer's port; its address: */
     uint8_t raddr_family;
