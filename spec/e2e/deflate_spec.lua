@@ -9,11 +9,7 @@ local zlib = require "sbt_deflate"
 
 local PYTHON = "/usr/bin/python3"
 
-local function write(path, text)
-    local f = assert(io.open(path, "wb"))
-    f:write(text)
-    f:close()
-end
+local write = server.write_file
 
 local function hex(s)
     return (s:gsub(".", function(c) return string.format("%02x ", c:byte()) end))

@@ -12,11 +12,7 @@ local function sh(cmd)
     return ok, out, how, code
 end
 
-local function write(path, text)
-    local f = assert(io.open(path, "w"))
-    f:write(text)
-    f:close()
-end
+local write = server.write_file
 
 local function exists(path)
     local f = io.open(path, "r")

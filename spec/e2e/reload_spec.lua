@@ -9,11 +9,7 @@ local cjson = require "cjson"
 
 local PYTHON = "/usr/bin/python3"
 
-local function write(path, text)
-    local f = assert(io.open(path, "w"))
-    f:write(text)
-    f:close()
-end
+local write = server.write_file
 
 local function count(text, pattern)
     local n = 0

@@ -23,6 +23,12 @@ local function read_file(path)
 end
 server.read_file = read_file
 
+function server.write_file(path, text)
+    local f = assert(io.open(path, "wb"))
+    f:write(text)
+    f:close()
+end
+
 local tmp_n = 0
 function server.tmpname(suffix)
     tmp_n = tmp_n + 1
