@@ -23,56 +23,22 @@
 #include "handshake.h"
 #include "http.h"
 #include "log.h"
-#include "metrics.h"
-#include "pubsub.h"
-#include "script.h"
-#include "server.h"
-#include "static.h"
+#include "loop.h"
 #include "tls.h"
 #include "utf8.h"
 
-#define OUTBUF_MIN 4096
 #define IOV_BATCH 64
+#define FILE_CHUNK (64u << 10)  /* a file answer is read this much at a time */
+#define FILE_AHEAD (128u << 10) /* and kept at most this far ahead of the socket */
 #define DEFLATE_TRIM_IDLE 2.0 /* seconds without input before zlib state is parked */
 
 static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 static void conn_kill(struct conn *c, uint16_t code);
 
-/* ---- outbound buffers ---------------------------------------------------- */
-
-struct outbuf *outbuf_new(size_t cap) {
-    if (cap > UINT32_MAX - sizeof(struct outbuf))
-        return NULL;
-    struct outbuf *b = malloc(sizeof *b + cap);
-    if (!b)
-        return NULL;
-    b->refs = 1;
-    b->len = 0;
-    b->cap = (uint32_t)cap;
-    return b;
-}
-
-void outbuf_unref(struct outbuf *b) {
-    if (b && --b->refs == 0)
-        free(b);
-}
-
-struct outbuf *outbuf_frame(int opcode, const void *payload, size_t len) {
-    struct outbuf *b = outbuf_new(len + 10);
-    if (!b)
-        return NULL;
-    b->len = (uint32_t)ws_frame_header(b->data, opcode, 1, 0, len);
-    if (len)
-        memcpy(b->data + b->len, payload, len);
-    b->len += (uint32_t)len;
-    b->cap = b->len; /* never appended to: it may be shared */
-    return b;
-}
-
 /* ---- output queue --------------------------------------------------------- */
 
 static void mark_flush(struct conn *c) {
-    if (!c->in_flush) {
+    if (!c->in_flush && c->state != CONN_DEAD) {
         c->in_flush = 1;
         c->flush_next = c->srv->flush;
         c->srv->flush = c;
@@ -80,90 +46,84 @@ static void mark_flush(struct conn *c) {
 }
 
 static int queue_push(struct conn *c, struct outbuf *b) {
-    if (c->qlen == c->qcap) {
-        uint32_t ncap = c->qcap ? c->qcap * 2 : 4;
-        struct outseg *nq = malloc(sizeof *nq * ncap);
-        if (!nq)
-            return -1;
-        for (uint32_t i = 0; i < c->qlen; i++)
-            nq[i] = c->q[(c->qhead + i) % c->qcap];
-        free(c->q);
-        c->q = nq;
-        c->qcap = ncap;
-        c->qhead = 0;
-    }
-    c->q[(c->qhead + c->qlen) % c->qcap] = (struct outseg){b, 0};
-    c->qlen++;
-    c->queued += b->len;
+    if (outq_push(&c->out, b) < 0)
+        return -1;
     mark_flush(c);
     return 0;
 }
 
-/* Append bytes to the connection's own tail buffer, or start a new one. The
- * tail is appendable only while nobody else holds it (refs == 1, spare cap). */
 static int queue_bytes(struct conn *c, const void *a, size_t alen, const void *p, size_t plen) {
-    size_t need = alen + plen;
-    if (c->qlen) {
-        struct outseg *last = &c->q[(c->qhead + c->qlen - 1) % c->qcap];
-        struct outbuf *b = last->b;
-        if (b->refs == 1 && (size_t)(b->cap - b->len) >= need) {
-            memcpy(b->data + b->len, a, alen);
-            if (plen)
-                memcpy(b->data + b->len + alen, p, plen);
-            b->len += (uint32_t)need;
-            c->queued += need;
-            mark_flush(c);
-            return 0;
-        }
-    }
-    struct outbuf *b = outbuf_new(need < OUTBUF_MIN ? OUTBUF_MIN : need);
-    if (!b)
+    if (outq_append(&c->out, a, alen, p, plen) < 0)
         return -1;
-    memcpy(b->data, a, alen);
-    if (plen)
-        memcpy(b->data + alen, p, plen);
-    b->len = (uint32_t)need;
-    if (queue_push(c, b) < 0) {
-        outbuf_unref(b);
-        return -1;
-    }
+    mark_flush(c);
     return 0;
+}
+
+/* The event follows the flags: read unless paused (a TLS write that waits for
+ * the peer's bytes reads even then), write while output is waiting. */
+static void update_events(struct conn *c) {
+    if (c->state == CONN_DEAD)
+        return; /* its event is gone for good */
+    int rd = !c->read_paused || c->tls_write_wants_read;
+    short ev = (short)((rd ? EV_READ : 0) | (c->want_write ? EV_WRITE : 0) | EV_PERSIST);
+    event_del(&c->ev);
+    event_assign(&c->ev, c->srv->base, c->fd, ev, conn_on_event, c);
+    if (ev != EV_PERSIST)
+        event_add(&c->ev, NULL);
+    /* decrypted bytes already inside OpenSSL make no socket readable */
+    if (!c->read_paused && c->ssl && tls_pending(c->ssl))
+        event_active(&c->ev, EV_READ, 1);
 }
 
 static void set_read(struct conn *c, int on) {
     if (c->read_paused == !on)
         return;
     c->read_paused = !on;
-    short ev = (short)((on ? EV_READ : 0) | (c->want_write ? EV_WRITE : 0) | EV_PERSIST);
-    event_del(&c->ev);
-    event_assign(&c->ev, c->srv->base, c->fd, ev, conn_on_event, c);
-    if (ev != EV_PERSIST)
-        event_add(&c->ev, NULL);
+    update_events(c);
 }
 
 static void set_write(struct conn *c, int on) {
     if (c->want_write == on)
         return;
     c->want_write = (uint8_t)on;
-    short ev = (short)((c->read_paused ? 0 : EV_READ) | (on ? EV_WRITE : 0) | EV_PERSIST);
-    event_del(&c->ev);
-    event_assign(&c->ev, c->srv->base, c->fd, ev, conn_on_event, c);
-    if (ev != EV_PERSIST)
-        event_add(&c->ev, NULL);
+    update_events(c);
+}
+
+static void conn_linger(struct conn *c, int wait_eof);
+
+/* Past --out-max: the peer will not read what is queued, so drop what has not
+ * started to go out and tell it why in a close frame, which fits now. */
+static void conn_overflow(struct conn *c) {
+    struct sb_server *srv = c->srv;
+    char rb[64];
+    log_warn("conn %llu (%s): %zu bytes queued, past --out-max; closing with 1008",
+             (unsigned long long)c->id, conn_remote(c, rb, sizeof rb), c->out.bytes);
+    srv->stats.slow_closed++;
+    outq_drop_unstarted(&c->out);
+    if (!c->close_sent) {
+        static const char why[] = "\x03\xf0" "output buffer full"; /* 1008 */
+        uint8_t hdr[10];
+        size_t hl = ws_frame_header(hdr, WS_OP_CLOSE, 1, 0, sizeof why - 1);
+        if (queue_bytes(c, hdr, hl, why, sizeof why - 1) < 0) {
+            conn_kill(c, WS_CLOSE_POLICY);
+            return;
+        }
+        c->close_sent = 1;
+        srv->stats.close_sent[sb_close_bucket(WS_CLOSE_POLICY)]++;
+    }
+    c->close_code = WS_CLOSE_POLICY;
+    c->over_high = 0;
+    conn_linger(c, 0);
 }
 
 /* After anything was queued: the backpressure bookkeeping. Returns 1 below the
  * high mark, 0 past it, -1 past the hard cap (the connection is closed). */
 static int after_queue(struct conn *c) {
     struct sb_server *srv = c->srv;
-    if (c->queued <= srv->cfg.out_high)
+    if (c->out.bytes <= srv->cfg.out_high)
         return 1;
-    if (c->queued > srv->cfg.out_max) {
-        char rb[64];
-        log_warn("conn %llu (%s): %zu bytes queued, past --out-max; closing with 1008",
-                 (unsigned long long)c->id, conn_remote(c, rb, sizeof rb), c->queued);
-        srv->stats.slow_closed++;
-        conn_kill(c, WS_CLOSE_POLICY);
+    if (c->out.bytes > srv->cfg.out_max) {
+        conn_overflow(c);
         return -1;
     }
     if (!c->over_high) {
@@ -187,7 +147,8 @@ static int can_send(const struct conn *c) {
 }
 
 int conn_send(struct conn *c, int opcode, const void *data, size_t len) {
-    if (!can_send(c) && !(opcode == WS_OP_CLOSE && c->state != CONN_DEAD))
+    if (!can_send(c) && !(opcode == WS_OP_CLOSE && !c->close_sent &&
+                          (c->state == CONN_WS || c->state == CONN_CLOSING)))
         return -1;
     uint8_t hdr[10];
     uint8_t *z = NULL; /* the compressed payload, RSV1 on the (only) frame */
@@ -233,18 +194,6 @@ int conn_send_shared(struct conn *c, struct outbuf *b) {
     uint8_t l7 = b->data[1] & 0x7f;
     srv->stats.bytes_out += b->len - (l7 < 126 ? 2u : l7 == 126 ? 4u : 10u);
     return after_queue(c);
-}
-
-int conn_http_respond(struct conn *c, int status, const char *extra_headers, const void *body,
-                      size_t body_len, int head_only) {
-    char head[4096];
-    long hl = http_format_head(head, sizeof head, status, extra_headers, (long long)body_len,
-                               c->keep_alive);
-    if (hl < 0)
-        return -1;
-    if (queue_bytes(c, head, (size_t)hl, head_only ? NULL : body, head_only ? 0 : body_len) < 0)
-        return -1;
-    return 0;
 }
 
 /* ---- life cycle ----------------------------------------------------------- */
@@ -334,6 +283,8 @@ void conn_abort(struct conn *c, uint16_t code) {
 }
 
 static void conn_linger(struct conn *c, int wait_eof) {
+    if (c->state == CONN_DEAD)
+        return;
     c->state = CONN_LINGER;
     c->deadline = c->srv->now + c->srv->cfg.close_timeout;
     c->linger_eof = (uint8_t)wait_eof;
@@ -355,7 +306,8 @@ void conn_close(struct conn *c, unsigned code, const char *reason, size_t reason
         memcpy(p + 2, reason, reason_len);
         n += reason_len;
     }
-    conn_send(c, WS_OP_CLOSE, p, n);
+    if (conn_send(c, WS_OP_CLOSE, p, n) < 0)
+        return; /* the send failed the connection (past --out-max, OOM) */
     c->close_sent = 1;
     c->close_code = (uint16_t)(code ? code : WS_CLOSE_NO_STATUS);
     c->state = CONN_CLOSING;
@@ -373,6 +325,8 @@ static void conn_fail(struct conn *c, unsigned code, const char *reason) {
     if (c->state == CONN_WS && !c->close_sent) {
         conn_close(c, code, reason, reason ? strlen(reason) : 0);
     }
+    if (c->state == CONN_DEAD || (c->state == CONN_LINGER && c->close_code == WS_CLOSE_POLICY))
+        return; /* the close frame itself overflowed: conn_overflow has decided */
     c->close_code = (uint16_t)code;
     conn_linger(c, 1);
 }
@@ -385,9 +339,12 @@ static void conn_free(struct conn *c) {
         srv->all = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    for (uint32_t i = 0; i < c->qlen; i++)
-        outbuf_unref(c->q[(c->qhead + i) % c->qcap].b);
-    free(c->q);
+    event_del(&c->ev); /* deleted at the kill; never re-added since */
+    outq_clear(&c->out);
+    if (c->file) {
+        close(c->file->fd);
+        free(c->file);
+    }
     ws_decoder_free(&c->dec); /* zeroed until the upgrade: nothing to free then */
     free(c->hbuf);
     free(c->head);
@@ -404,19 +361,35 @@ static void conn_free(struct conn *c) {
 }
 
 void conn_reap_all(struct sb_server *srv) {
+    /* Close handlers may send to, close or kill other connections (which then
+     * join srv->reap): run them all first, then unlink every dead connection
+     * from the flush list, and only then free. */
+    struct conn *dead = NULL;
     while (srv->reap) {
         struct conn *c = srv->reap;
         srv->reap = c->reap_next;
+        c->reap_next = dead;
+        dead = c;
         if (c->opened) {
             c->opened = 0;
             srv->stats.ws_open--;
-            c->route->ws_open--;
             if (c->close_rcvd && c->close_sent)
                 srv->stats.ws_closed_clean++;
-            pubsub_unsubscribe_all(srv->pubsub, c);
-            script_close(srv->script, c, c->close_code ? c->close_code : WS_CLOSE_ABNORMAL,
-                         c->close_reason ? c->close_reason : "");
+            srv->conn_cb->on_close(srv->conn_ud, c, c->close_code ? c->close_code : WS_CLOSE_ABNORMAL,
+                                   c->close_reason ? c->close_reason : "");
         }
+    }
+    if (!dead)
+        return;
+    for (struct conn **pp = &srv->flush; *pp;) {
+        if ((*pp)->state == CONN_DEAD)
+            *pp = (*pp)->flush_next;
+        else
+            pp = &(*pp)->flush_next;
+    }
+    while (dead) {
+        struct conn *c = dead;
+        dead = c->reap_next;
         conn_free(c);
     }
 }
@@ -448,20 +421,54 @@ static ssize_t tls_conn_read(struct conn *c, void *buf, size_t cap) {
     return -1;
 }
 
+static void http_resume(struct conn *c);
+
+/* Keep a file answer FILE_AHEAD bytes ahead of the socket, reading it in
+ * chunks with pread (no blocking read of a whole file on the loop). */
+static void file_refill(struct conn *c) {
+    struct conn_file *f = c->file;
+    while (f->left && c->out.bytes < FILE_AHEAD) {
+        size_t want = f->left < FILE_CHUNK ? (size_t)f->left : FILE_CHUNK;
+        struct outbuf *b = outbuf_new(want);
+        ssize_t r = b ? pread(f->fd, b->data, want, (off_t)f->off) : -1;
+        if (r < 0 && errno == EINTR) {
+            outbuf_unref(b);
+            continue;
+        }
+        if (r <= 0 || queue_push(c, (b->len = (uint32_t)r, b)) < 0) {
+            char rb[64];
+            log_warn("conn %llu (%s): a file answer could not be read: %s",
+                     (unsigned long long)c->id, conn_remote(c, rb, sizeof rb),
+                     r == 0 ? "file shrank" : strerror(errno));
+            outbuf_unref(b);
+            conn_kill(c, WS_CLOSE_ABNORMAL); /* its length is promised: end it */
+            return;
+        }
+        f->off += (uint64_t)r;
+        f->left -= (uint64_t)r;
+    }
+    if (!f->left) {
+        close(f->fd);
+        free(f);
+        c->file = NULL;
+    }
+}
+
 static void conn_flush(struct conn *c) {
     struct sb_server *srv = c->srv;
-    while (c->qlen) {
+    for (;;) {
+        if (c->file)
+            file_refill(c);
+        if (c->state == CONN_DEAD || !c->out.len)
+            break;
         struct iovec iov[IOV_BATCH];
-        int n = 0;
-        for (uint32_t i = 0; i < c->qlen && n < IOV_BATCH; i++, n++) {
-            struct outseg *s = &c->q[(c->qhead + i) % c->qcap];
-            iov[n].iov_base = s->b->data + s->off;
-            iov[n].iov_len = s->b->len - s->off;
-        }
+        int n = outq_iov(&c->out, iov, IOV_BATCH);
         ssize_t w = c->is_tls ? tls_conn_writev(c, iov, n) : writev(c->fd, iov, n);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 set_write(c, !c->tls_write_wants_read);
+                if (c->tls_write_wants_read)
+                    update_events(c); /* read even while paused: the write needs it */
                 return;
             }
             if (errno == EINTR)
@@ -469,50 +476,34 @@ static void conn_flush(struct conn *c) {
             conn_kill(c, WS_CLOSE_ABNORMAL);
             return;
         }
-        c->queued -= (size_t)w;
-        size_t left = (size_t)w;
-        while (left && c->qlen) {
-            struct outseg *s = &c->q[c->qhead];
-            size_t avail = s->b->len - s->off;
-            if (left < avail) {
-                s->off += (uint32_t)left;
-                left = 0;
-                break;
-            }
-            left -= avail;
-            outbuf_unref(s->b);
-            c->qhead = (c->qhead + 1) % c->qcap;
-            c->qlen--;
-        }
-        if (c->qlen) { /* the kernel took less than offered */
+        outq_consume(&c->out, (size_t)w);
+        if (c->out.len) { /* the kernel took less than offered */
             set_write(c, 1);
             break;
         }
     }
-    if (!c->qlen) {
+    if (c->state == CONN_DEAD)
+        return;
+    if (!c->out.len) {
         /* an open WebSocket keeps its empty ring for the next message (a busy
          * subscriber gets one every iteration; conn_sweep frees idle ones once
          * a second); the handshake's answer frees it at once, so thousands of
          * fresh idle connections leave no freed rings scattered among them */
-        if (c->state != CONN_WS || c->opened_now) {
-            free(c->q);
-            c->q = NULL;
-            c->qcap = 0;
-        }
-        c->qhead = 0;
+        if (c->state != CONN_WS || c->opened_now)
+            outq_trim(&c->out);
         c->opened_now = 0;
         set_write(c, 0);
     }
-    if (c->over_high && c->queued < srv->cfg.out_low) {
+    if (c->over_high && c->out.bytes < srv->cfg.out_low) {
         c->over_high = 0;
         if (c->state == CONN_WS || c->state == CONN_CLOSING)
             set_read(c, 1);
         if (c->drain_pending && c->state == CONN_WS) {
             c->drain_pending = 0;
-            script_drain(srv->script, c);
+            srv->conn_cb->on_drain(srv->conn_ud, c);
         }
     }
-    if (c->state == CONN_LINGER && !c->qlen) {
+    if (c->state == CONN_LINGER && !c->out.len) {
         if (c->ssl)
             tls_conn_shutdown(c->ssl);
         if (c->linger_eof) {
@@ -521,6 +512,8 @@ static void conn_flush(struct conn *c) {
             conn_kill(c, c->close_code);
         }
     }
+    if (c->http_wait && c->state == CONN_HTTP && !c->file && c->out.bytes < srv->cfg.out_low)
+        http_resume(c);
 }
 
 void conn_flush_all(struct sb_server *srv) {
@@ -542,17 +535,78 @@ void conn_flush_all(struct sb_server *srv) {
 
 /* ---- HTTP phase ------------------------------------------------------------ */
 
-static void http_error(struct conn *c, int status, const char *extra, const char *body) {
-    c->keep_alive = 0;
+/* Queue an HTTP answer: the head, then the body or the file (streamed from
+ * the flush path). Takes ownership of everything in res. Returns 0, or -1 when
+ * the connection is closing after it. */
+static int respond(struct conn *c, struct conn_response *res, int head_only) {
+    if (res->close)
+        c->keep_alive = 0;
+    uint64_t len = res->file_fd >= 0 ? res->file_len : res->body_len;
+    size_t hcap = 160 + (res->headers ? strlen(res->headers) : 0);
+    char stackbuf[1024];
+    char *head = hcap <= sizeof stackbuf ? stackbuf : malloc(hcap);
+    long hl = head ? http_format_head(head, hcap, res->status, res->headers,
+                                      res->no_length ? -1 : (long long)len, c->keep_alive)
+                   : -1;
+    int ok = hl > 0 && queue_bytes(c, head, (size_t)hl, head_only ? NULL : res->body,
+                                   head_only || !res->body ? 0 : res->body_len) == 0;
+    if (head != stackbuf)
+        free(head);
+    if (ok && res->file_fd >= 0 && !head_only && res->file_len) {
+        c->file = malloc(sizeof *c->file);
+        if (c->file) {
+            *c->file = (struct conn_file){res->file_fd, res->file_off, res->file_len};
+            res->file_fd = -1;
+        } else {
+            ok = 0;
+        }
+    }
+    if (res->file_fd >= 0)
+        close(res->file_fd);
+    free(res->headers);
+    free(res->body);
+    *res = (struct conn_response){.file_fd = -1};
+    if (!ok) {
+        conn_kill(c, WS_CLOSE_ABNORMAL);
+        return -1;
+    }
+    if (!c->keep_alive) {
+        conn_linger(c, 1);
+        return -1;
+    }
+    return 0;
+}
+
+/* Answer with an error status (text/plain, extra header lines, the body or
+ * the status line's words) and close once it is written. */
+static void http_error_len(struct conn *c, int status, const char *extra, const char *body,
+                           size_t blen) {
     char text[256];
     if (!body) {
         snprintf(text, sizeof text, "%d %s\n", status, http_status_text(status));
         body = text;
+        blen = strlen(text);
     }
-    char hdrs[512];
-    snprintf(hdrs, sizeof hdrs, "Content-Type: text/plain; charset=utf-8\r\n%s", extra ? extra : "");
-    conn_http_respond(c, status, hdrs, body, strlen(body), 0);
-    conn_linger(c, 1);
+    static const char ctype[] = "Content-Type: text/plain; charset=utf-8\r\n";
+    size_t el = extra ? strlen(extra) : 0;
+    struct conn_response res = {.status = status, .file_fd = -1, .close = 1};
+    res.headers = malloc(sizeof ctype + el);
+    res.body = malloc(blen + 1);
+    if (!res.headers || !res.body) {
+        free(res.headers);
+        free(res.body);
+        conn_kill(c, WS_CLOSE_ABNORMAL);
+        return;
+    }
+    memcpy(res.headers, ctype, sizeof ctype - 1);
+    memcpy(res.headers + sizeof ctype - 1, extra ? extra : "", el + 1);
+    memcpy(res.body, body, blen);
+    res.body_len = blen;
+    respond(c, &res, 0);
+}
+
+static void http_error(struct conn *c, int status, const char *extra, const char *body) {
+    http_error_len(c, status, extra, body, body ? strlen(body) : 0);
 }
 
 static void count_refusal(struct sb_server *srv, int status) {
@@ -574,10 +628,10 @@ static void pick_proto(void *ud, const char *p, size_t len) {
 
 /* permessage-deflate from the request's Sec-WebSocket-Extensions headers:
  * 1 with *p and the response header line in line, or 0 (no extension). */
-static int negotiate_deflate(struct conn *c, const struct http_request *req,
+static int negotiate_deflate(struct conn *c, const struct http_request *req, int off,
                              struct deflate_params *p, char *line, size_t cap) {
     const struct deflate_config *dc = &c->srv->cfg.deflate;
-    if (!dc->enabled || c->route->no_compression)
+    if (!dc->enabled || off)
         return 0;
     const char *vals[16];
     size_t lens[16], n = 0;
@@ -666,13 +720,23 @@ static int keep_head(struct conn *c, const struct http_request *req) {
     return 0;
 }
 
+static void upgrade_free(struct conn_upgrade *ans) {
+    free(ans->protocol);
+    free(ans->headers);
+    free(ans->body);
+}
+
 /* Complete the upgrade; returns 0, or -1 when the connection was refused. */
-static int do_upgrade(struct conn *c, struct route *r, const struct http_request *req) {
+static int do_upgrade(struct conn *c, const struct http_request *req, const char *path) {
     struct sb_server *srv = c->srv;
     const char *key;
     size_t key_len;
     const char *reason = NULL;
     int st = handshake_validate(req, &key, &key_len, &reason);
+    if (!st && (req->content_length > 0 || http_find_header(req, "Transfer-Encoding"))) {
+        st = 400; /* its bytes would be read as frames */
+        reason = "an upgrade request carries no body";
+    }
     if (st) {
         count_refusal(srv, st);
         char body[160];
@@ -685,7 +749,6 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
         http_error(c, 503, "Retry-After: 5\r\n", "server is shutting down\n");
         return -1;
     }
-    c->route = r;
     /* keep the head for ws.path / ws.query / ws.headers, without the fields
      * only the handshake needed: an idle connection carries no more than that */
     if (keep_head(c, req) < 0) {
@@ -693,51 +756,54 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
         return -1;
     }
 
-    struct upgrade_answer ans = {0};
-    if (r->has & ROUTE_UPGRADE)
-        script_upgrade(srv->script, c, req, &ans);
-    if (ans.status) {
-        count_refusal(srv, ans.status);
-        char extra[1024];
-        snprintf(extra, sizeof extra, "%s", ans.headers ? ans.headers : "");
-        if (ans.body)
-            http_error(c, ans.status, extra, ans.body);
-        else
-            http_error(c, ans.status, extra, NULL);
-        script_upgrade_free(&ans);
-        free(c->head);
-        c->head = NULL;
-        return -1;
-    }
-    if (ans.protocol) {
+    struct conn_upgrade ans = {0};
+    srv->conn_cb->on_upgrade(srv->conn_ud, c, req, path, &ans);
+    if (!ans.status && !c->route)
+        ans.status = 500; /* the app accepted without saying which route: our bug */
+    if (!ans.status && ans.protocol) {
         struct proto_pick pp = {ans.protocol, 0};
         handshake_each_protocol(req, pick_proto, &pp);
         if (!pp.found) {
-            log_error("route %s: upgrade chose subprotocol '%s' the client did not offer", r->path,
+            log_error("%s: upgrade chose subprotocol '%s' the client did not offer", path,
                       ans.protocol);
-            count_refusal(srv, 500);
-            http_error(c, 500, NULL, NULL);
-            script_upgrade_free(&ans);
-            return -1;
+            ans.status = 500;
         }
+    }
+    if (ans.status) {
+        count_refusal(srv, ans.status);
+        free(c->head);
+        c->head = NULL;
+        http_error_len(c, ans.status, ans.headers, ans.body, ans.body_len);
+        upgrade_free(&ans);
+        return -1;
     }
     char accept[HANDSHAKE_ACCEPT_LEN + 1];
     handshake_accept_key(key, key_len, accept);
     struct deflate_params dp;
     char ext[DEFLATE_RESPONSE_MAX + 32] = "";
-    int deflate_on = negotiate_deflate(c, req, &dp, ext, sizeof ext);
-    char resp[4096];
-    int n = snprintf(resp, sizeof resp,
-                     "HTTP/1.1 101 Switching Protocols\r\n"
-                     "Upgrade: websocket\r\n"
-                     "Connection: Upgrade\r\n"
-                     "Sec-WebSocket-Accept: %s\r\n"
-                     "%s%s%s%s%s\r\n",
-                     accept, ans.protocol ? "Sec-WebSocket-Protocol: " : "",
-                     ans.protocol ? ans.protocol : "", ans.protocol ? "\r\n" : "", ext,
-                     ans.headers ? ans.headers : "");
-    script_upgrade_free(&ans);
-    if (n < 0 || (size_t)n >= sizeof resp || conn_write(c, resp, (size_t)n) < 0) {
+    int deflate_on = negotiate_deflate(c, req, ans.no_compression, &dp, ext, sizeof ext);
+    size_t pl = ans.protocol ? strlen(ans.protocol) : 0;
+    size_t hl = ans.headers ? strlen(ans.headers) : 0;
+    size_t cap = 160 + HANDSHAKE_ACCEPT_LEN + pl + strlen(ext) + hl;
+    char *resp = malloc(cap);
+    int n = resp ? snprintf(resp, cap,
+                            "HTTP/1.1 101 Switching Protocols\r\n"
+                            "Upgrade: websocket\r\n"
+                            "Connection: Upgrade\r\n"
+                            "Sec-WebSocket-Accept: %s\r\n"
+                            "%s%s%s%s%s\r\n",
+                            accept, ans.protocol ? "Sec-WebSocket-Protocol: " : "",
+                            ans.protocol ? ans.protocol : "", ans.protocol ? "\r\n" : "", ext,
+                            ans.headers ? ans.headers : "")
+                 : -1;
+    if (ans.protocol && !c->protocol) {
+        c->protocol = ans.protocol; /* kept for ws.protocol */
+        ans.protocol = NULL;
+    }
+    upgrade_free(&ans);
+    int wr = n < 0 || (size_t)n >= cap ? -1 : conn_write(c, resp, (size_t)n);
+    free(resp);
+    if (wr < 0) {
         http_error(c, 500, NULL, NULL);
         return -1;
     }
@@ -758,50 +824,26 @@ static int do_upgrade(struct conn *c, struct route *r, const struct http_request
     srv->stats.handshakes_ok++;
     srv->stats.handshake_status[101]++;
     srv->stats.ws_open++;
-    r->ws_open++;
-    r->ws_total++;
-    if (r->has & ROUTE_OPEN)
-        script_open(srv->script, c);
+    srv->conn_cb->on_open(srv->conn_ud, c);
     return 0;
 }
 
 static void ws_feed(struct conn *c, uint8_t *p, size_t n);
 
-/* GET/HEAD of the metrics path on a main listener, or of /metrics on the
- * --metrics one. Returns 0 (answered; the connection may stay) or -1 (closing). */
-static int serve_metrics(struct conn *c, const struct http_request *req, const char *path) {
-    int is_get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;
-    int is_head = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
-    if (c->metrics_only && strcmp(path, "/metrics") != 0) {
-        http_error(c, 404, NULL, "metrics are at /metrics\n");
-        return -1;
-    }
-    if (!is_get && !is_head) {
-        http_error(c, 405, "Allow: GET, HEAD\r\n", NULL);
-        return -1;
-    }
-    size_t len = 0;
-    char *body = metrics_format(c->srv, &len);
-    if (!body) {
-        http_error(c, 500, NULL, NULL);
-        return -1;
-    }
-    conn_http_respond(c, 200, "Content-Type: " METRICS_CONTENT_TYPE "\r\n", body, len, is_head);
-    free(body);
-    if (!c->keep_alive) {
-        conn_linger(c, 1);
-        return -1;
-    }
-    return 0;
-}
-
 /* Handle complete requests in buf; returns bytes consumed (the rest is a
- * partial request) or -1 when the connection changed state. */
+ * partial request, or whole requests waiting for this one's answer to go
+ * out) or -1 when the connection changed state. */
 static long http_process(struct conn *c, char *buf, size_t len) {
     struct sb_server *srv = c->srv;
     size_t off = 0;
+    struct http_header *hdrs = srv->http_headers; /* one array for the loop */
     while (off < len && c->state == CONN_HTTP) {
-        struct http_header hdrs[srv->cfg.max_headers + 1];
+        /* one answer in flight: the next request waits until it is (nearly) out */
+        if (c->file || c->out.bytes >= srv->cfg.out_high) {
+            c->http_wait = 1;
+            set_read(c, 0);
+            return (long)off;
+        }
         struct http_request req = {.headers = hdrs, .headers_cap = srv->cfg.max_headers + 1};
         struct http_limits lim = {srv->cfg.max_header_bytes, srv->cfg.max_headers};
         int status = 0;
@@ -818,6 +860,9 @@ static long http_process(struct conn *c, char *buf, size_t len) {
         c->hlast = 0;
         size_t head_len = (size_t)r;
         size_t body_len = req.content_length > 0 ? (size_t)req.content_length : 0;
+        int upgrade = handshake_is_upgrade(&req);
+        if (upgrade)
+            body_len = 0; /* refused in do_upgrade: never waited for */
         if (req.content_length > 0 && (uint64_t)req.content_length > srv->cfg.max_body) {
             http_error(c, 413, NULL, NULL);
             return -1;
@@ -836,21 +881,8 @@ static long http_process(struct conn *c, char *buf, size_t len) {
             return -1;
         }
         path[plen] = 0;
-        if (c->metrics_only || (srv->cfg.metrics_path && strcmp(path, srv->cfg.metrics_path) == 0)) {
-            if (serve_metrics(c, &req, path) < 0)
-                return -1;
-            off += head_len + body_len;
-            c->deadline = srv->now + srv->cfg.handshake_timeout;
-            continue;
-        }
-        struct route *route = script_find_route(srv->script, path, (size_t)plen);
-        if (handshake_is_upgrade(&req)) {
-            if (!route || route->gone) {
-                count_refusal(srv, 404);
-                http_error(c, 404, NULL, NULL);
-                return -1;
-            }
-            if (do_upgrade(c, route, &req) < 0)
+        if (upgrade && !c->metrics_only) {
+            if (do_upgrade(c, &req, path) < 0)
                 return -1;
             off += head_len;
             /* frames that came with the request */
@@ -858,54 +890,40 @@ static long http_process(struct conn *c, char *buf, size_t len) {
                 ws_feed(c, (uint8_t *)buf + off, len - off);
             return -1;
         }
-        int is_get = req.method_len == 3 && memcmp(req.method, "GET", 3) == 0;
         int is_head = req.method_len == 4 && memcmp(req.method, "HEAD", 4) == 0;
-        int done = 0;
-        if (route && !route->gone && (route->has & ROUTE_REQUEST)) {
-            struct http_answer ans = {0};
-            script_request(srv->script, c, route, &req, buf + off + head_len, body_len, &ans);
-            conn_http_respond(c, ans.status, ans.headers, ans.body, ans.body_len, is_head);
-            script_response_free(&ans);
-            done = 1;
-        }
-        if (!done && (is_get || is_head)) {
-            char pub[4096];
-            snprintf(pub, sizeof pub, "%s/public", srv->cfg.app_dir);
-            if (static_serve(c, pub, &req))
-                done = 1;
-        }
-        if (!done) {
-            if (route && !route->gone) {
-                if (is_get || is_head) {
-                    c->keep_alive = 0;
-                    const char *b = "this route speaks WebSocket: send an Upgrade request\n";
-                    conn_http_respond(c, 426,
-                                      "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                                      "Sec-WebSocket-Version: 13\r\n"
-                                      "Content-Type: text/plain; charset=utf-8\r\n",
-                                      b, strlen(b), is_head);
-                    conn_linger(c, 1);
-                    return -1;
-                }
-                http_error(c, 405, "Allow: GET\r\n", NULL);
-                return -1;
-            }
-            if (!is_get && !is_head) {
-                http_error(c, 405, "Allow: GET, HEAD\r\n", NULL);
-                return -1;
-            }
-            c->keep_alive = 0;
-            http_error(c, 404, NULL, NULL);
+        struct conn_response res = {.file_fd = -1};
+        srv->conn_cb->on_request(srv->conn_ud, c, &req, path, buf + off + head_len, body_len, &res);
+        if (c->state != CONN_HTTP) { /* the app killed it meanwhile */
+            free(res.headers);
+            free(res.body);
+            if (res.file_fd >= 0)
+                close(res.file_fd);
             return -1;
         }
         off += head_len + body_len;
-        if (!c->keep_alive) {
-            conn_linger(c, 1);
+        if (respond(c, &res, is_head) < 0)
             return -1;
-        }
         c->deadline = srv->now + srv->cfg.handshake_timeout; /* next request */
     }
     return (long)off;
+}
+
+/* Requests that waited for the previous answer: go on with them. */
+static void http_resume(struct conn *c) {
+    c->http_wait = 0;
+    if (c->hlen) {
+        long used = http_process(c, c->hbuf, c->hlen);
+        if (used < 0 || c->state != CONN_HTTP) {
+            free(c->hbuf);
+            c->hbuf = NULL;
+            c->hlen = c->hcap = 0;
+            return;
+        }
+        memmove(c->hbuf, c->hbuf + used, c->hlen - (size_t)used);
+        c->hlen -= (uint32_t)used;
+    }
+    if (!c->http_wait)
+        set_read(c, 1);
 }
 
 static void http_read(struct conn *c, uint8_t *data, size_t n) {
@@ -940,7 +958,8 @@ static void http_read(struct conn *c, uint8_t *data, size_t n) {
         return;
     }
     size_t rest = len - (size_t)used;
-    if (rest > srv->cfg.max_header_bytes + srv->cfg.max_body + 1) {
+    /* waiting requests are bounded by the reads done before the pause */
+    if (!c->http_wait && rest > srv->cfg.max_header_bytes + srv->cfg.max_body + 1) {
         http_error(c, 413, NULL, NULL);
         return;
     }
@@ -993,8 +1012,7 @@ static int on_message(void *ud, int opcode, uint8_t *data, size_t len, int compr
     }
     c->srv->stats.msgs_in++;
     c->srv->stats.bytes_in += len;
-    if (c->route->has & ROUTE_MESSAGE)
-        script_message(c->srv->script, c, data, len, opcode == WS_OP_BINARY);
+    c->srv->conn_cb->on_message(c->srv->conn_ud, c, data, len, opcode == WS_OP_BINARY);
     free(plain);
     return c->state == CONN_DEAD || c->state == CONN_LINGER;
 }
@@ -1063,8 +1081,8 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
         if (c->state == CONN_DEAD)
             return;
     }
-    if (!(what & EV_READ))
-        return;
+    if (!(what & EV_READ) || c->read_paused)
+        return; /* paused: the event read only for a TLS write */
     for (int rounds = 0; rounds < 4; rounds++) {
         ssize_t n = c->is_tls ? tls_conn_read(c, srv->rbuf, srv->rbuf_size)
                               : read(fd, srv->rbuf, srv->rbuf_size);
@@ -1092,9 +1110,15 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
         default:
             break; /* lingering: discard */
         }
-        if (c->state == CONN_DEAD || c->read_paused || (size_t)n < srv->rbuf_size)
+        if (c->state == CONN_DEAD || c->read_paused)
+            return;
+        if ((size_t)n < srv->rbuf_size && !(c->ssl && tls_pending(c->ssl)))
             return;
     }
+    /* the rounds are spent: bytes already decrypted inside OpenSSL make no
+     * socket readable, so come back for them on the next iteration */
+    if (c->ssl && tls_pending(c->ssl))
+        event_active(&c->ev, EV_READ, 1);
 }
 
 /* ---- timeouts --------------------------------------------------------------- */
@@ -1103,11 +1127,7 @@ void conn_sweep(struct sb_server *srv) {
     const struct sb_config *cfg = &srv->cfg;
     double now = srv->now;
     for (struct conn *c = srv->all; c; c = c->next) {
-        if (c->q && !c->qlen) { /* idle connections hold no output ring */
-            free(c->q);
-            c->q = NULL;
-            c->qcap = c->qhead = 0;
-        }
+        outq_trim(&c->out); /* idle connections hold no output ring */
         switch (c->state) {
         case CONN_HTTP:
             if (c->deadline && now >= c->deadline) {
@@ -1128,10 +1148,9 @@ void conn_sweep(struct sb_server *srv) {
             }
             if (c->ping_out && now >= c->deadline) {
                 srv->stats.timeouts++;
-                char rb[64];
-                log_info("conn %llu (%s): no pong in time, closing", (unsigned long long)c->id,
-                         conn_remote(c, rb, sizeof rb));
-                conn_kill(c, WS_CLOSE_ABNORMAL);
+                conn_fail(c, WS_CLOSE_GOING_AWAY, "no pong");
+                if (c->state == CONN_LINGER)
+                    c->linger_eof = 0; /* it does not answer: no need to wait for its FIN */
                 break;
             }
             if (cfg->idle_timeout > 0 && now - c->last_rx >= cfg->idle_timeout) {

@@ -1,9 +1,20 @@
 /* conn.h — one connection's life: HTTP -> WebSocket -> closing -> closed.
  *
+ * conn knows no application: it parses, frames and queues, and reaches the
+ * app only through the callback table in srv->conn_cb (router.c installs it),
+ * in the way wslay's event callbacks separate the codec from the app.
+ *
  * Ownership: a conn is owned by the server's `all` list and freed only in
- * conn_reap (after the event-loop iteration), never inside a callback, so a
- * pointer held by Lua or a caller stays valid until then. Output is corked:
- * everything a connection produces in one iteration leaves in one writev. */
+ * conn_reap_all (after the event-loop iteration), never inside a callback, so
+ * a pointer held by Lua or a caller stays valid until then.
+ *
+ * Lists: `all` (from conn_new to the reap), `flush` (output produced this
+ * iteration; in_flush says it is listed), `reap` (DEAD, to be freed). DEAD is
+ * terminal: conn_kill deletes the event, and from then on nothing re-arms it
+ * (set_read/set_write/conn_linger/mark_flush are no-ops), nothing queues to it
+ * (conn_send/conn_write return -1) and conn_reap_all unlinks it from `flush`
+ * before freeing it. Output is corked: everything a connection produces in
+ * one iteration leaves in one writev. */
 #ifndef SB_CONN_H
 #define SB_CONN_H
 
@@ -13,24 +24,13 @@
 
 #include "deflate.h"
 #include "frame.h"
+#include "outq.h"
 
 struct sb_server;
 struct route;
 struct ssl_st;
 struct tls_ctx;
-
-/* A refcounted chunk of outbound bytes (one or more frames). A published
- * message is one of these shared by every subscriber's queue. */
-struct outbuf {
-    uint32_t refs;
-    uint32_t len, cap;
-    uint8_t data[];
-};
-
-struct outbuf *outbuf_new(size_t cap);
-void outbuf_unref(struct outbuf *b);
-/* A buffer holding one complete server frame (header + payload). */
-struct outbuf *outbuf_frame(int opcode, const void *payload, size_t len);
+struct http_request;
 
 enum conn_state {
     CONN_HTTP,    /* reading a request head */
@@ -40,12 +40,13 @@ enum conn_state {
     CONN_DEAD,    /* on the reap list */
 };
 
-struct outseg {
-    struct outbuf *b;
-    uint32_t off;
-};
-
 struct subscription;
+
+/* A file answer on its way out: read in chunks as the queue drains. */
+struct conn_file {
+    int fd; /* owned */
+    uint64_t off, left;
+};
 
 /* Handshake fields with their one usual value, kept as a bit, not as bytes. */
 #define CONN_STD_UPGRADE 1    /* "upgrade: websocket" */
@@ -64,7 +65,8 @@ struct conn {
     uint8_t in_flush : 1, want_write : 1, read_paused : 1, opened : 1, close_sent : 1,
         close_rcvd : 1, drain_pending : 1, ping_out : 1;
     uint8_t over_high : 1, keep_alive : 1, is_tls : 1, linger_eof : 1,
-        metrics_only : 1; /* accepted on the --metrics listener */
+        metrics_only : 1, /* accepted on the --metrics listener */
+        http_wait : 1;    /* pipelined requests wait until the answer is out */
     uint8_t tls_read_wants_write : 1, tls_write_wants_read : 1; /* TLS I/O waiting on the other event */
     uint8_t head_std : 3; /* CONN_STD_* fields left out of head: ws.headers adds them back */
     uint8_t opened_now : 1; /* the 101 is still queued */
@@ -88,10 +90,8 @@ struct conn {
     struct ws_decoder dec;  /* WebSocket phase; zeroed before (its buffers are owned) */
     struct ssl_st *ssl;      /* owned; TLS connections only (is_tls) */
     struct ws_deflate *defl; /* owned; only when permessage-deflate was negotiated */
-    /* output queue (ring of segments; owned) */
-    struct outseg *q;
-    uint32_t qhead, qlen, qcap;
-    size_t queued; /* bytes not yet written */
+    struct outq out; /* queued output (owned) */
+    struct conn_file *file; /* a file being sent (HTTP phase; owned) or NULL */
     struct subscription *subs; /* owned by pubsub */
     uint32_t nsubs, subs_cap;
 };
@@ -109,11 +109,52 @@ void conn_start_tls(struct conn *c, struct tls_ctx *ctx);
  * returns its length, 0 when no extension is in use. */
 size_t conn_extensions(const struct conn *c, char buf[DEFLATE_RESPONSE_MAX]);
 
-/* Queue raw bytes (an HTTP response) for this connection. Returns 0, -1 on OOM. */
+/* Queue raw bytes for this connection. Returns 0, -1 on OOM or when it is DEAD. */
 int conn_write(struct conn *c, const void *data, size_t len);
-/* Queue a complete HTTP response with a Content-Length body. Returns 0 or -1. */
-int conn_http_respond(struct conn *c, int status, const char *extra_headers, const void *body,
-                      size_t body_len, int head_only);
+
+/* A plain HTTP answer, filled by the app's on_request. conn writes the head,
+ * then the body, or streams the file under the output watermarks. */
+struct conn_response {
+    int status;
+    char *headers;   /* owned (malloc): "Name: value\r\n" lines, or NULL */
+    char *body;      /* owned (malloc), or NULL */
+    size_t body_len;
+    int file_fd;     /* >= 0: send file_len bytes of it from file_off (owned) */
+    uint64_t file_off, file_len;
+    uint8_t no_length; /* no Content-Length (304) */
+    uint8_t close;     /* close the connection after this answer */
+};
+
+/* The app's answer to an upgrade request. on_upgrade sets c->route when it
+ * accepts; status != 0 refuses with that status, headers and body. */
+struct conn_upgrade {
+    int status;
+    char *headers;  /* owned: extra lines for the 101 or the refusal */
+    char *body;     /* owned: refusal body */
+    size_t body_len;
+    char *protocol; /* owned: the chosen subprotocol (one the client offered) */
+    uint8_t no_compression;
+};
+
+/* The application side of a connection. Every callback may send, close or
+ * publish; none may free c. on_close runs exactly once per opened WebSocket,
+ * from the reap, with c already DEAD. */
+struct conn_callbacks {
+    void (*on_request)(void *ud, struct conn *c, const struct http_request *req,
+                       const char *path, const char *body, size_t body_len,
+                       struct conn_response *res);
+    void (*on_upgrade)(void *ud, struct conn *c, const struct http_request *req,
+                       const char *path, struct conn_upgrade *ans);
+    void (*on_open)(void *ud, struct conn *c);
+    void (*on_message)(void *ud, struct conn *c, const uint8_t *data, size_t len, int binary);
+    void (*on_drain)(void *ud, struct conn *c);
+    void (*on_close)(void *ud, struct conn *c, unsigned code, const char *reason);
+};
+
+/* Bytes queued for the peer and not yet written. */
+static inline size_t conn_buffered(const struct conn *c) {
+    return c->out.bytes;
+}
 
 /* Queue a frame for this connection. Returns 1 queued (queue below out_high),
  * 0 queued but past out_high (slow down), -1 not queued (connection closing

@@ -680,7 +680,7 @@ static int ws_publish(lua_State *L) {
 
 static int ws_buffered(lua_State *L) {
     struct conn *c = ws_conn(L, "buffered");
-    lua_pushinteger(L, (lua_Integer)c->queued);
+    lua_pushinteger(L, (lua_Integer)conn_buffered(c));
     return 1;
 }
 

@@ -18,10 +18,12 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "http.h"
 #include "log.h"
 #include "metrics.h"
 #include "pubsub.h"
 #include "reload.h"
+#include "router.h"
 #include "script.h"
 #include "tls.h"
 
@@ -264,7 +266,7 @@ static void on_stop_tick(evutil_socket_t fd, short what, void *arg) {
     srv->now = server_clock();
     size_t busy = 0;
     for (struct conn *c = srv->all; c; c = c->next)
-        if (!(c->state == CONN_HTTP && !c->hlen && !c->qlen))
+        if (!(c->state == CONN_HTTP && !c->hlen && !c->out.len))
             busy++;
     if (busy && srv->now < srv->stop_deadline)
         return;
@@ -335,9 +337,11 @@ int server_init(struct sb_server *srv, const struct sb_config *cfg) {
     }
     srv->rbuf_size = READ_BUF_SIZE;
     srv->rbuf = malloc(srv->rbuf_size);
+    srv->http_headers = malloc(sizeof *srv->http_headers * (cfg->max_headers + 1));
     srv->pubsub = pubsub_new();
-    if (!srv->rbuf || !srv->pubsub)
+    if (!srv->rbuf || !srv->http_headers || !srv->pubsub)
         return -1;
+    router_install(srv);
     srv->script = script_new(srv, cfg->app_dir);
     if (!srv->script)
         return -1;
@@ -416,4 +420,5 @@ void server_free(struct sb_server *srv) {
     if (srv->spare_fd >= 0)
         close(srv->spare_fd);
     free(srv->rbuf);
+    free(srv->http_headers);
 }

@@ -16,8 +16,6 @@
 #include "conn.h"
 #include "http.h"
 
-#define STATIC_MAX_FILE (64u << 20)
-
 static const struct {
     const char *ext;
     const char *type;
@@ -71,8 +69,17 @@ static void http_date(time_t t, char *out, size_t cap) {
     strftime(out, cap, "%a, %d %b %Y %H:%M:%S GMT", &tm);
 }
 
+/* The real path of name if it lies inside root (root + "/..."), else -1. */
+static int inside(const char *root, const char *name, char *real) {
+    if (!realpath(name, real))
+        return -1;
+    size_t rl = strlen(root);
+    return strncmp(real, root, rl) == 0 && real[rl] == '/' ? 0 : -1; /* a symlink out */
+}
+
 /* Decode the request path and map it under public_dir. Returns 0 and the real
- * path of a regular file inside the folder, or -1. */
+ * path of a regular file inside the folder, or -1. Every path opened, the
+ * directory index included, is checked against the folder after symlinks. */
 static int resolve(const char *public_dir, const struct http_request *req, char *out,
                    struct stat *st) {
     char path[PATH_MAX];
@@ -94,20 +101,13 @@ static int resolve(const char *public_dir, const struct http_request *req, char 
     if (!realpath(public_dir, root))
         return -1;
     snprintf(full, sizeof full, "%s%s", root, path);
-    if (!realpath(full, real))
-        return -1;
-    size_t rl = strlen(root);
-    if (strncmp(real, root, rl) != 0 || real[rl] != '/') /* a symlink out */
-        return -1;
-    if (stat(real, st) < 0)
+    if (inside(root, full, real) < 0 || stat(real, st) < 0)
         return -1;
     if (S_ISDIR(st->st_mode)) {
         /* "/docs" -> "/docs/index.html" without a listing */
-        size_t l = strlen(real);
-        if (l + 12 > PATH_MAX)
-            return -1;
-        strcpy(real + l, "/index.html");
-        if (stat(real, st) < 0)
+        char index[PATH_MAX + 16];
+        snprintf(index, sizeof index, "%s/index.html", real);
+        if (inside(root, index, real) < 0 || stat(real, st) < 0)
             return -1;
     }
     if (!S_ISREG(st->st_mode))
@@ -116,12 +116,20 @@ static int resolve(const char *public_dir, const struct http_request *req, char 
     return 0;
 }
 
-int static_serve(struct conn *c, const char *public_dir, const struct http_request *req) {
-    char file[PATH_MAX];
+int static_serve(struct conn *c, const char *app_dir, const struct http_request *req,
+                 struct conn_response *res) {
+    char pub[PATH_MAX], file[PATH_MAX];
     struct stat st;
-    if (resolve(public_dir, req, file, &st) < 0)
+    snprintf(pub, sizeof pub, "%s/public", app_dir);
+    if (resolve(pub, req, file, &st) < 0)
         return 0;
-    int head_only = req->method_len == 4 && memcmp(req->method, "HEAD", 4) == 0;
+    int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        return 0;
+    }
+    (void)c;
     char lm[64];
     http_date(st.st_mtime, lm, sizeof lm);
     const struct http_header *ims = http_find_header(req, "If-Modified-Since");
@@ -132,47 +140,28 @@ int static_serve(struct conn *c, const char *public_dir, const struct http_reque
         struct tm tm = {0};
         char *end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
         if (end && !*end && timegm(&tm) >= st.st_mtime) {
-            char hdrs[160];
-            snprintf(hdrs, sizeof hdrs, "Last-Modified: %s\r\n", lm);
+            close(fd);
             /* 304 carries no body and no Content-Length of its own */
-            char head[512];
-            long hl = http_format_head(head, sizeof head, 304, hdrs, -1, c->keep_alive);
-            if (hl > 0)
-                conn_write(c, head, (size_t)hl);
+            if (asprintf(&res->headers, "Last-Modified: %s\r\n", lm) < 0) {
+                res->headers = NULL;
+                return 0;
+            }
+            res->status = 304;
+            res->no_length = 1;
             return 304;
         }
     }
-    if ((uint64_t)st.st_size > STATIC_MAX_FILE)
-        return 0;
-    char *body = NULL;
-    size_t len = (size_t)st.st_size;
-    if (!head_only && len) {
-        int fd = open(file, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-            return 0;
-        body = malloc(len);
-        size_t got = 0;
-        while (body && got < len) {
-            ssize_t r = read(fd, body + got, len - got);
-            if (r <= 0) {
-                if (r < 0 && errno == EINTR)
-                    continue;
-                break;
-            }
-            got += (size_t)r;
-        }
+    if (asprintf(&res->headers,
+                 "Content-Type: %s\r\nLast-Modified: %s\r\nCache-Control: no-cache\r\n"
+                 "X-Content-Type-Options: nosniff\r\n",
+                 static_mime_type(file), lm) < 0) {
+        res->headers = NULL;
         close(fd);
-        if (!body || got != len) {
-            free(body);
-            return 0;
-        }
+        return 0;
     }
-    char hdrs[512];
-    snprintf(hdrs, sizeof hdrs,
-             "Content-Type: %s\r\nLast-Modified: %s\r\nCache-Control: no-cache\r\n"
-             "X-Content-Type-Options: nosniff\r\n",
-             static_mime_type(file), lm);
-    conn_http_respond(c, 200, hdrs, body, len, head_only);
-    free(body);
+    res->status = 200;
+    res->file_fd = fd;
+    res->file_off = 0;
+    res->file_len = (uint64_t)st.st_size;
     return 200;
 }

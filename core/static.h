@@ -4,12 +4,15 @@
 
 struct conn;
 struct http_request;
+struct conn_response;
 
-/* Serve req (GET or HEAD) from public_dir. Queues a complete response on c and
- * returns its status (200, 304), or returns 0 without queuing anything when no
- * regular file inside public_dir matches (the caller answers 404). Paths that
- * try to leave the folder ("..", encoded or not, symlinks out) never match. */
-int static_serve(struct conn *c, const char *public_dir, const struct http_request *req);
+/* Answer req (GET or HEAD) from APP_DIR/public: fills res (the open file, sent
+ * by conn in chunks, or a 304) and returns its status (200, 304), or returns 0
+ * without filling anything when no regular file inside the folder matches (the
+ * caller answers 404). Paths that try to leave the folder ("..", encoded or
+ * not, symlinks out, a symlinked directory index) never match. */
+int static_serve(struct conn *c, const char *app_dir, const struct http_request *req,
+                 struct conn_response *res);
 
 /* The Content-Type for a file name. */
 const char *static_mime_type(const char *name);

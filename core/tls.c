@@ -254,6 +254,10 @@ ssize_t tls_read(SSL *ssl, void *buf, size_t cap, int *want) {
  * same bytes first (SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER allows the copy). */
 #define TLS_GATHER 16384
 
+int tls_pending(SSL *ssl) {
+    return SSL_pending(ssl) > 0;
+}
+
 ssize_t tls_writev(SSL *ssl, const struct iovec *iov, int n, int *want) {
     size_t total = 0;
     char gather[TLS_GATHER];

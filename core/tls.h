@@ -49,6 +49,8 @@ ssize_t tls_read(struct ssl_st *ssl, void *buf, size_t cap, int *want);
 /* Write iov in order; returns bytes taken (> 0, maybe fewer than offered),
  * TLS_AGAIN with *want set (retry later with the same bytes), or TLS_FAIL. */
 ssize_t tls_writev(struct ssl_st *ssl, const struct iovec *iov, int n, int *want);
+/* Decrypted bytes OpenSSL holds that no socket event will announce. */
+int tls_pending(struct ssl_st *ssl);
 
 /* Make sure DIR/cert.pem and DIR/key.pem exist: when either is missing, create
  * DIR (0700) and write a fresh self-signed P-256 certificate for localhost,
