@@ -14,6 +14,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "deflate.h"
 
@@ -130,5 +131,12 @@ struct sb_server {
     const struct conn_callbacks *conn_cb;
     void *conn_ud;
 };
+
+/* Monotonic seconds. */
+static inline double server_clock(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 #endif

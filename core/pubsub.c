@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "conn.h"
-#include "server.h"
+#include "loop.h"
 
 struct sub_ref {
     struct conn *c;

@@ -16,7 +16,7 @@
 
 #include "log.h"
 #include "script.h"
-#include "server.h"
+#include "loop.h"
 
 /* What a save looks like to inotify: written in place (CLOSE_WRITE), renamed
  * into place (MOVED_TO), deleted and created again (DELETE, CREATE, CLOSE_WRITE),

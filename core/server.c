@@ -64,12 +64,6 @@ void config_defaults(struct sb_config *cfg) {
     deflate_config_default(&cfg->deflate);
 }
 
-double server_clock(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- listeners -------------------------------------------------------------- */
 
 /* Parse "ADDR:PORT" / "[V6]:PORT" / ":PORT". Returns 0 or -1. */

@@ -20,7 +20,5 @@ void server_free(struct sb_server *srv);
  * Returns the socket, or -1 after logging why. */
 int server_bind(const char *spec, int backlog, char *name, size_t cap);
 
-/* Monotonic seconds. */
-double server_clock(void);
 
 #endif
