@@ -124,6 +124,7 @@ struct sb_server {
     double now; /* cached monotonic seconds, refreshed per iteration */
     int spare_fd;   /* kept to shed a connection on EMFILE */
     int stopping;   /* 1: graceful shutdown in progress; 2: exit now; 3: drained */
+    uint64_t trim_seen, trim_busy; /* messages at the last sweep; since the last trim */
     double stop_deadline;          /* graceful shutdown: drop what is left then */
     uint64_t stop_ws, stop_clean0; /* WebSockets told 1001; ws_closed_clean at the signal */
     struct sb_stats stats;

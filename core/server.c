@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
@@ -230,12 +231,31 @@ static size_t conn_count(const struct sb_server *srv) {
     return n;
 }
 
+/* Heavy traffic (compression above all) leaves freed heap in glibc's arenas
+ * that it keeps for reuse; once the traffic has calmed down, hand it back.
+ * malloc_trim walks the heap, so only in a quiet second after a busy one. */
+static void trim_when_quiet(struct sb_server *srv) {
+    uint64_t msgs = srv->stats.msgs_in + srv->stats.msgs_out + srv->stats.accepted;
+    uint64_t delta = msgs - srv->trim_seen;
+    srv->trim_seen = msgs;
+    if (delta >= 50) { /* not quiet yet */
+        srv->trim_busy += delta;
+        return;
+    }
+    if (srv->trim_busy >= 1000) {
+        srv->trim_busy = 0;
+        int r = malloc_trim(0);
+        log_debug("quiet after %llu messages: heap trimmed (%d)", (unsigned long long)delta, r);
+    }
+}
+
 static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     struct sb_server *srv = arg;
     (void)fd;
     (void)what;
     srv->now = server_clock();
     conn_sweep(srv);
+    trim_when_quiet(srv);
 }
 
 /* Graceful shutdown, after the listeners are closed: every WebSocket is told 1001

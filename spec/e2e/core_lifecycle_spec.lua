@@ -6,7 +6,6 @@
 local server = require "server"
 local rawws = require "rawws"
 local wsframe = require "wsframe"
-local socket = require "socket"
 local proc = require "sbt_proc"
 
 local ENV = { ASAN_OPTIONS = "detect_leaks=1:abort_on_error=1:quarantine_size_mb=4" }
@@ -259,5 +258,35 @@ return {
         end
         assert.are.equal(n, seen)
         assert_serves(s, 1)
+    end)
+
+    -- ASan's allocator keeps its own heap: only the plain build can show this
+    local plain = os.getenv("SB_SANITIZE") ~= "ON"
+    ;(plain and it or pending)("hands freed heap back once heavy compressed traffic calms down", function()
+        app = make_app{ ["echo.lua"] = ECHO }
+        s = server.start{ app = app, args = { "--log-level", "debug" } }
+        local res = server.python([[
+import os
+PORT = int(sys.argv[1])
+async def client():
+    async with websockets.connect("ws://127.0.0.1:%d/echo" % PORT, compression="deflate",
+                                  max_size=None) as ws:
+        for _ in range(20):
+            msg = os.urandom(8192).hex()
+            await ws.send(msg)
+            assert await ws.recv() == msg
+async def main():
+    await asyncio.gather(*[client() for _ in range(150)])
+    print(json.dumps({"ok": True}))
+asyncio.run(main())
+]], s.port)
+        assert.is_true(res.ok)
+        local peak = rss_kib(s.pid)
+        s:wait_log("heap trimmed", 6)
+        local after = server.wait_for(function()
+            local r = rss_kib(s.pid)
+            return r < peak / 2 and r
+        end, 3, "the heap to shrink")
+        assert.is_true(after < peak / 2, ("VmRSS %d KiB after, %d KiB at the peak"):format(after, peak))
     end)
 end)
