@@ -76,6 +76,7 @@ struct conn {
     uint8_t raddr[16];
     struct route *route; /* not owned; routes outlive their connections */
     int ws_ref;          /* Lua registry ref of the ws userdata, or LUA_NOREF */
+    uint32_t head_len;   /* of head, below (beside ws_ref: no padding) */
     double deadline;     /* handshake / close / pong deadline (0 = none) */
     double last_rx;      /* monotonic seconds of the last bytes from the peer */
     double over_since;   /* when queued output passed out_high */
@@ -84,7 +85,6 @@ struct conn {
     uint32_t hlen, hcap, hlast;
     /* request head kept for ws.path/query/headers (owned) */
     char *head;
-    uint32_t head_len;
     char *close_reason; /* peer's close reason (owned), NUL-terminated */
     char *protocol;     /* negotiated subprotocol (owned) or NULL */
     struct ws_decoder dec;  /* WebSocket phase; zeroed before (its buffers are owned) */
