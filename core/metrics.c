@@ -13,6 +13,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "redis.h"
 #include "script.h"
 
 #ifndef SB_VERSION
@@ -211,6 +212,9 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
                 st->redis_received);
         counter(&b, "switchboard_redis_errors_total", "Redis errors (lost connection, bad reply).",
                 st->redis_errors);
+        counter(&b, "switchboard_redis_dropped_total",
+                "Publishes kept local because --redis-out-max bytes were unanswered by Redis.",
+                redis_dropped(srv->redis));
     }
     family(&b, "switchboard_reloads_total", "counter", "Script reloads, by outcome.");
     put(&b, "switchboard_reloads_total{outcome=\"ok\"} %llu\n", (unsigned long long)st->reloads_ok);
