@@ -54,7 +54,10 @@ struct http_request {
  * line) when complete, HTTP_NEED_MORE when more bytes are needed, or
  * HTTP_ERROR with *status set to the answer: 400 malformed (obs-fold, bad
  * request line, bad header, bad Content-Length, repeated Content-Length with
- * different values), 431 head too large or too many headers, 505 unsupported
+ * different values, no Host in HTTP/1.1 or more than one Host in any version:
+ * RFC 9112 3.2; a WebSocket upgrade request, one with an Upgrade naming websocket
+ * or a Sec-WebSocket-Key, is left to handshake_validate, which refuses the same
+ * Host faults with a reason), 431 head too large or too many headers, 505 unsupported
  * HTTP major version, 501 Transfer-Encoding (not supported).
  * A head larger than lim->max_header_bytes yields 431 as soon as that many
  * bytes have arrived without a complete head. */
