@@ -23,6 +23,10 @@ struct http_header {
 /* Defaults used for a NULL limits struct or a field left 0. */
 #define HTTP_DEFAULT_MAX_HEADER_BYTES 8192
 #define HTTP_DEFAULT_MAX_HEADERS 100
+/* The most header fields any configuration allows (--max-headers). Callers size
+ * their header arrays by it (conn.c on the stack, script.c when it re-parses a
+ * kept head for ws.headers), so a head the server took always parses again. */
+#define HTTP_MAX_HEADERS_LIMIT 1000
 
 struct http_limits {
     size_t max_header_bytes; /* request line + headers + final CRLF; default 8192 */

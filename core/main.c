@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "http.h"
 #include "log.h"
 #include "redis.h"
 #include "server.h"
@@ -211,8 +212,8 @@ static const struct opt options[] = {
     {"max-header-bytes", "N", set_count, F(cfg.max_header_bytes), 64, MIB,
      "request head size limit (431)", "8192"},
     /* conn.c sizes a stack array by it and script.c re-parses a kept head with room
-     * for 1000 fields: the two must agree */
-    {"max-headers", "N", set_count, F(cfg.max_headers), 1, 1000,
+     * for HTTP_MAX_HEADERS_LIMIT fields: the two must agree */
+    {"max-headers", "N", set_count, F(cfg.max_headers), 1, HTTP_MAX_HEADERS_LIMIT,
      "request header count limit (431)", "100"},
     /* a request being read is held in a buffer with 32-bit lengths */
     {"max-body", "N", set_count, F(cfg.max_body), 0, GIB,
