@@ -122,3 +122,28 @@ describe("out of file descriptors", function()
         assert.truthy(log:find("out of file descriptors: dropped %d+ new connection%(s%) on 127%.0%.0%.1:"))
     end)
 end)
+
+describe("the --metrics listener", function()
+    it("counts against --max-connections like every listener", function()
+        local s = server.start{ app = "spec/apps/core",
+                                args = { "--metrics", "127.0.0.1:0", "--max-connections", "2",
+                                         "--handshake-timeout", "60" } }
+        local held = {}
+        local ok, err = pcall(function()
+            local mport = tonumber(s:wait_log("metrics on http://127%.0%.0%.1:(%d+)/metrics"))
+            assert.are.equal(200, (rawws.get(mport, "/metrics")))
+            held[1] = rawws.open(s.port, "/echo")
+            held[2] = rawws.open(s.port, "/echo")
+            assert.are.equal(503, (rawws.get(mport, "/metrics")))
+            held[1]:close()
+            table.remove(held, 1)
+            assert.are.equal(200, server.wait_for(function()
+                local st = rawws.get(mport, "/metrics")
+                return st == 200 and st
+            end, 10, "a scrape once a connection is free"))
+        end)
+        for _, c in ipairs(held) do c:close() end
+        s:stop()
+        assert(ok, err)
+    end)
+end)
