@@ -199,9 +199,7 @@ static void maybe_up(struct sb_redis *r) {
     }
 }
 
-/* Once a second: a Redis that stops answering (stopped, hung, a dead link
- * that TCP has not noticed) is treated as lost, so publishes do not pile up
- * in the output buffer and the reconnection starts; an idle link is pinged. */
+/* Say how many publishes stayed local for --redis-out-max, at most once a second. */
 static void log_drops(struct sb_redis *r, double now) {
     if (!r->drops_unlogged || now - r->drop_logged < 1.0)
         return;
@@ -212,6 +210,9 @@ static void log_drops(struct sb_redis *r, double now) {
     r->drop_logged = now;
 }
 
+/* Once a second: a Redis that stops answering (stopped, hung, a dead link
+ * that TCP has not noticed) is treated as lost, so publishes do not pile up
+ * in the output buffer and the reconnection starts; an idle link is pinged. */
 static void on_health(evutil_socket_t fd, short what, void *arg) {
     struct sb_redis *r = arg;
     (void)fd;
