@@ -44,13 +44,13 @@ struct opt;
 typedef int (*opt_setter)(struct options *opts, const struct opt *o, const char *arg);
 
 struct opt {
-    const char *name;   /* long name without "--" */
-    const char *arg;    /* its value's name in --help; NULL: a flag without a value */
+    const char *name; /* long name without "--" */
+    const char *arg;  /* its value's name in --help; NULL: a flag without a value */
     opt_setter set;
-    size_t off, width;  /* the field in struct options */
-    uint64_t min, max;  /* inclusive bounds of an integer or of seconds */
-    const char *help;   /* '\n' continues on the next line */
-    const char *def;    /* the default as --help shows it; NULL: none */
+    size_t off, width; /* the field in struct options */
+    uint64_t min, max; /* inclusive bounds of an integer or of seconds */
+    const char *help;  /* '\n' continues on the next line */
+    const char *def;   /* the default as --help shows it; NULL: none */
 };
 
 static int die_usage(const char *fmt, const char *arg) {
@@ -78,9 +78,18 @@ static int parse_count(const char *s, uint64_t *out) {
     }
     uint64_t mult = 1;
     switch (*p) {
-    case 'k': case 'K': mult = KIB, p++; break;
-    case 'm': case 'M': mult = MIB, p++; break;
-    case 'g': case 'G': mult = GIB, p++; break;
+    case 'k':
+    case 'K':
+        mult = KIB, p++;
+        break;
+    case 'm':
+    case 'M':
+        mult = MIB, p++;
+        break;
+    case 'g':
+    case 'G':
+        mult = GIB, p++;
+        break;
     }
     if (*p == 'b' || *p == 'B')
         p++;
@@ -166,7 +175,8 @@ static int set_listen(struct options *opts, const struct opt *o, const char *arg
     int *n = tls ? &opts->cfg.n_listen_tls : &opts->cfg.n_listen;
     if (*n == SB_MAX_LISTEN)
         return die_usage(tls ? "too many --listen-tls (at most 16): %s"
-                             : "too many --listen (at most 16): %s", arg);
+                             : "too many --listen (at most 16): %s",
+                         arg);
     (tls ? opts->cfg.listen_tls : opts->cfg.listen)[(*n)++] = arg;
     return 0;
 }
@@ -207,8 +217,8 @@ static int set_window_bits(struct options *opts, const struct opt *o, const char
 #define NOF 0, 0
 
 static const struct opt options[] = {
-    {"listen", "ADDR:PORT", set_listen, NOF, 0, 0,
-     "listen here (repeatable; [::1]:8080 for IPv6)", "127.0.0.1:8080"},
+    {"listen", "ADDR:PORT", set_listen, NOF, 0, 0, "listen here (repeatable; [::1]:8080 for IPv6)",
+     "127.0.0.1:8080"},
     {"max-header-bytes", "N", set_count, F(cfg.max_header_bytes), 64, MIB,
      "request head size limit (431)", "8192"},
     /* conn.c sizes a stack array by it and script.c re-parses a kept head with room
@@ -216,19 +226,19 @@ static const struct opt options[] = {
     {"max-headers", "N", set_count, F(cfg.max_headers), 1, HTTP_MAX_HEADERS_LIMIT,
      "request header count limit (431)", "100"},
     /* a request being read is held in a buffer with 32-bit lengths */
-    {"max-body", "N", set_count, F(cfg.max_body), 0, GIB,
-     "plain HTTP request body limit (413)", "1m"},
+    {"max-body", "N", set_count, F(cfg.max_body), 0, GIB, "plain HTTP request body limit (413)",
+     "1m"},
     {"max-message", "N", set_count, F(cfg.max_message), 1, 2 * GIB,
      "WebSocket message size limit (1009)", "16m"},
     {"out-high", "N", set_count, F(cfg.out_high), 1, 4 * GIB,
      "queued output where send() returns false", "1m"},
-    {"out-low", "N", set_count, F(cfg.out_low), 0, 4 * GIB,
-     "drain(ws) fires below this", "256k"},
+    {"out-low", "N", set_count, F(cfg.out_low), 0, 4 * GIB, "drain(ws) fires below this", "256k"},
     {"out-max", "N", set_count, F(cfg.out_max), 1, 4 * GIB,
      "hard output cap: close with 1008 (raised to --out-high)", "64m"},
     {"slow-policy", "drop|close", set_slow_policy, NOF, 0, 0,
      "subscriber past --out-high: drop its publishes, or\n"
-     "close it with 1008 after --slow-grace", "drop"},
+     "close it with 1008 after --slow-grace",
+     "drop"},
     {"slow-grace", "SECONDS", set_seconds, F(cfg.slow_grace), 0, MAX_SECONDS,
      "past --out-high this long: close (--slow-policy close)", "10"},
     {"handshake-timeout", "SECONDS", set_seconds, F(cfg.handshake_timeout), 0, MAX_SECONDS,
@@ -243,7 +253,8 @@ static const struct opt options[] = {
      "wait for the peer's close frame", "5"},
     {"drain-timeout", "SECONDS", set_seconds, F(cfg.drain_timeout), 0, MAX_SECONDS,
      "SIGTERM/SIGINT: wait this long for close frames and\n"
-     "queued output, then drop the rest", "10"},
+     "queued output, then drop the rest",
+     "10"},
     {"metrics", "ADDR:PORT", set_string, F(cfg.metrics_listen), 0, 0,
      "serve Prometheus metrics on their own listener", NULL},
     {"metrics-path", "PATH", set_path, F(cfg.metrics_path), 0, 0,
@@ -252,10 +263,10 @@ static const struct opt options[] = {
      "refuse past this many (0 = fd limit)", "0"},
     {"lua-budget", "N", set_count, F(cfg.lua_budget), 1000, 1000000000000ull,
      "VM instructions per handler call", "100000000"},
-    {"lua-memory", "N", set_count, F(cfg.lua_memory), KIB, 64 * GIB,
-     "Lua state memory cap", "512m"},
-    {"no-watch", NULL, set_false, F(cfg.watch), 0, 0,
-     "do not reload scripts when they change", NULL},
+    {"lua-memory", "N", set_count, F(cfg.lua_memory), KIB, 64 * GIB, "Lua state memory cap",
+     "512m"},
+    {"no-watch", NULL, set_false, F(cfg.watch), 0, 0, "do not reload scripts when they change",
+     NULL},
     {"listen-tls", "ADDR:PORT", set_listen, NOF, 0, 0,
      "serve https:// and wss:// here (repeatable, beside --listen)", NULL},
     {"tls-cert", "FILE", set_string, F(cfg.tls_cert), 0, 0,
@@ -264,7 +275,8 @@ static const struct opt options[] = {
     {"tls-self-signed", "DIR", set_string, F(tls_dir), 0, 0,
      "use DIR/cert.pem + DIR/key.pem, creating a self-signed\n"
      "pair for localhost when missing; without --listen-tls\n"
-     "it listens on 127.0.0.1:8443", NULL},
+     "it listens on 127.0.0.1:8443",
+     NULL},
     {"no-compression", NULL, set_false, F(cfg.deflate.enabled), 0, 0,
      "never negotiate permessage-deflate", NULL},
     {"deflate-window-bits", "N", set_window_bits, F(cfg.deflate.server_max_window_bits), 8, 15,
@@ -277,15 +289,18 @@ static const struct opt options[] = {
      "send messages shorter than this uncompressed", "64"},
     {"workers", "N", set_count, F(cfg.workers), 1, 256,
      "run N worker processes under a supervisor, sharing\n"
-     "the listeners (SO_REUSEPORT)", "one process"},
+     "the listeners (SO_REUSEPORT)",
+     "one process"},
     {"redis", "URL", set_string, F(cfg.redis_url), 0, 0,
      "publish across processes through Redis:\n"
-     "redis://host[:port][/db] (the db is SELECTed)", NULL},
+     "redis://host[:port][/db] (the db is SELECTed)",
+     NULL},
     {"redis-optional", NULL, set_true, F(cfg.redis_optional), 0, 0,
      "start local-only (with a warning) when Redis is down", NULL},
     {"redis-out-max", "N", set_count, F(redis_out_max), 64 * KIB, GIB,
      "bytes of publishes Redis has not answered yet; past it\n"
-     "publishes stay local (counted, logged)", "16m"},
+     "publishes stay local (counted, logged)",
+     "16m"},
     {"log-level", "LEVEL", set_log_level, NOF, 0, 0, "debug, info, warn, error", "info"},
     {"help", NULL, set_true, F(help), 0, 0, "this text (-h)", NULL},
     {"version", NULL, set_true, F(version), 0, 0, "the version (-V)", NULL},
@@ -423,8 +438,8 @@ static int check_config(struct options *opts, const char *app_dir) {
     struct stat st;
     errno = 0;
     if (stat(cfg->app_dir, &st) < 0 || !S_ISDIR(st.st_mode) || access(cfg->app_dir, R_OK | X_OK)) {
-        fprintf(stderr, "switchboard: APP_DIR '%s' is not a readable directory%s%s\n",
-                cfg->app_dir, errno ? ": " : "", errno ? strerror(errno) : "");
+        fprintf(stderr, "switchboard: APP_DIR '%s' is not a readable directory%s%s\n", cfg->app_dir,
+                errno ? ": " : "", errno ? strerror(errno) : "");
         return 2;
     }
     if (cfg->n_listen == 0)
