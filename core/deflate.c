@@ -109,9 +109,10 @@ static int name_is(const char *s, size_t n, const char *lit) {
     return 1;
 }
 
-/* Window bits value: 1*DIGIT naming 8..15 (RFC 7692 §7.1.2). */
+/* Window bits value: 1*DIGIT naming 8..15 without leading zeros (RFC 7692 §7.1.2.1,
+ * §7.1.2.2); anything else makes the offer invalid, and it is declined. */
 static int window_value(const char *v, size_t len) {
-    if (len == 0 || len > 4)
+    if (len == 0 || len > 2 || v[0] == '0')
         return -1;
     int n = 0;
     for (size_t i = 0; i < len; i++) {

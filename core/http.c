@@ -216,7 +216,8 @@ static int parse_head(const char *buf, size_t head_len, size_t max_headers,
     int st = parse_request_line(buf, (size_t)(eol - buf), req);
     if (st)
         return st;
-    int close = 0, keep = 0, have_cl = 0;
+    int close = 0, keep = 0, have_cl = 0, ws = 0;
+    size_t hosts = 0;
     const char *p = eol + 2;
     while (p < end - 2) {
         if (is_ows(*p))
@@ -242,9 +243,21 @@ static int parse_head(const char *buf, size_t head_len, size_t max_headers,
         } else if (ieq(h->name, h->name_len, "connection")) {
             close |= token_list_has(h->value, h->value_len, "close");
             keep |= token_list_has(h->value, h->value_len, "keep-alive");
+        } else if (ieq(h->name, h->name_len, "host")) {
+            hosts++;
+        } else if (ieq(h->name, h->name_len, "upgrade")) {
+            ws |= token_list_has(h->value, h->value_len, "websocket");
+        } else if (ieq(h->name, h->name_len, "sec-websocket-key")) {
+            ws = 1;
         }
         p = eol + 2;
     }
+    /* RFC 9112 3.2: an HTTP/1.1 request without Host, or any request with more
+     * than one, is answered 400. A WebSocket upgrade (what handshake_is_upgrade
+     * calls one) is left to handshake_validate, which answers the same 400 with
+     * its reason. */
+    if (!ws && (hosts > 1 || (hosts == 0 && req->minor_version >= 1)))
+        return 400;
     req->keep_alive = !close && (req->minor_version >= 1 || keep);
     return 0;
 }

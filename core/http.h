@@ -23,6 +23,10 @@ struct http_header {
 /* Defaults used for a NULL limits struct or a field left 0. */
 #define HTTP_DEFAULT_MAX_HEADER_BYTES 8192
 #define HTTP_DEFAULT_MAX_HEADERS 100
+/* The most header fields any configuration allows (--max-headers). Callers size
+ * their header arrays by it (conn.c on the stack, script.c when it re-parses a
+ * kept head for ws.headers), so a head the server took always parses again. */
+#define HTTP_MAX_HEADERS_LIMIT 1000
 
 struct http_limits {
     size_t max_header_bytes; /* request line + headers + final CRLF; default 8192 */
@@ -54,7 +58,10 @@ struct http_request {
  * line) when complete, HTTP_NEED_MORE when more bytes are needed, or
  * HTTP_ERROR with *status set to the answer: 400 malformed (obs-fold, bad
  * request line, bad header, bad Content-Length, repeated Content-Length with
- * different values), 431 head too large or too many headers, 505 unsupported
+ * different values, no Host in HTTP/1.1 or more than one Host in any version:
+ * RFC 9112 3.2; a WebSocket upgrade request, one with an Upgrade naming websocket
+ * or a Sec-WebSocket-Key, is left to handshake_validate, which refuses the same
+ * Host faults with a reason), 431 head too large or too many headers, 505 unsupported
  * HTTP major version, 501 Transfer-Encoding (not supported).
  * A head larger than lim->max_header_bytes yields 431 as soon as that many
  * bytes have arrived without a complete head. */

@@ -1,15 +1,21 @@
-/* main.c — command line and start-up. */
+/* main.c — command line and start-up.
+ *
+ * Every option is one row of `options[]`: its name, where its value goes, how it is
+ * parsed, its bounds and its help. The same rows drive getopt, validation and
+ * --help, so a flag cannot be parsed without being documented or bounded. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "http.h"
 #include "log.h"
 #include "redis.h"
 #include "server.h"
@@ -20,59 +26,32 @@
 #define SB_VERSION "0.0.0"
 #endif
 
-static const char usage[] =
-    "usage: switchboard [options] APP_DIR\n"
-    "\n"
-    "Serves the Lua route scripts in APP_DIR over WebSocket (APP_DIR/chat.lua answers\n"
-    "ws://host/chat) and the files in APP_DIR/public over plain HTTP.\n"
-    "\n"
-    "options:\n"
-    "  --listen ADDR:PORT        listen here (repeatable; [::1]:8080 for IPv6)\n"
-    "                            default 127.0.0.1:8080\n"
-    "  --max-header-bytes N      request head size limit (431)          default 8192\n"
-    "  --max-headers N           request header count limit (431)       default 100\n"
-    "  --max-body N              plain HTTP request body limit (413)    default 1MiB\n"
-    "  --max-message N           WebSocket message size limit (1009)    default 16MiB\n"
-    "  --out-high N              queued output where send() returns false  default 1MiB\n"
-    "  --out-low N               drain(ws) fires below this             default 256KiB\n"
-    "  --out-max N               hard output cap: close with 1008       default 64MiB\n"
-    "  --slow-policy drop|close  subscriber past --out-high: drop its publishes, or\n"
-    "                            close it with 1008 after --slow-grace   default drop\n"
-    "  --slow-grace SECONDS      default 10\n"
-    "  --handshake-timeout SECONDS  request head + upgrade              default 10\n"
-    "  --idle-timeout SECONDS    close a WebSocket silent this long (0 = never)  default 0\n"
-    "  --ping-interval SECONDS   ping a silent peer (0 = never)          default 30\n"
-    "  --pong-timeout SECONDS    drop a peer that does not answer a ping default 20\n"
-    "  --close-timeout SECONDS   wait for the peer's close frame          default 5\n"
-    "  --drain-timeout SECONDS   SIGTERM/SIGINT: wait this long for close frames and\n"
-    "                            queued output, then drop the rest       default 10\n"
-    "  --metrics ADDR:PORT       serve Prometheus metrics on their own listener\n"
-    "  --metrics-path PATH       serve them at PATH on the main listeners (e.g. /metrics)\n"
-    "  --max-connections N       refuse past this many (0 = fd limit)   default 0\n"
-    "  --lua-budget N            VM instructions per handler call       default 100000000\n"
-    "  --lua-memory N            Lua state memory cap                   default 512MiB\n"
-    "  --no-watch                do not reload scripts when they change\n"
-    "  --listen-tls ADDR:PORT    serve https:// and wss:// here (repeatable, beside --listen)\n"
-    "  --tls-cert FILE           PEM certificate chain for --listen-tls (SIGHUP reloads it)\n"
-    "  --tls-key FILE            PEM private key for --tls-cert\n"
-    "  --tls-self-signed DIR     use DIR/cert.pem + DIR/key.pem, creating a self-signed\n"
-    "                            pair for localhost when missing; without --listen-tls\n"
-    "                            it listens on 127.0.0.1:8443\n"
-    "  --no-compression          never negotiate permessage-deflate\n"
-    "  --deflate-window-bits N   8..15: zlib window for each direction    default 15\n"
-    "  --deflate-mem-level N     1..9: zlib memLevel of the compressor    default 8\n"
-    "  --deflate-level N         0..9: zlib compression level (1 fastest) default 1\n"
-    "  --deflate-min-size N      send messages shorter than this uncompressed  default 64\n"
-    "  --workers N               run N worker processes under a supervisor, sharing\n"
-    "                            the listeners (SO_REUSEPORT)             default 0 (one process)\n"
-    "  --redis URL               publish across processes through Redis:\n"
-    "                            redis://host:port[/db]\n"
-    "  --redis-optional          start local-only (with a warning) when Redis is down\n"
-    "  --log-level LEVEL         debug, info, warn, error               default info\n"
-    "  -h, --help                this text\n"
-    "  -V, --version             the version\n"
-    "\n"
-    "Sizes take a suffix: 64k, 16m, 1g (powers of 1024).\n";
+#define KIB 1024ull
+#define MIB (1024ull * KIB)
+#define GIB (1024ull * MIB)
+#define MAX_SECONDS 1000000 /* ~11.5 days: any timeout longer than this is a mistake */
+
+/* Where the options land: the server's configuration plus what only main.c uses. */
+struct options {
+    struct sb_config cfg;
+    const char *tls_dir;  /* --tls-self-signed */
+    size_t redis_out_max; /* --redis-out-max */
+    int help, version;
+};
+
+struct opt;
+/* Store arg for o into *opts. Returns 0, or 2 after printing a usage error. */
+typedef int (*opt_setter)(struct options *opts, const struct opt *o, const char *arg);
+
+struct opt {
+    const char *name; /* long name without "--" */
+    const char *arg;  /* its value's name in --help; NULL: a flag without a value */
+    opt_setter set;
+    size_t off, width; /* the field in struct options */
+    uint64_t min, max; /* inclusive bounds of an integer or of seconds */
+    const char *help;  /* '\n' continues on the next line */
+    const char *def;   /* the default as --help shows it; NULL: none */
+};
 
 static int die_usage(const char *fmt, const char *arg) {
     fprintf(stderr, "switchboard: ");
@@ -81,74 +60,315 @@ static int die_usage(const char *fmt, const char *arg) {
     return 2;
 }
 
-/* Parse a size with an optional k/m/g suffix. Returns 0 or -1. */
-static int parse_size(const char *s, uint64_t *out) {
+/* A size or count as people write it: 1000, 64k, 16m, 1g (powers of 1024, an optional
+ * trailing b). Decimal digits only: no sign, no fraction, no exponent. Returns 0, 1 when
+ * the value does not fit 64 bits, or -1 when it is not a size. */
+static int parse_count(const char *s, uint64_t *out) {
+    uint64_t v = 0;
+    const char *p = s;
+    if (*p < '0' || *p > '9')
+        return -1;
+    int big = 0;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        unsigned d = (unsigned)(*p - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            big = 1;
+        else
+            v = v * 10 + d;
+    }
+    uint64_t mult = 1;
+    switch (*p) {
+    case 'k':
+    case 'K':
+        mult = KIB, p++;
+        break;
+    case 'm':
+    case 'M':
+        mult = MIB, p++;
+        break;
+    case 'g':
+    case 'G':
+        mult = GIB, p++;
+        break;
+    }
+    if (*p == 'b' || *p == 'B')
+        p++;
+    if (*p)
+        return -1;
+    if (big || v > UINT64_MAX / mult)
+        return 1;
+    *out = v * mult;
+    return 0;
+}
+
+/* A bound as --help and errors show it: 1048576 -> "1m". */
+static const char *fmt_count(uint64_t v, char *buf, size_t cap) {
+    if (v >= GIB && v % GIB == 0 && v / GIB < 10000)
+        snprintf(buf, cap, "%llug", (unsigned long long)(v / GIB));
+    else if (v >= MIB && v % MIB == 0 && v / MIB < 10000)
+        snprintf(buf, cap, "%llum", (unsigned long long)(v / MIB));
+    else if (v >= KIB && v % KIB == 0 && v / KIB < 10000)
+        snprintf(buf, cap, "%lluk", (unsigned long long)(v / KIB));
+    else
+        snprintf(buf, cap, "%llu", (unsigned long long)v);
+    return buf;
+}
+
+static void *field(struct options *opts, const struct opt *o) {
+    return (char *)opts + o->off;
+}
+
+static int range_error(const struct opt *o, const char *arg, const char *unit) {
+    char lo[32], hi[32], fmt[160];
+    snprintf(fmt, sizeof fmt, "--%s must be %s..%s%s: %%s", o->name,
+             fmt_count(o->min, lo, sizeof lo), fmt_count(o->max, hi, sizeof hi), unit);
+    return die_usage(fmt, arg);
+}
+
+/* An integer field of any width (size_t, uint64_t, unsigned, long, int): the
+ * bounds keep the value inside the field (checked in check_table). */
+static int set_count(struct options *opts, const struct opt *o, const char *arg) {
+    uint64_t n;
+    int r = parse_count(arg, &n);
+    if (r < 0)
+        return die_usage("not a size or count: '%s'", arg);
+    if (r > 0 || n < o->min || n > o->max)
+        return range_error(o, arg, "");
+    if (o->width == 8) {
+        memcpy(field(opts, o), &n, 8);
+    } else {
+        uint32_t v = (uint32_t)n;
+        memcpy(field(opts, o), &v, 4);
+    }
+    return 0;
+}
+
+static int set_seconds(struct options *opts, const struct opt *o, const char *arg) {
     char *end;
     errno = 0;
-    double v = strtod(s, &end);
-    if (end == s || errno || v < 0 || !isfinite(v))
-        return -1;
-    double mult = 1;
-    if (*end == 'k' || *end == 'K')
-        mult = 1024, end++;
-    else if (*end == 'm' || *end == 'M')
-        mult = 1024 * 1024, end++;
-    else if (*end == 'g' || *end == 'G')
-        mult = 1024.0 * 1024 * 1024, end++;
-    if (*end == 'b' || *end == 'B')
-        end++;
-    if (*end)
-        return -1;
-    *out = (uint64_t)(v * mult);
+    double v = strtod(arg, &end);
+    if (end == arg || *end || errno || !isfinite(v) || v < 0)
+        return die_usage("not a number of seconds: '%s'", arg);
+    if (v < (double)o->min || v > (double)o->max)
+        return range_error(o, arg, " seconds");
+    *(double *)field(opts, o) = v;
     return 0;
 }
 
-static int parse_seconds(const char *s, double *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || *end || v < 0 || !isfinite(v))
-        return -1;
-    *out = v;
+static int set_string(struct options *opts, const struct opt *o, const char *arg) {
+    *(const char **)field(opts, o) = arg;
     return 0;
 }
 
-enum {
-    OPT_LISTEN = 256,
-    OPT_MAX_HEADER_BYTES,
-    OPT_MAX_HEADERS,
-    OPT_MAX_BODY,
-    OPT_MAX_MESSAGE,
-    OPT_OUT_HIGH,
-    OPT_OUT_LOW,
-    OPT_OUT_MAX,
-    OPT_SLOW_POLICY,
-    OPT_SLOW_GRACE,
-    OPT_HANDSHAKE_TIMEOUT,
-    OPT_IDLE_TIMEOUT,
-    OPT_PING_INTERVAL,
-    OPT_PONG_TIMEOUT,
-    OPT_CLOSE_TIMEOUT,
-    OPT_DRAIN_TIMEOUT,
-    OPT_METRICS,
-    OPT_METRICS_PATH,
-    OPT_MAX_CONNECTIONS,
-    OPT_LUA_BUDGET,
-    OPT_LUA_MEMORY,
-    OPT_NO_WATCH,
-    OPT_LOG_LEVEL,
-    OPT_LISTEN_TLS,
-    OPT_TLS_CERT,
-    OPT_TLS_KEY,
-    OPT_TLS_SELF_SIGNED,
-    OPT_NO_COMPRESSION,
-    OPT_DEFLATE_WINDOW_BITS,
-    OPT_DEFLATE_MEM_LEVEL,
-    OPT_DEFLATE_LEVEL,
-    OPT_DEFLATE_MIN_SIZE,
-    OPT_WORKERS,
-    OPT_REDIS,
-    OPT_REDIS_OPTIONAL,
+static int set_true(struct options *opts, const struct opt *o, const char *arg) {
+    *(int *)field(opts, o) = 1;
+    return 0;
+}
+
+static int set_false(struct options *opts, const struct opt *o, const char *arg) {
+    *(int *)field(opts, o) = 0;
+    return 0;
+}
+
+static int set_listen(struct options *opts, const struct opt *o, const char *arg) {
+    int tls = strcmp(o->name, "listen-tls") == 0;
+    int *n = tls ? &opts->cfg.n_listen_tls : &opts->cfg.n_listen;
+    if (*n == SB_MAX_LISTEN)
+        return die_usage(tls ? "too many --listen-tls (at most 16): %s"
+                             : "too many --listen (at most 16): %s",
+                         arg);
+    (tls ? opts->cfg.listen_tls : opts->cfg.listen)[(*n)++] = arg;
+    return 0;
+}
+
+static int set_path(struct options *opts, const struct opt *o, const char *arg) {
+    if (arg[0] != '/')
+        return die_usage("--metrics-path must start with '/': %s", arg);
+    return set_string(opts, o, arg);
+}
+
+static int set_slow_policy(struct options *opts, const struct opt *o, const char *arg) {
+    if (strcmp(arg, "drop") == 0)
+        opts->cfg.slow = SLOW_DROP;
+    else if (strcmp(arg, "close") == 0)
+        opts->cfg.slow = SLOW_CLOSE;
+    else
+        return die_usage("--slow-policy is drop or close, not '%s'", arg);
+    return 0;
+}
+
+static int set_log_level(struct options *opts, const struct opt *o, const char *arg) {
+    int lvl = log_parse_level(arg);
+    if (lvl < 0)
+        return die_usage("--log-level is debug, info, warn or error, not '%s'", arg);
+    log_set_level((enum log_level)lvl);
+    return 0;
+}
+
+/* One value for both directions. */
+static int set_window_bits(struct options *opts, const struct opt *o, const char *arg) {
+    int rc = set_count(opts, o, arg);
+    if (!rc)
+        opts->cfg.deflate.client_max_window_bits = opts->cfg.deflate.server_max_window_bits;
+    return rc;
+}
+
+#define F(member) offsetof(struct options, member), sizeof(((struct options *)0)->member)
+#define NOF 0, 0
+
+static const struct opt options[] = {
+    {"listen", "ADDR:PORT", set_listen, NOF, 0, 0, "listen here (repeatable; [::1]:8080 for IPv6)",
+     "127.0.0.1:8080"},
+    {"max-header-bytes", "N", set_count, F(cfg.max_header_bytes), 64, MIB,
+     "request head size limit (431)", "8192"},
+    /* conn.c sizes a stack array by it and script.c re-parses a kept head with room
+     * for HTTP_MAX_HEADERS_LIMIT fields: the two must agree */
+    {"max-headers", "N", set_count, F(cfg.max_headers), 1, HTTP_MAX_HEADERS_LIMIT,
+     "request header count limit (431)", "100"},
+    /* a request being read is held in a buffer with 32-bit lengths */
+    {"max-body", "N", set_count, F(cfg.max_body), 0, GIB, "plain HTTP request body limit (413)",
+     "1m"},
+    {"max-message", "N", set_count, F(cfg.max_message), 1, 2 * GIB,
+     "WebSocket message size limit (1009)", "16m"},
+    {"out-high", "N", set_count, F(cfg.out_high), 1, 4 * GIB,
+     "queued output where send() returns false", "1m"},
+    {"out-low", "N", set_count, F(cfg.out_low), 0, 4 * GIB, "drain(ws) fires below this", "256k"},
+    {"out-max", "N", set_count, F(cfg.out_max), 1, 4 * GIB,
+     "hard output cap: close with 1008 (raised to --out-high)", "64m"},
+    {"slow-policy", "drop|close", set_slow_policy, NOF, 0, 0,
+     "subscriber past --out-high: drop its publishes, or\n"
+     "close it with 1008 after --slow-grace",
+     "drop"},
+    {"slow-grace", "SECONDS", set_seconds, F(cfg.slow_grace), 0, MAX_SECONDS,
+     "past --out-high this long: close (--slow-policy close)", "10"},
+    {"handshake-timeout", "SECONDS", set_seconds, F(cfg.handshake_timeout), 0, MAX_SECONDS,
+     "request head + upgrade", "10"},
+    {"idle-timeout", "SECONDS", set_seconds, F(cfg.idle_timeout), 0, MAX_SECONDS,
+     "close a WebSocket silent this long (0 = never)", "0"},
+    {"ping-interval", "SECONDS", set_seconds, F(cfg.ping_interval), 0, MAX_SECONDS,
+     "ping a silent peer (0 = never)", "30"},
+    {"pong-timeout", "SECONDS", set_seconds, F(cfg.pong_timeout), 0, MAX_SECONDS,
+     "drop a peer that does not answer a ping", "20"},
+    {"close-timeout", "SECONDS", set_seconds, F(cfg.close_timeout), 0, MAX_SECONDS,
+     "wait for the peer's close frame", "5"},
+    {"drain-timeout", "SECONDS", set_seconds, F(cfg.drain_timeout), 0, MAX_SECONDS,
+     "SIGTERM/SIGINT: wait this long for close frames and\n"
+     "queued output, then drop the rest",
+     "10"},
+    {"metrics", "ADDR:PORT", set_string, F(cfg.metrics_listen), 0, 0,
+     "serve Prometheus metrics on their own listener", NULL},
+    {"metrics-path", "PATH", set_path, F(cfg.metrics_path), 0, 0,
+     "serve them at PATH on the main listeners (e.g. /metrics)", NULL},
+    {"max-connections", "N", set_count, F(cfg.max_connections), 0, 10000000,
+     "refuse past this many (0 = fd limit)", "0"},
+    {"lua-budget", "N", set_count, F(cfg.lua_budget), 1000, 1000000000000ull,
+     "VM instructions per handler call", "100000000"},
+    {"lua-memory", "N", set_count, F(cfg.lua_memory), KIB, 64 * GIB, "Lua state memory cap",
+     "512m"},
+    {"no-watch", NULL, set_false, F(cfg.watch), 0, 0, "do not reload scripts when they change",
+     NULL},
+    {"listen-tls", "ADDR:PORT", set_listen, NOF, 0, 0,
+     "serve https:// and wss:// here (repeatable, beside --listen)", NULL},
+    {"tls-cert", "FILE", set_string, F(cfg.tls_cert), 0, 0,
+     "PEM certificate chain for --listen-tls (SIGHUP reloads it)", NULL},
+    {"tls-key", "FILE", set_string, F(cfg.tls_key), 0, 0, "PEM private key for --tls-cert", NULL},
+    {"tls-self-signed", "DIR", set_string, F(tls_dir), 0, 0,
+     "use DIR/cert.pem + DIR/key.pem, creating a self-signed\n"
+     "pair for localhost when missing; without --listen-tls\n"
+     "it listens on 127.0.0.1:8443",
+     NULL},
+    {"no-compression", NULL, set_false, F(cfg.deflate.enabled), 0, 0,
+     "never negotiate permessage-deflate", NULL},
+    {"deflate-window-bits", "N", set_window_bits, F(cfg.deflate.server_max_window_bits), 8, 15,
+     "zlib window for each direction", "15"},
+    {"deflate-mem-level", "N", set_count, F(cfg.deflate.mem_level), 1, 9,
+     "zlib memLevel of the compressor", "8"},
+    {"deflate-level", "N", set_count, F(cfg.deflate.level), 0, 9,
+     "zlib compression level (1 fastest)", "1"},
+    {"deflate-min-size", "N", set_count, F(cfg.deflate.min_size), 0, 2 * GIB,
+     "send messages shorter than this uncompressed", "64"},
+    {"workers", "N", set_count, F(cfg.workers), 1, 256,
+     "run N worker processes under a supervisor, sharing\n"
+     "the listeners (SO_REUSEPORT)",
+     "one process"},
+    {"redis", "URL", set_string, F(cfg.redis_url), 0, 0,
+     "publish across processes through Redis:\n"
+     "redis://host[:port][/db] (the db is SELECTed)",
+     NULL},
+    {"redis-optional", NULL, set_true, F(cfg.redis_optional), 0, 0,
+     "start local-only (with a warning) when Redis is down", NULL},
+    {"redis-out-max", "N", set_count, F(redis_out_max), 64 * KIB, GIB,
+     "bytes of publishes Redis has not answered yet; past it\n"
+     "publishes stay local (counted, logged)",
+     "16m"},
+    {"log-level", "LEVEL", set_log_level, NOF, 0, 0, "debug, info, warn, error", "info"},
+    {"help", NULL, set_true, F(help), 0, 0, "this text (-h)", NULL},
+    {"version", NULL, set_true, F(version), 0, 0, "the version (-V)", NULL},
 };
+
+#define N_OPTIONS (sizeof options / sizeof options[0])
+#define HELP_COL 28
+
+static void print_help(FILE *f) {
+    fputs("usage: switchboard [options] APP_DIR\n"
+          "\n"
+          "Serves the Lua route scripts in APP_DIR over WebSocket (APP_DIR/chat.lua answers\n"
+          "ws://host/chat) and the files in APP_DIR/public over plain HTTP.\n"
+          "\n"
+          "options:\n",
+          f);
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const struct opt *o = &options[i];
+        char left[64];
+        int n = snprintf(left, sizeof left, "  --%s%s%s", o->name, o->arg ? " " : "",
+                         o->arg ? o->arg : "");
+        fprintf(f, "%s", left);
+        if (n >= HELP_COL - 1)
+            fprintf(f, "\n%*s", HELP_COL, "");
+        else
+            fprintf(f, "%*s", HELP_COL - n, "");
+        for (const char *h = o->help; *h; h++) {
+            fputc(*h, f);
+            if (*h == '\n')
+                fprintf(f, "%*s", HELP_COL, "");
+        }
+        char tail[96] = "", lo[32], hi[32];
+        if (o->min != o->max)
+            snprintf(tail, sizeof tail, "%s..%s%s", fmt_count(o->min, lo, sizeof lo),
+                     fmt_count(o->max, hi, sizeof hi), o->set == set_seconds ? " s" : "");
+        if (o->def)
+            snprintf(tail + strlen(tail), sizeof tail - strlen(tail), "%sdefault %s",
+                     tail[0] ? ", " : "", o->def);
+        const char *last = strrchr(o->help, '\n');
+        size_t col = HELP_COL + strlen(last ? last + 1 : o->help);
+        if (tail[0] && col + 2 + strlen(tail) > 96)
+            fprintf(f, "\n%*s%s", HELP_COL, "", tail);
+        else if (tail[0])
+            fprintf(f, "; %s", tail);
+        fputc('\n', f);
+    }
+    fputs("\nSizes and counts are whole numbers with an optional suffix: 64k, 16m, 1g\n"
+          "(powers of 1024). Seconds may have a fraction: 0.5.\n",
+          f);
+}
+
+/* Our own bug, not bad input: a row whose bounds do not fit its field. */
+static void check_table(void) {
+    for (size_t i = 0; i < N_OPTIONS; i++) {
+        const struct opt *o = &options[i];
+        int bad = o->set == set_count || o->set == set_window_bits
+                      ? (o->width != 4 && o->width != 8) || o->min > o->max ||
+                            (o->width == 4 && o->max > INT32_MAX)
+                      : 0;
+        if (bad) {
+            fprintf(stderr, "switchboard: option table: --%s\n", o->name);
+            abort();
+        }
+    }
+}
+
+/* --redis-out-max for run_server: the supervisor hands workers only the sb_config. */
+static size_t redis_out_max;
 
 /* One server process: the whole server, or one worker under --workers. */
 static int run_server(struct sb_config *cfg) {
@@ -157,7 +377,7 @@ static int run_server(struct sb_config *cfg) {
         server_free(&srv);
         return 1;
     }
-    if (cfg->redis_url && !(srv.redis = redis_new(&srv, cfg->redis_url))) {
+    if (cfg->redis_url && !(srv.redis = redis_new(&srv, cfg->redis_url, redis_out_max))) {
         server_free(&srv);
         return 1;
     }
@@ -169,259 +389,105 @@ static int run_server(struct sb_config *cfg) {
     return rc;
 }
 
-int main(int argc, char **argv) {
-    static const struct option opts[] = {
-        {"listen", required_argument, 0, OPT_LISTEN},
-        {"max-header-bytes", required_argument, 0, OPT_MAX_HEADER_BYTES},
-        {"max-headers", required_argument, 0, OPT_MAX_HEADERS},
-        {"max-body", required_argument, 0, OPT_MAX_BODY},
-        {"max-message", required_argument, 0, OPT_MAX_MESSAGE},
-        {"out-high", required_argument, 0, OPT_OUT_HIGH},
-        {"out-low", required_argument, 0, OPT_OUT_LOW},
-        {"out-max", required_argument, 0, OPT_OUT_MAX},
-        {"slow-policy", required_argument, 0, OPT_SLOW_POLICY},
-        {"slow-grace", required_argument, 0, OPT_SLOW_GRACE},
-        {"handshake-timeout", required_argument, 0, OPT_HANDSHAKE_TIMEOUT},
-        {"idle-timeout", required_argument, 0, OPT_IDLE_TIMEOUT},
-        {"ping-interval", required_argument, 0, OPT_PING_INTERVAL},
-        {"pong-timeout", required_argument, 0, OPT_PONG_TIMEOUT},
-        {"close-timeout", required_argument, 0, OPT_CLOSE_TIMEOUT},
-        {"drain-timeout", required_argument, 0, OPT_DRAIN_TIMEOUT},
-        {"metrics", required_argument, 0, OPT_METRICS},
-        {"metrics-path", required_argument, 0, OPT_METRICS_PATH},
-        {"max-connections", required_argument, 0, OPT_MAX_CONNECTIONS},
-        {"lua-budget", required_argument, 0, OPT_LUA_BUDGET},
-        {"lua-memory", required_argument, 0, OPT_LUA_MEMORY},
-        {"no-watch", no_argument, 0, OPT_NO_WATCH},
-        {"log-level", required_argument, 0, OPT_LOG_LEVEL},
-        {"listen-tls", required_argument, 0, OPT_LISTEN_TLS},
-        {"tls-cert", required_argument, 0, OPT_TLS_CERT},
-        {"tls-key", required_argument, 0, OPT_TLS_KEY},
-        {"tls-self-signed", required_argument, 0, OPT_TLS_SELF_SIGNED},
-        {"no-compression", no_argument, 0, OPT_NO_COMPRESSION},
-        {"deflate-window-bits", required_argument, 0, OPT_DEFLATE_WINDOW_BITS},
-        {"deflate-mem-level", required_argument, 0, OPT_DEFLATE_MEM_LEVEL},
-        {"deflate-level", required_argument, 0, OPT_DEFLATE_LEVEL},
-        {"deflate-min-size", required_argument, 0, OPT_DEFLATE_MIN_SIZE},
-        {"workers", required_argument, 0, OPT_WORKERS},
-        {"redis", required_argument, 0, OPT_REDIS},
-        {"redis-optional", no_argument, 0, OPT_REDIS_OPTIONAL},
-        {"help", no_argument, 0, 'h'},
-        {"version", no_argument, 0, 'V'},
-        {0, 0, 0, 0},
-    };
-    struct sb_config cfg;
-    config_defaults(&cfg);
-    const char *tls_dir = NULL; /* --tls-self-signed */
+/* Parse argv into opts. Returns -1 to go on, or the exit status. */
+static int parse_args(int argc, char **argv, struct options *opts) {
+    struct option lo[N_OPTIONS + 1];
+    for (size_t i = 0; i < N_OPTIONS; i++)
+        lo[i] = (struct option){options[i].name, options[i].arg ? required_argument : no_argument,
+                                NULL, (int)(256 + i)};
+    lo[N_OPTIONS] = (struct option){0, 0, 0, 0};
     opterr = 0;
     int o;
-    while ((o = getopt_long(argc, argv, ":hV", opts, NULL)) != -1) {
-        uint64_t n;
-        double d;
-        switch (o) {
-        case 'h':
-            fputs(usage, stdout);
+    while ((o = getopt_long(argc, argv, ":hV", lo, NULL)) != -1) {
+        if (o == 'h') {
+            opts->help = 1;
+        } else if (o == 'V') {
+            opts->version = 1;
+        } else if (o >= 256 && o < 256 + (int)N_OPTIONS) {
+            const struct opt *op = &options[o - 256];
+            int rc = op->set(opts, op, optarg);
+            if (rc)
+                return rc;
+        } else if (o == ':') {
+            return die_usage("option '%s' needs a value", argv[optind - 1]);
+        } else {
+            return die_usage("unknown option '%s'", argv[optind - 1]);
+        }
+        if (opts->help) {
+            print_help(stdout);
             return 0;
-        case 'V':
+        }
+        if (opts->version) {
             printf("switchboard %s\n", SB_VERSION);
             return 0;
-        case OPT_LISTEN:
-            if (cfg.n_listen == SB_MAX_LISTEN)
-                return die_usage("too many --listen (at most 16): %s", optarg);
-            cfg.listen[cfg.n_listen++] = optarg;
-            break;
-        case OPT_MAX_HEADER_BYTES:
-        case OPT_MAX_HEADERS:
-        case OPT_MAX_BODY:
-        case OPT_MAX_MESSAGE:
-        case OPT_OUT_HIGH:
-        case OPT_OUT_LOW:
-        case OPT_OUT_MAX:
-        case OPT_MAX_CONNECTIONS:
-        case OPT_LUA_BUDGET:
-        case OPT_LUA_MEMORY:
-            if (parse_size(optarg, &n) < 0)
-                return die_usage("not a size or count: '%s'", optarg);
-            if (o == OPT_MAX_HEADER_BYTES) {
-                if (n < 64 || n > (1u << 20))
-                    return die_usage("--max-header-bytes must be 64..1m: %s", optarg);
-                cfg.max_header_bytes = n;
-            } else if (o == OPT_MAX_HEADERS) {
-                if (n < 1 || n > 1000)
-                    return die_usage("--max-headers must be 1..1000: %s", optarg);
-                cfg.max_headers = n;
-            } else if (o == OPT_MAX_BODY) {
-                cfg.max_body = n;
-            } else if (o == OPT_MAX_MESSAGE) {
-                if (n < 1 || n > (1ull << 31))
-                    return die_usage("--max-message must be 1..2g: %s", optarg);
-                cfg.max_message = n;
-            } else if (o == OPT_OUT_HIGH) {
-                cfg.out_high = n;
-            } else if (o == OPT_OUT_LOW) {
-                cfg.out_low = n;
-            } else if (o == OPT_OUT_MAX) {
-                cfg.out_max = n;
-            } else if (o == OPT_MAX_CONNECTIONS) {
-                cfg.max_connections = (unsigned)n;
-            } else if (o == OPT_LUA_BUDGET) {
-                cfg.lua_budget = (long)n;
-            } else {
-                cfg.lua_memory = n;
-            }
-            break;
-        case OPT_SLOW_POLICY:
-            if (strcmp(optarg, "drop") == 0)
-                cfg.slow = SLOW_DROP;
-            else if (strcmp(optarg, "close") == 0)
-                cfg.slow = SLOW_CLOSE;
-            else
-                return die_usage("--slow-policy is drop or close, not '%s'", optarg);
-            break;
-        case OPT_SLOW_GRACE:
-        case OPT_HANDSHAKE_TIMEOUT:
-        case OPT_IDLE_TIMEOUT:
-        case OPT_PING_INTERVAL:
-        case OPT_PONG_TIMEOUT:
-        case OPT_CLOSE_TIMEOUT:
-        case OPT_DRAIN_TIMEOUT:
-            if (parse_seconds(optarg, &d) < 0)
-                return die_usage("not a number of seconds: '%s'", optarg);
-            if (o == OPT_SLOW_GRACE)
-                cfg.slow_grace = d;
-            else if (o == OPT_HANDSHAKE_TIMEOUT)
-                cfg.handshake_timeout = d;
-            else if (o == OPT_IDLE_TIMEOUT)
-                cfg.idle_timeout = d;
-            else if (o == OPT_PING_INTERVAL)
-                cfg.ping_interval = d;
-            else if (o == OPT_PONG_TIMEOUT)
-                cfg.pong_timeout = d;
-            else if (o == OPT_DRAIN_TIMEOUT)
-                cfg.drain_timeout = d;
-            else
-                cfg.close_timeout = d;
-            break;
-        case OPT_METRICS:
-            cfg.metrics_listen = optarg;
-            break;
-        case OPT_METRICS_PATH:
-            if (optarg[0] != '/')
-                return die_usage("--metrics-path must start with '/': %s", optarg);
-            cfg.metrics_path = optarg;
-            break;
-        case OPT_NO_WATCH:
-            cfg.watch = 0;
-            break;
-        case OPT_LOG_LEVEL: {
-            int lvl = log_parse_level(optarg);
-            if (lvl < 0)
-                return die_usage("--log-level is debug, info, warn or error, not '%s'", optarg);
-            log_set_level((enum log_level)lvl);
-            break;
-        }
-        case OPT_WORKERS:
-            if (parse_size(optarg, &n) < 0 || n < 1 || n > 256)
-                return die_usage("--workers must be 1..256: %s", optarg);
-            cfg.workers = (unsigned)n;
-            break;
-        case OPT_REDIS:
-            cfg.redis_url = optarg;
-            break;
-        case OPT_REDIS_OPTIONAL:
-            cfg.redis_optional = 1;
-            break;
-        case OPT_LISTEN_TLS:
-            if (cfg.n_listen_tls == SB_MAX_LISTEN)
-                return die_usage("too many --listen-tls (at most 16): %s", optarg);
-            cfg.listen_tls[cfg.n_listen_tls++] = optarg;
-            break;
-        case OPT_TLS_CERT:
-            cfg.tls_cert = optarg;
-            break;
-        case OPT_TLS_KEY:
-            cfg.tls_key = optarg;
-            break;
-        case OPT_TLS_SELF_SIGNED:
-            tls_dir = optarg;
-            break;
-        case OPT_NO_COMPRESSION:
-            cfg.deflate.enabled = 0;
-            break;
-        case OPT_DEFLATE_WINDOW_BITS:
-        case OPT_DEFLATE_MEM_LEVEL:
-        case OPT_DEFLATE_LEVEL:
-        case OPT_DEFLATE_MIN_SIZE:
-            if (parse_size(optarg, &n) < 0)
-                return die_usage("not a size or count: '%s'", optarg);
-            if (o == OPT_DEFLATE_WINDOW_BITS) {
-                if (n < 8 || n > 15)
-                    return die_usage("--deflate-window-bits must be 8..15: %s", optarg);
-                cfg.deflate.server_max_window_bits = cfg.deflate.client_max_window_bits = (int)n;
-            } else if (o == OPT_DEFLATE_MEM_LEVEL) {
-                if (n < 1 || n > 9)
-                    return die_usage("--deflate-mem-level must be 1..9: %s", optarg);
-                cfg.deflate.mem_level = (int)n;
-            } else if (o == OPT_DEFLATE_LEVEL) {
-                if (n > 9)
-                    return die_usage("--deflate-level must be 0..9: %s", optarg);
-                cfg.deflate.level = (int)n;
-            } else {
-                cfg.deflate.min_size = n;
-            }
-            break;
-        case ':':
-            return die_usage("option '%s' needs a value", argv[optind - 1]);
-        default:
-            return die_usage("unknown option '%s'", argv[optind - 1]);
         }
     }
     if (optind != argc - 1)
         return die_usage("%s", optind >= argc ? "missing APP_DIR" : "more than one APP_DIR");
-    if (cfg.out_low > cfg.out_high)
+    return -1;
+}
+
+/* What no single option can check. Returns -1 to go on, or the exit status. */
+static int check_config(struct options *opts, const char *app_dir) {
+    struct sb_config *cfg = &opts->cfg;
+    if (cfg->out_low > cfg->out_high)
         return die_usage("%s", "--out-low must not exceed --out-high");
-    if (cfg.out_max < cfg.out_high)
-        cfg.out_max = cfg.out_high;
-    cfg.app_dir = argv[optind];
+    if (cfg->out_max < cfg->out_high)
+        cfg->out_max = cfg->out_high;
+    cfg->app_dir = app_dir;
     struct stat st;
-    if (stat(cfg.app_dir, &st) < 0 || !S_ISDIR(st.st_mode) || access(cfg.app_dir, R_OK | X_OK)) {
-        fprintf(stderr, "switchboard: APP_DIR '%s' is not a readable directory%s%s\n", cfg.app_dir,
+    errno = 0;
+    if (stat(cfg->app_dir, &st) < 0 || !S_ISDIR(st.st_mode) || access(cfg->app_dir, R_OK | X_OK)) {
+        fprintf(stderr, "switchboard: APP_DIR '%s' is not a readable directory%s%s\n", cfg->app_dir,
                 errno ? ": " : "", errno ? strerror(errno) : "");
         return 2;
     }
-    if (cfg.n_listen == 0)
-        cfg.listen[cfg.n_listen++] = "127.0.0.1:8080";
+    if (cfg->n_listen == 0)
+        cfg->listen[cfg->n_listen++] = "127.0.0.1:8080";
     static char tls_cert[4096], tls_key[4096];
-    if (tls_dir) {
-        if (cfg.tls_cert || cfg.tls_key)
+    if (opts->tls_dir) {
+        if (cfg->tls_cert || cfg->tls_key)
             return die_usage("%s", "--tls-self-signed replaces --tls-cert and --tls-key");
-        if (tls_self_signed(tls_dir, tls_cert, tls_key, sizeof tls_cert) < 0)
+        if (tls_self_signed(opts->tls_dir, tls_cert, tls_key, sizeof tls_cert) < 0)
             return 1;
-        cfg.tls_cert = tls_cert;
-        cfg.tls_key = tls_key;
-        if (!cfg.n_listen_tls)
-            cfg.listen_tls[cfg.n_listen_tls++] = "127.0.0.1:8443";
+        cfg->tls_cert = tls_cert;
+        cfg->tls_key = tls_key;
+        if (!cfg->n_listen_tls)
+            cfg->listen_tls[cfg->n_listen_tls++] = "127.0.0.1:8443";
     }
-    if (cfg.n_listen_tls && (!cfg.tls_cert || !cfg.tls_key))
+    if (cfg->n_listen_tls && (!cfg->tls_cert || !cfg->tls_key))
         return die_usage("%s", "--listen-tls needs --tls-cert FILE and --tls-key FILE");
-    if (!cfg.n_listen_tls && (cfg.tls_cert || cfg.tls_key))
+    if (!cfg->n_listen_tls && (cfg->tls_cert || cfg->tls_key))
         return die_usage("%s", "--tls-cert/--tls-key without --listen-tls ADDR:PORT");
-    signal(SIGPIPE, SIG_IGN);
-    if (cfg.redis_url) {
-        char err[512];
+    if (cfg->redis_url) {
+        char err[512], host[256];
         int port, db;
-        char host[256];
-        if (redis_parse_url(cfg.redis_url, host, sizeof host, &port, &db, err, sizeof err) < 0)
+        if (redis_parse_url(cfg->redis_url, host, sizeof host, &port, &db, err, sizeof err) < 0)
             return die_usage("%s", err);
-        if (redis_probe(cfg.redis_url, err, sizeof err) < 0) {
-            if (!cfg.redis_optional) {
+        if (redis_probe(cfg->redis_url, err, sizeof err) < 0) {
+            if (!cfg->redis_optional) {
                 log_error("%s (--redis-optional starts without it)", err);
                 return 1;
             }
             log_warn("%s: publishing locally only until it comes up (--redis-optional)", err);
         }
     }
-    if (cfg.workers)
-        return supervisor_run(&cfg, run_server);
-    return run_server(&cfg);
+    return -1;
+}
+
+int main(int argc, char **argv) {
+    check_table();
+    struct options opts = {.redis_out_max = 16 * MIB};
+    config_defaults(&opts.cfg);
+    int rc = parse_args(argc, argv, &opts);
+    if (rc >= 0)
+        return rc;
+    signal(SIGPIPE, SIG_IGN);
+    rc = check_config(&opts, argv[optind]);
+    if (rc >= 0)
+        return rc;
+    redis_out_max = opts.redis_out_max;
+    if (opts.cfg.workers)
+        return supervisor_run(&opts.cfg, run_server);
+    return run_server(&opts.cfg);
 }

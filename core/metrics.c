@@ -4,10 +4,6 @@
 #define _GNU_SOURCE
 #include "metrics.h"
 
-#include <errno.h>
-#include <event2/event.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -17,6 +13,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "redis.h"
 #include "script.h"
 
 #ifndef SB_VERSION
@@ -215,6 +212,9 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
                 st->redis_received);
         counter(&b, "switchboard_redis_errors_total", "Redis errors (lost connection, bad reply).",
                 st->redis_errors);
+        counter(&b, "switchboard_redis_dropped_total",
+                "Publishes kept local because --redis-out-max bytes were unanswered by Redis.",
+                redis_dropped(srv->redis));
     }
     family(&b, "switchboard_reloads_total", "counter", "Script reloads, by outcome.");
     put(&b, "switchboard_reloads_total{outcome=\"ok\"} %llu\n", (unsigned long long)st->reloads_ok);
@@ -230,64 +230,4 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
     }
     *len = b.len;
     return b.p;
-}
-
-/* ---- the --metrics listener ------------------------------------------------------- */
-
-struct metrics_listener {
-    struct event *ev;
-    int fd;
-    char name[64];
-};
-
-static void on_metrics_accept(evutil_socket_t fd, short what, void *arg) {
-    struct sb_server *srv = arg;
-    (void)what;
-    for (int i = 0; i < 16; i++) { /* a scrape is rare: a small batch */
-        struct sockaddr_storage ss;
-        socklen_t sl = sizeof ss;
-        int cfd = accept4(fd, (struct sockaddr *)&ss, &sl, SOCK_NONBLOCK | SOCK_CLOEXEC);
-        if (cfd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            return;
-        }
-        int one = 1;
-        setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        struct conn *c = conn_new(srv, cfd, (struct sockaddr *)&ss, (int)sl);
-        if (c)
-            c->metrics_only = 1;
-    }
-}
-
-int metrics_listen(struct sb_server *srv, const char *spec) {
-    struct metrics_listener *m = calloc(1, sizeof *m);
-    if (!m)
-        return -1;
-    m->fd = server_bind(spec, 64, m->name, sizeof m->name);
-    if (m->fd < 0) {
-        log_error("--metrics %s: cannot listen there", spec);
-        free(m);
-        return -1;
-    }
-    m->ev = event_new(srv->base, m->fd, EV_READ | EV_PERSIST, on_metrics_accept, srv);
-    if (!m->ev) {
-        close(m->fd);
-        free(m);
-        return -1;
-    }
-    event_add(m->ev, NULL);
-    srv->metrics = m;
-    log_info("metrics on http://%s/metrics", m->name);
-    return 0;
-}
-
-void metrics_close(struct sb_server *srv) {
-    struct metrics_listener *m = srv->metrics;
-    if (!m)
-        return;
-    event_free(m->ev);
-    close(m->fd);
-    free(m);
-    srv->metrics = NULL;
 }

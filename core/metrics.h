@@ -3,8 +3,8 @@
  *
  * Counting is an increment in srv->stats where the event happens (conn.c,
  * script.c); this module only formats. Off by default: --metrics ADDR:PORT
- * serves /metrics on a listener of its own, --metrics-path PATH serves it on
- * the main listeners. */
+ * serves /metrics on a listener of its own (server.c accepts on it like on any
+ * other listener), --metrics-path PATH serves it on the main listeners. */
 #ifndef SB_METRICS_H
 #define SB_METRICS_H
 
@@ -28,12 +28,6 @@ void metrics_observe_handler(struct sb_stats *st, double seconds);
 /* The whole exposition as a malloc'ed buffer (the caller frees it) of *len
  * bytes, or NULL when out of memory. */
 char *metrics_format(struct sb_server *srv, size_t *len);
-
-/* Open the --metrics listener at spec ("ADDR:PORT"): every connection on it
- * is HTTP and answers GET /metrics. Returns 0, or -1 after logging why. */
-int metrics_listen(struct sb_server *srv, const char *spec);
-/* Close that listener (shutdown); open connections finish. No-op when off. */
-void metrics_close(struct sb_server *srv);
 
 /* Resident set size of this process in bytes (0 if /proc is unreadable). */
 size_t metrics_resident_bytes(void);

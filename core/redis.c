@@ -43,6 +43,7 @@ struct sb_redis {
     struct sb_server *srv;
     char host[256];
     int port;
+    int db; /* SELECTed on both connections when not 0 */
     uint64_t origin;
     enum state state;
     int pub_ok, sub_ok; /* connected, this attempt */
@@ -55,6 +56,11 @@ struct sb_redis {
     struct event *retry_ev;
     struct event *health_ev;
     int pending;         /* replies owed on the publisher connection */
+    size_t out_bytes;    /* bytes of the PUBLISHes among them (what Redis has not taken) */
+    size_t out_max;      /* --redis-out-max: past it a publish stays local */
+    uint64_t dropped;    /* publishes kept local for out_max */
+    uint64_t drops_unlogged;
+    double drop_logged;  /* when the last "kept local" line was written */
     double last_heard;   /* when it last answered (or a wait began) */
     char *scratch; /* channel name and message for PUBLISH, reused */
     size_t scratch_cap;
@@ -89,7 +95,7 @@ int redis_parse_url(const char *url, char *host, size_t cap, int *port, int *db,
     }
     if (*end == '/' && end[1]) {
         long d = strtol(end + 1, &e, 10);
-        if (*e || d < 0 || d > 1000000) {
+        if (end[1] < '0' || end[1] > '9' || *e || d > 1000000) {
             snprintf(err, errcap, "--redis %s: bad database number", url);
             return -1;
         }
@@ -115,11 +121,15 @@ int redis_probe(const char *url, char *err, size_t errcap) {
         return -1;
     }
     redisSetTimeout(c, tv);
-    redisReply *r = redisCommand(c, "PING");
+    redisReply *r = db ? redisCommand(c, "SELECT %d", db) : redisCommand(c, "PING");
     int rc = 0;
     if (!r || r->type == REDIS_REPLY_ERROR) {
-        snprintf(err, errcap, "Redis at %s:%d does not answer PING: %s", host, port,
-                 r ? r->str : c->errstr);
+        if (db)
+            snprintf(err, errcap, "Redis at %s:%d refuses SELECT %d: %s", host, port, db,
+                     r ? r->str : c->errstr);
+        else
+            snprintf(err, errcap, "Redis at %s:%d does not answer PING: %s", host, port,
+                     r ? r->str : c->errstr);
         rc = -1;
     }
     if (r)
@@ -151,6 +161,7 @@ static void teardown(struct sb_redis *r) {
     }
     r->pub_ok = r->sub_ok = 0;
     r->pending = 0;
+    r->out_bytes = 0; /* what was owed went with the connection */
 }
 
 /* Either connection failed or broke: drop both and retry after the backoff. */
@@ -188,6 +199,17 @@ static void maybe_up(struct sb_redis *r) {
     }
 }
 
+/* Say how many publishes stayed local for --redis-out-max, at most once a second. */
+static void log_drops(struct sb_redis *r, double now) {
+    if (!r->drops_unlogged || now - r->drop_logged < 1.0)
+        return;
+    log_warn("redis: %zu bytes of publishes not yet answered (--redis-out-max %zu): "
+             "%llu publish(es) kept local",
+             r->out_bytes, r->out_max, (unsigned long long)r->drops_unlogged);
+    r->drops_unlogged = 0;
+    r->drop_logged = now;
+}
+
 /* Once a second: a Redis that stops answering (stopped, hung, a dead link
  * that TCP has not noticed) is treated as lost, so publishes do not pile up
  * in the output buffer and the reconnection starts; an idle link is pinged. */
@@ -195,9 +217,10 @@ static void on_health(evutil_socket_t fd, short what, void *arg) {
     struct sb_redis *r = arg;
     (void)fd;
     (void)what;
+    double now = server_clock();
+    log_drops(r, now);
     if (r->state != R_UP || !r->pub)
         return;
-    double now = server_clock();
     if (r->pending > 0 && now - r->last_heard > STALL) {
         char why[64];
         snprintf(why, sizeof why, "no answer for %.0f s", now - r->last_heard);
@@ -245,18 +268,20 @@ static void owe(struct sb_redis *r) {
         r->last_heard = server_clock();
 }
 
+/* priv: the bytes of the PUBLISH this answers, as an integer; 0 for other commands. */
 static void on_pub_reply(redisAsyncContext *ac, void *reply, void *priv) {
     struct sb_redis *r = ac->data;
     redisReply *rep = reply;
-    (void)priv;
+    size_t bytes = (size_t)(uintptr_t)priv;
     if (r->freeing || !rep || ac != r->pub)
         return; /* the connection went away: counted in lost() */
     if (r->pending > 0)
         r->pending--;
+    r->out_bytes = r->out_bytes > bytes ? r->out_bytes - bytes : 0;
     r->last_heard = server_clock();
     if (rep->type == REDIS_REPLY_ERROR) {
         r->srv->stats.redis_errors++;
-        log_warn("redis: PUBLISH failed: %s", rep->str);
+        log_warn("redis: %s failed: %s", bytes ? "PUBLISH" : "command", rep->str);
     }
 }
 
@@ -281,6 +306,16 @@ void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const voi
         return;
     }
     size_t clen = sizeof CHAN_PREFIX - 1 + tlen;
+    /* the command's size on the wire, give or take its few length digits */
+    size_t bytes = clen + HDR + len + 64;
+    if (r->out_bytes + bytes > r->out_max) {
+        /* Redis is not keeping up (or is stopped): keep this one local rather
+         * than buffer without bound until the stall detector gives up */
+        r->dropped++;
+        r->drops_unlogged++;
+        log_drops(r, server_clock());
+        return;
+    }
     if (scratch(r, clen + HDR + len) < 0) {
         r->srv->stats.redis_errors++;
         return;
@@ -295,11 +330,13 @@ void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const voi
         memcpy(payload + HDR, msg, len);
     const char *argv[3] = {"PUBLISH", chan, payload};
     size_t argvlen[3] = {7, clen, HDR + len};
-    if (redisAsyncCommandArgv(r->pub, on_pub_reply, NULL, 3, argv, argvlen) != REDIS_OK) {
+    if (redisAsyncCommandArgv(r->pub, on_pub_reply, (void *)(uintptr_t)bytes, 3, argv, argvlen) !=
+        REDIS_OK) {
         r->srv->stats.redis_errors++;
         return;
     }
     owe(r);
+    r->out_bytes += bytes;
     r->srv->stats.redis_published++;
 }
 
@@ -433,6 +470,9 @@ static void connect_both(struct sb_redis *r) {
     redisLibeventAttach(r->pub, r->srv->base);
     redisAsyncSetConnectCallback(r->pub, on_pub_connect);
     redisAsyncSetDisconnectCallback(r->pub, on_pub_disconnect);
+    /* queued ahead of every PUBLISH */
+    if (r->db && redisAsyncCommand(r->pub, on_pub_reply, NULL, "SELECT %d", r->db) == REDIS_OK)
+        owe(r);
 
     r->sub = redisConnectNonBlock(r->host, r->port);
     if (!r->sub || r->sub->err) {
@@ -445,17 +485,19 @@ static void connect_both(struct sb_redis *r) {
     r->sub_wev = event_new(r->srv->base, r->sub->fd, EV_WRITE, on_sub_write, r);
     event_add(r->sub_rev, NULL);
     event_add(r->sub_wev, NULL);
-    /* queued until the connection is up */
+    /* queued until the connection is up, SELECT first */
+    if (r->db)
+        redisAppendCommand(r->sub, "SELECT %d", r->db);
     pubsub_each_topic(r->srv->pubsub, subscribe_cb, r);
 }
 
-struct sb_redis *redis_new(struct sb_server *srv, const char *url) {
+struct sb_redis *redis_new(struct sb_server *srv, const char *url, size_t out_max) {
     struct sb_redis *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
     char err[256];
-    int db;
-    if (redis_parse_url(url, r->host, sizeof r->host, &r->port, &db, err, sizeof err) < 0) {
+    r->out_max = out_max;
+    if (redis_parse_url(url, r->host, sizeof r->host, &r->port, &r->db, err, sizeof err) < 0) {
         log_error("%s", err);
         free(r);
         return NULL;
@@ -489,4 +531,8 @@ void redis_free(struct sb_redis *r) {
     event_free(r->health_ev);
     free(r->scratch);
     free(r);
+}
+
+uint64_t redis_dropped(const struct sb_redis *r) {
+    return r ? r->dropped : 0;
 }

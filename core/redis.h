@@ -10,6 +10,7 @@
 #define SB_REDIS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct sb_server;
 struct sb_redis;
@@ -19,18 +20,24 @@ struct sb_redis;
 int redis_parse_url(const char *url, char *host, size_t cap, int *port, int *db, char *err,
                     size_t errcap);
 
-/* Blocking start-up check: connect and PING within 2 s. Returns 0, or -1 with a message
- * in err. */
+/* Blocking start-up check: connect and PING (or SELECT the URL's db) within 2 s.
+ * Returns 0, or -1 with a message in err. */
 int redis_probe(const char *url, char *err, size_t errcap);
 
 /* Connect to Redis on srv's loop and hook srv's topics (never blocks: a Redis that is
- * down is retried with backoff). Returns NULL only when the URL is bad or memory runs
- * out. Free with redis_free before server_free. */
-struct sb_redis *redis_new(struct sb_server *srv, const char *url);
+ * down is retried with backoff). The URL's db, when not 0, is SELECTed on both
+ * connections. Publishes Redis has not answered are bounded by out_max bytes
+ * (--redis-out-max): past it a publish is delivered locally only, counted
+ * (redis_dropped) and logged at most once a second. Returns NULL only when the URL is
+ * bad or memory runs out. Free with redis_free before server_free. */
+struct sb_redis *redis_new(struct sb_server *srv, const char *url, size_t out_max);
 void redis_free(struct sb_redis *r);
 
 /* Send one publish to the other processes (the local delivery is the caller's). */
 void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
                    size_t len, int binary);
+
+/* Publishes kept local because --redis-out-max was reached (0 for NULL). */
+uint64_t redis_dropped(const struct sb_redis *r);
 
 #endif

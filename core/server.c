@@ -21,7 +21,6 @@
 #include "conn.h"
 #include "http.h"
 #include "log.h"
-#include "metrics.h"
 #include "pubsub.h"
 #include "reload.h"
 #include "router.h"
@@ -31,13 +30,19 @@
 #define READ_BUF_SIZE (256 * 1024)
 #define ACCEPT_BATCH 64
 
+/* What a listener's connections are. Every kind shares on_accept: the spare
+ * descriptor on EMFILE, --max-connections and the shutdown close them all alike. */
+enum listener_kind { LISTEN_PLAIN, LISTEN_TLS, LISTEN_METRICS };
+
 struct sb_listener {
     struct event *ev;
     int fd;
     char name[64];
     struct sb_server *srv;
     struct sb_listener *next;
-    int tls; /* connections start a TLS handshake */
+    enum listener_kind kind;
+    double fd_logged;     /* when "out of file descriptors" was last logged */
+    uint64_t fd_unlogged; /* connections dropped since */
 };
 
 void config_defaults(struct sb_config *cfg) {
@@ -142,7 +147,15 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
                 if (x >= 0)
                     close(x);
                 srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-                log_warn("out of file descriptors: dropped a new connection");
+                /* one line a second at most: a flood must not become a log flood */
+                l->fd_unlogged++;
+                double now = server_clock();
+                if (now - l->fd_logged >= 1.0) {
+                    log_warn("out of file descriptors: dropped %llu new connection(s) on %s",
+                             (unsigned long long)l->fd_unlogged, l->name);
+                    l->fd_unlogged = 0;
+                    l->fd_logged = now;
+                }
             }
             return;
         }
@@ -158,8 +171,10 @@ static void on_accept(evutil_socket_t fd, short what, void *arg) {
         int one = 1;
         setsockopt(cfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         struct conn *c = conn_new(srv, cfd, (struct sockaddr *)&ss, (int)sl);
-        if (c && l->tls)
+        if (c && l->kind == LISTEN_TLS)
             conn_start_tls(c, srv->tls);
+        else if (c && l->kind == LISTEN_METRICS)
+            c->metrics_only = 1;
     }
 }
 
@@ -191,24 +206,29 @@ int server_bind(const char *spec, int backlog, char *name, size_t cap) {
     return fd;
 }
 
-static int add_listener(struct sb_server *srv, const char *spec, int tls) {
+static int add_listener(struct sb_server *srv, const char *spec, enum listener_kind kind) {
     struct sb_listener *l = calloc(1, sizeof *l);
     if (!l)
         return -1;
     l->fd = server_bind(spec, 4096, l->name, sizeof l->name);
     if (l->fd < 0) {
+        if (kind == LISTEN_METRICS)
+            log_error("--metrics %s: cannot listen there", spec);
         free(l);
         return -1;
     }
     l->srv = srv;
-    l->tls = tls;
+    l->kind = kind;
+    l->fd_logged = -1e9;
     l->ev = event_new(srv->base, l->fd, EV_READ | EV_PERSIST, on_accept, l);
     event_add(l->ev, NULL);
     l->next = srv->listeners;
     srv->listeners = l;
-    /* under --workers the supervisor says it once per address */
-    log_msg(srv->cfg.worker ? LOG_DEBUG : LOG_INFO, "listening on %s (%s://%s/)", l->name,
-            tls ? "wss" : "ws", l->name);
+    if (kind == LISTEN_METRICS)
+        log_info("metrics on http://%s/metrics", l->name);
+    else /* under --workers the supervisor says it once per address */
+        log_msg(srv->cfg.worker ? LOG_DEBUG : LOG_INFO, "listening on %s (%s://%s/)", l->name,
+                kind == LISTEN_TLS ? "wss" : "ws", l->name);
     return 0;
 }
 
@@ -294,7 +314,6 @@ static void begin_shutdown(struct sb_server *srv) {
     srv->stop_deadline = srv->now + srv->cfg.drain_timeout;
     srv->stop_clean0 = srv->stats.ws_closed_clean;
     close_listeners(srv);
-    metrics_close(srv);
     size_t n = 0, closing = 0;
     for (struct conn *c = srv->all; c; c = c->next) {
         if (c->state == CONN_WS) {
@@ -362,18 +381,18 @@ int server_init(struct sb_server *srv, const struct sb_config *cfg) {
     if (cfg->watch)
         srv->reload = reload_new(srv, cfg->app_dir); /* NULL: logged, runs unwatched */
     for (int i = 0; i < cfg->n_listen; i++)
-        if (add_listener(srv, cfg->listen[i], 0) < 0)
+        if (add_listener(srv, cfg->listen[i], LISTEN_PLAIN) < 0)
             return -1;
     if (cfg->n_listen_tls && !(srv->tls = tls_ctx_new(cfg->tls_cert, cfg->tls_key)))
         return -1;
     for (int i = 0; i < cfg->n_listen_tls; i++)
-        if (add_listener(srv, cfg->listen_tls[i], 1) < 0)
+        if (add_listener(srv, cfg->listen_tls[i], LISTEN_TLS) < 0)
             return -1;
     srv->deflate_shared = malloc(sizeof *srv->deflate_shared);
     if (!srv->deflate_shared)
         return -1;
     deflate_shared_init(srv->deflate_shared, &srv->cfg.deflate);
-    if (cfg->metrics_listen && metrics_listen(srv, cfg->metrics_listen) < 0)
+    if (cfg->metrics_listen && add_listener(srv, cfg->metrics_listen, LISTEN_METRICS) < 0)
         return -1;
     srv->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     struct timeval one = {1, 0};
@@ -428,7 +447,6 @@ void server_free(struct sb_server *srv) {
         event_free(srv->sweep_ev);
     if (srv->stop_ev)
         event_free(srv->stop_ev);
-    metrics_close(srv);
     if (srv->base)
         event_base_free(srv->base);
     if (srv->spare_fd >= 0)

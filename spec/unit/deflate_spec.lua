@@ -195,8 +195,6 @@ describe("permessage-deflate negotiation", function()
             negotiate("permessage-deflate ;server_no_context_takeover\t;  client_max_window_bits = 11 "))
         assert.equal("permessage-deflate; server_max_window_bits=12",
             negotiate("PerMessage-Deflate; Server_Max_Window_Bits=12"))
-        assert.equal("permessage-deflate; server_max_window_bits=9",
-            negotiate("permessage-deflate; server_max_window_bits=09"))
     end)
 
     local malformed = {
@@ -229,6 +227,14 @@ describe("permessage-deflate negotiation", function()
         "permessage-deflate; =10",
         "permessage-deflate; server_max_window_bits=1\0" .. "0",
         "permessage-deflate; server_max_window_bits=10; foo",
+        -- RFC 7692 7.1.2: a decimal integer without leading zeros
+        "permessage-deflate; server_max_window_bits=0010",
+        "permessage-deflate; server_max_window_bits=09",
+        "permessage-deflate; server_max_window_bits=010",
+        'permessage-deflate; server_max_window_bits="012"',
+        "permessage-deflate; client_max_window_bits=09",
+        "permessage-deflate; client_max_window_bits=0015",
+        'permessage-deflate; client_max_window_bits="010"',
     }
 
     it("declines a malformed offer when it is the only one", function()

@@ -3,17 +3,29 @@
 -- does) and split in two at every point; all three must agree.
 local http = require "sbt_http"
 
-local function head(lines)
+local function raw_head(lines)
     return table.concat(lines, "\r\n") .. "\r\n\r\n"
 end
 
--- A request with n headers "X-Nk: v".
+-- A request head from its lines; an HTTP/1.1 request without a Host line gets
+-- "Host: x" last, as RFC 9112 requires one (raw_head leaves the lines alone).
+local function head(lines)
+    local has_host = false
+    for i = 2, #lines do has_host = has_host or lines[i]:lower():match("^host:") ~= nil end
+    if not has_host and lines[1]:match(" HTTP/1%.[1-9]$") then
+        lines = { table.unpack(lines) }
+        lines[#lines + 1] = "Host: x"
+    end
+    return raw_head(lines)
+end
+
+-- A request with n headers: "Host: x" and n - 1 "X-Nk: v".
 local function with_headers(n)
-    local lines = { "GET / HTTP/1.1" }
-    for i = 1, n do
+    local lines = { "GET / HTTP/1.1", "Host: x" }
+    for i = 1, n - 1 do
         lines[#lines + 1] = ("X-H%d: v"):format(i)
     end
-    return head(lines)
+    return raw_head(lines)
 end
 
 -- A request whose head is exactly `size` bytes (size >= 32), padded in one header.
@@ -101,11 +113,13 @@ describe("the HTTP request parser", function()
         end)
 
         it("parses the smallest request there is", function()
-            local n, req = parse("GET / HTTP/1.1\r\n\r\n")
+            local n, req = parse("GET / HTTP/1.0\r\n\r\n")
             assert.equal(18, n)
             assert.equal("/", req.path)
             assert.is_nil(req.query)
             assert.same({}, req.headers)
+            n = parse("GET / HTTP/1.1\r\nHost:\r\n\r\n")
+            assert.equal(25, n)
         end)
 
         it("keeps the header slices inside the buffer", function()
@@ -323,11 +337,48 @@ describe("the HTTP request parser", function()
         end)
     end)
 
+    describe("on Host (RFC 9112 3.2)", function()
+        it("answers 400 to an HTTP/1.1 request without Host", function()
+            refuses(raw_head({ "GET / HTTP/1.1" }), 400)
+            refuses(raw_head({ "GET /a.txt HTTP/1.1", "X-Host: x", "Hostname: y" }), 400)
+            refuses(raw_head({ "POST /u HTTP/1.1", "Content-Length: 0" }), 400)
+        end)
+
+        it("answers 400 to two Host fields, in any version and any case", function()
+            refuses(raw_head({ "GET / HTTP/1.1", "Host: a", "Host: a" }), 400)
+            refuses(raw_head({ "GET / HTTP/1.1", "Host: a", "X-A: 1", "host: b" }), 400)
+            refuses(raw_head({ "GET / HTTP/1.0", "HOST: a", "Host: b" }), 400)
+        end)
+
+        it("takes one Host (empty too), and none in HTTP/1.0", function()
+            for _, r in ipairs({ raw_head({ "GET / HTTP/1.1", "Host: a" }),
+                                 raw_head({ "GET / HTTP/1.1", "hOsT: a:80" }),
+                                 raw_head({ "GET / HTTP/1.1", "Host:" }),
+                                 raw_head({ "GET / HTTP/1.0" }) }) do
+                assert.equal(#r, (parse(r)), r)
+            end
+        end)
+
+        it("leaves a WebSocket upgrade's Host to the handshake, which refuses it with a reason", function()
+            for _, r in ipairs({ raw_head({ "GET /chat HTTP/1.1", "Upgrade: websocket" }),
+                                 raw_head({ "GET /chat HTTP/1.1", "Sec-WebSocket-Key: x" }),
+                                 raw_head({ "GET /chat HTTP/1.1", "Host: a", "Host: b",
+                                            "Upgrade: WebSocket" }) }) do
+                assert.equal(#r, (parse(r)), r)
+                local st, reason = http.validate(r)
+                assert.equal(400, st)
+                assert.equal("Host header missing or repeated", reason)
+            end
+            -- an Upgrade to something else is a plain request
+            refuses(raw_head({ "GET / HTTP/1.1", "Upgrade: h2c" }), 400)
+        end)
+    end)
+
     describe("on the number of headers", function()
         it("parses 100 headers", function()
             local _, req = parse(with_headers(100))
             assert.equal(100, #req.headers)
-            assert.equal("X-H100", req.headers[100][1])
+            assert.equal("X-H99", req.headers[100][1])
         end)
 
         it("answers 431 to more than 100 headers", function()
