@@ -71,6 +71,7 @@ struct sb_config {
     unsigned worker;          /* this process's worker index, 1..workers; 0 without --workers */
     const char *redis_url;    /* --redis redis://host:port[/db]; NULL = in-process pub/sub */
     int redis_optional;       /* --redis-optional: start local-only when Redis is down */
+    size_t redis_out_max;     /* --redis-out-max: publishes Redis has not answered yet */
 };
 
 void config_defaults(struct sb_config *cfg);
@@ -112,7 +113,6 @@ struct sb_server {
     struct sb_listener *listeners;
     struct event *sweep_ev; /* once a second: timeouts and pings */
     struct event *stop_ev;  /* every 20 ms while shutting down */
-    struct metrics_listener *metrics; /* --metrics: owned; NULL when off */
     struct event *sig_ev[3];
     struct script *script;
     struct reload *reload; /* owned; NULL with --no-watch */

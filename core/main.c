@@ -35,7 +35,6 @@
 struct options {
     struct sb_config cfg;
     const char *tls_dir;  /* --tls-self-signed */
-    size_t redis_out_max; /* --redis-out-max */
     int help, version;
 };
 
@@ -297,7 +296,7 @@ static const struct opt options[] = {
      NULL},
     {"redis-optional", NULL, set_true, F(cfg.redis_optional), 0, 0,
      "start local-only (with a warning) when Redis is down", NULL},
-    {"redis-out-max", "N", set_count, F(redis_out_max), 64 * KIB, GIB,
+    {"redis-out-max", "N", set_count, F(cfg.redis_out_max), 64 * KIB, GIB,
      "bytes of publishes Redis has not answered yet; past it\n"
      "publishes stay local (counted, logged)",
      "16m"},
@@ -367,9 +366,6 @@ static void check_table(void) {
     }
 }
 
-/* --redis-out-max for run_server: the supervisor hands workers only the sb_config. */
-static size_t redis_out_max;
-
 /* One server process: the whole server, or one worker under --workers. */
 static int run_server(struct sb_config *cfg) {
     struct sb_server srv;
@@ -377,7 +373,7 @@ static int run_server(struct sb_config *cfg) {
         server_free(&srv);
         return 1;
     }
-    if (cfg->redis_url && !(srv.redis = redis_new(&srv, cfg->redis_url, redis_out_max))) {
+    if (cfg->redis_url && !(srv.redis = redis_new(&srv, cfg->redis_url, cfg->redis_out_max))) {
         server_free(&srv);
         return 1;
     }
@@ -477,7 +473,7 @@ static int check_config(struct options *opts, const char *app_dir) {
 
 int main(int argc, char **argv) {
     check_table();
-    struct options opts = {.redis_out_max = 16 * MIB};
+    struct options opts = {0};
     config_defaults(&opts.cfg);
     int rc = parse_args(argc, argv, &opts);
     if (rc >= 0)
@@ -486,7 +482,6 @@ int main(int argc, char **argv) {
     rc = check_config(&opts, argv[optind]);
     if (rc >= 0)
         return rc;
-    redis_out_max = opts.redis_out_max;
     if (opts.cfg.workers)
         return supervisor_run(&opts.cfg, run_server);
     return run_server(&opts.cfg);

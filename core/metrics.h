@@ -10,7 +10,7 @@
 
 #include <stddef.h>
 
-#include "server.h"
+#include "loop.h"
 
 #define METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 

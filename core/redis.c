@@ -26,7 +26,7 @@
 
 #include "log.h"
 #include "pubsub.h"
-#include "server.h"
+#include "loop.h"
 #include "utf8.h"
 
 #define CHAN_PREFIX "sb:"

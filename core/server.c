@@ -67,6 +67,7 @@ void config_defaults(struct sb_config *cfg) {
     cfg->lua_memory = 512u << 20;
     cfg->watch = 1;
     cfg->reload_debounce = 0.05;
+    cfg->redis_out_max = 16u << 20;
     deflate_config_default(&cfg->deflate);
 }
 

@@ -41,20 +41,24 @@ describe(".ci/check-layers", function()
     it("names an include of a higher layer, or of another module of its own layer", function()
         local code, out = run(tree{
             ["conn.c"] = '/* conn */\n#include "conn.h"\n#include "server.h"\n',
-            ["metrics.c"] = '#include "script.h"\n',
+            ["script.c"] = '#include "metrics.h"\n',
+            ["router.c"] = '#include "script.h"\n',
+            ["reload.c"] = '#include "metrics.h"\n',
             ["tls.h"] = '#include <stddef.h>\n\n  #  include "log.h"\n',
             ["http.h"] = '#include <stddef.h>\n\n  #  include "handshake.h"\n',
         })
         assert.are.equal(1, code)
         local want = {
-            'core/conn.c:3: #include "server.h": conn (layer 2) includes server, above it in layer 6',
-            'core/metrics.c:1: #include "script.h": metrics (layer 5) includes script, beside it',
-            'core/http.h:3: #include "handshake.h": http (layer 0) includes handshake, beside it',
+            'core/conn.c:3: #include "server.h": conn (layer 4) includes server, above it in layer 11',
+            'core/script.c:1: #include "metrics.h": script (layer 8) includes metrics, above it in layer 9',
+            'core/reload.c:1: #include "metrics.h": reload (layer 9) includes metrics, beside it',
+            'core/http.h:3: #include "handshake.h": http (layer 0) includes handshake, above it in layer 1',
         }
         for _, w in ipairs(want) do assert.truthy(out:find(w, 1, true), out) end
         assert.falsy(out:find("log.h", 1, true), out)
+        assert.falsy(out:find("router.c", 1, true), out)
         local lines = select(2, out:gsub("\n", ""))
-        assert.are.equal(3, lines)
+        assert.are.equal(4, lines)
     end)
 
     it("names a file or a header that belongs to no declared layer", function()
