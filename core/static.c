@@ -116,10 +116,89 @@ static int resolve(const char *public_dir, const struct http_request *req, char 
     return 0;
 }
 
+/* The header's value as a C string in buf (cap bytes), or NULL. */
+static const char *header_value(const struct http_request *req, const char *name, char *buf,
+                                size_t cap) {
+    const struct http_header *h = http_find_header(req, name);
+    if (!h || h->value_len >= cap)
+        return NULL;
+    memcpy(buf, h->value, h->value_len);
+    buf[h->value_len] = 0;
+    return buf;
+}
+
+/* If-None-Match: does the list name our tag (weak comparison) or "*"? */
+static int etag_listed(const char *list, const char *etag) {
+    const char *bare = etag + 2; /* without W/ */
+    size_t bl = strlen(bare);
+    for (const char *p = list; *p;) {
+        p += strspn(p, " \t,");
+        if (!*p)
+            break;
+        size_t n = strcspn(p, ",");
+        size_t m = n;
+        while (m && (p[m - 1] == ' ' || p[m - 1] == '\t'))
+            m--;
+        const char *t = p;
+        if (m == 1 && *t == '*')
+            return 1;
+        if (m > 2 && t[0] == 'W' && t[1] == '/') {
+            t += 2;
+            m -= 2;
+        }
+        if (m == bl && memcmp(t, bare, bl) == 0)
+            return 1;
+        p += n;
+    }
+    return 0;
+}
+
+/* One byte range of a file of size bytes: "bytes=a-b", "bytes=a-", "bytes=-n".
+ * Returns 1 with [*from, *from + *len), 0 to send the whole file (no range, a
+ * list of ranges, a form we do not take), -1 when it cannot be satisfied. */
+static int parse_range(const char *v, uint64_t size, uint64_t *from, uint64_t *len) {
+    if (strncmp(v, "bytes=", 6) != 0 || strchr(v, ','))
+        return 0;
+    v += 6;
+    char *end;
+    if (*v == '-') {
+        if (v[1] < '0' || v[1] > '9')
+            return 0;
+        unsigned long long n = strtoull(v + 1, &end, 10);
+        if (*end)
+            return 0;
+        if (n == 0 || size == 0)
+            return -1;
+        *len = n < size ? n : size;
+        *from = size - *len;
+        return 1;
+    }
+    if (*v < '0' || *v > '9')
+        return 0;
+    unsigned long long a = strtoull(v, &end, 10), b = UINT64_MAX;
+    if (*end != '-')
+        return 0;
+    if (end[1]) {
+        if (end[1] < '0' || end[1] > '9')
+            return 0;
+        b = strtoull(end + 1, &end, 10);
+        if (*end || b < a)
+            return 0;
+    }
+    if (a >= size)
+        return -1;
+    if (b >= size)
+        b = size - 1;
+    *from = a;
+    *len = b - a + 1;
+    return 1;
+}
+
 int static_serve(struct conn *c, const char *app_dir, const struct http_request *req,
                  struct conn_response *res) {
     char pub[PATH_MAX], file[PATH_MAX];
     struct stat st;
+    (void)c;
     snprintf(pub, sizeof pub, "%s/public", app_dir);
     if (resolve(pub, req, file, &st) < 0)
         return 0;
@@ -129,39 +208,70 @@ int static_serve(struct conn *c, const char *app_dir, const struct http_request 
             close(fd);
         return 0;
     }
-    (void)c;
-    char lm[64];
+    uint64_t size = (uint64_t)st.st_size;
+    char lm[64], etag[64], v[256];
     http_date(st.st_mtime, lm, sizeof lm);
-    const struct http_header *ims = http_find_header(req, "If-Modified-Since");
-    if (ims && ims->value_len < 64) {
-        char v[64];
-        memcpy(v, ims->value, ims->value_len);
-        v[ims->value_len] = 0;
+    snprintf(etag, sizeof etag, "W/\"%llx-%llx\"", (unsigned long long)size,
+             (unsigned long long)st.st_mtime);
+    /* If-None-Match wins over If-Modified-Since (RFC 9110 13.2.2) */
+    int not_modified = 0;
+    if (header_value(req, "If-None-Match", v, sizeof v)) {
+        not_modified = etag_listed(v, etag);
+    } else if (header_value(req, "If-Modified-Since", v, sizeof v)) {
         struct tm tm = {0};
         char *end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-        if (end && !*end && timegm(&tm) >= st.st_mtime) {
-            close(fd);
-            /* 304 carries no body and no Content-Length of its own */
-            if (asprintf(&res->headers, "Last-Modified: %s\r\n", lm) < 0) {
-                res->headers = NULL;
-                return 0;
-            }
-            res->status = 304;
-            res->no_length = 1;
-            return 304;
-        }
+        not_modified = end && !*end && timegm(&tm) >= st.st_mtime;
     }
+    if (not_modified) {
+        close(fd);
+        /* 304 carries no body and no Content-Length of its own */
+        if (asprintf(&res->headers, "ETag: %s\r\nLast-Modified: %s\r\n", etag, lm) < 0) {
+            res->headers = NULL;
+            return 0;
+        }
+        res->status = 304;
+        res->no_length = 1;
+        return 304;
+    }
+    uint64_t from = 0, len = size;
+    int ranged = 0;
+    int is_get = req->method_len == 3 && memcmp(req->method, "GET", 3) == 0;
+    if (is_get && header_value(req, "Range", v, sizeof v)) {
+        char ir[128];
+        /* If-Range: the range only while the file is the one the client has */
+        const char *cond = header_value(req, "If-Range", ir, sizeof ir);
+        if (!cond || strcmp(cond, lm) == 0)
+            ranged = parse_range(v, size, &from, &len);
+    }
+    if (ranged < 0) {
+        close(fd);
+        if (asprintf(&res->headers,
+                     "Content-Range: bytes */%llu\r\nContent-Type: text/plain; charset=utf-8\r\n",
+                     (unsigned long long)size) < 0) {
+            res->headers = NULL;
+            return 0;
+        }
+        res->status = 416;
+        res->body = strdup("416 Range Not Satisfiable\n");
+        res->body_len = res->body ? strlen(res->body) : 0;
+        return 416;
+    }
+    char crange[96] = "";
+    if (ranged)
+        snprintf(crange, sizeof crange, "Content-Range: bytes %llu-%llu/%llu\r\n",
+                 (unsigned long long)from, (unsigned long long)(from + len - 1),
+                 (unsigned long long)size);
     if (asprintf(&res->headers,
-                 "Content-Type: %s\r\nLast-Modified: %s\r\nCache-Control: no-cache\r\n"
-                 "X-Content-Type-Options: nosniff\r\n",
-                 static_mime_type(file), lm) < 0) {
+                 "Content-Type: %s\r\nLast-Modified: %s\r\nETag: %s\r\nAccept-Ranges: bytes\r\n"
+                 "%sCache-Control: no-cache\r\nX-Content-Type-Options: nosniff\r\n",
+                 static_mime_type(file), lm, etag, crange) < 0) {
         res->headers = NULL;
         close(fd);
         return 0;
     }
-    res->status = 200;
+    res->status = ranged ? 206 : 200;
     res->file_fd = fd;
-    res->file_off = 0;
-    res->file_len = (uint64_t)st.st_size;
-    return 200;
+    res->file_off = from;
+    res->file_len = len;
+    return res->status;
 }

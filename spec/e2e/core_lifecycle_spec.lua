@@ -209,6 +209,62 @@ return {
         assert.are.equal(200, (c:http_head()))
     end)
 
+    it("answers byte ranges with 206 and Content-Range, and 416 past the end", function()
+        app = make_app{ ["echo.lua"] = ECHO, ["public/abc.txt"] = "0123456789abcdef" }
+        s = server.start{ app = app, env = ENV }
+        local function get(range, extra)
+            return rawws.http(s.port, "GET /abc.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                .. "Range: " .. range .. "\r\n" .. (extra or "") .. "\r\n")
+        end
+        local st, h, body = get("bytes=2-5")
+        assert.are.equal(206, st)
+        assert.are.equal("2345", body)
+        assert.are.equal("bytes 2-5/16", h["content-range"])
+        assert.are.equal("4", h["content-length"])
+        assert.are.equal("bytes", h["accept-ranges"])
+        st, h, body = get("bytes=10-")
+        assert.are.same({ 206, "abcdef", "bytes 10-15/16" }, { st, body, h["content-range"] })
+        st, h, body = get("bytes=-3")
+        assert.are.same({ 206, "def", "bytes 13-15/16" }, { st, body, h["content-range"] })
+        st, h, body = get("bytes=12-1000")
+        assert.are.same({ 206, "cdef", "bytes 12-15/16" }, { st, body, h["content-range"] })
+        st, h = get("bytes=16-")
+        assert.are.equal(416, st)
+        assert.are.equal("bytes */16", h["content-range"])
+        -- a list of ranges, or a unit we do not know: the whole file
+        st, _, body = get("bytes=0-1,4-5")
+        assert.are.same({ 200, "0123456789abcdef" }, { st, body })
+        st, _, body = get("lines=1-2")
+        assert.are.same({ 200, "0123456789abcdef" }, { st, body })
+        -- If-Range with another date: the whole file, it may have changed
+        st, _, body = get("bytes=0-1", "If-Range: Mon, 01 Jan 2001 00:00:00 GMT\r\n")
+        assert.are.same({ 200, "0123456789abcdef" }, { st, body })
+    end)
+
+    it("answers If-None-Match with the file's ETag with 304", function()
+        app = make_app{ ["echo.lua"] = ECHO, ["public/e.txt"] = "etag me" }
+        s = server.start{ app = app, env = ENV }
+        local st, h = rawws.get(s.port, "/e.txt")
+        assert.are.equal(200, st)
+        local etag = h["etag"]
+        assert.truthy(etag and etag:match('^W/".+"$'), tostring(etag))
+        local function cond(v)
+            local c = rawws.connect(s.port)
+            c:send("GET /e.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\nIf-None-Match: "
+                .. v .. "\r\n\r\n")
+            local status, headers = c:http_head()
+            c:close()
+            return status, headers
+        end
+        local st2, h2 = cond(etag)
+        assert.are.equal(304, st2)
+        assert.are.equal(etag, h2["etag"])
+        assert.is_nil(h2["content-length"])
+        assert.are.equal(304, (cond('"nope", ' .. etag:sub(3))))
+        assert.are.equal(304, (cond("*")))
+        assert.are.equal(200, (cond('"nope"')))
+    end)
+
     it("bounds memory for pipelined GETs of a big file that are never read", function()
         app = make_app{ ["echo.lua"] = ECHO }
         local f = assert(io.open(app .. "/public/big.bin", "wb"))
