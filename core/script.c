@@ -32,7 +32,8 @@
 #define WS_MT "switchboard.ws"
 #define TIMER_MT "switchboard.timer"
 #define HOOK_EVERY 1000
-#define TRACEBACK_INDEX 1 /* l_traceback, at the bottom of the main state's stack */
+#define TRACEBACK_INDEX 1
+#define STOPPED_KEY "switchboard.stopped" /* weak keys: coroutines the budget stopped */ /* l_traceback, at the bottom of the main state's stack */
 
 struct sb_timer;
 
@@ -48,6 +49,8 @@ struct script {
     long budget_ticks; /* hook ticks left in this handler call */
     int in_handler;
     int budget_hit;
+    int gc_queued;     /* a script's __gc finalizer waits in GC_QUEUE_KEY */
+    int in_finalizers; /* run_finalizers is running them */
     int shared_ref; /* switchboard.shared */
     uint32_t loading_version; /* version being loaded for cur_route, 0 otherwise */
     const char *loading_mod;  /* app module whose top level runs (a string on the Lua stack) */
@@ -100,15 +103,38 @@ static void *l_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     return p;
 }
 
+/* Count hook, every HOOK_EVERY instructions of a handler. Once the budget is
+ * spent it raises at every instruction of every thread (count 1) until the
+ * outermost protected call returns: a pcall, an xpcall message handler, a
+ * __close or a coroutine that catches the error gets no instruction to go on
+ * with, so the error climbs to the handler's own protected call. */
 static void l_hook(lua_State *L, lua_Debug *ar) {
     (void)ar;
     struct script *s = get_script(L);
-    if (s->in_handler && --s->budget_ticks < 0) {
+    if (!s->in_handler)
+        return;
+    if (!s->budget_hit) {
+        if (lua_gethookcount(L) != HOOK_EVERY) { /* a thread left at count 1 by a spent budget */
+            lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
+            return;
+        }
+        if (--s->budget_ticks >= 0)
+            return;
         s->budget_hit = 1;
-        s->budget_ticks = 1000; /* room to unwind */
-        luaL_error(L, "instruction budget exceeded (--lua-budget %I)",
-                   (lua_Integer)s->srv->cfg.lua_budget);
     }
+    lua_sethook(L, l_hook, LUA_MASKCOUNT, 1);
+    if (L != s->L) {
+        lua_sethook(s->L, l_hook, LUA_MASKCOUNT, 1); /* new coroutines copy the main hook */
+        /* an error raised in a hook leaves the thread with hooks off: its
+         * __close variables must never run (see sb_coclose) */
+        lua_getfield(L, LUA_REGISTRYINDEX, STOPPED_KEY);
+        lua_pushthread(L);
+        lua_pushboolean(L, 1);
+        lua_rawset(L, -3);
+        lua_pop(L, 1);
+    }
+    luaL_error(L, "instruction budget exceeded (--lua-budget %I)",
+               (lua_Integer)s->srv->cfg.lua_budget);
 }
 
 static int l_traceback(lua_State *L) {
@@ -119,10 +145,13 @@ static int l_traceback(lua_State *L) {
     return 1;
 }
 
+static void run_finalizers(struct script *s);
+
 /* Call the function below nargs arguments on the stack under the budget and
  * the memory cap. Returns 0, or -1 after logging the error with `what` (or,
  * when `what` is NULL, "route R (FILE): HANDLER handler failed" for
- * s->cur_route: formatted only on failure, since this runs per message). */
+ * s->cur_route: formatted only on failure, since this runs per message).
+ * The scripts' __gc finalizers queued meanwhile run after the outermost call. */
 static int protected_call_h(struct script *s, int nargs, int nres, const char *what,
                             const char *handler) {
     lua_State *L = s->L;
@@ -138,32 +167,240 @@ static int protected_call_h(struct script *s, int nargs, int nres, const char *w
     int rc = lua_pcall(L, nargs, nres, TRACEBACK_INDEX);
     if (t0 > 0)
         metrics_observe_handler(&s->srv->stats, server_clock() - t0);
-    if (!outer)
+    int hit = s->budget_hit;
+    if (!outer) {
         s->in_handler = 0;
-    if (rc == LUA_OK)
-        return 0;
-    const char *err = lua_tostring(L, -1);
-    char buf[512];
-    if (!what) {
-        struct route *r = s->cur_route;
-        snprintf(buf, sizeof buf, "route %s (%s): %s handler failed", r ? r->path : "?",
-                 r ? r->file : "?", handler ? handler : "a");
-        what = buf;
+        if (hit) /* back from raising at every instruction */
+            lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
     }
-    s->srv->stats.handler_errors++;
-    if (s->budget_hit)
-        s->srv->stats.budget_stops++;
-    if (rc == LUA_ERRMEM)
-        log_error("%s: out of memory (Lua state past --lua-memory %zu bytes)", what, s->mem_cap);
-    else
-        log_error("%s: %s", what, err ? err : "(error object is not a string)");
-    lua_pop(L, 1);
-    lua_gc(L, LUA_GCCOLLECT);
-    return -1;
+    if (rc != LUA_OK) {
+        const char *err = lua_tostring(L, -1);
+        char buf[512];
+        if (!what) {
+            struct route *r = s->cur_route;
+            snprintf(buf, sizeof buf, "route %s (%s): %s handler failed", r ? r->path : "?",
+                     r ? r->file : "?", handler ? handler : "a");
+            what = buf;
+        }
+        s->srv->stats.handler_errors++;
+        if (hit)
+            s->srv->stats.budget_stops++;
+        if (rc == LUA_ERRMEM)
+            log_error("%s: out of memory (Lua state past --lua-memory %zu bytes)", what,
+                      s->mem_cap);
+        else
+            log_error("%s: %s", what, err ? err : "(error object is not a string)");
+        lua_pop(L, 1);
+        lua_gc(L, LUA_GCCOLLECT);
+    }
+    if (!outer && s->gc_queued && !s->in_finalizers)
+        run_finalizers(s);
+    return rc == LUA_OK ? 0 : -1;
 }
 
 static int protected_call(struct script *s, int nargs, int nres, const char *what) {
     return protected_call_h(s, nargs, nres, what, NULL);
+}
+
+/* ---- what could run on past a spent budget ------------------------------------- */
+
+/* An error raised from a hook leaves Lua's hooks off until a protected call
+ * catches it, so Lua code the VM runs before that point (an xpcall message
+ * handler; the __close variables of a coroutine closed after it died) would
+ * run unbounded. These replace the standard functions that could run it. */
+
+static int budget_error(lua_State *L, struct script *s) {
+    return luaL_error(L, "instruction budget exceeded (--lua-budget %I)",
+                      (lua_Integer)s->srv->cfg.lua_budget);
+}
+
+static int xpcall_handler(lua_State *L) {
+    if (get_script(L)->budget_hit) /* no Lua handler while stopping */
+        return 1;
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* xpcall(f, msgh, ...): the standard one (upvalue 1) with msgh behind xpcall_handler. */
+static int sb_xpcall(lua_State *L) {
+    luaL_checktype(L, 2, LUA_TFUNCTION);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, xpcall_handler, 1);
+    lua_replace(L, 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int thread_stopped(lua_State *L, int idx) {
+    idx = lua_absindex(L, idx);
+    lua_getfield(L, LUA_REGISTRYINDEX, STOPPED_KEY);
+    lua_pushvalue(L, idx);
+    int stopped = lua_rawget(L, -2) != LUA_TNIL;
+    lua_pop(L, 2);
+    return stopped;
+}
+
+/* coroutine.close(co): as the standard one (upvalue 1), but a coroutine the
+ * budget stopped is dead without running its __close variables. */
+static int sb_coclose(lua_State *L) {
+    struct script *s = get_script(L);
+    if (lua_type(L, 1) == LUA_TTHREAD && thread_stopped(L, 1)) {
+        lua_pushboolean(L, 0);
+        lua_pushfstring(L, "instruction budget exceeded (--lua-budget %I)",
+                        (lua_Integer)s->srv->cfg.lua_budget);
+        return 2;
+    }
+    if (s->budget_hit)
+        return budget_error(L, s);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* The function coroutine.wrap returns (lcorolib's auxwrap), closing a failed
+ * coroutine's __close variables only when the budget did not stop it. */
+static int wrap_resume(lua_State *L) {
+    lua_State *co = lua_tothread(L, lua_upvalueindex(1));
+    int narg = lua_gettop(L), nres;
+    if (!lua_checkstack(co, narg))
+        return luaL_error(L, "too many arguments to resume");
+    lua_xmove(L, co, narg);
+    int rc = lua_resume(co, L, narg, &nres);
+    if (rc == LUA_OK || rc == LUA_YIELD) {
+        if (!lua_checkstack(L, nres + 1)) {
+            lua_pop(co, nres);
+            return luaL_error(L, "too many results to resume");
+        }
+        lua_xmove(co, L, nres);
+        return nres;
+    }
+    int st = lua_status(co);
+    if (st != LUA_OK && st != LUA_YIELD) { /* an error in the coroutine */
+        lua_pushthread(co);
+        int stopped = thread_stopped(co, -1);
+        lua_pop(co, 1);
+        if (!stopped)
+            st = lua_resetthread(co);
+    }
+    lua_xmove(co, L, 1);
+    if (st != LUA_ERRMEM && lua_type(L, -1) == LUA_TSTRING) {
+        luaL_where(L, 1);
+        lua_insert(L, -2);
+        lua_concat(L, 2);
+    }
+    return lua_error(L);
+}
+
+static int sb_cowrap(lua_State *L) {
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    lua_State *co = lua_newthread(L);
+    lua_pushvalue(L, 1);
+    lua_xmove(L, co, 1);
+    lua_pushcclosure(L, wrap_resume, 1);
+    return 1;
+}
+
+/* Put the guarded functions in place of the standard ones. */
+static void install_guards(lua_State *L) {
+    lua_newtable(L);
+    lua_createtable(L, 0, 1);
+    lua_pushliteral(L, "k");
+    lua_setfield(L, -2, "__mode");
+    lua_pushvalue(L, -1);
+    lua_setmetatable(L, -3);
+    lua_setfield(L, LUA_REGISTRYINDEX, "switchboard.weakk");
+    lua_setfield(L, LUA_REGISTRYINDEX, STOPPED_KEY);
+    lua_getglobal(L, "xpcall");
+    lua_pushcclosure(L, sb_xpcall, 1);
+    lua_setglobal(L, "xpcall");
+    lua_getglobal(L, "coroutine");
+    lua_getfield(L, -1, "close");
+    lua_pushcclosure(L, sb_coclose, 1);
+    lua_setfield(L, -2, "close");
+    lua_pushcfunction(L, sb_cowrap);
+    lua_setfield(L, -2, "wrap");
+    lua_pop(L, 1);
+}
+
+/* ---- __gc finalizers of scripts ---------------------------------------------------- */
+
+/* Lua runs finalizers inside the collector with hooks off, where the budget
+ * cannot stop one that loops. So a script's __gc (a Lua function) is replaced,
+ * when setmetatable sees it, by gc_defer, which queues the object and its
+ * finalizer; run_finalizers calls them after the handler, each under its own
+ * budget. A finalizer still runs once per object, only later. */
+#define GC_FNS_KEY "switchboard.gcfns"     /* weak keys: metatable -> the script's __gc */
+#define GC_QUEUE_KEY "switchboard.gcqueue" /* list of {finalizer, object} to run */
+
+static int gc_defer(lua_State *L) {
+    struct script *s = get_script(L);
+    if (!lua_getmetatable(L, 1))
+        return 0;
+    lua_getfield(L, LUA_REGISTRYINDEX, GC_FNS_KEY);
+    lua_insert(L, -2);
+    if (lua_rawget(L, -2) != LUA_TFUNCTION)
+        return 0;
+    lua_getfield(L, LUA_REGISTRYINDEX, GC_QUEUE_KEY);
+    lua_createtable(L, 2, 0);
+    lua_pushvalue(L, -3);
+    lua_rawseti(L, -2, 1);
+    lua_pushvalue(L, 1); /* the object lives on until its finalizer ran */
+    lua_rawseti(L, -2, 2);
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+    s->gc_queued = 1;
+    return 0;
+}
+
+/* setmetatable for scripts: the standard one (upvalue 1), after moving a Lua
+ * __gc of the metatable to GC_FNS_KEY and putting gc_defer in its place. */
+static int sb_setmetatable(lua_State *L) {
+    if (lua_type(L, 2) == LUA_TTABLE) {
+        lua_pushliteral(L, "__gc");
+        if (lua_rawget(L, 2) == LUA_TFUNCTION && !lua_iscfunction(L, -1)) {
+            lua_getfield(L, LUA_REGISTRYINDEX, GC_FNS_KEY);
+            lua_pushvalue(L, 2);
+            lua_pushvalue(L, -3);
+            lua_rawset(L, -3);
+            lua_pop(L, 1);
+            lua_pushliteral(L, "__gc");
+            lua_pushcfunction(L, gc_defer);
+            lua_rawset(L, 2);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+/* Run the queued finalizers, each a handler call of its own. A few rounds
+ * (finalizers may free more objects with finalizers); the rest wait for the
+ * next handler, so a chain of them cannot hold the loop. */
+static void run_finalizers(struct script *s) {
+    lua_State *L = s->L;
+    s->in_finalizers = 1;
+    for (int round = 0; round < 4 && s->gc_queued; round++) {
+        s->gc_queued = 0;
+        lua_getfield(L, LUA_REGISTRYINDEX, GC_QUEUE_KEY);
+        lua_newtable(L);
+        lua_setfield(L, LUA_REGISTRYINDEX, GC_QUEUE_KEY);
+        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            lua_rawgeti(L, -1, 1);
+            lua_rawgeti(L, -2, 2);
+            lua_remove(L, -3);
+            protected_call(s, 1, 0, "__gc finalizer failed");
+        }
+        lua_pop(L, 1);
+    }
+    s->in_finalizers = 0;
 }
 
 /* ---- routes ---------------------------------------------------------------------- */
@@ -1499,6 +1736,16 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
     lua_getglobal(L, "require");
     lua_pushcclosure(L, sb_require, 1);
     lua_setglobal(L, "require");
+    install_guards(L);
+    lua_newtable(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, "switchboard.weakk");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, GC_FNS_KEY);
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, GC_QUEUE_KEY);
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, sb_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
     lua_newtable(L);
     s->shared_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
