@@ -149,11 +149,11 @@ static void run_finalizers(struct script *s);
 
 /* Call the function below nargs arguments on the stack under the budget and
  * the memory cap. Returns 0, or -1 after logging the error with `what` (or,
- * when `what` is NULL, "route R (FILE): HANDLER handler failed" for
+ * when `what` is NULL, "route R (FILE): HANDLER KIND failed" for
  * s->cur_route: formatted only on failure, since this runs per message).
  * The scripts' __gc finalizers queued meanwhile run after the outermost call. */
 static int protected_call_h(struct script *s, int nargs, int nres, const char *what,
-                            const char *handler) {
+                            const char *handler, const char *kind) {
     lua_State *L = s->L;
     int outer = s->in_handler;
     if (!outer) {
@@ -178,8 +178,8 @@ static int protected_call_h(struct script *s, int nargs, int nres, const char *w
         char buf[512];
         if (!what) {
             struct route *r = s->cur_route;
-            snprintf(buf, sizeof buf, "route %s (%s): %s handler failed", r ? r->path : "?",
-                     r ? r->file : "?", handler ? handler : "a");
+            snprintf(buf, sizeof buf, "route %s (%s): %s %s failed", r ? r->path : "?",
+                     r ? r->file : "?", handler ? handler : "a", kind);
             what = buf;
         }
         s->srv->stats.handler_errors++;
@@ -199,7 +199,7 @@ static int protected_call_h(struct script *s, int nargs, int nres, const char *w
 }
 
 static int protected_call(struct script *s, int nargs, int nres, const char *what) {
-    return protected_call_h(s, nargs, nres, what, NULL);
+    return protected_call_h(s, nargs, nres, what, NULL, NULL);
 }
 
 /* ---- what could run on past a spent budget ------------------------------------- */
@@ -405,11 +405,51 @@ static void run_finalizers(struct script *s) {
 
 /* ---- routes ---------------------------------------------------------------------- */
 
+/* The handlers of a route, resolved once when its script loads: a plain table
+ * { upgrade = fn, ..., reload = fn, compression = false,
+ *   [ORIGINAL_KEY] = the table the script returned }
+ * so that dispatch reads fields of a table without a metatable, and only
+ * this, under a protected call, runs a metamethod of the script's table. */
+static const char *const handler_names[] = {"upgrade", "open",  "message",
+                                            "close",   "drain", "request"};
+static const char ORIGINAL_KEY = 0; /* its address: a key no script can write */
+
+/* lua_CFunction: resolve(returned value) -> resolved table, or nil and why not. */
+static int resolve_route(lua_State *L) {
+    if (!lua_istable(L, 1)) {
+        lua_pushnil(L);
+        lua_pushfstring(L, "the script must return a table of handlers, not %s",
+                        luaL_typename(L, 1));
+        return 2;
+    }
+    lua_createtable(L, 0, 8);
+    for (int i = 0; i < 6; i++) {
+        int t = lua_getfield(L, 1, handler_names[i]);
+        if (t != LUA_TNIL && t != LUA_TFUNCTION) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "handler '%s' must be a function, not %s", handler_names[i],
+                            luaL_typename(L, -2));
+            return 2;
+        }
+        lua_setfield(L, 2, handler_names[i]);
+    }
+    if (lua_getfield(L, 1, "reload") == LUA_TFUNCTION)
+        lua_setfield(L, 2, "reload");
+    else
+        lua_pop(L, 1);
+    lua_getfield(L, 1, "compression"); /* only `false` turns permessage-deflate off */
+    lua_pushboolean(L, lua_isboolean(L, -1) && !lua_toboolean(L, -1));
+    lua_setfield(L, 2, "no_compression");
+    lua_pop(L, 1);
+    lua_pushvalue(L, 1);
+    lua_rawsetp(L, 2, &ORIGINAL_KEY);
+    return 1;
+}
+
 static unsigned handler_bits(lua_State *L, int idx) {
-    static const char *const names[] = {"upgrade", "open", "message", "close", "drain", "request"};
     unsigned bits = 0;
     for (int i = 0; i < 6; i++) {
-        lua_getfield(L, idx, names[i]);
+        lua_getfield(L, idx, handler_names[i]); /* a resolved table: no metamethod */
         if (lua_isfunction(L, -1))
             bits |= 1u << i;
         lua_pop(L, 1);
@@ -565,31 +605,30 @@ static int route_load(struct script *s, struct route *r) {
     s->loading_version = prev_loading;
     if (rc < 0)
         goto fail;
-    if (!lua_istable(L, -1)) {
-        log_error("%s: the script must return a table of handlers, not %s", what,
-                  luaL_typename(L, -1));
-        lua_pop(L, 1);
+    /* the returned table is the script's: read it under the budget too */
+    lua_pushcfunction(L, resolve_route);
+    lua_insert(L, -2);
+    s->cur_route = r;
+    s->loading_version = version;
+    rc = protected_call(s, 1, 2, what);
+    s->cur_route = prev_route;
+    s->loading_version = prev_loading;
+    if (rc < 0)
+        goto fail;
+    if (lua_isnil(L, -2)) {
+        log_error("%s: %s", what, lua_tostring(L, -1));
+        lua_pop(L, 2);
         goto fail;
     }
+    lua_pop(L, 1);
     int tbl = lua_gettop(L);
-    /* a handler that is not a function is a mistake worth refusing */
-    static const char *const names[] = {"upgrade", "open", "message", "close", "drain", "request"};
-    for (int i = 0; i < 6; i++) {
-        lua_getfield(L, tbl, names[i]);
-        int bad = !lua_isnil(L, -1) && !lua_isfunction(L, -1);
-        if (bad) {
-            log_error("%s: handler '%s' must be a function, not %s", what, names[i],
-                      luaL_typename(L, -1));
-            lua_pop(L, 2);
-            goto fail;
-        }
-        lua_pop(L, 1);
-    }
     if (r->ref != LUA_NOREF) {
-        /* migrate: the new version's reload(old) hook */
+        /* migrate: the new version's reload(old) hook, given the old table */
         lua_getfield(L, tbl, "reload");
         if (lua_isfunction(L, -1)) {
             lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+            lua_rawgetp(L, -1, &ORIGINAL_KEY);
+            lua_remove(L, -2);
             s->cur_route = r;
             s->loading_version = version;
             protected_call(s, 1, 0, what);
@@ -600,12 +639,11 @@ static int route_load(struct script *s, struct route *r) {
         }
         luaL_unref(L, LUA_REGISTRYINDEX, r->ref);
     }
+    r->has = handler_bits(L, tbl);
+    lua_getfield(L, tbl, "no_compression");
+    r->no_compression = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     r->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
-    r->has = handler_bits(L, lua_gettop(L));
-    lua_getfield(L, -1, "compression"); /* only `false` turns permessage-deflate off */
-    r->no_compression = lua_isboolean(L, -1) && !lua_toboolean(L, -1);
-    lua_pop(L, 2);
     r->gone = 0;
     r->version = version;
     /* the old version's timers go with it */
@@ -1144,49 +1182,119 @@ static void push_request(lua_State *L, struct conn *c, const struct http_request
     }
 }
 
-/* Format a Lua table of headers {Name = "value"} into "Name: value\r\n" lines.
- * Names/values with CR, LF or NUL are refused. Returns malloc'd text or NULL. */
-static char *format_headers(lua_State *L, int idx, const char **err) {
+/* Format the Lua table of headers {Name = "value"} at idx into "Name: value\r\n"
+ * lines in *out (malloc'd; the caller's to free, also after an error raised
+ * mid-way). Names/values with CR, LF or NUL are refused: returns why, or NULL. */
+static const char *format_headers(lua_State *L, int idx, char **out) {
     if (!lua_istable(L, idx))
         return NULL;
     size_t cap = 256, len = 0;
-    char *out = malloc(cap);
-    if (!out)
-        return NULL;
+    char *buf = *out = malloc(cap);
+    if (!buf)
+        return "out of memory";
+    buf[0] = 0;
     lua_pushnil(L);
-    while (lua_next(L, idx)) {
+    while (lua_next(L, idx)) { /* raw: no __pairs, no __index */
         size_t kl, vl;
         if (lua_type(L, -2) != LUA_TSTRING || !lua_isstring(L, -1)) {
-            *err = "header names and values must be strings";
             lua_pop(L, 2);
-            free(out);
-            return NULL;
+            return "header names and values must be strings";
         }
         const char *k = lua_tolstring(L, -2, &kl);
         const char *v = lua_tolstring(L, -1, &vl);
         if (kl == 0 || strcspn(k, "\r\n: \t") != kl || strcspn(v, "\r\n") != vl) {
-            *err = "header name or value has a forbidden character";
             lua_pop(L, 2);
-            free(out);
-            return NULL;
+            return "header name or value has a forbidden character";
         }
         size_t need = len + kl + vl + 5;
         if (need > cap) {
             while (cap < need)
                 cap *= 2;
-            char *n = realloc(out, cap);
+            char *n = realloc(buf, cap);
             if (!n) {
-                free(out);
                 lua_pop(L, 2);
-                return NULL;
+                return "out of memory";
             }
-            out = n;
+            buf = *out = n;
         }
-        len += (size_t)sprintf(out + len, "%.*s: %.*s\r\n", (int)kl, k, (int)vl, v);
+        len += (size_t)sprintf(buf + len, "%.*s: %.*s\r\n", (int)kl, k, (int)vl, v);
         lua_pop(L, 1);
     }
-    out[len] = 0;
-    return out;
+    return NULL;
+}
+
+/* lua_CFunction: (upgrade_answer, accept table) -> nil, or why it is refused.
+ * The table is the script's: this runs under a protected call. */
+static int read_accept(lua_State *L) {
+    struct upgrade_answer *ans = lua_touserdata(L, 1);
+    if (lua_getfield(L, 2, "protocol") == LUA_TSTRING) {
+        ans->protocol = strdup(lua_tostring(L, -1));
+        if (!ans->protocol)
+            return luaL_error(L, "out of memory");
+    }
+    lua_getfield(L, 2, "headers");
+    const char *err = format_headers(L, lua_gettop(L), &ans->headers);
+    if (!err)
+        return 0;
+    lua_pushstring(L, err);
+    return 1;
+}
+
+/* lua_CFunction: (http_answer, the request handler's result) -> nil, or why
+ * it is refused. Under a protected call, as read_accept. */
+static int read_response(lua_State *L) {
+    struct http_answer *ans = lua_touserdata(L, 1);
+    if (!lua_istable(L, 2)) {
+        lua_pushfstring(L, "must return a table {status=, headers=, body=}, not %s",
+                        luaL_typename(L, 2));
+        return 1;
+    }
+    lua_getfield(L, 2, "status");
+    lua_Integer st = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 200;
+    if ((st < 200 || st > 599) && st != 204 && st != 304)
+        st = 500;
+    lua_getfield(L, 2, "headers");
+    const char *err = format_headers(L, lua_gettop(L), &ans->headers);
+    if (err) {
+        lua_pushfstring(L, "bad headers: %s", err);
+        return 1;
+    }
+    lua_getfield(L, 2, "body");
+    size_t bl = 0;
+    const char *bd = lua_tolstring(L, -1, &bl); /* a string or a number, never __tostring */
+    if (bd) {
+        ans->body = malloc(bl ? bl : 1);
+        if (!ans->body)
+            return luaL_error(L, "out of memory");
+        memcpy(ans->body, bd, bl);
+        ans->body_len = bl;
+    }
+    ans->status = (int)st;
+    return 0;
+}
+
+/* Read the `nvals` values on top of the stack (a handler's result) with
+ * `reader` under a protected call, for route r's `handler`; pops them.
+ * Returns 0, or -1 after logging why. */
+static int read_answer(struct script *s, struct route *r, const char *handler,
+                       lua_CFunction reader, void *ans, int nvals) {
+    lua_State *L = s->L;
+    lua_pushcfunction(L, reader);
+    lua_pushlightuserdata(L, ans);
+    lua_rotate(L, -nvals - 2, 2);
+    struct route *prev = s->cur_route;
+    s->cur_route = r;
+    int rc = protected_call_h(s, nvals + 1, 1, NULL, handler, "answer");
+    s->cur_route = prev;
+    if (rc < 0)
+        return -1;
+    if (!lua_isnil(L, -1)) {
+        log_error("route %s (%s): %s handler returned a bad answer: %s", r->path, r->file,
+                  handler, lua_tostring(L, -1));
+        rc = -1;
+    }
+    lua_pop(L, 1);
+    return rc;
 }
 
 /* ---- dispatch ------------------------------------------------------------------- */
@@ -1210,7 +1318,7 @@ static int run_handler(struct script *s, struct conn *c, struct route *r, const 
                        int nargs, int nres) {
     struct route *prev = s->cur_route;
     s->cur_route = r;
-    int rc = protected_call_h(s, nargs, nres, NULL, name);
+    int rc = protected_call_h(s, nargs, nres, NULL, name, "handler");
     s->cur_route = prev;
     (void)c;
     return rc;
@@ -1230,16 +1338,11 @@ void script_upgrade(struct script *s, struct conn *c, const struct http_request 
     int top = lua_gettop(L);
     if (lua_toboolean(L, top - 2)) {
         if (lua_istable(L, top - 1)) {
-            lua_getfield(L, top - 1, "protocol");
-            if (lua_type(L, -1) == LUA_TSTRING)
-                ans->protocol = strdup(lua_tostring(L, -1));
-            lua_pop(L, 1);
-            lua_getfield(L, top - 1, "headers");
-            const char *err = NULL;
-            ans->headers = format_headers(L, lua_gettop(L), &err);
-            lua_pop(L, 1);
-            if (err) {
-                log_error("route %s: upgrade returned bad headers: %s", c->route->path, err);
+            lua_pushvalue(L, top - 1);
+            if (read_answer(s, c->route, "upgrade", read_accept, ans, 1) < 0) {
+                free(ans->protocol);
+                free(ans->headers);
+                ans->protocol = ans->headers = NULL;
                 ans->status = 500;
             }
         }
@@ -1248,6 +1351,7 @@ void script_upgrade(struct script *s, struct conn *c, const struct http_request 
             c->protocol = strdup(ans->protocol);
         }
     } else {
+        /* raw reads only: no metamethod runs here */
         lua_Integer st = lua_isinteger(L, top - 1) ? lua_tointeger(L, top - 1) : 403;
         if (st < 400 || st > 599) {
             log_error("route %s: upgrade refused with status %lld; using 403", c->route->path,
@@ -1287,40 +1391,10 @@ void script_request(struct script *s, struct conn *c, struct route *r,
     push_request(L, c, req, body, body_len);
     if (run_handler(s, c, r, "request", 1, 1) < 0)
         return;
-    if (!lua_istable(L, -1)) {
-        log_error("route %s: request handler must return a table {status=, headers=, body=}",
-                  r->path);
-        lua_pop(L, 1);
-        return;
+    if (read_answer(s, r, "request", read_response, ans, 1) < 0) {
+        script_response_free(ans);
+        ans->status = 500;
     }
-    int t = lua_gettop(L);
-    lua_getfield(L, t, "status");
-    lua_Integer st = lua_isinteger(L, -1) ? lua_tointeger(L, -1) : 200;
-    lua_pop(L, 1);
-    if (st < 200 || st > 599 || st == 204 || st == 304) {
-        if (st != 204 && st != 304)
-            st = 500;
-    }
-    lua_getfield(L, t, "headers");
-    const char *err = NULL;
-    ans->headers = format_headers(L, lua_gettop(L), &err);
-    lua_pop(L, 1);
-    if (err) {
-        log_error("route %s: request handler returned bad headers: %s", r->path, err);
-        lua_pop(L, 1);
-        return;
-    }
-    lua_getfield(L, t, "body");
-    size_t bl = 0;
-    const char *bd = lua_tolstring(L, -1, &bl);
-    if (bd) {
-        ans->body = malloc(bl ? bl : 1);
-        if (ans->body)
-            memcpy(ans->body, bd, bl);
-        ans->body_len = bl;
-    }
-    lua_pop(L, 2);
-    ans->status = (int)st;
 }
 
 void script_response_free(struct http_answer *ans) {
@@ -1422,7 +1496,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
      * cancelled from inside); the function and handle stay alive on the stack */
     if (!t->repeat)
         timer_free(t);
-    protected_call_h(s, 1, 0, NULL, "timer");
+    protected_call_h(s, 1, 0, NULL, "timer", "handler");
     s->cur_route = prev;
 }
 
