@@ -33,6 +33,10 @@
 #define TIMER_MT "switchboard.timer"
 #define HOOK_EVERY 1000
 #define TRACEBACK_INDEX 1
+/* registry[MODS_KEY][name] = { file = path under lib/, gen = top-level runs,
+ * users = { [app module that required it] = true },
+ * routes = { [route light userdata] = true } } */
+#define MODS_KEY "switchboard.modules"
 #define STOPPED_KEY "switchboard.stopped" /* weak keys: coroutines the budget stopped */ /* l_traceback, at the bottom of the main state's stack */
 
 struct sb_timer;
@@ -54,16 +58,22 @@ struct script {
     int shared_ref; /* switchboard.shared */
     uint32_t loading_version; /* version being loaded for cur_route, 0 otherwise */
     const char *loading_mod;  /* app module whose top level runs (a string on the Lua stack) */
+    uint32_t loading_gen;     /* that run's generation of loading_mod (owns new timers) */
+    const char *cur_mod;      /* module whose timer runs (on the Lua stack), or NULL */
+    uint32_t cur_mod_gen;
     int started;              /* past the start-up scan: loads are reloads, counted */
     const void *ws_mt;        /* the ws metatable, for a pointer check */
     char node[17];            /* switchboard.node: random hex, per process */
 };
 
+/* A timer is owned by the app module whose top level (or whose timer) made
+ * it, else by the route whose code did: it goes with that owner's version. */
 struct sb_timer {
     struct event *ev;
     struct script *s;
-    struct route *owner;
-    uint32_t version; /* the owner's version that created it */
+    struct route *owner; /* NULL for a module's timer */
+    char *mod;           /* owning lib/ module (malloc'd), or NULL */
+    uint32_t version;    /* the owner's version (a module's: its generation) that made it */
     int fn_ref, ud_ref;
     int repeat;
     struct sb_timer *next, *prev;
@@ -176,6 +186,18 @@ static int protected_call_h(struct script *s, int nargs, int nres, const char *w
     if (rc != LUA_OK) {
         const char *err = lua_tostring(L, -1);
         char buf[512];
+        if (!what && !s->cur_route && s->cur_mod) {
+            int top = lua_gettop(L);
+            lua_getfield(L, LUA_REGISTRYINDEX, MODS_KEY);
+            const char *file = lua_getfield(L, -1, s->cur_mod) == LUA_TTABLE &&
+                                       lua_getfield(L, -1, "file") == LUA_TSTRING
+                                   ? lua_tostring(L, -1)
+                                   : "?";
+            snprintf(buf, sizeof buf, "module %s (%s): %s %s failed", s->cur_mod, file,
+                     handler ? handler : "a", kind);
+            lua_settop(L, top);
+            what = buf;
+        }
         if (!what) {
             struct route *r = s->cur_route;
             snprintf(buf, sizeof buf, "route %s (%s): %s %s failed", r ? r->path : "?",
@@ -459,9 +481,6 @@ static unsigned handler_bits(lua_State *L, int idx) {
 
 /* ---- app modules (lib/) ------------------------------------------------------------- */
 
-/* registry[MODS_KEY][name] = { file = path under lib/, users = { [app module
- * that required it] = true }, routes = { [route light userdata] = true } } */
-#define MODS_KEY "switchboard.modules"
 
 /* Where the app module `name` lives: a file under lib/ that package.path
  * finds, or, for a module found nowhere yet, where lib/ would hold it (so that
@@ -534,6 +553,8 @@ static int mod_record(struct script *s, lua_State *L, const char *name) {
     return 1;
 }
 
+static void cancel_module_timers(struct script *s, const char *mod, uint32_t gen, int same);
+
 /* `require` for scripts: the standard one (upvalue 1), noting which route and
  * which app module asked for which app module, so a change under lib/ reloads
  * exactly the routes that depend on it. */
@@ -559,13 +580,30 @@ static int sb_require(lua_State *L) {
         lua_setfield(L, -2, s->loading_mod);
         lua_pop(L, 1);
     }
+    /* a module's top level runs again: a new generation owns its timers */
+    lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    int fresh = lua_getfield(L, -1, name) == LUA_TNIL;
+    lua_pop(L, 2);
+    uint32_t gen = 0;
+    if (fresh) {
+        lua_getfield(L, -1, "gen");
+        gen = (uint32_t)lua_tointeger(L, -1) + 1;
+        lua_pop(L, 1);
+        lua_pushinteger(L, gen);
+        lua_setfield(L, -2, "gen");
+    }
     lua_pop(L, 1);
     const char *prev = s->loading_mod;
+    uint32_t prev_gen = s->loading_gen;
     s->loading_mod = name; /* anchored: argument 1 of this call */
+    s->loading_gen = gen;
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_pushvalue(L, 1);
     int rc = lua_pcall(L, 1, 2, 0);
     s->loading_mod = prev;
+    s->loading_gen = prev_gen;
+    if (fresh) /* success: the older generations' timers go; failure: this one's */
+        cancel_module_timers(s, name, gen, rc == LUA_OK ? 0 : 1);
     if (rc != LUA_OK)
         return lua_error(L);
     return 2;
@@ -1469,6 +1507,7 @@ static void timer_free(struct sb_timer *t) {
     lua_pop(L, 1);
     luaL_unref(L, LUA_REGISTRYINDEX, t->ud_ref);
     luaL_unref(L, LUA_REGISTRYINDEX, t->fn_ref);
+    free(t->mod);
     free(t);
 }
 
@@ -1481,6 +1520,17 @@ static void cancel_route_timers(struct script *s, struct route *r, uint32_t vers
     }
 }
 
+/* Cancel module mod's timers: with same=1 those of generation gen, with
+ * same=0 all others. */
+static void cancel_module_timers(struct script *s, const char *mod, uint32_t gen, int same) {
+    for (struct sb_timer *t = s->timers; t;) {
+        struct sb_timer *n = t->next;
+        if (t->mod && strcmp(t->mod, mod) == 0 && (t->version == gen) == same)
+            timer_free(t);
+        t = n;
+    }
+}
+
 static void on_timer(evutil_socket_t fd, short what, void *arg) {
     struct sb_timer *t = arg;
     struct script *s = t->s;
@@ -1488,16 +1538,29 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     s->srv->now = server_clock();
+    struct route *prev = s->cur_route;
+    const char *prev_mod = s->cur_mod;
+    uint32_t prev_gen = s->cur_mod_gen;
+    s->cur_route = t->owner;
+    s->cur_mod = NULL;
+    if (t->mod) { /* the name stays on the stack under the call: t may go first */
+        lua_pushstring(L, t->mod);
+        s->cur_mod = lua_tostring(L, -1);
+        s->cur_mod_gen = t->version;
+    }
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->ud_ref);
-    struct route *prev = s->cur_route;
-    s->cur_route = t->owner;
+    int has_mod = t->mod != NULL;
     /* a one-shot timer is gone before its function runs (so it cannot be
      * cancelled from inside); the function and handle stay alive on the stack */
     if (!t->repeat)
         timer_free(t);
     protected_call_h(s, 1, 0, NULL, "timer", "handler");
+    if (has_mod)
+        lua_pop(L, 1);
     s->cur_route = prev;
+    s->cur_mod = prev_mod;
+    s->cur_mod_gen = prev_gen;
 }
 
 static int new_timer(lua_State *L, int repeat) {
@@ -1516,8 +1579,19 @@ static int new_timer(lua_State *L, int repeat) {
     if (!t)
         return luaL_error(L, "out of memory");
     t->s = s;
-    t->owner = s->cur_route;
-    t->version = s->loading_version ? s->loading_version : (t->owner ? t->owner->version : 0);
+    const char *mod = s->loading_mod ? s->loading_mod : s->cur_mod;
+    if (mod) {
+        t->mod = strdup(mod);
+        t->version = s->loading_mod ? s->loading_gen : s->cur_mod_gen;
+        if (!t->mod) {
+            free(t);
+            return luaL_error(L, "out of memory");
+        }
+    } else {
+        t->owner = s->cur_route;
+        t->version =
+            s->loading_version ? s->loading_version : (t->owner ? t->owner->version : 0);
+    }
     t->repeat = repeat;
     t->ev = event_new(s->srv->base, -1, repeat ? EV_PERSIST : 0, on_timer, t);
     lua_pushvalue(L, 2);
