@@ -213,7 +213,15 @@ static int protected_call_h(struct script *s, int nargs, int nres, const char *w
         else
             log_error("%s: %s", what, err ? err : "(error object is not a string)");
         lua_pop(L, 1);
-        lua_gc(L, LUA_GCCOLLECT);
+        /* No collection after an error: a client that makes a handler raise
+         * must not buy a full GC per message, and an allocation past the cap
+         * makes Lua collect in an emergency first. Only past the cap: a
+         * memory error raised inside a collection step can leave Lua's
+         * emergency collector off for good (with the collector stopped by a
+         * script nothing turns it back on), and this handler's garbage is
+         * still there; one full collection outside the cap resets both. */
+        if (rc == LUA_ERRMEM && !outer)
+            lua_gc(L, LUA_GCCOLLECT);
     }
     if (!outer && s->gc_queued && !s->in_finalizers)
         run_finalizers(s);
