@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "deflate.h"
+#include "stats.h"
 
 struct event_base;
 struct event;
@@ -31,9 +32,6 @@ struct sb_redis;
 
 enum slow_policy { SLOW_DROP, SLOW_CLOSE };
 
-#define SB_CLOSE_OTHER 16 /* close codes 1000..1015 have a bucket each; the rest share one */
-#define SB_CLOSE_BUCKETS (SB_CLOSE_OTHER + 1)
-#define SB_TIME_BUCKETS 12 /* upper bounds in metrics.c */
 
 /* Every limit: its default is set by config_defaults, its flag in main.c. */
 struct sb_config {
@@ -76,26 +74,6 @@ struct sb_config {
 
 void config_defaults(struct sb_config *cfg);
 
-struct sb_stats {
-    uint64_t accepted, open, ws_open, handshakes_ok, handshakes_refused;
-    uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
-    uint64_t publishes, deliveries, dropped_deliveries, backpressure_events, slow_closed;
-    uint64_t handler_errors, budget_stops, reloads_ok, reloads_failed;
-    uint64_t timeouts;
-    uint64_t redis_reconnects, redis_published, redis_received, redis_errors; /* --redis */
-    uint64_t ws_closed_clean; /* both close frames exchanged */
-    /* close frames by code: [code - 1000] for 1000..1015, [SB_CLOSE_OTHER] otherwise */
-    uint64_t close_sent[SB_CLOSE_BUCKETS], close_rcvd[SB_CLOSE_BUCKETS];
-    uint64_t handshake_status[600]; /* by HTTP status: 101 and each refusal */
-    /* Lua handler time, only measured with metrics on (see metrics.h) */
-    uint64_t handler_time_buckets[SB_TIME_BUCKETS + 1]; /* last: +Inf */
-    double handler_time_sum;
-};
-
-/* Bucket of a close code in sb_stats.close_sent / close_rcvd. */
-static inline unsigned sb_close_bucket(unsigned code) {
-    return code >= 1000 && code < 1000 + SB_CLOSE_OTHER ? code - 1000 : SB_CLOSE_OTHER;
-}
 
 struct sb_listener;
 struct conn_callbacks;
@@ -132,6 +110,11 @@ struct sb_server {
     const struct conn_callbacks *conn_cb;
     void *conn_ud;
 };
+
+/* Handler timing and the metrics endpoint are on (--metrics or --metrics-path). */
+static inline int sb_metrics_on(const struct sb_server *srv) {
+    return srv->cfg.metrics_listen || srv->cfg.metrics_path;
+}
 
 /* Monotonic seconds. */
 static inline double server_clock(void) {

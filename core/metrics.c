@@ -20,28 +20,6 @@
 #define SB_VERSION "0.0.0"
 #endif
 
-const double metrics_time_bounds[SB_TIME_BUCKETS] = {
-    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5,
-};
-
-void metrics_observe_handler(struct sb_stats *st, double seconds) {
-    unsigned i = 0;
-    while (i < SB_TIME_BUCKETS && seconds > metrics_time_bounds[i])
-        i++;
-    st->handler_time_buckets[i]++;
-    st->handler_time_sum += seconds;
-}
-
-size_t metrics_resident_bytes(void) {
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (!f)
-        return 0;
-    unsigned long size = 0, resident = 0;
-    int n = fscanf(f, "%lu %lu", &size, &resident);
-    fclose(f);
-    long page = sysconf(_SC_PAGESIZE);
-    return n == 2 && page > 0 ? (size_t)resident * (size_t)page : 0;
-}
 
 /* ---- output buffer ------------------------------------------------------------ */
 
@@ -195,7 +173,7 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
     for (int i = 0; i < SB_TIME_BUCKETS; i++) {
         cum += st->handler_time_buckets[i];
         put(&b, "switchboard_lua_handler_duration_seconds_bucket{le=\"%g\"} %llu\n",
-            metrics_time_bounds[i], (unsigned long long)cum);
+            stats_time_bounds[i], (unsigned long long)cum);
     }
     cum += st->handler_time_buckets[SB_TIME_BUCKETS];
     put(&b, "switchboard_lua_handler_duration_seconds_bucket{le=\"+Inf\"} %llu\n",
@@ -223,7 +201,7 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
     gauge(&b, "switchboard_lua_memory_bytes", "Memory in use by the Lua state.",
           (double)script_memory(srv->script));
     gauge(&b, "process_resident_memory_bytes", "Resident memory size in bytes.",
-          (double)metrics_resident_bytes());
+          (double)stats_resident_bytes());
     if (b.oom) {
         free(b.p);
         return NULL;

@@ -28,7 +28,14 @@ struct pubsub {
     size_t nbuckets, ntopics;
     pubsub_topic_hook hook;
     void *hook_ud;
+    pubsub_publish_hook out; /* --redis: where the app's publishes go too */
+    void *out_ud;
 };
+
+void pubsub_set_publish_hook(struct pubsub *ps, pubsub_publish_hook fn, void *ud) {
+    ps->out = fn;
+    ps->out_ud = ud;
+}
 
 void pubsub_set_hook(struct pubsub *ps, pubsub_topic_hook fn, void *ud) {
     ps->hook = fn;
@@ -222,6 +229,14 @@ static struct outbuf *deflated_frame(struct deflate_shared *ds, int bits, int op
 }
 
 size_t pubsub_publish(struct pubsub *ps, const char *name, size_t tlen, const void *msg,
+                      size_t len, int binary, struct conn *except) {
+    size_t n = pubsub_deliver(ps, name, tlen, msg, len, binary, except);
+    if (ps->out)
+        ps->out(ps->out_ud, name, tlen, msg, len, binary);
+    return n;
+}
+
+size_t pubsub_deliver(struct pubsub *ps, const char *name, size_t tlen, const void *msg,
                       size_t len, int binary, struct conn *except) {
     struct topic *t = find(ps, name, tlen, hash_name(name, tlen));
     if (!t || (t->n == 1 && t->subs[0].c == except))

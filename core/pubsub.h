@@ -21,6 +21,11 @@ struct pubsub *pubsub_new(void);
  * how --redis follows which channels to subscribe. NULL fn removes it. */
 typedef void (*pubsub_topic_hook)(void *ud, const char *topic, size_t len, int added);
 void pubsub_set_hook(struct pubsub *ps, pubsub_topic_hook fn, void *ud);
+/* Called for every pubsub_publish (not for pubsub_deliver): how --redis sends
+ * the app's publishes to the other processes. NULL fn removes it. */
+typedef void (*pubsub_publish_hook)(void *ud, const char *topic, size_t tlen, const void *msg,
+                                    size_t len, int binary);
+void pubsub_set_publish_hook(struct pubsub *ps, pubsub_publish_hook fn, void *ud);
 void pubsub_free(struct pubsub *ps);
 
 /* Returns 1 subscribed, 0 already subscribed, -1 out of memory. */
@@ -29,9 +34,13 @@ int pubsub_subscribe(struct pubsub *ps, struct conn *c, const char *topic, size_
 int pubsub_unsubscribe(struct pubsub *ps, struct conn *c, const char *topic, size_t len);
 /* Leave every topic (a closing connection). */
 void pubsub_unsubscribe_all(struct pubsub *ps, struct conn *c);
-/* Frame once, queue on every subscriber except `except` (may be NULL).
- * Returns the number of subscribers it was queued on. */
+/* The app's publish: deliver here (pubsub_deliver), then hand it to the
+ * publish hook. Returns the number of local subscribers it was queued on. */
 size_t pubsub_publish(struct pubsub *ps, const char *topic, size_t tlen, const void *msg,
+                      size_t len, int binary, struct conn *except);
+/* Frame once, queue on every subscriber here except `except` (may be NULL):
+ * a publish that came from elsewhere. Returns the number queued on. */
+size_t pubsub_deliver(struct pubsub *ps, const char *topic, size_t tlen, const void *msg,
                       size_t len, int binary, struct conn *except);
 size_t pubsub_count(struct pubsub *ps, const char *topic, size_t len);
 /* Calls cb for every topic with at least one subscriber. */

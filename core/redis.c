@@ -392,7 +392,7 @@ static void on_message(struct sb_redis *r, const redisReply *chan, const redisRe
         return;
     }
     r->srv->stats.redis_received++;
-    pubsub_publish(r->srv->pubsub, chan->str + plen, chan->len - plen, p + HDR, len, binary,
+    pubsub_deliver(r->srv->pubsub, chan->str + plen, chan->len - plen, p + HDR, len, binary,
                    NULL);
 }
 
@@ -491,6 +491,11 @@ static void connect_both(struct sb_redis *r) {
     pubsub_each_topic(r->srv->pubsub, subscribe_cb, r);
 }
 
+static void on_publish(void *ud, const char *topic, size_t tlen, const void *msg, size_t len,
+                       int binary) {
+    redis_publish(ud, topic, tlen, msg, len, binary);
+}
+
 struct sb_redis *redis_new(struct sb_server *srv, const char *url, size_t out_max) {
     struct sb_redis *r = calloc(1, sizeof *r);
     if (!r)
@@ -517,6 +522,7 @@ struct sb_redis *redis_new(struct sb_server *srv, const char *url, size_t out_ma
     struct timeval every = {(time_t)HEALTH_EVERY, 0};
     event_add(r->health_ev, &every);
     pubsub_set_hook(srv->pubsub, on_topic, r);
+    pubsub_set_publish_hook(srv->pubsub, on_publish, r);
     connect_both(r);
     return r;
 }
@@ -526,6 +532,7 @@ void redis_free(struct sb_redis *r) {
         return;
     r->freeing = 1;
     pubsub_set_hook(r->srv->pubsub, NULL, NULL);
+    pubsub_set_publish_hook(r->srv->pubsub, NULL, NULL);
     teardown(r);
     event_free(r->retry_ev);
     event_free(r->health_ev);

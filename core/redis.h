@@ -33,7 +33,8 @@ int redis_probe(const char *url, char *err, size_t errcap);
 struct sb_redis *redis_new(struct sb_server *srv, const char *url, size_t out_max);
 void redis_free(struct sb_redis *r);
 
-/* Send one publish to the other processes (the local delivery is the caller's). */
+/* Send one publish to the other processes (the local delivery is the caller's).
+ * redis_new hooks it to pubsub_publish, so the app's publishes reach it alone. */
 void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
                    size_t len, int binary);
 

@@ -1,0 +1,44 @@
+/* stats.h — the server's counters: what every layer counts, what metrics.c
+ * and switchboard.stats() report. Plain data and arithmetic, no I/O but one
+ * read of /proc. */
+#ifndef SB_STATS_H
+#define SB_STATS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SB_CLOSE_OTHER 16 /* close codes 1000..1015 have a bucket each; the rest share one */
+#define SB_CLOSE_BUCKETS (SB_CLOSE_OTHER + 1)
+#define SB_TIME_BUCKETS 12 /* upper bounds: stats_time_bounds */
+
+struct sb_stats {
+    uint64_t accepted, open, ws_open, handshakes_ok, handshakes_refused;
+    uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
+    uint64_t publishes, deliveries, dropped_deliveries, backpressure_events, slow_closed;
+    uint64_t handler_errors, budget_stops, reloads_ok, reloads_failed;
+    uint64_t timeouts;
+    uint64_t redis_reconnects, redis_published, redis_received, redis_errors; /* --redis */
+    uint64_t ws_closed_clean; /* both close frames exchanged */
+    /* close frames by code: [code - 1000] for 1000..1015, [SB_CLOSE_OTHER] otherwise */
+    uint64_t close_sent[SB_CLOSE_BUCKETS], close_rcvd[SB_CLOSE_BUCKETS];
+    uint64_t handshake_status[600]; /* by HTTP status: 101 and each refusal */
+    /* Lua handler time, only measured with metrics on (see metrics.h) */
+    uint64_t handler_time_buckets[SB_TIME_BUCKETS + 1]; /* last: +Inf */
+    double handler_time_sum;
+};
+
+/* Bucket of a close code in sb_stats.close_sent / close_rcvd. */
+static inline unsigned sb_close_bucket(unsigned code) {
+    return code >= 1000 && code < 1000 + SB_CLOSE_OTHER ? code - 1000 : SB_CLOSE_OTHER;
+}
+
+/* Upper bounds (seconds) of the handler time buckets; the last bucket is +Inf. */
+extern const double stats_time_bounds[SB_TIME_BUCKETS];
+
+/* Count one handler call that took seconds. */
+void stats_observe_handler(struct sb_stats *st, double seconds);
+
+/* This process's resident memory in bytes (0 when /proc cannot tell). */
+size_t stats_resident_bytes(void);
+
+#endif
