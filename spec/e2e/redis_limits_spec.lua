@@ -5,48 +5,8 @@ local server = require "server"
 local rawws = require "rawws"
 local wsframe = require "wsframe"
 local proc = require "sbt_proc"
-local socket = require "socket"
+local redis_srv = require "redis"
 
-local REDIS = "/usr/bin/redis-server"
-
-local function free_port()
-    local s = assert(socket.bind("127.0.0.1", 0))
-    local _, port = s:getsockname()
-    s:close()
-    return tonumber(port)
-end
-
-local function redis_client(port)
-    local c = assert(socket.tcp())
-    c:settimeout(2)
-    if not c:connect("127.0.0.1", port) then return nil end
-    return c
-end
-
-local function start_redis()
-    local port = free_port()
-    local logf = server.tmpname(".redis.log")
-    local pid = assert(proc.spawn({ REDIS, "--port", tostring(port), "--bind", "127.0.0.1",
-        "--save", "", "--appendonly", "no" }, { stdout = logf, stderr = logf, env = { LD_PRELOAD = "" } }))
-    server.wait_for(function()
-        if proc.wait(pid, true) then error("redis-server exited:\n" .. server.read_file(logf)) end
-        local c = redis_client(port)
-        if not c then return false end
-        c:send("PING\r\n")
-        local line = c:receive("*l")
-        c:close()
-        return line == "+PONG"
-    end, 10, "redis-server to answer PING")
-    return { pid = pid, log = logf, port = port }
-end
-
-local function stop_redis(r)
-    if not r then return end
-    proc.kill(r.pid, proc.SIGCONT)
-    proc.kill(r.pid, proc.SIGKILL)
-    proc.wait(r.pid)
-    os.remove(r.log)
-end
 
 -- Everything readable on c within `timeout` seconds, appended to buf.
 local function drain(c, buf, timeout)
@@ -96,19 +56,19 @@ describe("--redis limits", function()
         app = server.tmpname(".app")
         assert(os.execute("mkdir -p " .. app))
         server.write_file(app .. "/flood.lua", FLOOD)
-        redis = start_redis()
+        redis = redis_srv.start()
     end)
     after_each(function()
         for _, c in ipairs(clients) do c:close() end
         if s then s:stop() end
         s = nil
-        stop_redis(redis)
+        redis_srv.stop(redis)
         os.remove(app .. "/flood.lua")
         os.remove(app)
     end)
 
     it("SELECTs the URL's db on the publishing and the subscribing connection", function()
-        local mon = assert(redis_client(redis.port))
+        local mon = assert(redis_srv.client(redis.port))
         clients[#clients + 1] = mon
         mon:send("MONITOR\r\n")
         assert.are.equal("+OK", mon:receive("*l"))
@@ -173,7 +133,7 @@ describe("--redis limits", function()
             s:wait_log("publish%(es%) kept local", 5)
 
             assert(proc.kill(redis.pid, proc.SIGCONT))
-            local rsub = assert(redis_client(redis.port))
+            local rsub = assert(redis_srv.client(redis.port))
             clients[#clients + 1] = rsub
             rsub:send("SUBSCRIBE sb:after\r\n")
             local got = ""

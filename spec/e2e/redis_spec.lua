@@ -4,57 +4,13 @@ local server = require "server"
 local rawws = require "rawws"
 local wsframe = require "wsframe"
 local proc = require "sbt_proc"
-local socket = require "socket"
+local redis_srv = require "redis"
 
 local APP = server.root .. "/spec/apps/scale"
-local REDIS = "/usr/bin/redis-server"
-
-local function free_port()
-    local s = assert(socket.bind("127.0.0.1", 0))
-    local _, port = s:getsockname()
-    s:close()
-    return tonumber(port)
-end
-
--- One inline command to Redis; returns the raw reply, or nil when it is down.
-local function redis_cmd(port, cmd)
-    local c = socket.tcp()
-    c:settimeout(2)
-    if not c:connect("127.0.0.1", port) then return nil end
-    c:send(cmd .. "\r\n")
-    local reply = {}
-    local line = c:receive("*l")
-    while line do
-        reply[#reply + 1] = line
-        if line:match("^[+:%-]") and #reply == 1 then break end
-        if line:match("^:") then break end
-        line = c:receive("*l")
-    end
-    c:close()
-    return table.concat(reply, "\n")
-end
-
-local function start_redis(port)
-    local logf = server.tmpname(".redis.log")
-    local pid = assert(proc.spawn({ REDIS, "--port", tostring(port), "--bind", "127.0.0.1",
-        "--save", "", "--appendonly", "no" }, { stdout = logf, stderr = logf, env = { LD_PRELOAD = "" } }))
-    server.wait_for(function()
-        if proc.wait(pid, true) then error("redis-server exited:\n" .. server.read_file(logf)) end
-        return redis_cmd(port, "PING") == "+PONG"
-    end, 10, "redis-server to answer PING")
-    return { pid = pid, log = logf }
-end
-
-local function stop_redis(r)
-    if not r then return end
-    proc.kill(r.pid, proc.SIGKILL)
-    proc.wait(r.pid)
-    os.remove(r.log)
-end
 
 -- Processes subscribed to the Redis channel of a topic.
 local function numsub(port, topic)
-    local reply = redis_cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
+    local reply = redis_srv.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
     return tonumber(reply:match(":(%d+)$"))
 end
 
@@ -99,8 +55,8 @@ describe("--redis", function()
     end
 
     lazy_setup(function()
-        rport = free_port()
-        redis = start_redis(rport)
+        rport = redis_srv.free_port()
+        redis = redis_srv.start(rport)
         local url = "redis://127.0.0.1:" .. rport
         a = server.start { app = APP, args = { "--redis", url } }
         b = server.start { app = APP, args = { "--redis", url } }
@@ -115,7 +71,7 @@ describe("--redis", function()
             local ok, e = pcall(s.stop, s)
             if not ok then errs[#errs + 1] = e end
         end
-        stop_redis(redis)
+        redis_srv.stop(redis)
         assert(#errs == 0, table.concat(errs, "\n"))
     end)
 
@@ -187,13 +143,13 @@ describe("--redis", function()
         local sa, sb = track(open(a, "r")), track(open(b, "r"))
         local pa = track(open(a))
         wait_numsub(rport, "r", 2)
-        stop_redis(redis)
+        redis_srv.stop(redis)
         redis = nil
         a:wait_log("redis: connection to 127%.0%.0%.1:%d+ lost")
         b:wait_log("redis: connection to 127%.0%.0%.1:%d+ lost")
         assert(pa:send(wsframe.text("pub:r:local")))
         assert.equal("local", assert(sa:recv_frame()).payload)
-        redis = start_redis(rport)
+        redis = redis_srv.start(rport)
         a:wait_log("redis: reconnected")
         b:wait_log("redis: reconnected")
         wait_numsub(rport, "r", 2)
@@ -230,7 +186,7 @@ end)
 
 describe("--redis at start-up", function()
     it("exits non-zero with a clear error when Redis cannot be reached", function()
-        local port = free_port()
+        local port = redis_srv.free_port()
         local s = server.start { app = APP, args = { "--redis", "redis://127.0.0.1:" .. port },
                                  expect_exit = true }
         local ok, err = pcall(function()
@@ -245,7 +201,7 @@ describe("--redis at start-up", function()
     end)
 
     it("starts local-only with a warning under --redis-optional", function()
-        local port = free_port()
+        local port = redis_srv.free_port()
         local s = server.start { app = APP,
                                  args = { "--redis", "redis://127.0.0.1:" .. port, "--redis-optional" } }
         local ok, err = pcall(function()
@@ -275,8 +231,8 @@ describe("the chat with --workers 2 --redis", function()
     local rport, redis, a, b
 
     lazy_setup(function()
-        rport = free_port()
-        redis = start_redis(rport)
+        rport = redis_srv.free_port()
+        redis = redis_srv.start(rport)
         local url = "redis://127.0.0.1:" .. rport
         a = server.start { args = { "--workers", "2", "--redis", url } }
         b = server.start { args = { "--redis", url } }
@@ -294,7 +250,7 @@ describe("the chat with --workers 2 --redis", function()
             local ok, e = pcall(s.stop, s)
             if not ok then errs[#errs + 1] = e end
         end
-        stop_redis(redis)
+        redis_srv.stop(redis)
         assert(#errs == 0, table.concat(errs, "\n"))
     end)
 

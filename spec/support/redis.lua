@@ -1,0 +1,67 @@
+-- A real redis-server on a free loopback port for end-to-end specs.
+--
+--   local redis = require "redis"
+--   local r = redis.start([port])   -- { pid, port, log }; waits for PING
+--   redis.cmd(port, "PUBSUB NUMSUB sb:x") -> raw reply, or nil when it is down
+--   redis.client(port) -> a connected luasocket, or nil
+--   redis.stop(r)                    -- also from a frozen (SIGSTOP) state
+local server = require "server"
+local proc = require "sbt_proc"
+local socket = require "socket"
+
+local redis = {}
+
+redis.BIN = "/usr/bin/redis-server"
+
+function redis.free_port()
+    local s = assert(socket.bind("127.0.0.1", 0))
+    local _, port = s:getsockname()
+    s:close()
+    return tonumber(port)
+end
+
+function redis.client(port)
+    local c = assert(socket.tcp())
+    c:settimeout(2)
+    if not c:connect("127.0.0.1", port) then return nil end
+    return c
+end
+
+-- One inline command; returns the raw reply, or nil when Redis is down.
+function redis.cmd(port, cmd)
+    local c = redis.client(port)
+    if not c then return nil end
+    c:send(cmd .. "\r\n")
+    local reply = {}
+    local line = c:receive("*l")
+    while line do
+        reply[#reply + 1] = line
+        if line:match("^[+:%-]") and #reply == 1 then break end
+        if line:match("^:") then break end
+        line = c:receive("*l")
+    end
+    c:close()
+    return table.concat(reply, "\n")
+end
+
+function redis.start(port)
+    port = port or redis.free_port()
+    local logf = server.tmpname(".redis.log")
+    local pid = assert(proc.spawn({ redis.BIN, "--port", tostring(port), "--bind", "127.0.0.1",
+        "--save", "", "--appendonly", "no" }, { stdout = logf, stderr = logf, env = { LD_PRELOAD = "" } }))
+    server.wait_for(function()
+        if proc.wait(pid, true) then error("redis-server exited:\n" .. server.read_file(logf)) end
+        return redis.cmd(port, "PING") == "+PONG"
+    end, 10, "redis-server to answer PING")
+    return { pid = pid, log = logf, port = port }
+end
+
+function redis.stop(r)
+    if not r then return end
+    proc.kill(r.pid, proc.SIGCONT)
+    proc.kill(r.pid, proc.SIGKILL)
+    proc.wait(r.pid)
+    os.remove(r.log)
+end
+
+return redis
