@@ -13,7 +13,7 @@
 -- the whole contract of DESIGN.md ("Apps and routes") with the server's semantics:
 -- misuse raises in Lua style, a handler that raises is recorded in route.errors and its
 -- connection is closed with 1011, a ws used after its connection closed raises.
--- Where DESIGN.md leaves a detail open, this follows core/script.c (return values of
+-- Where DESIGN.md leaves a detail open, this follows core/script*.c (return values of
 -- subscribe/publish/ping, ws.data assignable, lenient request answers, reload(old)).
 local cjson = require "cjson"
 
