@@ -287,8 +287,9 @@ static void install_guards(lua_State *L) {
 /* ---- __gc finalizers of scripts ---------------------------------------------------- */
 
 /* Lua runs finalizers inside the collector with hooks off, where the budget
- * cannot stop one that loops. So a script's __gc (a Lua function) is replaced,
- * when setmetatable sees it, by gc_defer, which queues the object and its
+ * cannot stop one that loops. So a script's __gc (a Lua function, or anything
+ * else but a C function: a table's __call is Lua too) is replaced, when
+ * setmetatable or debug.setmetatable sees it, by gc_defer, which queues the object and its
  * finalizer; run_finalizers calls them after the handler, each under its own
  * budget. A finalizer still runs once per object, only later. */
 #define GC_FNS_KEY "switchboard.gcfns"     /* weak keys: metatable -> the script's __gc */
@@ -300,7 +301,7 @@ static int gc_defer(lua_State *L) {
         return 0;
     lua_getfield(L, LUA_REGISTRYINDEX, GC_FNS_KEY);
     lua_insert(L, -2);
-    if (lua_rawget(L, -2) != LUA_TFUNCTION)
+    if (lua_rawget(L, -2) == LUA_TNIL)
         return 0;
     lua_getfield(L, LUA_REGISTRYINDEX, GC_QUEUE_KEY);
     lua_createtable(L, 2, 0);
@@ -313,12 +314,13 @@ static int gc_defer(lua_State *L) {
     return 0;
 }
 
-/* setmetatable for scripts: the standard one (upvalue 1), after moving a Lua
- * __gc of the metatable to GC_FNS_KEY and putting gc_defer in its place. */
+/* setmetatable (and debug.setmetatable) for scripts: the standard one
+ * (upvalue 1), after moving the metatable's __gc to GC_FNS_KEY and putting
+ * gc_defer in its place. */
 static int sb_setmetatable(lua_State *L) {
     if (lua_type(L, 2) == LUA_TTABLE) {
         lua_pushliteral(L, "__gc");
-        if (lua_rawget(L, 2) == LUA_TFUNCTION && !lua_iscfunction(L, -1)) {
+        if (lua_rawget(L, 2) != LUA_TNIL && !lua_iscfunction(L, -1)) {
             lua_getfield(L, LUA_REGISTRYINDEX, GC_FNS_KEY);
             lua_pushvalue(L, 2);
             lua_pushvalue(L, -3);
@@ -334,6 +336,24 @@ static int sb_setmetatable(lua_State *L) {
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
     return lua_gettop(L);
+}
+
+static void install_finalizers(lua_State *L) {
+    lua_newtable(L);
+    lua_getfield(L, LUA_REGISTRYINDEX, "switchboard.weakk");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, GC_FNS_KEY);
+    lua_newtable(L);
+    lua_setfield(L, LUA_REGISTRYINDEX, GC_QUEUE_KEY);
+    lua_getglobal(L, "setmetatable");
+    lua_pushcclosure(L, sb_setmetatable, 1);
+    lua_setglobal(L, "setmetatable");
+    if (lua_getglobal(L, "debug") == LUA_TTABLE) {
+        lua_getfield(L, -1, "setmetatable");
+        lua_pushcclosure(L, sb_setmetatable, 1);
+        lua_setfield(L, -2, "setmetatable");
+    }
+    lua_pop(L, 1);
 }
 
 /* Run the queued finalizers, each a handler call of its own. A few rounds
@@ -804,15 +824,7 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
     lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
     script__routes_init(s);
     install_guards(L);
-    lua_newtable(L);
-    lua_getfield(L, LUA_REGISTRYINDEX, "switchboard.weakk");
-    lua_setmetatable(L, -2);
-    lua_setfield(L, LUA_REGISTRYINDEX, GC_FNS_KEY);
-    lua_newtable(L);
-    lua_setfield(L, LUA_REGISTRYINDEX, GC_QUEUE_KEY);
-    lua_getglobal(L, "setmetatable");
-    lua_pushcclosure(L, sb_setmetatable, 1);
-    lua_setglobal(L, "setmetatable");
+    install_finalizers(L);
     script__module_init(s);
     script__ws_init(s);
 

@@ -13,7 +13,7 @@
 -- the whole contract of DESIGN.md ("Apps and routes") with the server's semantics:
 -- misuse raises in Lua style, a handler that raises is recorded in route.errors and its
 -- connection is closed with 1011, a ws used after its connection closed raises.
--- Where DESIGN.md leaves a detail open, this follows core/script.c (return values of
+-- Where DESIGN.md leaves a detail open, this follows core/script*.c (return values of
 -- subscribe/publish/ping, ws.data assignable, lenient request answers, reload(old)).
 local cjson = require "cjson"
 
@@ -60,8 +60,11 @@ local function check_number(fname, n, v)
     return v
 end
 
-local function check_function(fname, n, v)
-    if type(v) ~= "function" then argerror(fname, n, "function expected, got " .. typename(v)) end
+-- `given`: false when the argument was absent (the server says "no value" then).
+local function check_function(fname, n, v, given)
+    if type(v) ~= "function" then
+        argerror(fname, n, "function expected, got " .. (given == false and "no value" or typename(v)))
+    end
     return v
 end
 
@@ -77,10 +80,19 @@ local function check_topic(fname, n, v)
     return v
 end
 
--- Close codes a server may put on the wire (RFC 6455 §7.4).
+-- Close codes a peer may put on the wire (RFC 6455 §7.4 and the IANA registry: 1012-1014
+-- are service restart, try again later, bad gateway), as the server accepts them.
 local function valid_close_code(code)
     return code == 1000 or code == 1001 or code == 1002 or code == 1003
-        or (code >= 1007 and code <= 1011) or (code >= 3000 and code <= 4999)
+        or (code >= 1007 and code <= 1014) or (code >= 3000 and code <= 4999)
+end
+
+-- The server's default --max-message (16 MiB).
+local MAX_MESSAGE = 16 * 1024 * 1024
+
+local function check_size(fname, n, v, max)
+    if #v > max then argerror(fname, n, "message longer than --max-message") end
+    return v
 end
 
 local function copy(t)
@@ -205,7 +217,10 @@ local ws_mt = {
         end
         raise(("ws.%s is read-only (keep your state in ws.data)"):format(tostring(k)))
     end,
-    __tostring = function(ws) return ("ws: %d"):format(ws_conn[ws].fields.id) end,
+    __tostring = function(ws)
+        local conn = ws_conn[ws]
+        return ("ws %d%s"):format(conn.fields.id, conn.state == "closed" and " (closed)" or "")
+    end,
 }
 
 local function check_ws(fname, ws, allow_closed)
@@ -221,7 +236,7 @@ end
 
 function ws_methods.send(ws, msg, binary)
     local conn = check_ws("send", ws)
-    msg = check_text("send", 1, msg, binary)
+    msg = check_size("send", 1, check_text("send", 1, msg, binary), conn.app.max_message)
     if conn.state ~= "open" then return false end
     conn.client.sent[#conn.client.sent + 1] = { data = msg, binary = binary and true or false }
     return not conn.client.pressured
@@ -269,7 +284,7 @@ end
 function ws_methods.publish(ws, topic, msg, binary)
     local conn = check_ws("publish", ws)
     topic = check_topic("publish", 1, topic)
-    msg = check_text("publish", 2, msg, binary)
+    msg = check_size("publish", 2, check_text("publish", 2, msg, binary), conn.app.max_message)
     return conn.app:_publish(topic, msg, binary, conn)
 end
 
@@ -292,18 +307,28 @@ local function check_client(c, fname)
     end
 end
 
--- The peer sends a message: message(ws, msg, binary). Invalid UTF-8 in a text message
--- closes the connection with 1007 instead, as the server does.
+-- The server closes the connection instead of delivering a message.
+local function refuse(conn, code, reason)
+    conn.client.closed = { code = code, reason = reason }
+    conn.state = "closing"
+    conn.app.pending_closes[#conn.app.pending_closes + 1] = conn
+    conn.app:_settle()
+end
+
+-- The peer sends a message: message(ws, msg, binary). A message longer than the app's
+-- max_message closes the connection with 1009 instead, invalid UTF-8 in a text message
+-- with 1007, as the server does.
 function Client:message(data, binary)
     check_client(self, "message")
     data = check_string("message", 1, data)
     local conn = self._conn
     if conn.state ~= "open" then return end
+    if #data > conn.app.max_message then
+        refuse(conn, 1009, "message longer than max_message")
+        return
+    end
     if not binary and not utf8.len(data) then
-        self.closed = { code = 1007, reason = "invalid UTF-8" }
-        conn.state = "closing"
-        conn.app.pending_closes[#conn.app.pending_closes + 1] = conn
-        conn.app:_settle()
+        refuse(conn, 1007, "invalid UTF-8")
         return
     end
     conn.route:_dispatch(conn, "message", conn.ws, data, binary and true or false)
@@ -678,9 +703,9 @@ function Timer:cancel()
     return was
 end
 
-function App:_timer(fname, seconds, fn, repeating)
+function App:_timer(fname, seconds, fn, repeating, nargs)
     seconds = check_number(fname, 1, seconds)
-    fn = check_function(fname, 2, fn)
+    fn = check_function(fname, 2, fn, nargs >= 2)
     if seconds ~= seconds or seconds < 0 or seconds > 1e9 then
         argerror(fname, 1, "seconds must be between 0 and 1e9")
     end
@@ -712,7 +737,7 @@ function App:_module()
     local sb = {}
     function sb.publish(topic, msg, binary)
         topic = check_topic("publish", 1, topic)
-        msg = check_text("publish", 2, msg, binary)
+        msg = check_size("publish", 2, check_text("publish", 2, msg, binary), app.max_message)
         return app:_publish(topic, msg, binary, nil)
     end
     function sb.subscribers(topic)
@@ -726,8 +751,14 @@ function App:_module()
         table.sort(r)
         return r
     end
-    function sb.after(seconds, fn) return app:_timer("after", seconds, fn, false) end
-    function sb.every(seconds, fn) return app:_timer("every", seconds, fn, true) end
+    function sb.after(...)
+        local seconds, fn = ...
+        return app:_timer("after", seconds, fn, false, select("#", ...))
+    end
+    function sb.every(...)
+        local seconds, fn = ...
+        return app:_timer("every", seconds, fn, true, select("#", ...))
+    end
     function sb.now() return app.clock.now + 0.0 end -- a float, as the server's is
     sb.shared = app.shared
     sb.json = cjson.new()
@@ -791,7 +822,8 @@ function App:subscribers(topic)
 end
 
 -- Creates an app for directory `dir` (default "scripts"). opts.strict = true makes a
--- raising handler fail the spec at once instead of only closing its connection.
+-- raising handler fail the spec at once instead of only closing its connection;
+-- opts.max_message is the server's --max-message (default 16 MiB).
 function testing.app(dir, opts)
     dir = (opt_string("app", 1, dir, "scripts")):gsub("/$", "")
     opts = opts or {}
@@ -800,6 +832,7 @@ function testing.app(dir, opts)
         routes = {}, topics = {}, conns = {}, pending_closes = {}, loaded = {},
         shared = {}, published = {}, logs = {}, clock = new_clock(), strict = opts.strict or false,
         node = opts.node or "0000000000000001",
+        max_message = opts.max_message or MAX_MESSAGE,
     }, App)
     app.module = app:_module()
     current_clock = app.clock

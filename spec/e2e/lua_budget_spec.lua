@@ -63,6 +63,14 @@ return {
             collectgarbage()
             ws:send("after gc")
             return
+        elseif msg == "debuggc" then
+            debug.setmetatable({}, { __gc = forever })
+            -- a callable table runs Lua too
+            setmetatable({}, { __gc = setmetatable({}, { __call = forever }) })
+            collectgarbage()
+            collectgarbage()
+            ws:send("after debug gc")
+            return
         end
         if msg == "keep" then
             -- a coroutine stopped by the budget, closed by a later message
@@ -169,6 +177,18 @@ describe("the instruction budget", function()
         assert.equal("after gc", c:echo("gc"))
         s:wait_log("__gc finalizer failed: [^\n]*instruction budget exceeded")
         assert.equal("ok:alive", other:echo("alive"))
+        assert.equal("spin:more", c:echo("more"))
+    end)
+
+    it("does the same for debug.setmetatable and a callable __gc", function()
+        local function stopped()
+            local _, n = s:log():gsub("__gc finalizer failed: [^\n]*instruction budget exceeded", "")
+            return n
+        end
+        local before = stopped()
+        local c = open("/spin")
+        assert.equal("after debug gc", c:echo("debuggc"))
+        server.wait_for(function() return stopped() >= before + 2 end, 10, "two stopped finalizers")
         assert.equal("spin:more", c:echo("more"))
     end)
 

@@ -461,7 +461,11 @@ describe("switchboard.testing: timers and the clock", function()
         local sb = sb_of(probe())
         assert.error_matches(function() sb.after("1", print) end,
             "bad argument #1 to 'after' %(number expected, got string%)")
-        assert.error_matches(function() sb.every(1) end, "bad argument #2 to 'every' %(function expected, got nil%)")
+        -- as the server words them: an absent argument is "no value", an explicit nil "nil"
+        assert.error_matches(function() sb.every(1) end,
+            "bad argument #2 to 'every' %(function expected, got no value%)")
+        assert.error_matches(function() sb.every(1, nil) end,
+            "bad argument #2 to 'every' %(function expected, got nil%)")
         assert.error_matches(function() sb.every(0, print) end, "interval must be at least 0.001 seconds")
         assert.error_matches(function() sb.after(-1, print) end, "seconds must be between 0 and 1e9")
     end)

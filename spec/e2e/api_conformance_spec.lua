@@ -1,0 +1,243 @@
+-- One API conformance suite, run twice: against switchboard.testing (the fake
+-- users' specs run on) and against the real server. The same route script
+-- answers the same cases in both, so the fake cannot drift from the server
+-- unnoticed. Each case's expected answer is the contract (README, DESIGN.md).
+local server = require "server"
+local rawws = require "rawws"
+local wsframe = require "wsframe"
+local testing = require "switchboard.testing"
+
+local MAX = 1000 -- --max-message for both sides
+
+-- Every case answers with one text message starting with "=" (after any
+-- messages the case itself sends).
+local SCRIPT = [[
+local sb = require "switchboard"
+local MAX = %d
+
+-- error text without the position, digits of ids as N
+local function show(v)
+    return (tostring(v):gsub("^[^\n]-:%%d+: ", ""):gsub("ws %%d+", "ws N"))
+end
+
+local function try(f, ...)
+    local ok, res = pcall(f, ...)
+    return (ok and "ok " or "error ") .. show(res)
+end
+
+local cases = {
+    tostring = function(ws) return show(tostring(ws)) end,
+    tostring_closed = function() return show(tostring(sb.shared.closed_ws)) end,
+    closed_send = function() return try(sb.shared.closed_ws.send, sb.shared.closed_ws, "x") end,
+    closed_id = function() return math.type(sb.shared.closed_ws.id) end,
+    last_close = function() return sb.shared.last_close or "none" end,
+    close_1001 = function(ws) return try(ws.close, ws, 1001) end,
+    close_1012 = function(ws) return try(ws.close, ws, 1012) end,
+    close_1014 = function(ws) return try(ws.close, ws, 1014) end,
+    close_2999 = function(ws) return try(ws.close, ws, 2999) end,
+    close_5000 = function(ws) return try(ws.close, ws, 5000) end,
+    close_fraction = function(ws) return try(ws.close, ws, 1000.5) end,
+    close_string = function(ws) return try(ws.close, ws, "1000") end,
+    close_long_reason = function(ws) return try(ws.close, ws, 1000, ("r"):rep(124)) end,
+    send_max = function(ws) return try(ws.send, ws, ("x"):rep(MAX)) end,
+    send_over_max = function(ws) return try(ws.send, ws, ("x"):rep(MAX + 1)) end,
+    send_binary_over_max = function(ws) return try(ws.send, ws, ("\255"):rep(MAX + 1), true) end,
+    publish_over_max = function(ws) return try(ws.publish, ws, "t", ("x"):rep(MAX + 1)) end,
+    sb_publish_over_max = function() return try(sb.publish, "t", ("x"):rep(MAX + 1)) end,
+    send_bad_utf8 = function(ws) return try(ws.send, ws, "\255") end,
+    send_table = function(ws) return try(ws.send, ws, {}) end,
+    send_number = function(ws) return try(ws.send, ws, 42) end,
+    ping_long = function(ws) return try(ws.ping, ws, ("p"):rep(126)) end,
+    subscribe_empty = function(ws) return try(ws.subscribe, ws, "") end,
+    subscribe_twice = function(ws)
+        return tostring(ws:subscribe("twice")) .. " " .. tostring(ws:subscribe("twice"))
+    end,
+    unsubscribe_unknown = function(ws) return try(ws.unsubscribe, ws, "never") end,
+    read_only = function(ws) return try(function() ws.nick = "x" end) end,
+    data_not_table = function(ws) return try(function() ws.data = 5 end) end,
+    after_negative = function() return try(sb.after, -1, function() end) end,
+    every_too_often = function() return try(sb.every, 0.0001, function() end) end,
+    after_no_function = function() return try(sb.after, 1) end,
+    log_nothing = function() return try(sb.log.info) end,
+    now_type = function() return math.type(sb.now()) end,
+    node = function() return tostring(#sb.node) .. " " .. tostring(sb.node:match("^%%x+$") ~= nil) end,
+    topics_sorted = function(ws)
+        ws:subscribe("b") ws:subscribe("a")
+        return table.concat(sb.topics(), ",")
+    end,
+    bad_self = function(ws) return try(ws.send, "nope", "x") end,
+}
+
+return {
+    message = function(ws, msg)
+        local case = cases[msg]
+        ws:send("=" .. (case and tostring(case(ws)) or ("echo " .. #msg)))
+    end,
+    close = function(ws, code, reason)
+        sb.shared.last_close = code .. " " .. reason
+        sb.shared.closed_ws = ws
+    end,
+}
+]]
+
+-- The two sides, one interface: side.open() -> conn; conn:ask(msg) -> the
+-- case's answer, or nil and the close code when the connection was closed
+-- instead; conn:peer_close(code, reason); conn:close().
+
+local function fake_side(dir)
+    local app = testing.app(dir, { max_message = MAX })
+    local route = app:load("conformance")
+    local side = {}
+    function side.open()
+        local c = assert(route:connect())
+        local conn = {}
+        function conn.ask(_, msg)
+            c:clear()
+            c:message(msg)
+            if not c:is_open() then return nil, c.closed and c.closed.code end
+            local last = c.sent[#c.sent]
+            return last and last.data:match("^=(.*)$")
+        end
+        function conn.peer_close(_, code, reason) c:close(code, reason) end
+        function conn.close() if c:is_open() then c:close(1000) end end
+        return conn
+    end
+    function side.stop() end
+    return side
+end
+
+local function real_side(dir)
+    local s = server.start{ app = dir, args = { "--max-message", tostring(MAX), "--no-watch" } }
+    local side, open = {}, {}
+    function side.open()
+        local c = rawws.open(s.port, "/conformance")
+        open[#open + 1] = c
+        local conn = {}
+        function conn.ask(_, msg)
+            assert(c:send(wsframe.text(msg)))
+            while true do
+                local f = c:recv_frame()
+                if not f then return nil end
+                if f.opcode == 8 then
+                    c:send(wsframe.close(1000, "")) -- finish the closing handshake
+                    c:close()
+                    return nil, string.unpack(">I2", f.payload)
+                end
+                local answer = f.payload:match("^=(.*)$")
+                if answer then return answer end
+            end
+        end
+        function conn.peer_close(_, code, reason)
+            c:send(wsframe.close(code, reason))
+            c:recv_close()
+            c:close()
+        end
+        function conn.close() end
+        return conn
+    end
+    function side.stop()
+        for _, c in ipairs(open) do c:close() end
+        s:stop()
+    end
+    return side
+end
+
+-- case -> the answer every side must give
+local EXPECT = {
+    tostring = "ws N",
+    close_1001 = "error bad argument #1 to 'close' (close code must be 1000 or 3000-4999)",
+    close_1012 = "error bad argument #1 to 'close' (close code must be 1000 or 3000-4999)",
+    close_1014 = "error bad argument #1 to 'close' (close code must be 1000 or 3000-4999)",
+    close_2999 = "error bad argument #1 to 'close' (close code must be 1000 or 3000-4999)",
+    close_5000 = "error bad argument #1 to 'close' (close code must be 1000 or 3000-4999)",
+    close_fraction = "error bad argument #1 to 'close' (close code must be 1000 or 3000-4999)",
+    close_string = "error bad argument #1 to 'close' (number expected, got string)",
+    close_long_reason = "error bad argument #2 to 'close' (reason longer than 123 bytes)",
+    send_max = "ok true",
+    send_over_max = "error bad argument #1 to 'send' (message longer than --max-message)",
+    send_binary_over_max = "error bad argument #1 to 'send' (message longer than --max-message)",
+    publish_over_max = "error bad argument #2 to 'publish' (message longer than --max-message)",
+    sb_publish_over_max = "error bad argument #2 to 'publish' (message longer than --max-message)",
+    send_bad_utf8 = "error bad argument #1 to 'send' (text is not valid UTF-8 (send it as binary))",
+    send_table = "error bad argument #1 to 'send' (string expected, got table)",
+    send_number = "ok true",
+    ping_long = "error bad argument #1 to 'ping' (ping payload longer than 125 bytes)",
+    subscribe_empty = "error bad argument #1 to 'subscribe' (topic must not be empty)",
+    subscribe_twice = "true false",
+    unsubscribe_unknown = "ok false",
+    read_only = "error ws.nick is read-only (keep your state in ws.data)",
+    after_negative = "error bad argument #1 to 'after' (seconds must be between 0 and 1e9)",
+    every_too_often = "error bad argument #1 to 'every' (an 'every' interval must be at least 0.001 seconds)",
+    after_no_function = "error bad argument #2 to 'after' (function expected, got no value)",
+    log_nothing = "error bad argument #1 to 'info' (string expected, got no value)",
+    now_type = "float",
+    node = "16 true",
+    topics_sorted = "a,b,twice",
+    bad_self = "error calling 'send' on bad self (ws expected, got string)",
+}
+
+local ORDER = {}
+for name in pairs(EXPECT) do ORDER[#ORDER + 1] = name end
+table.sort(ORDER)
+
+for _, which in ipairs({ "switchboard.testing", "the server" }) do
+    describe("the API on " .. which, function()
+        local dir, side
+
+        setup(function()
+            dir = server.tmpname("-app")
+            assert(os.execute("mkdir -p '" .. dir .. "'"))
+            server.write_file(dir .. "/conformance.lua", SCRIPT:format(MAX))
+            side = (which == "the server" and real_side or fake_side)(dir)
+        end)
+
+        teardown(function()
+            if side then side.stop() end
+            os.execute("rm -rf '" .. dir .. "'")
+        end)
+
+        it("answers every case as the contract says", function()
+            local conn = side.open()
+            local got = {}
+            for _, name in ipairs(ORDER) do got[name] = conn:ask(name) end
+            conn:close()
+            assert.same(EXPECT, got)
+        end)
+
+        -- the close handler has run once the last close shows on another connection
+        local function last_close(probe, want)
+            server.wait_for(function() return probe:ask("last_close") == want end, 10, "close " .. want)
+        end
+
+        it("passes the peer's close codes 1012-1014 and its reason to close", function()
+            local probe = side.open()
+            for _, code in ipairs({ 1012, 1013, 1014, 3000, 4999 }) do
+                local c = side.open()
+                c:peer_close(code, "bye " .. code)
+                last_close(probe, code .. " bye " .. code)
+            end
+            probe:close()
+        end)
+
+        it("shows a closed ws as closed, keeps its id, and raises from its methods", function()
+            local probe = side.open()
+            local c = side.open()
+            c:peer_close(1000, "done")
+            last_close(probe, "1000 done")
+            assert.equal("ws N (closed)", probe:ask("tostring_closed"))
+            assert.equal("integer", probe:ask("closed_id"))
+            assert.equal("error bad argument #1 to 'send' (ws N is closed)", probe:ask("closed_send"))
+            probe:close()
+        end)
+
+        it("closes with 1009 on a message longer than --max-message, and takes one at it", function()
+            local c = side.open()
+            assert.equal("echo " .. MAX, (c:ask(("m"):rep(MAX))))
+            local answer, code = c:ask(("m"):rep(MAX + 1))
+            assert.same({ nil, 1009 }, { answer, code })
+            local probe = side.open()
+            server.wait_for(function() return (probe:ask("last_close") or ""):match("^1009") end, 10, "close 1009")
+            probe:close()
+        end)
+    end)
+end
