@@ -933,7 +933,7 @@ static void http_read(struct conn *c, uint8_t *data, size_t n) {
     if (c->hlen) {
         size_t need = c->hlen + n;
         if (need > c->hcap) {
-            size_t ncap = c->hcap * 2 > need ? c->hcap * 2 : need;
+            size_t ncap = (size_t)c->hcap * 2 > need ? (size_t)c->hcap * 2 : need;
             char *nb = realloc(c->hbuf, ncap);
             if (!nb) {
                 conn_kill(c, WS_CLOSE_ABNORMAL);
