@@ -220,8 +220,8 @@ static const struct opt options[] = {
      "127.0.0.1:8080"},
     {"max-header-bytes", "N", set_count, F(cfg.max_header_bytes), 64, MIB,
      "request head size limit (431)", "8192"},
-    /* conn.c sizes a stack array by it and script.c re-parses a kept head with room
-     * for HTTP_MAX_HEADERS_LIMIT fields: the two must agree */
+    /* the loop's header array has max-headers + 1 fields and script_ws.c re-parses a
+     * kept head with room for HTTP_MAX_HEADERS_LIMIT: the bound keeps them agreeing */
     {"max-headers", "N", set_count, F(cfg.max_headers), 1, HTTP_MAX_HEADERS_LIMIT,
      "request header count limit (431)", "100"},
     /* a request being read is held in a buffer with 32-bit lengths */
