@@ -174,7 +174,7 @@ static int parse_kept_head(struct conn *c, struct http_request *req, struct http
  * cached in the userdata's second user value. */
 static void ws_fill_cache(lua_State *L, struct conn *c) {
     lua_newtable(L);
-    struct http_header h[1001];
+    struct http_header h[HTTP_MAX_HEADERS_LIMIT + 1];
     struct http_request req;
     if (!parse_kept_head(c, &req, h, sizeof h / sizeof h[0]))
         return;
