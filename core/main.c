@@ -204,6 +204,14 @@ static int set_log_level(struct options *opts, const struct opt *o, const char *
     return 0;
 }
 
+static int set_log_format(struct options *opts, const struct opt *o, const char *arg) {
+    int fmt = log_parse_format(arg);
+    if (fmt < 0)
+        return die_usage("--log-format is text or json, not '%s'", arg);
+    log_set_format((enum log_format)fmt);
+    return 0;
+}
+
 /* One value for both directions. */
 static int set_window_bits(struct options *opts, const struct opt *o, const char *arg) {
     int rc = set_count(opts, o, arg);
@@ -301,6 +309,10 @@ static const struct opt options[] = {
      "publishes stay local (counted, logged)",
      "16m"},
     {"log-level", "LEVEL", set_log_level, NOF, 0, 0, "debug, info, warn, error", "info"},
+    {"log-format", "text|json", set_log_format, NOF, 0, 0,
+     "json: one object per line with time, level, msg and,\n"
+     "where known, route, script, line, conn, remote",
+     "text"},
     {"help", NULL, set_true, F(help), 0, 0, "this text (-h)", NULL},
     {"version", NULL, set_true, F(version), 0, 0, "the version (-V)", NULL},
 };
