@@ -274,6 +274,10 @@ static const struct opt options[] = {
      "512m"},
     {"no-watch", NULL, set_false, F(cfg.watch), 0, 0, "do not reload scripts when they change",
      NULL},
+    {"reload-debounce", "SECONDS", set_seconds, F(cfg.reload_debounce), 0, 10,
+     "a save reloads at once; a burst of saves reloads\n"
+     "once it has been quiet this long",
+     "0.05"},
     {"listen-tls", "ADDR:PORT", set_listen, NOF, 0, 0,
      "serve https:// and wss:// here (repeatable, beside --listen)", NULL},
     {"tls-cert", "FILE", set_string, F(cfg.tls_cert), 0, 0,

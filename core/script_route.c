@@ -573,6 +573,12 @@ static void reload_all(struct script *s) {
              (server_clock() - t0) * 1e3);
 }
 
+int script_compiles(struct script *s, const char *file) {
+    int ok = luaL_loadfile(s->L, file) == LUA_OK;
+    lua_pop(s->L, 1); /* the chunk or the message */
+    return ok;
+}
+
 void script_reload(struct script *s, const char *file) {
     if (!file) {
         reload_all(s);
