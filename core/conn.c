@@ -96,8 +96,10 @@ static void conn_linger(struct conn *c, int wait_eof);
 static void conn_overflow(struct conn *c) {
     struct sb_server *srv = c->srv;
     char rb[64];
-    log_warn("conn %llu (%s): %zu bytes queued, past --out-max; closing with 1008",
-             (unsigned long long)c->id, conn_remote(c, rb, sizeof rb), c->out.bytes);
+    conn_remote(c, rb, sizeof rb);
+    log_conn(LOG_WARN, c->id, rb,
+             "conn %llu (%s): %zu bytes queued, past --out-max; closing with 1008",
+             (unsigned long long)c->id, rb, c->out.bytes);
     srv->stats.slow_closed++;
     outq_drop_unstarted(&c->out);
     if (!c->close_sent) {
@@ -319,9 +321,9 @@ void conn_close(struct conn *c, unsigned code, const char *reason, size_t reason
  * the code, then close once it is written; reads are discarded meanwhile. */
 static void conn_fail(struct conn *c, unsigned code, const char *reason) {
     char rb[64];
-    log_info("conn %llu (%s): closing with %u: %s", (unsigned long long)c->id,
-             conn_remote(c, rb, sizeof rb), code,
-             reason ? reason : "");
+    conn_remote(c, rb, sizeof rb);
+    log_conn(LOG_INFO, c->id, rb, "conn %llu (%s): closing with %u: %s", (unsigned long long)c->id,
+             rb, code, reason ? reason : "");
     if (c->state == CONN_WS && !c->close_sent) {
         conn_close(c, code, reason, reason ? strlen(reason) : 0);
     }
@@ -437,9 +439,9 @@ static void file_refill(struct conn *c) {
         }
         if (r <= 0 || queue_push(c, (b->len = (uint32_t)r, b)) < 0) {
             char rb[64];
-            log_warn("conn %llu (%s): a file answer could not be read: %s",
-                     (unsigned long long)c->id, conn_remote(c, rb, sizeof rb),
-                     r == 0 ? "file shrank" : strerror(errno));
+            conn_remote(c, rb, sizeof rb);
+            log_conn(LOG_WARN, c->id, rb, "conn %llu (%s): a file answer could not be read: %s",
+                     (unsigned long long)c->id, rb, r == 0 ? "file shrank" : strerror(errno));
             outbuf_unref(b);
             conn_kill(c, WS_CLOSE_ABNORMAL); /* its length is promised: end it */
             return;
@@ -764,8 +766,12 @@ static int do_upgrade(struct conn *c, const struct http_request *req, const char
         struct proto_pick pp = {ans.protocol, 0};
         handshake_each_protocol(req, pick_proto, &pp);
         if (!pp.found) {
-            log_error("%s: upgrade chose subprotocol '%s' the client did not offer", path,
-                      ans.protocol);
+            char rb[64];
+            log_with(LOG_ERROR,
+                     &(struct log_fields){
+                         .route = path, .conn = c->id, .remote = conn_remote(c, rb, sizeof rb)},
+                     "%s: upgrade chose subprotocol '%s' the client did not offer", path,
+                     ans.protocol);
             ans.status = 500;
         }
     }

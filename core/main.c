@@ -204,6 +204,14 @@ static int set_log_level(struct options *opts, const struct opt *o, const char *
     return 0;
 }
 
+static int set_log_format(struct options *opts, const struct opt *o, const char *arg) {
+    int fmt = log_parse_format(arg);
+    if (fmt < 0)
+        return die_usage("--log-format is text or json, not '%s'", arg);
+    log_set_format((enum log_format)fmt);
+    return 0;
+}
+
 /* One value for both directions. */
 static int set_window_bits(struct options *opts, const struct opt *o, const char *arg) {
     int rc = set_count(opts, o, arg);
@@ -266,6 +274,10 @@ static const struct opt options[] = {
      "512m"},
     {"no-watch", NULL, set_false, F(cfg.watch), 0, 0, "do not reload scripts when they change",
      NULL},
+    {"reload-debounce", "SECONDS", set_seconds, F(cfg.reload_debounce), 0, 10,
+     "a save reloads at once; a burst of saves reloads\n"
+     "once it has been quiet this long",
+     "0.05"},
     {"listen-tls", "ADDR:PORT", set_listen, NOF, 0, 0,
      "serve https:// and wss:// here (repeatable, beside --listen)", NULL},
     {"tls-cert", "FILE", set_string, F(cfg.tls_cert), 0, 0,
@@ -301,6 +313,10 @@ static const struct opt options[] = {
      "publishes stay local (counted, logged)",
      "16m"},
     {"log-level", "LEVEL", set_log_level, NOF, 0, 0, "debug, info, warn, error", "info"},
+    {"log-format", "text|json", set_log_format, NOF, 0, 0,
+     "json: one object per line with time, level, msg and,\n"
+     "where known, route, script, line, conn, remote",
+     "text"},
     {"help", NULL, set_true, F(help), 0, 0, "this text (-h)", NULL},
     {"version", NULL, set_true, F(version), 0, 0, "the version (-V)", NULL},
 };

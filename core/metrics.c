@@ -198,6 +198,9 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
     put(&b, "switchboard_reloads_total{outcome=\"ok\"} %llu\n", (unsigned long long)st->reloads_ok);
     put(&b, "switchboard_reloads_total{outcome=\"failed\"} %llu\n",
         (unsigned long long)st->reloads_failed);
+    counter(&b, "switchboard_route_load_failures_total",
+            "Route scripts that failed to load, at start-up or on a reload.",
+            st->route_load_failures);
     gauge(&b, "switchboard_lua_memory_bytes", "Memory in use by the Lua state.",
           (double)script_memory(srv->script));
     gauge(&b, "process_resident_memory_bytes", "Resident memory size in bytes.",

@@ -1,5 +1,6 @@
-/* reload.c — the app directory watcher: inotify on the event loop, a debounce
- * timer, and script_reload for every path that changed. */
+/* reload.c — the app directory watcher: inotify on the event loop, script_reload
+ * for every path that changed: at once for a finished save, after a quiet
+ * period (the debounce timer) for a burst of changes. */
 #define _GNU_SOURCE
 #include "reload.h"
 
@@ -32,17 +33,25 @@ struct watch {
     char *path; /* owned */
 };
 
+/* A changed path waiting for its reload. */
+struct pending {
+    char *path; /* owned */
+    int wait;   /* only the debounce timer reloads it; else the end of this inotify read */
+};
+
 struct reload {
     struct sb_server *srv;
     char *app_dir; /* realpath, the same spelling script.c uses for route files */
     int fd;
     struct event *ev;    /* the inotify fd */
-    struct event *timer; /* debounce: fires once the saves stop */
+    struct event *timer; /* debounce: fires once a burst of changes stops */
     struct watch *w;     /* one per watched folder */
     size_t nw, capw;
-    char **pending; /* changed paths since the last reload (owned) */
+    struct pending *pending; /* changed paths since the last reload */
     size_t np, capp;
-    int overflow; /* the kernel queue overflowed: reload everything */
+    int overflow;      /* the kernel queue overflowed: reload everything */
+    int now;           /* a finished save is pending: reload after this read */
+    double last_saved; /* server_clock() of the last finished save (a burst is saves closer) */
 };
 
 static struct watch *watch_find(struct reload *rl, int wd) {
@@ -92,23 +101,34 @@ static int is_lua(const char *name) {
     return n > 4 && strcmp(name + n - 4, ".lua") == 0;
 }
 
-static void pend(struct reload *rl, const char *path) {
-    for (size_t i = 0; i < rl->np; i++)
-        if (strcmp(rl->pending[i], path) == 0)
-            goto arm;
-    if (rl->np == rl->capp) {
-        size_t cap = rl->capp ? rl->capp * 2 : 8;
-        char **n = realloc(rl->pending, cap * sizeof *n);
-        if (!n)
+/* Queue path for a reload: with wait, once the changes have stopped for the
+ * debounce period; without, at the end of this inotify read. The latest change
+ * of a path decides. */
+static void pend(struct reload *rl, const char *path, int wait) {
+    struct pending *p = NULL;
+    for (size_t i = 0; i < rl->np && !p; i++)
+        if (strcmp(rl->pending[i].path, path) == 0)
+            p = &rl->pending[i];
+    if (!p) {
+        if (rl->np == rl->capp) {
+            size_t cap = rl->capp ? rl->capp * 2 : 8;
+            struct pending *n = realloc(rl->pending, cap * sizeof *n);
+            if (!n)
+                return;
+            rl->pending = n;
+            rl->capp = cap;
+        }
+        char *copy = strdup(path);
+        if (!copy)
             return;
-        rl->pending = n;
-        rl->capp = cap;
+        p = &rl->pending[rl->np++];
+        p->path = copy;
     }
-    char *p = strdup(path);
-    if (!p)
+    p->wait = wait;
+    if (!wait) {
+        rl->now = 1;
         return;
-    rl->pending[rl->np++] = p;
-arm:;
+    }
     double d = rl->srv->cfg.reload_debounce;
     struct timeval tv = {(time_t)d, (suseconds_t)((d - (double)(time_t)d) * 1e6)};
     event_add(rl->timer, &tv); /* re-arms: the debounce restarts with every change */
@@ -139,7 +159,7 @@ static void watch_tree(struct reload *rl, const char *dir, int queue, int depth)
         if (S_ISDIR(st.st_mode))
             watch_tree(rl, path, queue, depth + 1);
         else if (queue && S_ISREG(st.st_mode) && is_lua(e->d_name))
-            pend(rl, path);
+            pend(rl, path, 1);
     }
     closedir(d);
 }
@@ -163,7 +183,7 @@ static void on_event(struct reload *rl, const struct inotify_event *ev) {
     if (ev->mask & IN_Q_OVERFLOW) {
         log_warn("reload: inotify queue overflowed: reloading every script");
         rl->overflow = 1;
-        pend(rl, rl->app_dir);
+        pend(rl, rl->app_dir, 1);
         return;
     }
     struct watch *w = watch_find(rl, ev->wd);
@@ -184,13 +204,29 @@ static void on_event(struct reload *rl, const struct inotify_event *ev) {
             watch_tree(rl, path, 1, 0);
         if (ev->mask & (IN_MOVED_FROM | IN_DELETE)) {
             unwatch_tree(rl, path);
-            pend(rl, path); /* every route under it is gone */
+            pend(rl, path, 1); /* every route under it is gone */
         }
         return;
     }
-    if (is_lua(ev->name))
-        pend(rl, path);
+    if (!is_lua(ev->name))
+        return;
+    /* A finished save (closed after writing, or renamed into place) is loaded at
+     * once, unless it comes within the debounce period of the previous one (a
+     * burst: a checkout, a tool writing several files, an editor writing in
+     * parts) or does not compile (most likely a file written in parts: its next
+     * write follows). Other changes (created, deleted, moved away) wait: a
+     * finished save usually follows them. */
+    if (ev->mask & (IN_CLOSE_WRITE | IN_MOVED_TO)) {
+        double now = server_clock();
+        int burst = now - rl->last_saved < rl->srv->cfg.reload_debounce;
+        rl->last_saved = now;
+        pend(rl, path, burst || rl->overflow || !script_compiles(rl->srv->script, path));
+    } else {
+        pend(rl, path, 1);
+    }
 }
+
+static void flush(struct reload *rl, int all);
 
 static void on_inotify(evutil_socket_t fd, short what, void *arg) {
     struct reload *rl = arg;
@@ -201,7 +237,7 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg) {
         if (n <= 0) {
             if (n < 0 && errno == EINTR)
                 continue;
-            return; /* EAGAIN: drained */
+            break; /* EAGAIN: drained */
         }
         for (char *p = buf; p < buf + n;) {
             const struct inotify_event *ev = (const struct inotify_event *)p;
@@ -209,38 +245,57 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg) {
             p += sizeof *ev + ev->len;
         }
     }
+    if (rl->now)
+        flush(rl, 0);
 }
 
-static void on_debounce(evutil_socket_t fd, short what, void *arg) {
-    struct reload *rl = arg;
+/* Reload the pending paths: all of them, or (all = 0) those not waiting for the
+ * debounce timer, which stays armed for the rest. */
+static void flush(struct reload *rl, int all) {
     struct script *s = rl->srv->script;
-    (void)fd;
-    (void)what;
     rl->srv->now = server_clock();
-    char **paths = rl->pending;
-    size_t n = rl->np;
-    int all = rl->overflow;
-    rl->pending = NULL;
-    rl->np = rl->capp = 0;
-    rl->overflow = 0;
-    if (all) {
+    int every = all && rl->overflow;
+    size_t n = 0, kept = 0;
+    struct pending *due = malloc((rl->np ? rl->np : 1) * sizeof *due);
+    if (!due)
+        return;
+    for (size_t i = 0; i < rl->np; i++) {
+        if (all || !rl->pending[i].wait)
+            due[n++] = rl->pending[i];
+        else
+            rl->pending[kept++] = rl->pending[i];
+    }
+    /* script_reload runs scripts: the list is consistent before the first one */
+    rl->np = kept;
+    rl->now = 0;
+    if (every) {
+        rl->overflow = 0;
         watch_tree(rl, rl->app_dir, 0, 0);
         script_reload(s, NULL);
     }
+    if (all || !kept)
+        event_del(rl->timer);
     for (size_t i = 0; i < n; i++) {
+        const char *path = due[i].path;
         struct stat st;
-        int exists = stat(paths[i], &st) == 0;
-        if (all) {
+        int exists = stat(path, &st) == 0;
+        if (every) {
             /* done above */
         } else if (exists && S_ISREG(st.st_mode) && st.st_size == 0) {
             /* created, not written yet: its CLOSE_WRITE pends it again */
-            log_info("reload: %s is empty: not loaded", paths[i]);
+            log_info("reload: %s is empty: not loaded", path);
         } else if (!exists || S_ISREG(st.st_mode)) {
-            script_reload(s, paths[i]); /* changed, new or deleted */
+            script_reload(s, path); /* changed, new or deleted */
         }
-        free(paths[i]);
+        free(due[i].path);
     }
-    free(paths);
+    free(due);
+}
+
+static void on_debounce(evutil_socket_t fd, short what, void *arg) {
+    (void)fd;
+    (void)what;
+    flush(arg, 1);
 }
 
 struct reload *reload_new(struct sb_server *srv, const char *app_dir) {
@@ -264,8 +319,9 @@ struct reload *reload_new(struct sb_server *srv, const char *app_dir) {
         return NULL;
     }
     watch_tree(rl, rl->app_dir, 0, 0);
-    log_info("reload: watching %zu folder(s) under %s (debounce %.0f ms)", rl->nw, rl->app_dir,
-             srv->cfg.reload_debounce * 1e3);
+    log_info("reload: watching %zu folder(s) under %s (a save reloads at once, a burst once "
+             "quiet for %.0f ms)",
+             rl->nw, rl->app_dir, srv->cfg.reload_debounce * 1e3);
     return rl;
 }
 
@@ -282,7 +338,7 @@ void reload_free(struct reload *rl) {
         free(rl->w[i].path);
     free(rl->w);
     for (size_t i = 0; i < rl->np; i++)
-        free(rl->pending[i]);
+        free(rl->pending[i].path);
     free(rl->pending);
     free(rl->app_dir);
     free(rl);

@@ -81,6 +81,18 @@ static void l_hook(lua_State *L, lua_Debug *ar) {
 }
 
 static int l_traceback(lua_State *L) {
+    /* the innermost Lua function on the stack raised it (or called `error`) */
+    struct script *s = get_script(L);
+    lua_Debug ar;
+    s->err_line = 0;
+    for (int level = 1; lua_getstack(L, level, &ar); level++) {
+        if (lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+            snprintf(s->err_src, sizeof s->err_src, "%s",
+                     ar.source[0] == '@' ? ar.source + 1 : ar.short_src);
+            s->err_line = ar.currentline;
+            break;
+        }
+    }
     const char *msg = lua_tostring(L, 1);
     if (!msg)
         msg = luaL_tolstring(L, 1, NULL);
@@ -89,6 +101,23 @@ static int l_traceback(lua_State *L) {
 }
 
 static void run_finalizers(struct script *s);
+
+/* (script_int.h) */
+void script__log_fields(struct script *s, struct log_fields *f, char *rb, size_t cap) {
+    struct route *r = s->cur_route;
+    if (r) {
+        f->route = r->path;
+        f->script = r->file;
+    }
+    if (s->err_line > 0) {
+        f->script = s->err_src;
+        f->line = s->err_line;
+    }
+    if (s->cur_conn) {
+        f->conn = s->cur_conn->id;
+        f->remote = conn_remote(s->cur_conn, rb, cap);
+    }
+}
 
 /* (script_int.h) The failure text is formatted only on failure, since this
  * runs per message. The scripts' __gc finalizers queued meanwhile run after
@@ -138,11 +167,15 @@ int script__pcall(struct script *s, int nargs, int nres, const char *what, const
         s->srv->stats.handler_errors++;
         if (hit)
             s->srv->stats.budget_stops++;
+        struct log_fields lf = {0};
+        char rb[64];
+        script__log_fields(s, &lf, rb, sizeof rb);
         if (rc == LUA_ERRMEM)
-            log_error("%s: out of memory (Lua state past --lua-memory %zu bytes)", what,
-                      s->mem_cap);
+            log_with(LOG_ERROR, &lf, "%s: out of memory (Lua state past --lua-memory %zu bytes)",
+                     what, s->mem_cap);
         else
-            log_error("%s: %s", what, err ? err : "(error object is not a string)");
+            log_with(LOG_ERROR, &lf, "%s: %s", what, err ? err : "(error object is not a string)");
+        s->err_line = 0;
         lua_pop(L, 1);
         /* No collection after an error: a client that makes a handler raise
          * must not buy a full GC per message, and an allocation past the cap
@@ -644,8 +677,9 @@ static int read_answer(struct script *s, struct route *r, const char *handler, l
     if (rc < 0)
         return -1;
     if (!lua_isnil(L, -1)) {
-        log_error("route %s (%s): %s handler returned a bad answer: %s", r->path, r->file, handler,
-                  lua_tostring(L, -1));
+        log_with(LOG_ERROR, &(struct log_fields){.route = r->path, .script = r->file},
+                 "route %s (%s): %s handler returned a bad answer: %s", r->path, r->file, handler,
+                 lua_tostring(L, -1));
         rc = -1;
     }
     lua_pop(L, 1);
@@ -672,10 +706,12 @@ static int push_handler(struct script *s, struct route *r, const char *name) {
 static int run_handler(struct script *s, struct conn *c, struct route *r, const char *name,
                        int nargs, int nres) {
     struct route *prev = s->cur_route;
+    struct conn *prev_conn = s->cur_conn;
     s->cur_route = r;
+    s->cur_conn = c;
     int rc = script__pcall(s, nargs, nres, NULL, name, "handler");
     s->cur_route = prev;
-    (void)c;
+    s->cur_conn = prev_conn;
     return rc;
 }
 
@@ -709,8 +745,14 @@ void script_upgrade(struct script *s, struct conn *c, const struct http_request 
         /* raw reads only: no metamethod runs here */
         lua_Integer st = lua_isinteger(L, top - 1) ? lua_tointeger(L, top - 1) : 403;
         if (st < 400 || st > 599) {
-            log_error("route %s: upgrade refused with status %lld; using 403", c->route->path,
-                      (long long)st);
+            char rb[64];
+            log_with(LOG_ERROR,
+                     &(struct log_fields){.route = c->route->path,
+                                          .script = c->route->file,
+                                          .conn = c->id,
+                                          .remote = conn_remote(c, rb, sizeof rb)},
+                     "route %s: upgrade refused with status %lld; using 403", c->route->path,
+                     (long long)st);
             st = 403;
         }
         ans->status = (int)st;

@@ -78,6 +78,9 @@ void script_close(struct script *s, struct conn *c, unsigned code, const char *r
 
 /* Reload one script file (added, changed or deleted) or, with NULL, all. */
 void script_reload(struct script *s, const char *file);
+/* 1 if file compiles as Lua (nothing runs, nothing is logged), else 0: how the
+ * watcher tells a finished save from a half-written file. */
+int script_compiles(struct script *s, const char *file);
 
 /* Lua memory in use (bytes). */
 size_t script_memory(struct script *s);

@@ -16,6 +16,7 @@
 
 struct conn;
 struct http_request;
+struct log_fields;
 struct sb_server;
 
 #define WS_MT "switchboard.ws"
@@ -38,6 +39,9 @@ struct script {
     char *lib_dir;
     struct route *routes;
     struct route *cur_route; /* route whose code is running (owns new timers) */
+    struct conn *cur_conn;   /* connection whose handler is running, for log lines */
+    int err_line;            /* where the error being handled was raised (l_traceback), */
+    char err_src[256];       /* for log lines; 0 when unknown */
     struct sb_timer *timers;
     size_t mem, mem_cap;
     long budget_ticks; /* hook ticks left in this handler call */
@@ -93,6 +97,10 @@ static inline struct script *get_script(lua_State *L) {
  * s->cur_route, or "module M (FILE): ..." for s->cur_mod). */
 int script__pcall(struct script *s, int nargs, int nres, const char *what, const char *handler,
                   const char *kind);
+
+/* The log fields of what is running: its route and script, where the error being
+ * handled was raised, its connection (whose remote is written into rb). */
+void script__log_fields(struct script *s, struct log_fields *f, char *rb, size_t cap);
 
 static inline int protected_call(struct script *s, int nargs, int nres, const char *what) {
     return script__pcall(s, nargs, nres, what, NULL, NULL);

@@ -227,9 +227,17 @@ static int do_log(lua_State *L, enum log_level lvl) {
             luaL_addchar(&b, ' ');
     }
     luaL_pushresult(&b);
-    char where[256];
+    char where[256], rb[64];
     script_name(L, where, sizeof where);
-    log_msg(lvl, "[%s] %s", where, lua_tostring(L, -1));
+    struct script *s = get_script(L);
+    struct log_fields lf = {0};
+    script__log_fields(s, &lf, rb, sizeof rb);
+    lua_Debug ar; /* the line that called log.*, not an error's */
+    if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0) {
+        lf.script = ar.source[0] == '@' ? ar.source + 1 : ar.short_src;
+        lf.line = ar.currentline;
+    }
+    log_with(lvl, &lf, "[%s] %s", where, lua_tostring(L, -1));
     return 0;
 }
 

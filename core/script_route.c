@@ -207,8 +207,18 @@ static int route_load(struct script *s, struct route *r) {
     char what[PATH_MAX + 32];
     snprintf(what, sizeof what, "loading %s", r->file);
     uint32_t version = r->version + 1;
+    struct log_fields lf = {.route = r->path, .script = r->file};
     if (luaL_loadfile(L, r->file) != LUA_OK) {
-        log_error("%s: %s", what, lua_tostring(L, -1));
+        const char *err = lua_tostring(L, -1);
+        /* "FILE:LINE: message" (FILE maybe shortened): the first ":digits:" */
+        for (const char *p = err ? strchr(err, ':') : NULL; p; p = strchr(p + 1, ':')) {
+            size_t d = strspn(p + 1, "0123456789");
+            if (d && p[1 + d] == ':') {
+                lf.line = atoi(p + 1);
+                break;
+            }
+        }
+        log_with(LOG_ERROR, &lf, "%s: %s", what, err);
         lua_pop(L, 1);
         goto fail;
     }
@@ -240,7 +250,7 @@ static int route_load(struct script *s, struct route *r) {
     if (rc < 0)
         goto fail;
     if (lua_isnil(L, -2)) {
-        log_error("%s: %s", what, lua_tostring(L, -1));
+        log_with(LOG_ERROR, &lf, "%s: %s", what, lua_tostring(L, -1));
         lua_pop(L, 2);
         goto fail;
     }
@@ -282,14 +292,17 @@ static int route_load(struct script *s, struct route *r) {
 fail:
     /* timers created by a failed top level die with it */
     script__cancel_route_timers(s, r, version, 1);
+    s->srv->stats.route_load_failures++; /* at start-up too */
     if (s->started) {
         s->srv->stats.reloads_failed++;
+        lf.line = 0;
         if (r->ref != LUA_NOREF && !r->gone)
-            log_error("reload of %s failed in %.1f ms: route %s keeps serving version %u", r->file,
-                      (server_clock() - t0) * 1e3, r->path, r->version);
+            log_with(LOG_ERROR, &lf,
+                     "reload of %s failed in %.1f ms: route %s keeps serving version %u", r->file,
+                     (server_clock() - t0) * 1e3, r->path, r->version);
         else
-            log_error("reload of %s failed in %.1f ms: route %s is not live", r->file,
-                      (server_clock() - t0) * 1e3, r->path);
+            log_with(LOG_ERROR, &lf, "reload of %s failed in %.1f ms: route %s is not live",
+                     r->file, (server_clock() - t0) * 1e3, r->path);
     }
     return -1;
 }
@@ -558,6 +571,12 @@ static void reload_all(struct script *s) {
             route_delete(s, r);
     log_info("reloaded every script: %d loaded, %d failed, in %.1f ms", loaded, failed,
              (server_clock() - t0) * 1e3);
+}
+
+int script_compiles(struct script *s, const char *file) {
+    int ok = luaL_loadfile(s->L, file) == LUA_OK;
+    lua_pop(s->L, 1); /* the chunk or the message */
+    return ok;
 }
 
 void script_reload(struct script *s, const char *file) {

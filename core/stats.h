@@ -16,6 +16,7 @@ struct sb_stats {
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
     uint64_t publishes, deliveries, dropped_deliveries, backpressure_events, slow_closed;
     uint64_t handler_errors, budget_stops, reloads_ok, reloads_failed;
+    uint64_t route_load_failures; /* every failed load of a route script, start-up included */
     uint64_t timeouts;
     uint64_t redis_reconnects, redis_published, redis_received, redis_errors; /* --redis */
     uint64_t ws_closed_clean; /* both close frames exchanged */
