@@ -42,7 +42,7 @@ struct reload {
     size_t nw, capw;
     char **pending; /* changed paths since the last reload (owned) */
     size_t np, capp;
-    int overflow; /* the kernel queue overflowed: reload everything */
+    int overflow; /* the kernel queue overflowed, or .sbignore changed: reload everything */
 };
 
 static struct watch *watch_find(struct reload *rl, int wd) {
@@ -118,6 +118,11 @@ static int skipped_dir(struct reload *rl, const char *parent, const char *name) 
     return name[0] == '.' || (strcmp(name, "public") == 0 && strcmp(parent, rl->app_dir) == 0);
 }
 
+/* APP_DIR/.sbignore: a change reloads everything under the new rules. */
+static int is_ignore_file(struct reload *rl, const char *parent, const char *name) {
+    return strcmp(name, ".sbignore") == 0 && strcmp(parent, rl->app_dir) == 0;
+}
+
 /* Watch dir and the folders under it. With queue, every script found is
  * pending too: it may have been written before its folder was watched. */
 static void watch_tree(struct reload *rl, const char *dir, int queue, int depth) {
@@ -134,8 +139,8 @@ static void watch_tree(struct reload *rl, const char *dir, int queue, int depth)
         if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
             continue;
         struct stat st;
-        if (stat(path, &st) < 0)
-            continue;
+        if (stat(path, &st) < 0 || script_is_ignored(rl->srv->script, path, S_ISDIR(st.st_mode)))
+            continue; /* the app layout rules: spec/, test/, *_spec.lua, .sbignore */
         if (S_ISDIR(st.st_mode))
             watch_tree(rl, path, queue, depth + 1);
         else if (queue && S_ISREG(st.st_mode) && is_lua(e->d_name))
@@ -173,10 +178,17 @@ static void on_event(struct reload *rl, const struct inotify_event *ev) {
         watch_drop(rl, (size_t)(w - rl->w));
         return;
     }
+    if (ev->len && is_ignore_file(rl, w->path, ev->name) && !(ev->mask & IN_ISDIR)) {
+        rl->overflow = 1; /* not an overflow: every script again, under the new rules */
+        pend(rl, rl->app_dir);
+        return;
+    }
     if (!ev->len || skipped_dir(rl, w->path, ev->name))
         return;
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/%s", w->path, ev->name) >= (int)sizeof path)
+        return;
+    if (script_is_ignored(rl->srv->script, path, (ev->mask & IN_ISDIR) != 0))
         return;
     log_debug("reload: %s (inotify 0x%x)", path, ev->mask);
     if (ev->mask & IN_ISDIR) {
@@ -223,9 +235,9 @@ static void on_debounce(evutil_socket_t fd, short what, void *arg) {
     rl->pending = NULL;
     rl->np = rl->capp = 0;
     rl->overflow = 0;
-    if (all) {
-        watch_tree(rl, rl->app_dir, 0, 0);
+    if (all) { /* the scripts first: that reads .sbignore, which watch_tree follows */
         script_reload(s, NULL);
+        watch_tree(rl, rl->app_dir, 0, 0);
     }
     for (size_t i = 0; i < n; i++) {
         struct stat st;

@@ -854,6 +854,9 @@ void script_free(struct script *s) {
         free(r->file);
         free(r);
     }
+    for (size_t i = 0; i < s->n_ignore; i++)
+        free(s->ignore[i]);
+    free(s->ignore);
     free(s->app_dir);
     free(s->lib_dir);
     free(s);

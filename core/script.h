@@ -76,7 +76,14 @@ void script_drain(struct script *s, struct conn *c);
 /* Called exactly once for an opened connection, then the ws is invalidated. */
 void script_close(struct script *s, struct conn *c, unsigned code, const char *reason);
 
-/* Reload one script file (added, changed or deleted) or, with NULL, all. */
+/* 1 when path (absolute, as reload.c spells it) lies under the app dir and the
+ * app layout rules keep it from being a route: a dot-file or dot-folder, a
+ * folder named spec or test, a *_spec.lua, a match of APP_DIR/.sbignore. Never
+ * for lib/ (modules) nor for paths outside the app dir. */
+int script_is_ignored(struct script *s, const char *path, int is_dir);
+
+/* Reload one script file (added, changed or deleted) or, with NULL, all (which
+ * reads APP_DIR/.sbignore again). */
 void script_reload(struct script *s, const char *file);
 
 /* Lua memory in use (bytes). */

@@ -54,6 +54,9 @@ struct script {
     int started;       /* past the start-up scan: loads are reloads, counted */
     const void *ws_mt; /* the ws metatable, for a pointer check */
     char node[17];     /* switchboard.node: random hex, per process */
+    char **ignore;     /* APP_DIR/.sbignore's patterns (owned, ignore_load) */
+    size_t n_ignore;
+    struct script_check *check; /* --check: what loading found (script_check.c); NULL */
 };
 
 /* A timer is owned by the app module whose top level (or whose timer) made
@@ -139,5 +142,9 @@ void script__cancel_module_timers(struct script *s, const char *mod, uint32_t ge
 void script__routes_init(struct script *s);
 /* Load every route script under the app directory (counting loads and failures). */
 void script__routes_scan(struct script *s, int *loaded, int *failed);
+/* 1 when the app layout rules say `rel` (a path below the app dir, no leading
+ * slash; is_dir: a folder) is never a route: a dot-file or dot-folder, a folder
+ * named spec or test, a *_spec.lua, or a match of a .sbignore pattern. */
+int script__layout_skip(struct script *s, const char *rel, int is_dir);
 
 #endif

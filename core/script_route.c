@@ -1,7 +1,9 @@
 /* script_route.c — routes: the route scripts under the app directory, the
  * app modules under lib/ they require, loading, and reload on change. */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <dirent.h>
+#include <fnmatch.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +19,94 @@
 #include "log.h"
 #include "script_int.h"
 #include "loop.h"
+
+/* ---- app layout: what is never a route ------------------------------------------ */
+
+/* Read APP_DIR/.sbignore again: one glob per line, blank lines and '#' comments
+ * skipped, surrounding blanks trimmed, a leading and a trailing '/' dropped. */
+static void ignore_load(struct script *s) {
+    for (size_t i = 0; i < s->n_ignore; i++)
+        free(s->ignore[i]);
+    free(s->ignore);
+    s->ignore = NULL;
+    s->n_ignore = 0;
+    char file[PATH_MAX];
+    snprintf(file, sizeof file, "%s/.sbignore", s->app_dir);
+    FILE *f = fopen(file, "r");
+    if (!f)
+        return;
+    char line[1024];
+    size_t cap = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *p = line, *e = line + strlen(line);
+        while (*p && isspace((unsigned char)*p))
+            p++;
+        while (e > p && isspace((unsigned char)e[-1]))
+            e--;
+        if (p < e && *p == '/')
+            p++;
+        if (e > p && e[-1] == '/')
+            e--;
+        if (p == e || *p == '#')
+            continue;
+        if (s->n_ignore == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            char **n = realloc(s->ignore, ncap * sizeof *n);
+            if (!n)
+                break;
+            s->ignore = n;
+            cap = ncap;
+        }
+        if ((s->ignore[s->n_ignore] = strndup(p, (size_t)(e - p))))
+            s->n_ignore++;
+    }
+    fclose(f);
+    if (s->n_ignore)
+        log_info("%s: %zu pattern(s) never routed", file, s->n_ignore);
+}
+
+/* (script_int.h) The layout rules, on a path below the app dir. */
+int script__layout_skip(struct script *s, const char *rel, int is_dir) {
+    char buf[PATH_MAX];
+    size_t n = strlen(rel);
+    if (n >= sizeof buf)
+        return 1;
+    const char *c = rel;
+    for (;;) { /* each component: folders, then the name itself */
+        const char *slash = strchr(c, '/');
+        size_t cl = slash ? (size_t)(slash - c) : strlen(c);
+        int folder = slash || is_dir;
+        memcpy(buf, c, cl);
+        buf[cl] = 0;
+        if (buf[0] == '.')
+            return 1;
+        if (folder && (strcmp(buf, "spec") == 0 || strcmp(buf, "test") == 0))
+            return 1;
+        if (!folder && cl >= 9 && strcmp(buf + cl - 9, "_spec.lua") == 0)
+            return 1;
+        for (size_t i = 0; i < s->n_ignore; i++)
+            if (!strchr(s->ignore[i], '/') && fnmatch(s->ignore[i], buf, 0) == 0)
+                return 1;
+        /* patterns with a '/' match from the app dir: the path up to here */
+        memcpy(buf, rel, (size_t)(c - rel) + cl);
+        buf[(c - rel) + cl] = 0;
+        for (size_t i = 0; i < s->n_ignore; i++)
+            if (strchr(s->ignore[i], '/') && fnmatch(s->ignore[i], buf, FNM_PATHNAME) == 0)
+                return 1;
+        if (!slash)
+            return 0;
+        c = slash + 1;
+    }
+}
+
+int script_is_ignored(struct script *s, const char *path, int is_dir) {
+    size_t al = strlen(s->app_dir), ll = strlen(s->lib_dir);
+    if (strncmp(path, s->app_dir, al) != 0 || path[al] != '/')
+        return 0;
+    if (strncmp(path, s->lib_dir, ll) == 0 && (path[ll] == '/' || path[ll] == 0))
+        return 0; /* modules: a route may require any of them */
+    return script__layout_skip(s, path + al + 1, is_dir);
+}
 
 /* ---- routes ---------------------------------------------------------------------- */
 
@@ -350,14 +440,15 @@ static struct route *route_add(struct script *s, const char *file, const char *r
     return r;
 }
 
-/* Walk dir for *.lua route scripts (not lib/ or public/ at the top). */
+/* Walk dir for *.lua route scripts (not lib/ or public/ at the top, nothing the
+ * layout rules leave out). */
 static void scan_dir(struct script *s, const char *dir, const char *rel, int *loaded, int *failed) {
     DIR *d = opendir(dir);
     if (!d)
         return;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
         if (!rel[0] && (strcmp(e->d_name, "lib") == 0 || strcmp(e->d_name, "public") == 0))
             continue;
@@ -365,7 +456,7 @@ static void scan_dir(struct script *s, const char *dir, const char *rel, int *lo
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         snprintf(sub, sizeof sub, "%s%s%s", rel, rel[0] ? "/" : "", e->d_name);
         struct stat st;
-        if (stat(path, &st) < 0)
+        if (stat(path, &st) < 0 || script__layout_skip(s, sub, S_ISDIR(st.st_mode)))
             continue;
         if (S_ISDIR(st.st_mode)) {
             scan_dir(s, path, sub, loaded, failed);
@@ -421,6 +512,7 @@ static void set_package_path(struct script *s) {
 
 void script__routes_init(struct script *s) {
     lua_State *L = s->L;
+    ignore_load(s);
     set_package_path(s);
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, MODS_KEY);
@@ -550,11 +642,12 @@ static void reload_all(struct script *s) {
     double t0 = server_clock();
     forget_modules(s, NULL);
     lua_pop(s->L, 1);
+    ignore_load(s);
     int loaded = 0, failed = 0;
     scan_dir(s, s->app_dir, "", &loaded, &failed);
     struct stat st;
     for (struct route *r = s->routes; r; r = r->next)
-        if (!r->gone && stat(r->file, &st) < 0)
+        if (!r->gone && (stat(r->file, &st) < 0 || script_is_ignored(s, r->file, 0)))
             route_delete(s, r);
     log_info("reloaded every script: %d loaded, %d failed, in %.1f ms", loaded, failed,
              (server_clock() - t0) * 1e3);
@@ -572,6 +665,11 @@ void script_reload(struct script *s, const char *file) {
     }
     struct route *r = route_by_file(s, file);
     struct stat st;
+    if (script_is_ignored(s, file, 0)) { /* .sbignore may have changed since it loaded */
+        if (r && !r->gone)
+            route_delete(s, r);
+        return;
+    }
     if (stat(file, &st) < 0) {
         if (r && !r->gone)
             route_delete(s, r);
