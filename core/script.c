@@ -138,7 +138,12 @@ int script__pcall(struct script *s, int nargs, int nres, const char *what, const
         s->srv->stats.handler_errors++;
         if (hit)
             s->srv->stats.budget_stops++;
-        if (rc == LUA_ERRMEM)
+        if (s->check) {
+            char oom[128];
+            snprintf(oom, sizeof oom, "out of memory (Lua state past --lua-memory %zu bytes)",
+                     s->mem_cap);
+            script__check_error(s, rc == LUA_ERRMEM ? oom : err ? err : "(error object is not a string)");
+        } else if (rc == LUA_ERRMEM)
             log_error("%s: out of memory (Lua state past --lua-memory %zu bytes)", what,
                       s->mem_cap);
         else
@@ -798,14 +803,15 @@ void script_close(struct script *s, struct conn *c, unsigned code, const char *r
 
 /* ---- state ------------------------------------------------------------------------ */
 
-struct script *script_new(struct sb_server *srv, const char *app_dir) {
+/* (script_int.h) */
+struct script *script__state_new(struct sb_server *srv, const char *app_dir, int real_path) {
     struct script *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->srv = srv;
     s->mem_cap = srv->cfg.lua_memory;
     char real[PATH_MAX];
-    s->app_dir = strdup(realpath(app_dir, real) ? real : app_dir);
+    s->app_dir = strdup(real_path && realpath(app_dir, real) ? real : app_dir);
     size_t ll = strlen(s->app_dir) + 5;
     s->lib_dir = malloc(ll);
     snprintf(s->lib_dir, ll, "%s/lib", s->app_dir);
@@ -827,7 +833,13 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
     install_finalizers(L);
     script__module_init(s);
     script__ws_init(s);
+    return s;
+}
 
+struct script *script_new(struct sb_server *srv, const char *app_dir) {
+    struct script *s = script__state_new(srv, app_dir, 1);
+    if (!s)
+        return NULL;
     int loaded = 0, failed = 0;
     script__routes_scan(s, &loaded, &failed);
     if (!loaded) {

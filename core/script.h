@@ -86,6 +86,18 @@ int script_is_ignored(struct script *s, const char *path, int is_dir);
  * reads APP_DIR/.sbignore again). */
 void script_reload(struct script *s, const char *file);
 
+/* --check: load every route script and lib/ module under app_dir as the server
+ * would (srv: its config, loop and pub/sub; no connection), print each error
+ * and warning as "FILE:LINE: error|warning: message" and a summary on stdout.
+ * Returns the exit status: 1 on an error (or, with strict, a warning), else 0. */
+int script_check(struct sb_server *srv, const char *app_dir, int strict);
+
+/* The folder that holds switchboard's own Lua modules (switchboard/testing.lua
+ * and the editor types in switchboard/meta/), as `require` finds them: beside
+ * the binary (../lua in a build tree, ../share/lua/5.4 when installed) or the
+ * install prefix's. Writes its real path to out; returns 0, or -1 when none. */
+int script_lua_dir(char *out, size_t cap);
+
 /* Lua memory in use (bytes). */
 size_t script_memory(struct script *s);
 /* Every route ever seen (a list through route->next; version 0: never loaded). */

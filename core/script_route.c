@@ -115,8 +115,9 @@ int script_is_ignored(struct script *s, const char *path, int is_dir) {
  *   [ORIGINAL_KEY] = the table the script returned }
  * so that dispatch reads fields of a table without a metatable, and only
  * this, under a protected call, runs a metamethod of the script's table. */
-static const char *const handler_names[] = {"upgrade", "open",  "message",
-                                            "close",   "drain", "request"};
+const char *const script__handler_names[] = {"upgrade", "open",    "message", "close",
+                                             "drain",   "request", "reload",  NULL};
+#define handler_names script__handler_names
 static const char ORIGINAL_KEY = 0; /* its address: a key no script can write */
 
 /* lua_CFunction: resolve(returned value) -> resolved table, or nil and why not. */
@@ -289,6 +290,13 @@ static int sb_require(lua_State *L) {
     return 2;
 }
 
+static void load_error(struct script *s, const char *what, const char *msg) {
+    if (s->check)
+        script__check_error(s, msg);
+    else
+        log_error("%s: %s", what, msg);
+}
+
 /* Load (or reload) a route's script. Returns 0; on failure logs it and keeps
  * the previous version. */
 static int route_load(struct script *s, struct route *r) {
@@ -297,8 +305,10 @@ static int route_load(struct script *s, struct route *r) {
     char what[PATH_MAX + 32];
     snprintf(what, sizeof what, "loading %s", r->file);
     uint32_t version = r->version + 1;
+    if (s->check)
+        script__check_loading(s, r->file);
     if (luaL_loadfile(L, r->file) != LUA_OK) {
-        log_error("%s: %s", what, lua_tostring(L, -1));
+        load_error(s, what, lua_tostring(L, -1));
         lua_pop(L, 1);
         goto fail;
     }
@@ -307,6 +317,10 @@ static int route_load(struct script *s, struct route *r) {
     lua_newtable(L);
     lua_pushglobaltable(L);
     lua_setfield(L, -2, "__index");
+    if (s->check) { /* report the globals its top level writes */
+        lua_pushcfunction(L, script__check_newindex);
+        lua_setfield(L, -2, "__newindex");
+    }
     lua_setmetatable(L, -2);
     if (!lua_setupvalue(L, -2, 1))
         lua_pop(L, 1);
@@ -330,12 +344,17 @@ static int route_load(struct script *s, struct route *r) {
     if (rc < 0)
         goto fail;
     if (lua_isnil(L, -2)) {
-        log_error("%s: %s", what, lua_tostring(L, -1));
+        load_error(s, what, lua_tostring(L, -1));
         lua_pop(L, 2);
         goto fail;
     }
     lua_pop(L, 1);
     int tbl = lua_gettop(L);
+    if (s->check) {
+        lua_rawgetp(L, tbl, &ORIGINAL_KEY);
+        script__check_handlers(s, lua_gettop(L));
+        lua_pop(L, 1);
+    }
     if (r->ref != LUA_NOREF) {
         /* migrate: the new version's reload(old) hook, given the old table */
         lua_getfield(L, tbl, "reload");
@@ -483,6 +502,32 @@ struct route *script_find_route(struct script *s, const char *path, size_t len) 
         if (strlen(r->path) == len && memcmp(r->path, path, len) == 0 && r->ref != LUA_NOREF)
             return r;
     return NULL;
+}
+
+int script_lua_dir(char *out, size_t cap) {
+    char exe[PATH_MAX], cand[2][PATH_MAX + 32], probe[PATH_MAX + 64], real[PATH_MAX];
+    const char *dirs[3];
+    int n = 0;
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = 0;
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = 0;
+        snprintf(cand[0], sizeof cand[0], "%s/../lua", exe); /* a build dir in the source tree */
+        snprintf(cand[1], sizeof cand[1], "%s/../share/lua/5.4", exe); /* PREFIX/bin */
+        dirs[n++] = cand[0];
+        dirs[n++] = cand[1];
+    }
+    dirs[n++] = SB_LUA_DIR;
+    for (int i = 0; i < n; i++) {
+        snprintf(probe, sizeof probe, "%s/switchboard/testing.lua", dirs[i]);
+        if (access(probe, R_OK) == 0 && realpath(dirs[i], real) && strlen(real) < cap) {
+            memcpy(out, real, strlen(real) + 1);
+            return 0;
+        }
+    }
+    return -1;
 }
 
 static void set_package_path(struct script *s) {
