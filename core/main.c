@@ -593,7 +593,7 @@ int main(int argc, char **argv) {
         while (n > 1 && argv[optind][n - 1] == '/')
             argv[optind][--n] = 0;
         opts.cfg.app_dir = argv[optind];
-        if (log_get_level() < LOG_WARN) /* the report is on stdout; the log says what else */
+        if (log_get_level() == LOG_INFO) /* the report is on stdout: no start-up chatter */
             log_set_level(LOG_WARN);
         return server_check(&opts.cfg, opts.strict);
     }

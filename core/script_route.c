@@ -504,9 +504,11 @@ struct route *script_find_route(struct script *s, const char *path, size_t len) 
     return NULL;
 }
 
-int script_lua_dir(char *out, size_t cap) {
-    char exe[PATH_MAX], cand[2][PATH_MAX + 32], probe[PATH_MAX + 64], real[PATH_MAX];
-    const char *dirs[3];
+/* Where switchboard's own Lua modules may be, in the order `require` tries
+ * them: beside the binary (a build dir in the source tree: ../lua; installed:
+ * ../share/lua/5.4), then the install prefix's. Fills buf; returns how many. */
+static int lua_dirs(char buf[2][PATH_MAX + 32], const char *dirs[3]) {
+    char exe[PATH_MAX];
     int n = 0;
     ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (len > 0) {
@@ -514,12 +516,19 @@ int script_lua_dir(char *out, size_t cap) {
         char *slash = strrchr(exe, '/');
         if (slash)
             *slash = 0;
-        snprintf(cand[0], sizeof cand[0], "%s/../lua", exe); /* a build dir in the source tree */
-        snprintf(cand[1], sizeof cand[1], "%s/../share/lua/5.4", exe); /* PREFIX/bin */
-        dirs[n++] = cand[0];
-        dirs[n++] = cand[1];
+        snprintf(buf[0], sizeof buf[0], "%s/../lua", exe);
+        snprintf(buf[1], sizeof buf[1], "%s/../share/lua/5.4", exe);
+        dirs[n++] = buf[0];
+        dirs[n++] = buf[1];
     }
     dirs[n++] = SB_LUA_DIR;
+    return n;
+}
+
+int script_lua_dir(char *out, size_t cap) {
+    char buf[2][PATH_MAX + 32], probe[PATH_MAX + 64], real[PATH_MAX];
+    const char *dirs[3];
+    int n = lua_dirs(buf, dirs);
     for (int i = 0; i < n; i++) {
         snprintf(probe, sizeof probe, "%s/switchboard/testing.lua", dirs[i]);
         if (access(probe, R_OK) == 0 && realpath(dirs[i], real) && strlen(real) < cap) {
@@ -530,27 +539,18 @@ int script_lua_dir(char *out, size_t cap) {
     return -1;
 }
 
+/* lib/ first, then switchboard's own modules, then lua5.4's default path. */
 static void set_package_path(struct script *s) {
     lua_State *L = s->L;
-    char exe[PATH_MAX];
-    char extra[PATH_MAX * 4 + 256] = "";
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = 0;
-        char *slash = strrchr(exe, '/');
-        if (slash)
-            *slash = 0;
-        /* from a build dir in the source tree: ../lua; installed: ../share/lua/5.4 */
-        snprintf(extra, sizeof extra,
-                 "%s/../lua/?.lua;%s/../lua/?/init.lua;%s/../share/lua/5.4/?.lua;"
-                 "%s/../share/lua/5.4/?/init.lua;",
-                 exe, exe, exe, exe);
-    }
+    char buf[2][PATH_MAX + 32];
+    const char *dirs[3];
+    int n = lua_dirs(buf, dirs);
     lua_getglobal(L, "package");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s%s/?.lua;%s/?/init.lua;", s->lib_dir, s->lib_dir,
-                    extra, SB_LUA_DIR, SB_LUA_DIR);
-    lua_getfield(L, -2, "path");
-    lua_concat(L, 2);
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", s->lib_dir, s->lib_dir);
+    for (int i = 0; i < n; i++)
+        lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dirs[i], dirs[i]);
+    lua_getfield(L, -1 - n - 1, "path");
+    lua_concat(L, n + 2);
     lua_setfield(L, -2, "path");
     lua_pop(L, 1);
 }
