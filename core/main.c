@@ -500,7 +500,8 @@ static int check_config(struct options *opts, const char *app_dir) {
 
 /* Write dir/name with text unless a file is there that `marker` (its first
  * bytes) does not start: that one is the user's. Returns 0, or -1 after saying why. */
-static int write_init_file(const char *dir, const char *name, const char *text, const char *marker) {
+static int write_init_file(const char *dir, const char *name, const char *text,
+                           const char *marker) {
     char path[PATH_MAX], head[128] = "";
     snprintf(path, sizeof path, "%s/%s", dir, name);
     FILE *f = fopen(path, "r");

@@ -42,7 +42,7 @@ struct reload {
     size_t nw, capw;
     char **pending; /* changed paths since the last reload (owned) */
     size_t np, capp;
-    int overflow; /* the kernel queue overflowed, or .sbignore changed: reload everything */
+    int everything; /* the kernel queue overflowed, or .sbignore changed: reload all */
 };
 
 static struct watch *watch_find(struct reload *rl, int wd) {
@@ -167,7 +167,7 @@ static void unwatch_tree(struct reload *rl, const char *dir) {
 static void on_event(struct reload *rl, const struct inotify_event *ev) {
     if (ev->mask & IN_Q_OVERFLOW) {
         log_warn("reload: inotify queue overflowed: reloading every script");
-        rl->overflow = 1;
+        rl->everything = 1;
         pend(rl, rl->app_dir);
         return;
     }
@@ -179,7 +179,7 @@ static void on_event(struct reload *rl, const struct inotify_event *ev) {
         return;
     }
     if (ev->len && is_ignore_file(rl, w->path, ev->name) && !(ev->mask & IN_ISDIR)) {
-        rl->overflow = 1; /* not an overflow: every script again, under the new rules */
+        rl->everything = 1; /* every script again, under the new rules */
         pend(rl, rl->app_dir);
         return;
     }
@@ -231,10 +231,10 @@ static void on_debounce(evutil_socket_t fd, short what, void *arg) {
     rl->srv->now = server_clock();
     char **paths = rl->pending;
     size_t n = rl->np;
-    int all = rl->overflow;
+    int all = rl->everything;
     rl->pending = NULL;
     rl->np = rl->capp = 0;
-    rl->overflow = 0;
+    rl->everything = 0;
     if (all) { /* the scripts first: that reads .sbignore, which watch_tree follows */
         script_reload(s, NULL);
         watch_tree(rl, rl->app_dir, 0, 0);

@@ -142,7 +142,9 @@ int script__pcall(struct script *s, int nargs, int nres, const char *what, const
             char oom[128];
             snprintf(oom, sizeof oom, "out of memory (Lua state past --lua-memory %zu bytes)",
                      s->mem_cap);
-            script__check_error(s, rc == LUA_ERRMEM ? oom : err ? err : "(error object is not a string)");
+            script__check_error(s, rc == LUA_ERRMEM ? oom
+                                   : err            ? err
+                                                    : "(error object is not a string)");
         } else if (rc == LUA_ERRMEM)
             log_error("%s: out of memory (Lua state past --lua-memory %zu bytes)", what,
                       s->mem_cap);

@@ -30,11 +30,11 @@ struct script_check {
 };
 
 /* One line: "where:line: kind: message[ctx]", once per "where:line: kind: message". */
-static void report(struct script *s, const char *where, int line, const char *kind,
-                   const char *ctx, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void report(struct script *s, const char *where, int line, const char *kind, const char *ctx,
+                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
-static void report(struct script *s, const char *where, int line, const char *kind,
-                   const char *ctx, const char *fmt, ...) {
+static void report(struct script *s, const char *where, int line, const char *kind, const char *ctx,
+                   const char *fmt, ...) {
     char text[2048];
     int n = line > 0 ? snprintf(text, sizeof text, "%s:%d: %s: ", where, line, kind)
                      : snprintf(text, sizeof text, "%s: %s: ", where, kind);
@@ -184,8 +184,8 @@ int script__check_newindex(lua_State *L) {
             lua_pushfstring(L, "%s\n%s", where, lua_tostring(L, 2));
             lua_pushboolean(L, 1);
             lua_rawset(L, -3);
-            report(s, where, line, "warning", NULL, "global '%s' written at top level (make it local)",
-                   lua_tostring(L, 2));
+            report(s, where, line, "warning", NULL,
+                   "global '%s' written at top level (make it local)", lua_tostring(L, 2));
         }
         lua_settop(L, 3);
     }
