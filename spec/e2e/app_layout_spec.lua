@@ -86,6 +86,8 @@ describe("app layout", function()
         for _, f in ipairs(NEVER) do assert_not_routed(s, f[2]) end
         local log = s:log()
         assert.truthy(log:find("loaded 2 route(s)", 1, true), log)
+        -- the app folder and api/: spec/, spec/support/, test/, .hidden/, api/test/ are not watched
+        assert.truthy(log:find("reload: watching 2 folder(s)", 1, true), log)
         assert.falsy(log:find("error", 1, true), log)
     end)
 
