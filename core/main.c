@@ -6,6 +6,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stddef.h>
@@ -18,6 +19,7 @@
 #include "http.h"
 #include "log.h"
 #include "redis.h"
+#include "script.h"
 #include "server.h"
 #include "tls.h"
 #include "supervisor.h"
@@ -36,6 +38,7 @@ struct options {
     struct sb_config cfg;
     const char *tls_dir;  /* --tls-self-signed */
     int help, version;
+    int check, strict, init; /* --check [--strict], --init: commands, not a server */
 };
 
 struct opt;
@@ -317,6 +320,20 @@ static const struct opt options[] = {
      "json: one object per line with time, level, msg and,\n"
      "where known, route, script, line, conn, remote",
      "text"},
+    {"check", NULL, set_true, F(check), 0, 0,
+     "do not serve: load every route script and lib/ module\n"
+     "of APP_DIR as the server would (budgets on), print each\n"
+     "error and warning as FILE:LINE, exit 0 clean, 1 on errors",
+     NULL},
+    {"strict", NULL, set_true, F(strict), 0, 0,
+     "with --check: warnings fail too (unknown handler names,\n"
+     "globals written at top level)",
+     NULL},
+    {"init", NULL, set_true, F(init), 0, 0,
+     "do not serve: write APP_DIR/.busted and APP_DIR/.luarc.json\n"
+     "so that busted and the editor (LuaLS) find switchboard's\n"
+     "Lua modules (switchboard.testing) and types",
+     NULL},
     {"help", NULL, set_true, F(help), 0, 0, "this text (-h)", NULL},
     {"version", NULL, set_true, F(version), 0, 0, "the version (-V)", NULL},
 };
@@ -326,6 +343,8 @@ static const struct opt options[] = {
 
 static void print_help(FILE *f) {
     fputs("usage: switchboard [options] APP_DIR\n"
+          "       switchboard --check [--strict] [--lua-budget N] [--lua-memory N] APP_DIR\n"
+          "       switchboard --init APP_DIR\n"
           "\n"
           "Serves the Lua route scripts in APP_DIR over WebSocket (APP_DIR/chat.lua answers\n"
           "ws://host/chat) and the files in APP_DIR/public over plain HTTP.\n"
@@ -439,6 +458,18 @@ static int parse_args(int argc, char **argv, struct options *opts) {
     return -1;
 }
 
+/* Returns -1 when app_dir is a readable directory, else 2 after saying why. */
+static int check_app_dir(const char *app_dir) {
+    struct stat st;
+    errno = 0;
+    if (stat(app_dir, &st) < 0 || !S_ISDIR(st.st_mode) || access(app_dir, R_OK | X_OK)) {
+        fprintf(stderr, "switchboard: APP_DIR '%s' is not a readable directory%s%s\n", app_dir,
+                errno ? ": " : "", errno ? strerror(errno) : "");
+        return 2;
+    }
+    return -1;
+}
+
 /* What no single option can check. Returns -1 to go on, or the exit status. */
 static int check_config(struct options *opts, const char *app_dir) {
     struct sb_config *cfg = &opts->cfg;
@@ -447,13 +478,9 @@ static int check_config(struct options *opts, const char *app_dir) {
     if (cfg->out_max < cfg->out_high)
         cfg->out_max = cfg->out_high;
     cfg->app_dir = app_dir;
-    struct stat st;
-    errno = 0;
-    if (stat(cfg->app_dir, &st) < 0 || !S_ISDIR(st.st_mode) || access(cfg->app_dir, R_OK | X_OK)) {
-        fprintf(stderr, "switchboard: APP_DIR '%s' is not a readable directory%s%s\n", cfg->app_dir,
-                errno ? ": " : "", errno ? strerror(errno) : "");
-        return 2;
-    }
+    int rc = check_app_dir(app_dir);
+    if (rc >= 0)
+        return rc;
     if (cfg->n_listen == 0)
         cfg->listen[cfg->n_listen++] = "127.0.0.1:8080";
     static char tls_cert[4096], tls_key[4096];
@@ -487,6 +514,81 @@ static int check_config(struct options *opts, const char *app_dir) {
     return -1;
 }
 
+/* Write dir/name with text unless a file is there that `marker` (its first
+ * bytes) does not start: that one is the user's. Returns 0, or -1 after saying why. */
+static int write_init_file(const char *dir, const char *name, const char *text,
+                           const char *marker) {
+    char path[PATH_MAX], head[128] = "";
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        size_t n = fread(head, 1, sizeof head - 1, f);
+        head[n] = 0;
+        fclose(f);
+        if (!marker || strncmp(head, marker, strlen(marker)) != 0) {
+            printf("kept %s (yours): it should read\n%s", path, text);
+            return 0;
+        }
+    }
+    f = fopen(path, "w");
+    if (!f || fputs(text, f) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "switchboard: cannot write %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    printf("wrote %s\n", path);
+    return 0;
+}
+
+/* --init: the two files that let busted and LuaLS, run in the app folder, find
+ * the Lua modules this binary ships (switchboard.testing, the ---@meta types). */
+static int init_app(const char *app_dir) {
+    char lua[PATH_MAX], esc[2 * PATH_MAX];
+    if (script_lua_dir(lua, sizeof lua) < 0) {
+        fprintf(stderr,
+                "switchboard: cannot find switchboard/testing.lua beside this binary or in %s\n",
+                SB_LUA_DIR);
+        return 1;
+    }
+    size_t j = 0; /* for a Lua string and a JSON string alike */
+    for (const char *p = lua; *p && j < sizeof esc - 2; p++) {
+        if (*p == '"' || *p == '\\')
+            esc[j++] = '\\';
+        esc[j++] = *p;
+    }
+    esc[j] = 0;
+    static const char busted_mark[] = "-- Written by `switchboard --init`";
+    char busted[8 * PATH_MAX], luarc[8 * PATH_MAX];
+    snprintf(busted, sizeof busted,
+             "%s: busted, run in this folder, finds\n"
+             "-- switchboard.testing and this app's lib/ modules, and runs every *_spec.lua\n"
+             "-- under it. `switchboard --init .` rewrites it (after moving or reinstalling\n"
+             "-- switchboard); delete this first line to keep your own edits.\n"
+             "return {\n"
+             "    _all = {\n"
+             "        lua = \"lua5.4\",\n"
+             "        ROOT = { \".\" },\n"
+             "        lpath = \"%s/?.lua;%s/?/init.lua;lib/?.lua;lib/?/init.lua\",\n"
+             "    },\n"
+             "}\n",
+             busted_mark, esc, esc);
+    snprintf(luarc, sizeof luarc,
+             "{\n"
+             "    \"runtime.version\": \"Lua 5.4\",\n"
+             "    \"workspace.library\": [\n"
+             "        \"%s/switchboard/meta\",\n"
+             "        \"${3rd}/busted/library\",\n"
+             "        \"${3rd}/luassert/library\"\n"
+             "    ],\n"
+             "    \"workspace.ignoreDir\": [\"public\"],\n"
+             "    \"workspace.checkThirdParty\": false\n"
+             "}\n",
+             esc);
+    if (write_init_file(app_dir, ".busted", busted, busted_mark) < 0 ||
+        write_init_file(app_dir, ".luarc.json", luarc, NULL) < 0)
+        return 1;
+    return 0;
+}
+
 int main(int argc, char **argv) {
     check_table();
     struct options opts = {0};
@@ -494,6 +596,24 @@ int main(int argc, char **argv) {
     int rc = parse_args(argc, argv, &opts);
     if (rc >= 0)
         return rc;
+    if (opts.strict && !opts.check)
+        return die_usage("%s", "--strict goes with --check");
+    if (opts.check && opts.init)
+        return die_usage("%s", "--check and --init are two commands: one at a time");
+    if (opts.check || opts.init) {
+        rc = check_app_dir(argv[optind]);
+        if (rc >= 0)
+            return rc;
+        if (opts.init)
+            return init_app(argv[optind]);
+        size_t n = strlen(argv[optind]); /* reported paths read "app/chat.lua", not "app//" */
+        while (n > 1 && argv[optind][n - 1] == '/')
+            argv[optind][--n] = 0;
+        opts.cfg.app_dir = argv[optind];
+        if (log_get_level() == LOG_INFO) /* the report is on stdout: no start-up chatter */
+            log_set_level(LOG_WARN);
+        return server_check(&opts.cfg, opts.strict);
+    }
     signal(SIGPIPE, SIG_IGN);
     rc = check_config(&opts, argv[optind]);
     if (rc >= 0)

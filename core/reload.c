@@ -49,7 +49,7 @@ struct reload {
     size_t nw, capw;
     struct pending *pending; /* changed paths since the last reload */
     size_t np, capp;
-    int overflow;      /* the kernel queue overflowed: reload everything */
+    int everything;    /* the kernel queue overflowed, or .sbignore changed: reload all */
     int now;           /* a finished save is pending: reload after this read */
     double last_saved; /* server_clock() of the last finished save (a burst is saves closer) */
 };
@@ -134,6 +134,11 @@ static void pend(struct reload *rl, const char *path, int wait) {
     event_add(rl->timer, &tv); /* re-arms: the debounce restarts with every change */
 }
 
+/* APP_DIR/.sbignore: a change reloads everything under the new rules. */
+static int is_ignore_file(struct reload *rl, const char *parent, const char *name) {
+    return strcmp(name, ".sbignore") == 0 && strcmp(parent, rl->app_dir) == 0;
+}
+
 static int skipped_dir(struct reload *rl, const char *parent, const char *name) {
     return name[0] == '.' || (strcmp(name, "public") == 0 && strcmp(parent, rl->app_dir) == 0);
 }
@@ -154,8 +159,8 @@ static void watch_tree(struct reload *rl, const char *dir, int queue, int depth)
         if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path)
             continue;
         struct stat st;
-        if (stat(path, &st) < 0)
-            continue;
+        if (stat(path, &st) < 0 || script_is_ignored(rl->srv->script, path, S_ISDIR(st.st_mode)))
+            continue; /* the app layout rules: spec/, test/, *_spec.lua, .sbignore */
         if (S_ISDIR(st.st_mode))
             watch_tree(rl, path, queue, depth + 1);
         else if (queue && S_ISREG(st.st_mode) && is_lua(e->d_name))
@@ -182,7 +187,7 @@ static void unwatch_tree(struct reload *rl, const char *dir) {
 static void on_event(struct reload *rl, const struct inotify_event *ev) {
     if (ev->mask & IN_Q_OVERFLOW) {
         log_warn("reload: inotify queue overflowed: reloading every script");
-        rl->overflow = 1;
+        rl->everything = 1;
         pend(rl, rl->app_dir, 1);
         return;
     }
@@ -193,10 +198,17 @@ static void on_event(struct reload *rl, const struct inotify_event *ev) {
         watch_drop(rl, (size_t)(w - rl->w));
         return;
     }
+    if (ev->len && is_ignore_file(rl, w->path, ev->name) && !(ev->mask & IN_ISDIR)) {
+        rl->everything = 1; /* every script again, under the new rules */
+        pend(rl, rl->app_dir, 1);
+        return;
+    }
     if (!ev->len || skipped_dir(rl, w->path, ev->name))
         return;
     char path[PATH_MAX];
     if (snprintf(path, sizeof path, "%s/%s", w->path, ev->name) >= (int)sizeof path)
+        return;
+    if (script_is_ignored(rl->srv->script, path, (ev->mask & IN_ISDIR) != 0))
         return;
     log_debug("reload: %s (inotify 0x%x)", path, ev->mask);
     if (ev->mask & IN_ISDIR) {
@@ -220,7 +232,7 @@ static void on_event(struct reload *rl, const struct inotify_event *ev) {
         double now = server_clock();
         int burst = now - rl->last_saved < rl->srv->cfg.reload_debounce;
         rl->last_saved = now;
-        pend(rl, path, burst || rl->overflow || !script_compiles(rl->srv->script, path));
+        pend(rl, path, burst || rl->everything || !script_compiles(rl->srv->script, path));
     } else {
         pend(rl, path, 1);
     }
@@ -254,7 +266,7 @@ static void on_inotify(evutil_socket_t fd, short what, void *arg) {
 static void flush(struct reload *rl, int all) {
     struct script *s = rl->srv->script;
     rl->srv->now = server_clock();
-    int every = all && rl->overflow;
+    int every = all && rl->everything;
     size_t n = 0, kept = 0;
     struct pending *due = malloc((rl->np ? rl->np : 1) * sizeof *due);
     if (!due)
@@ -269,9 +281,10 @@ static void flush(struct reload *rl, int all) {
     rl->np = kept;
     rl->now = 0;
     if (every) {
-        rl->overflow = 0;
-        watch_tree(rl, rl->app_dir, 0, 0);
+        rl->everything = 0;
+        /* the scripts first: that reads .sbignore, which watch_tree follows */
         script_reload(s, NULL);
+        watch_tree(rl, rl->app_dir, 0, 0);
     }
     if (all || !kept)
         event_del(rl->timer);

@@ -170,7 +170,14 @@ int script__pcall(struct script *s, int nargs, int nres, const char *what, const
         struct log_fields lf = {0};
         char rb[64];
         script__log_fields(s, &lf, rb, sizeof rb);
-        if (rc == LUA_ERRMEM)
+        if (s->check) {
+            char oom[128];
+            snprintf(oom, sizeof oom, "out of memory (Lua state past --lua-memory %zu bytes)",
+                     s->mem_cap);
+            script__check_error(s, rc == LUA_ERRMEM ? oom
+                                   : err            ? err
+                                                    : "(error object is not a string)");
+        } else if (rc == LUA_ERRMEM)
             log_with(LOG_ERROR, &lf, "%s: out of memory (Lua state past --lua-memory %zu bytes)",
                      what, s->mem_cap);
         else
@@ -840,14 +847,15 @@ void script_close(struct script *s, struct conn *c, unsigned code, const char *r
 
 /* ---- state ------------------------------------------------------------------------ */
 
-struct script *script_new(struct sb_server *srv, const char *app_dir) {
+/* (script_int.h) */
+struct script *script__state_new(struct sb_server *srv, const char *app_dir, int real_path) {
     struct script *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->srv = srv;
     s->mem_cap = srv->cfg.lua_memory;
     char real[PATH_MAX];
-    s->app_dir = strdup(realpath(app_dir, real) ? real : app_dir);
+    s->app_dir = strdup(real_path && realpath(app_dir, real) ? real : app_dir);
     size_t ll = strlen(s->app_dir) + 5;
     s->lib_dir = malloc(ll);
     snprintf(s->lib_dir, ll, "%s/lib", s->app_dir);
@@ -869,7 +877,13 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
     install_finalizers(L);
     script__module_init(s);
     script__ws_init(s);
+    return s;
+}
 
+struct script *script_new(struct sb_server *srv, const char *app_dir) {
+    struct script *s = script__state_new(srv, app_dir, 1);
+    if (!s)
+        return NULL;
     int loaded = 0, failed = 0;
     script__routes_scan(s, &loaded, &failed);
     if (!loaded) {
@@ -896,6 +910,9 @@ void script_free(struct script *s) {
         free(r->file);
         free(r);
     }
+    for (size_t i = 0; i < s->n_ignore; i++)
+        free(s->ignore[i]);
+    free(s->ignore);
     free(s->app_dir);
     free(s->lib_dir);
     free(s);

@@ -76,11 +76,30 @@ void script_drain(struct script *s, struct conn *c);
 /* Called exactly once for an opened connection, then the ws is invalidated. */
 void script_close(struct script *s, struct conn *c, unsigned code, const char *reason);
 
-/* Reload one script file (added, changed or deleted) or, with NULL, all. */
+/* 1 when path (absolute, as reload.c spells it) lies under the app dir and the
+ * app layout rules keep it from being a route: a dot-file or dot-folder, a
+ * folder named spec or test, a *_spec.lua, a match of APP_DIR/.sbignore. Never
+ * for lib/ (modules) nor for paths outside the app dir. */
+int script_is_ignored(struct script *s, const char *path, int is_dir);
+
+/* Reload one script file (added, changed or deleted) or, with NULL, all (which
+ * reads APP_DIR/.sbignore again). */
 void script_reload(struct script *s, const char *file);
 /* 1 if file compiles as Lua (nothing runs, nothing is logged), else 0: how the
  * watcher tells a finished save from a half-written file. */
 int script_compiles(struct script *s, const char *file);
+
+/* --check: load every route script and lib/ module under app_dir as the server
+ * would (srv: its config, loop and pub/sub; no connection), print each error
+ * and warning as "FILE:LINE: error|warning: message" and a summary on stdout.
+ * Returns the exit status: 1 on an error (or, with strict, a warning), else 0. */
+int script_check(struct sb_server *srv, const char *app_dir, int strict);
+
+/* The folder that holds switchboard's own Lua modules (switchboard/testing.lua
+ * and the editor types in switchboard/meta/), as `require` finds them: beside
+ * the binary (../lua in a build tree, ../share/lua/5.4 when installed) or the
+ * install prefix's. Writes its real path to out; returns 0, or -1 when none. */
+int script_lua_dir(char *out, size_t cap);
 
 /* Lua memory in use (bytes). */
 size_t script_memory(struct script *s);

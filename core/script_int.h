@@ -58,6 +58,9 @@ struct script {
     int started;       /* past the start-up scan: loads are reloads, counted */
     const void *ws_mt; /* the ws metatable, for a pointer check */
     char node[17];     /* switchboard.node: random hex, per process */
+    char **ignore;     /* APP_DIR/.sbignore's patterns (owned, ignore_load) */
+    size_t n_ignore;
+    struct script_check *check; /* --check: what loading found (script_check.c); NULL */
 };
 
 /* A timer is owned by the app module whose top level (or whose timer) made
@@ -90,6 +93,11 @@ static inline struct script *get_script(lua_State *L) {
 }
 
 /* ---- script.c ---- */
+
+/* A Lua state for app_dir with every library, guard and module in place and
+ * no route loaded yet (script_new loads them). real_path: use app_dir's
+ * realpath (the server), or app_dir as given (--check reports paths as typed). */
+struct script *script__state_new(struct sb_server *srv, const char *app_dir, int real_path);
 
 /* Call the function below nargs arguments on the stack under the budget and
  * the memory cap. Returns 0, or -1 after logging the error with `what` (or,
@@ -141,11 +149,31 @@ void script__cancel_route_timers(struct script *s, struct route *r, uint32_t ver
  * same=0 all others. */
 void script__cancel_module_timers(struct script *s, const char *mod, uint32_t gen, int same);
 
+/* ---- script_check.c ---- */
+
+/* --check: a load failed with Lua error msg (its first line is reported, at
+ * the position it names, else at the file being loaded). */
+void script__check_error(struct script *s, const char *msg);
+/* --check: a route's top level or a lib/ module is about to run from file. */
+void script__check_loading(struct script *s, const char *file);
+/* --check: the table route script `file` returned is at idx: warn on
+ * function fields that are no handler the server calls. */
+void script__check_handlers(struct script *s, int idx);
+/* --check: __newindex for the environments scripts run in (warns, then rawset). */
+int script__check_newindex(lua_State *L);
+
 /* ---- script_route.c ---- */
+
+/* The handlers a route script may define: the six events, then "reload"; NULL-ended. */
+extern const char *const script__handler_names[];
 
 /* package.path for lib/ and the shipped modules; `require` that tracks app modules. */
 void script__routes_init(struct script *s);
 /* Load every route script under the app directory (counting loads and failures). */
 void script__routes_scan(struct script *s, int *loaded, int *failed);
+/* 1 when the app layout rules say `rel` (a path below the app dir, no leading
+ * slash; is_dir: a folder) is never a route: a dot-file or dot-folder, a folder
+ * named spec or test, a *_spec.lua, or a match of a .sbignore pattern. */
+int script__layout_skip(struct script *s, const char *rel, int is_dir);
 
 #endif

@@ -1,7 +1,9 @@
 /* script_route.c — routes: the route scripts under the app directory, the
  * app modules under lib/ they require, loading, and reload on change. */
 #define _GNU_SOURCE
+#include <ctype.h>
 #include <dirent.h>
+#include <fnmatch.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +20,94 @@
 #include "script_int.h"
 #include "loop.h"
 
+/* ---- app layout: what is never a route ------------------------------------------ */
+
+/* Read APP_DIR/.sbignore again: one glob per line, blank lines and '#' comments
+ * skipped, surrounding blanks trimmed, a leading and a trailing '/' dropped. */
+static void ignore_load(struct script *s) {
+    for (size_t i = 0; i < s->n_ignore; i++)
+        free(s->ignore[i]);
+    free(s->ignore);
+    s->ignore = NULL;
+    s->n_ignore = 0;
+    char file[PATH_MAX];
+    snprintf(file, sizeof file, "%s/.sbignore", s->app_dir);
+    FILE *f = fopen(file, "r");
+    if (!f)
+        return;
+    char line[1024];
+    size_t cap = 0;
+    while (fgets(line, sizeof line, f)) {
+        char *p = line, *e = line + strlen(line);
+        while (*p && isspace((unsigned char)*p))
+            p++;
+        while (e > p && isspace((unsigned char)e[-1]))
+            e--;
+        if (p < e && *p == '/')
+            p++;
+        if (e > p && e[-1] == '/')
+            e--;
+        if (p == e || *p == '#')
+            continue;
+        if (s->n_ignore == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            char **n = realloc(s->ignore, ncap * sizeof *n);
+            if (!n)
+                break;
+            s->ignore = n;
+            cap = ncap;
+        }
+        if ((s->ignore[s->n_ignore] = strndup(p, (size_t)(e - p))))
+            s->n_ignore++;
+    }
+    fclose(f);
+    if (s->n_ignore)
+        log_info("%s: %zu pattern(s) never routed", file, s->n_ignore);
+}
+
+/* (script_int.h) The layout rules, on a path below the app dir. */
+int script__layout_skip(struct script *s, const char *rel, int is_dir) {
+    char buf[PATH_MAX];
+    size_t n = strlen(rel);
+    if (n >= sizeof buf)
+        return 1;
+    const char *c = rel;
+    for (;;) { /* each component: folders, then the name itself */
+        const char *slash = strchr(c, '/');
+        size_t cl = slash ? (size_t)(slash - c) : strlen(c);
+        int folder = slash || is_dir;
+        memcpy(buf, c, cl);
+        buf[cl] = 0;
+        if (buf[0] == '.')
+            return 1;
+        if (folder && (strcmp(buf, "spec") == 0 || strcmp(buf, "test") == 0))
+            return 1;
+        if (!folder && cl >= 9 && strcmp(buf + cl - 9, "_spec.lua") == 0)
+            return 1;
+        for (size_t i = 0; i < s->n_ignore; i++)
+            if (!strchr(s->ignore[i], '/') && fnmatch(s->ignore[i], buf, 0) == 0)
+                return 1;
+        /* patterns with a '/' match from the app dir: the path up to here */
+        memcpy(buf, rel, (size_t)(c - rel) + cl);
+        buf[(c - rel) + cl] = 0;
+        for (size_t i = 0; i < s->n_ignore; i++)
+            if (strchr(s->ignore[i], '/') && fnmatch(s->ignore[i], buf, FNM_PATHNAME) == 0)
+                return 1;
+        if (!slash)
+            return 0;
+        c = slash + 1;
+    }
+}
+
+int script_is_ignored(struct script *s, const char *path, int is_dir) {
+    size_t al = strlen(s->app_dir), ll = strlen(s->lib_dir);
+    if (strncmp(path, s->app_dir, al) != 0 || path[al] != '/')
+        return 0;
+    if (strncmp(path, s->lib_dir, ll) == 0 && (path[ll] == '/' || path[ll] == 0))
+        return 0; /* modules: a route may require any of them */
+    return script__layout_skip(s, path + al + 1, is_dir);
+}
+
 /* ---- routes ---------------------------------------------------------------------- */
 
 /* The handlers of a route, resolved once when its script loads: a plain table
@@ -25,8 +115,9 @@
  *   [ORIGINAL_KEY] = the table the script returned }
  * so that dispatch reads fields of a table without a metatable, and only
  * this, under a protected call, runs a metamethod of the script's table. */
-static const char *const handler_names[] = {"upgrade", "open",  "message",
-                                            "close",   "drain", "request"};
+const char *const script__handler_names[] = {"upgrade", "open",    "message", "close",
+                                             "drain",   "request", "reload",  NULL};
+#define handler_names script__handler_names
 static const char ORIGINAL_KEY = 0; /* its address: a key no script can write */
 
 /* lua_CFunction: resolve(returned value) -> resolved table, or nil and why not. */
@@ -199,6 +290,14 @@ static int sb_require(lua_State *L) {
     return 2;
 }
 
+static void load_error(struct script *s, const struct log_fields *lf, const char *what,
+                       const char *msg) {
+    if (s->check)
+        script__check_error(s, msg);
+    else
+        log_with(LOG_ERROR, lf, "%s: %s", what, msg);
+}
+
 /* Load (or reload) a route's script. Returns 0; on failure logs it and keeps
  * the previous version. */
 static int route_load(struct script *s, struct route *r) {
@@ -208,6 +307,8 @@ static int route_load(struct script *s, struct route *r) {
     snprintf(what, sizeof what, "loading %s", r->file);
     uint32_t version = r->version + 1;
     struct log_fields lf = {.route = r->path, .script = r->file};
+    if (s->check)
+        script__check_loading(s, r->file);
     if (luaL_loadfile(L, r->file) != LUA_OK) {
         const char *err = lua_tostring(L, -1);
         /* "FILE:LINE: message" (FILE maybe shortened): the first ":digits:" */
@@ -218,7 +319,7 @@ static int route_load(struct script *s, struct route *r) {
                 break;
             }
         }
-        log_with(LOG_ERROR, &lf, "%s: %s", what, err);
+        load_error(s, &lf, what, err);
         lua_pop(L, 1);
         goto fail;
     }
@@ -227,6 +328,10 @@ static int route_load(struct script *s, struct route *r) {
     lua_newtable(L);
     lua_pushglobaltable(L);
     lua_setfield(L, -2, "__index");
+    if (s->check) { /* report the globals its top level writes */
+        lua_pushcfunction(L, script__check_newindex);
+        lua_setfield(L, -2, "__newindex");
+    }
     lua_setmetatable(L, -2);
     if (!lua_setupvalue(L, -2, 1))
         lua_pop(L, 1);
@@ -250,12 +355,17 @@ static int route_load(struct script *s, struct route *r) {
     if (rc < 0)
         goto fail;
     if (lua_isnil(L, -2)) {
-        log_with(LOG_ERROR, &lf, "%s: %s", what, lua_tostring(L, -1));
+        load_error(s, &lf, what, lua_tostring(L, -1));
         lua_pop(L, 2);
         goto fail;
     }
     lua_pop(L, 1);
     int tbl = lua_gettop(L);
+    if (s->check) {
+        lua_rawgetp(L, tbl, &ORIGINAL_KEY);
+        script__check_handlers(s, lua_gettop(L));
+        lua_pop(L, 1);
+    }
     if (r->ref != LUA_NOREF) {
         /* migrate: the new version's reload(old) hook, given the old table */
         lua_getfield(L, tbl, "reload");
@@ -363,14 +473,15 @@ static struct route *route_add(struct script *s, const char *file, const char *r
     return r;
 }
 
-/* Walk dir for *.lua route scripts (not lib/ or public/ at the top). */
+/* Walk dir for *.lua route scripts (not lib/ or public/ at the top, nothing the
+ * layout rules leave out). */
 static void scan_dir(struct script *s, const char *dir, const char *rel, int *loaded, int *failed) {
     DIR *d = opendir(dir);
     if (!d)
         return;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (e->d_name[0] == '.')
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
             continue;
         if (!rel[0] && (strcmp(e->d_name, "lib") == 0 || strcmp(e->d_name, "public") == 0))
             continue;
@@ -378,7 +489,7 @@ static void scan_dir(struct script *s, const char *dir, const char *rel, int *lo
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
         snprintf(sub, sizeof sub, "%s%s%s", rel, rel[0] ? "/" : "", e->d_name);
         struct stat st;
-        if (stat(path, &st) < 0)
+        if (stat(path, &st) < 0 || script__layout_skip(s, sub, S_ISDIR(st.st_mode)))
             continue;
         if (S_ISDIR(st.st_mode)) {
             scan_dir(s, path, sub, loaded, failed);
@@ -407,33 +518,60 @@ struct route *script_find_route(struct script *s, const char *path, size_t len) 
     return NULL;
 }
 
-static void set_package_path(struct script *s) {
-    lua_State *L = s->L;
+/* Where switchboard's own Lua modules may be, in the order `require` tries
+ * them: beside the binary (a build dir in the source tree: ../lua; installed:
+ * ../share/lua/5.4), then the install prefix's. Fills buf; returns how many. */
+static int lua_dirs(char buf[2][PATH_MAX + 32], const char *dirs[3]) {
     char exe[PATH_MAX];
-    char extra[PATH_MAX * 4 + 256] = "";
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (n > 0) {
-        exe[n] = 0;
+    int n = 0;
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len > 0) {
+        exe[len] = 0;
         char *slash = strrchr(exe, '/');
         if (slash)
             *slash = 0;
-        /* from a build dir in the source tree: ../lua; installed: ../share/lua/5.4 */
-        snprintf(extra, sizeof extra,
-                 "%s/../lua/?.lua;%s/../lua/?/init.lua;%s/../share/lua/5.4/?.lua;"
-                 "%s/../share/lua/5.4/?/init.lua;",
-                 exe, exe, exe, exe);
+        snprintf(buf[0], sizeof buf[0], "%s/../lua", exe);
+        snprintf(buf[1], sizeof buf[1], "%s/../share/lua/5.4", exe);
+        dirs[n++] = buf[0];
+        dirs[n++] = buf[1];
     }
+    dirs[n++] = SB_LUA_DIR;
+    return n;
+}
+
+int script_lua_dir(char *out, size_t cap) {
+    char buf[2][PATH_MAX + 32], probe[PATH_MAX + 64], real[PATH_MAX];
+    const char *dirs[3];
+    int n = lua_dirs(buf, dirs);
+    for (int i = 0; i < n; i++) {
+        snprintf(probe, sizeof probe, "%s/switchboard/testing.lua", dirs[i]);
+        if (access(probe, R_OK) == 0 && realpath(dirs[i], real) && strlen(real) < cap) {
+            memcpy(out, real, strlen(real) + 1);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* lib/ first, then switchboard's own modules, then lua5.4's default path. */
+static void set_package_path(struct script *s) {
+    lua_State *L = s->L;
+    char buf[2][PATH_MAX + 32];
+    const char *dirs[3];
+    int n = lua_dirs(buf, dirs);
     lua_getglobal(L, "package");
-    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s%s/?.lua;%s/?/init.lua;", s->lib_dir, s->lib_dir,
-                    extra, SB_LUA_DIR, SB_LUA_DIR);
-    lua_getfield(L, -2, "path");
-    lua_concat(L, 2);
+    lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", s->lib_dir, s->lib_dir);
+    for (int i = 0; i < n; i++)
+        lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", dirs[i], dirs[i]);
+    lua_getfield(L, -1 - n - 1, "path");
+    lua_concat(L, n + 2);
     lua_setfield(L, -2, "path");
     lua_pop(L, 1);
 }
 
 void script__routes_init(struct script *s) {
     lua_State *L = s->L;
+    ignore_load(s);
     set_package_path(s);
     lua_newtable(L);
     lua_setfield(L, LUA_REGISTRYINDEX, MODS_KEY);
@@ -563,11 +701,12 @@ static void reload_all(struct script *s) {
     double t0 = server_clock();
     forget_modules(s, NULL);
     lua_pop(s->L, 1);
+    ignore_load(s);
     int loaded = 0, failed = 0;
     scan_dir(s, s->app_dir, "", &loaded, &failed);
     struct stat st;
     for (struct route *r = s->routes; r; r = r->next)
-        if (!r->gone && stat(r->file, &st) < 0)
+        if (!r->gone && (stat(r->file, &st) < 0 || script_is_ignored(s, r->file, 0)))
             route_delete(s, r);
     log_info("reloaded every script: %d loaded, %d failed, in %.1f ms", loaded, failed,
              (server_clock() - t0) * 1e3);
@@ -591,6 +730,11 @@ void script_reload(struct script *s, const char *file) {
     }
     struct route *r = route_by_file(s, file);
     struct stat st;
+    if (script_is_ignored(s, file, 0)) { /* .sbignore may have changed since it loaded */
+        if (r && !r->gone)
+            route_delete(s, r);
+        return;
+    }
     if (stat(file, &st) < 0) {
         if (r && !r->gone)
             route_delete(s, r);

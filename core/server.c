@@ -407,6 +407,23 @@ int server_init(struct sb_server *srv, const struct sb_config *cfg) {
     return 0;
 }
 
+int server_check(const struct sb_config *cfg, int strict) {
+    struct sb_server srv;
+    memset(&srv, 0, sizeof srv);
+    srv.cfg = *cfg;
+    srv.spare_fd = -1;
+    srv.now = server_clock();
+    srv.base = event_base_new();
+    srv.pubsub = pubsub_new();
+    int rc = 1;
+    if (srv.base && srv.pubsub)
+        rc = script_check(&srv, cfg->app_dir, strict);
+    else
+        log_error("could not create the event loop");
+    server_free(&srv);
+    return rc;
+}
+
 int server_run(struct sb_server *srv) {
     for (;;) {
         /* Output queued by close handlers (run from the reap) or past the flush

@@ -11,6 +11,10 @@
 
 /* Create the loop, listeners and Lua state. Returns 0, or -1 after logging why. */
 int server_init(struct sb_server *srv, const struct sb_config *cfg);
+/* --check: load the app in cfg->app_dir as server_init would, without a
+ * listener or a watcher, and report what fails (script_check). Returns the
+ * process exit status. */
+int server_check(const struct sb_config *cfg, int strict);
 /* Run until shut down. Returns the process exit status. */
 int server_run(struct sb_server *srv);
 void server_free(struct sb_server *srv);

@@ -37,6 +37,9 @@ describe("cmake --install", function()
     it("puts the binary in bin/ and the Lua modules in share/lua/5.4/", function()
         assert.is_true(exists(prefix .. "/bin/switchboard"))
         assert.is_true(exists(prefix .. "/share/lua/5.4/switchboard/testing.lua"))
+        for _, f in ipairs({ "switchboard", "ws", "req", "timer", "testing" }) do
+            assert.is_true(exists(prefix .. "/share/lua/5.4/switchboard/meta/" .. f .. ".lua"), f)
+        end
     end)
 
     it("runs the installed binary on a copy of scripts/, finding the modules beside it", function()

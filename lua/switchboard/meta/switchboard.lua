@@ -1,0 +1,113 @@
+---@meta switchboard
+-- Editor types (LuaLS) for `require "switchboard"`, the module the server gives
+-- route scripts. Declarations only: this file is never run. The README is the
+-- reference; spec/e2e/api_types_spec.lua keeps these names equal to the server's.
+
+---The server's module: `local sb = require "switchboard"`.
+---@class switchboard
+---@field shared table One table shared by every script of the process; survives reloads.
+---@field log switchboard.log Write to the server log, with the script's file and line.
+---@field json switchboard.json lua-cjson.
+---@field node string This process's id: 16 random hex digits, new at every start.
+---@field version string The server's version.
+local sb = {}
+
+---Sends `msg` to every subscriber of `topic` (framed once, shared by every queue).
+---Raises on an empty topic, text that is not UTF-8 (send it as binary) or a message
+---longer than --max-message.
+---@param topic string
+---@param msg string
+---@param binary? boolean `true`: a binary message; default text.
+---@return integer queued How many connections it was queued to.
+function sb.publish(topic, msg, binary) end
+
+---How many connections are subscribed to `topic`.
+---@param topic string
+---@return integer
+function sb.subscribers(topic) end
+
+---The topics that have subscribers, sorted.
+---@return string[]
+function sb.topics() end
+
+---Runs `fn(timer)` once, `seconds` from now (0 <= seconds <= 1e9), on the server's loop.
+---The timer belongs to the script version (or lib/ module) that made it.
+---@param seconds number
+---@param fn fun(timer: switchboard.timer)
+---@return switchboard.timer
+function sb.after(seconds, fn) end
+
+---Runs `fn(timer)` every `seconds` (>= 0.001) until cancelled.
+---@param seconds number
+---@param fn fun(timer: switchboard.timer)
+---@return switchboard.timer
+function sb.every(seconds, fn) end
+
+---Monotonic time in seconds, a float with sub-millisecond resolution (durations, not dates).
+---@return number
+function sb.now() end
+
+---The server's counters.
+---@return switchboard.stats
+function sb.stats() end
+
+---@class switchboard.log
+local log = {}
+
+---Logs the arguments (tostring'ed, joined by spaces) at level info.
+---@param ... any
+function log.info(...) end
+
+---Logs the arguments at level warn.
+---@param ... any
+function log.warn(...) end
+
+---Logs the arguments at level error.
+---@param ... any
+function log.error(...) end
+
+---lua-cjson as the server loads it (`sb.json`).
+---@class switchboard.json
+---@field null lightuserdata Decodes JSON `null`; encodes as `null`.
+local json = {}
+
+---Encodes a Lua value as JSON. Raises on what JSON cannot hold (a function, a sparse array).
+---@param value any
+---@return string
+function json.encode(value) end
+
+---Decodes a JSON text. Raises on invalid JSON.
+---@param text string
+---@return any
+function json.decode(text) end
+
+---What `sb.stats()` returns: counters since start, and labelled counts.
+---@class switchboard.stats
+---@field accepted integer TCP connections accepted.
+---@field open integer Connections open now (HTTP and WebSocket).
+---@field ws_open integer WebSocket connections open now.
+---@field handshakes_ok integer Upgrades answered 101.
+---@field handshakes_refused integer Upgrades refused.
+---@field msgs_in integer Messages received.
+---@field msgs_out integer Messages queued to connections.
+---@field bytes_in integer
+---@field bytes_out integer
+---@field publishes integer
+---@field deliveries integer Publishes queued to subscribers.
+---@field dropped_deliveries integer Publishes dropped for a slow subscriber.
+---@field backpressure_events integer Times a queue went past --out-high.
+---@field slow_closed integer Connections closed by --slow-policy close or --out-max.
+---@field handler_errors integer Handlers and timers that raised or ran past a limit.
+---@field budget_stops integer Of those, stopped by --lua-budget.
+---@field reloads_ok integer
+---@field reloads_failed integer
+---@field timeouts integer
+---@field lua_memory integer Bytes the Lua state uses.
+---@field resident_memory integer Bytes of the process's resident memory.
+---@field ws_closed_clean integer WebSocket connections closed with a close handshake.
+---@field handshakes table<string, integer> Answers to upgrades by HTTP status.
+---@field close_sent table<string, integer> Close codes sent ("1000".."1015", "other").
+---@field close_received table<string, integer> Close codes received.
+---@field routes table<string, { open: integer, total: integer }> Per route path.
+
+return sb
