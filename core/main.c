@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "handshake.h"
 #include "http.h"
 #include "log.h"
 #include "redis.h"
@@ -186,6 +187,14 @@ static int set_path(struct options *opts, const struct opt *o, const char *arg) 
     return set_string(opts, o, arg);
 }
 
+static int set_origins(struct options *opts, const struct opt *o, const char *arg) {
+    if (!handshake_origin_list_valid(arg))
+        return die_usage("--allowed-origins takes origins like https://chat.example.com or"
+                         " *.example.com, separated by commas: '%s'",
+                         arg);
+    return set_string(opts, o, arg);
+}
+
 static int set_slow_policy(struct options *opts, const struct opt *o, const char *arg) {
     if (strcmp(arg, "drop") == 0)
         opts->cfg.slow = SLOW_DROP;
@@ -300,6 +309,11 @@ static const struct opt options[] = {
      "bytes of publishes Redis has not answered yet; past it\n"
      "publishes stay local (counted, logged)",
      "16m"},
+    {"allowed-origins", "LIST", set_origins, F(cfg.allowed_origins), 0, 0,
+     "refuse (403) a browser's upgrade whose Origin is not\n"
+     "listed: https://chat.example.com,*.example.com (an\n"
+     "upgrade without Origin is not from a browser: allowed)",
+     "any origin"},
     {"log-level", "LEVEL", set_log_level, NOF, 0, 0, "debug, info, warn, error", "info"},
     {"help", NULL, set_true, F(help), 0, 0, "this text (-h)", NULL},
     {"version", NULL, set_true, F(version), 0, 0, "the version (-V)", NULL},

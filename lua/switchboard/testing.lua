@@ -532,6 +532,7 @@ function Route:connect(opts)
     local req = {
         method = "GET", path = opts.path or self.path, query = parse_query(opts.query),
         headers = headers, remote = opts.remote or "127.0.0.1:40000", protocols = protocols,
+        origin = headers.origin,
     }
     local protocol, resp_headers = nil, {}
     local up = self.handlers.upgrade
@@ -598,6 +599,7 @@ function Route:request(opts)
         headers = lower_headers(opts.headers), remote = opts.remote or "127.0.0.1:40000",
         protocols = {}, body = opts.body or "",
     }
+    req.origin = req.headers.origin
     local ok, resp = self:_call("request", fn, req)
     self.app:_settle()
     local failed = { status = 500, headers = {}, body = "" }

@@ -83,6 +83,23 @@ describe("chat: connecting", function()
         assert.is_nil(route:connect().protocol)
     end)
 
+    it("refuses a page on another site (cross-site WebSocket hijacking) with 403", function()
+        local c, status = route:connect{ headers = { host = "chat.local:8080", origin = "https://evil.example" } }
+        assert.is_nil(c)
+        assert.equal(403, status)
+        -- same host, another port: another origin
+        assert.is_nil(route:connect{ headers = { host = "chat.local:8080", origin = "http://chat.local:9090" } })
+        assert.is_nil(route:connect{ headers = { host = "chat.local", origin = "null" } })
+    end)
+
+    it("accepts its own pages, and clients that send no Origin", function()
+        assert.truthy(route:connect{ headers = { host = "chat.local:8080", origin = "http://chat.local:8080" } })
+        assert.truthy(route:connect{ headers = { host = "Chat.Local", origin = "http://chat.local" } })
+        assert.truthy(route:connect{ headers = { host = "chat.local:443", origin = "https://chat.local" } })
+        assert.truthy(route:connect{ headers = { host = "[::1]:8080", origin = "http://[::1]:8080" } })
+        assert.truthy(route:connect{ headers = { host = "chat.local:8080" } })
+    end)
+
     it("answers plain HTTP GET with who is online", function()
         user("ann", "lobby")
         user("bob", "dev")
