@@ -2,8 +2,8 @@
  * the state struct, the userdata layouts, the registry keys and the internal
  * calls between the parts (script.c: state, protected calls, dispatch;
  * script_ws.c: the `ws` userdata; script_module.c: the `switchboard` module
- * and timers; script_route.c: route loading and reload). Internal names carry
- * a `script__` prefix. */
+ * and timers; script_crypto.c: its crypto and jwt tables; script_route.c: route
+ * loading and reload). Internal names carry a `script__` prefix. */
 #ifndef SB_SCRIPT_INT_H
 #define SB_SCRIPT_INT_H
 
@@ -132,6 +132,13 @@ void script__cancel_route_timers(struct script *s, struct route *r, uint32_t ver
 /* Cancel module mod's timers: with same=1 those of generation gen, with
  * same=0 all others. */
 void script__cancel_module_timers(struct script *s, const char *mod, uint32_t gen, int same);
+
+/* ---- script_crypto.c ---- */
+
+/* Set `crypto` and `jwt` on the module table at the top of the stack. The
+ * JWT functions decode and encode JSON through registry["switchboard.json_decode"]
+ * and ["switchboard.json_encode"]. */
+void script__crypto_open(lua_State *L);
 
 /* ---- script_route.c ---- */
 

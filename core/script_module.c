@@ -343,11 +343,17 @@ static int luaopen_switchboard(lua_State *L) {
     lua_getglobal(L, "require");
     lua_pushliteral(L, "cjson");
     if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+        /* kept aside for switchboard.jwt, out of a script's reach */
+        lua_getfield(L, -1, "decode");
+        lua_setfield(L, LUA_REGISTRYINDEX, "switchboard.json_decode");
+        lua_getfield(L, -1, "encode");
+        lua_setfield(L, LUA_REGISTRYINDEX, "switchboard.json_encode");
         lua_setfield(L, -2, "json");
     } else {
         log_warn("lua-cjson not found: switchboard.json is unavailable (%s)", lua_tostring(L, -1));
         lua_pop(L, 1);
     }
+    script__crypto_open(L);
     lua_pushliteral(L, SB_VERSION);
     lua_setfield(L, -2, "version");
     /* this process's name among many (workers, --redis hosts): ws.id is unique

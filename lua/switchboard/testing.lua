@@ -16,6 +16,7 @@
 -- Where DESIGN.md leaves a detail open, this follows core/script*.c (return values of
 -- subscribe/publish/ping, ws.data assignable, lenient request answers, reload(old)).
 local cjson = require "cjson"
+local fake_crypto = require "switchboard.testing.crypto"
 
 local testing = {}
 
@@ -764,6 +765,8 @@ function App:_module()
     function sb.now() return app.clock.now + 0.0 end -- a float, as the server's is
     sb.shared = app.shared
     sb.json = cjson.new()
+    sb.crypto = fake_crypto.crypto()
+    sb.jwt = fake_crypto.jwt(sb.json)
     sb.node = app.node
     sb.log = {}
     for _, level in ipairs({ "info", "warn", "error" }) do
