@@ -2,8 +2,9 @@
  * the state struct, the userdata layouts, the registry keys and the internal
  * calls between the parts (script.c: state, protected calls, dispatch;
  * script_ws.c: the `ws` userdata; script_module.c: the `switchboard` module
- * and timers; script_crypto.c: its crypto and jwt tables; script_route.c: route
- * loading and reload). Internal names carry a `script__` prefix. */
+ * and timers; script_crypto.c, script_json.c: its crypto, jwt and json tables;
+ * script_route.c: route loading and reload). Internal names carry a `script__`
+ * prefix. */
 #ifndef SB_SCRIPT_INT_H
 #define SB_SCRIPT_INT_H
 
@@ -137,8 +138,14 @@ void script__cancel_module_timers(struct script *s, const char *mod, uint32_t ge
 
 /* Set `crypto` and `jwt` on the module table at the top of the stack. The
  * JWT functions decode and encode JSON through registry["switchboard.json_decode"]
- * and ["switchboard.json_encode"]. */
+ * and ["switchboard.json_encode"] (script_json.c). */
 void script__crypto_open(lua_State *L);
+
+/* ---- script_json.c ---- */
+
+/* Push the switchboard.json table and return 1, or push lua-cjson's load
+ * error and return 0. Sets registry["switchboard.json_encode"/"_decode"]. */
+int script__json_open(lua_State *L);
 
 /* ---- script_route.c ---- */
 

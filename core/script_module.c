@@ -340,14 +340,7 @@ static int luaopen_switchboard(lua_State *L) {
     lua_setfield(L, -2, "log");
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->shared_ref);
     lua_setfield(L, -2, "shared");
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "cjson");
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
-        /* kept aside for switchboard.jwt, out of a script's reach */
-        lua_getfield(L, -1, "decode");
-        lua_setfield(L, LUA_REGISTRYINDEX, "switchboard.json_decode");
-        lua_getfield(L, -1, "encode");
-        lua_setfield(L, LUA_REGISTRYINDEX, "switchboard.json_encode");
+    if (script__json_open(L)) {
         lua_setfield(L, -2, "json");
     } else {
         log_warn("lua-cjson not found: switchboard.json is unavailable (%s)", lua_tostring(L, -1));

@@ -74,14 +74,14 @@ local function room_list()
         if a.members ~= b.members then return a.members > b.members end
         return a.name < b.name
     end)
-    return list
+    return json.array(list)
 end
 
 local function member_list(room)
     local list = {}
     for _, m in pairs(room.members) do list[#list + 1] = m.nick end
     table.sort(list, function(a, b) return a:lower() < b:lower() end)
-    return list
+    return json.array(list)
 end
 
 -- Member counts change in bursts (a page of people reconnecting after a restart):
@@ -158,7 +158,7 @@ function handle.join(ws, msg)
     data.rooms[name] = true
     data.joined = data.joined + 1
     ws:subscribe(room_topic(name))
-    send(ws, { type = "joined", room = name, members = member_list(room), history = room.history })
+    send(ws, { type = "joined", room = name, members = member_list(room), history = json.array(room.history) })
     -- node and id let members served by other processes (--workers, --redis)
     -- introduce themselves to the newcomer: see handle.here
     ws:publish(room_topic(name), json.encode({ type = "join", room = name, nick = data.nick, ts = os.time(),

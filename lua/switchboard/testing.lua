@@ -17,6 +17,7 @@
 -- subscribe/publish/ping, ws.data assignable, lenient request answers, reload(old)).
 local cjson = require "cjson"
 local fake_crypto = require "switchboard.testing.crypto"
+local fake_json = require "switchboard.testing.json"
 
 local testing = {}
 
@@ -764,7 +765,7 @@ function App:_module()
     end
     function sb.now() return app.clock.now + 0.0 end -- a float, as the server's is
     sb.shared = app.shared
-    sb.json = cjson.new()
+    sb.json = fake_json.new()
     sb.crypto = fake_crypto.crypto()
     sb.jwt = fake_crypto.jwt(sb.json)
     sb.node = app.node

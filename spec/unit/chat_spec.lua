@@ -199,6 +199,18 @@ describe("chat: nicknames", function()
 end)
 
 describe("chat: rooms", function()
+    it("sends empty lists as JSON arrays, and URLs without escaped slashes", function()
+        local ann = user("ann")
+        send(ann, { type = "join", room = "empty" })
+        local raw = ann.sent[1].data
+        assert.truthy(raw:find('"history":[]', 1, true), raw)
+        assert.truthy(raw:find('"members":["ann"]', 1, true), raw)
+        local bob = user("bob", "empty")
+        ann:clear()
+        send(bob, { type = "say", room = "empty", text = "see https://example.com/a" })
+        assert.truthy(ann.sent[1].data:find("https://example.com/a", 1, true), ann.sent[1].data)
+    end)
+
     it("needs a nick before joining", function()
         local c = route:connect()
         send(c, { type = "join", room = "lobby" })
