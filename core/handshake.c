@@ -1,6 +1,7 @@
 /* handshake.c — RFC 6455 §4.2 opening handshake on the server side. */
 #include "handshake.h"
 
+#include <ctype.h>
 #include <string.h>
 #include <strings.h>
 
@@ -208,8 +209,25 @@ static int split_origin(const char *s, size_t len, struct origin_parts *o) {
             if (o->port[i] < '0' || o->port[i] > '9')
                 return -1;
     }
-    if (!o->host_len || memchr(o->host, '/', o->host_len))
+    if (!o->host_len)
         return -1;
+    /* a host name (an entry's may start with "*.") or a bracketed IPv6 literal:
+     * what a browser serializes, nothing that could hide another host */
+    const char *h = o->host;
+    size_t hl = o->host_len, i = 0;
+    if (h[0] == '[') {
+        if (hl < 3 || h[hl - 1] != ']')
+            return -1;
+        for (i = 1; i < hl - 1; i++)
+            if (!isxdigit((unsigned char)h[i]) && h[i] != ':' && h[i] != '.')
+                return -1;
+        return 0;
+    }
+    if (hl > 2 && h[0] == '*' && h[1] == '.')
+        i = 2;
+    for (; i < hl; i++)
+        if (!isalnum((unsigned char)h[i]) && h[i] != '-' && h[i] != '.')
+            return -1;
     return 0;
 }
 
@@ -256,9 +274,8 @@ int handshake_origin_allowed(const char *list, const char *origin, size_t len) {
 }
 
 int handshake_origin_list_valid(const char *list) {
-    int n = 0;
     const char *p = list;
-    while (*p) {
+    for (;;) { /* every element, the one after a last comma too */
         const char *end = strchr(p, ',');
         if (!end)
             end = p + strlen(p);
@@ -271,8 +288,8 @@ int handshake_origin_list_valid(const char *list) {
         if (b == a || (!same_ci(a, (size_t)(b - a), "null", 4) &&
                        split_origin(a, (size_t)(b - a), &o) < 0))
             return 0;
-        n++;
-        p = *end ? end + 1 : end;
+        if (!*end)
+            return 1;
+        p = end + 1;
     }
-    return n > 0;
 }
