@@ -26,7 +26,9 @@
 #define JBUF_MT "switchboard.json.buffer"
 
 /* The output, in memory from the Lua state's allocator (counted against
- * --lua-memory); owned by a userdata on the stack, so an error mid-way frees it. */
+ * --lua-memory). One per state, owned by a userdata that is encode's upvalue:
+ * encode calls no Lua code, so it is never used twice at once, and an error
+ * mid-way leaves nothing behind that the next call does not reset. */
 struct jbuf {
     char *p;
     size_t len, cap;
@@ -230,17 +232,22 @@ static void encode(lua_State *L, struct jbuf *b, int idx, int depth) {
     }
 }
 
+#define JBUF_KEEP (64 * 1024) /* a bigger buffer is let go after its call */
+
 /* json.encode(value) -> JSON text. */
 static int json_encode(lua_State *L) {
     if (lua_isnone(L, 1))
         return script__arg_error(L, 1, "encode", "value expected");
     lua_settop(L, 1);
-    struct jbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
-    memset(b, 0, sizeof *b);
-    b->alloc = lua_getallocf(L, &b->ud);
-    luaL_setmetatable(L, JBUF_MT);
+    struct jbuf *b = lua_touserdata(L, lua_upvalueindex(1));
+    b->len = 0;
     encode(L, b, 1, 0);
     lua_pushlstring(L, b->p ? b->p : "", b->len);
+    if (b->cap > JBUF_KEEP) {
+        b->alloc(b->ud, b->p, b->cap, 0);
+        b->p = NULL;
+        b->cap = 0;
+    }
     return 1;
 }
 
@@ -280,7 +287,11 @@ int script__json_open(lua_State *L) {
         return 0; /* the message is on the stack */
     int cjson = lua_gettop(L);
     lua_createtable(L, 0, 5);
-    lua_pushcfunction(L, json_encode);
+    struct jbuf *b = lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b);
+    b->alloc = lua_getallocf(L, &b->ud);
+    luaL_setmetatable(L, JBUF_MT);
+    lua_pushcclosure(L, json_encode, 1);
     lua_pushvalue(L, -1);
     lua_setfield(L, LUA_REGISTRYINDEX, "switchboard.json_encode");
     lua_setfield(L, -2, "encode");
