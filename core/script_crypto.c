@@ -371,6 +371,11 @@ static int jwt_verify(lua_State *L) {
         return fail(L, "malformed");
     int alg = alg_of(alg_name, al); /* "none" and everything else: 0 */
     lua_pop(L, 1);
+    /* RFC 7515 §4.1.11: extensions the token says must be understood are not */
+    int crit = lua_getfield(L, 10, "crit") != LUA_TNIL;
+    lua_pop(L, 1);
+    if (crit)
+        return fail(L, "malformed");
     /* a public key is never an HMAC secret: with both algs allowed, a token
      * "HS256"-signed with the (public) PEM text must not pass */
     if (!(alg & algs) || (alg == ALG_HS256) == pem)

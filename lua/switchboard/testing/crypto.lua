@@ -304,6 +304,7 @@ function crypto.jwt(json)
         if not hj or not pj or not sig then return nil, "malformed" end
         local header = decode(hj)
         if type(header) ~= "table" or #header > 0 or type(header.alg) ~= "string" then return nil, "malformed" end
+        if header.crit ~= nil then return nil, "malformed" end -- extensions we do not know
         local alg = header.alg
         if not ALGS[alg] or not allowed[alg] or (alg == "HS256") == pem then
             return nil, "alg not allowed"
