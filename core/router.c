@@ -122,10 +122,13 @@ static int check_origin(struct sb_server *srv, struct conn *c, const struct http
         srv->origin_log_n = srv->origin_log_skipped = 0;
     }
     if (srv->origin_log_n++ < ORIGIN_LOGS_PER_SECOND) {
-        char rb[64];
-        int n = h->value_len > 200 ? 200 : (int)h->value_len;
-        log_warn("%s %s: upgrade refused (403): Origin '%.*s' is not in --allowed-origins",
-                 conn_remote(c, rb, sizeof rb), path, n, h->value);
+        char rb[64], shown[201]; /* the client's bytes: printable, bounded */
+        size_t n = h->value_len < sizeof shown - 1 ? h->value_len : sizeof shown - 1;
+        for (size_t i = 0; i < n; i++)
+            shown[i] = h->value[i] >= 0x20 && h->value[i] < 0x7f ? h->value[i] : '?';
+        shown[n] = 0;
+        log_warn("%s %s: upgrade refused (403): Origin '%s' is not in --allowed-origins",
+                 conn_remote(c, rb, sizeof rb), path, shown);
     } else {
         srv->origin_log_skipped++;
     }
