@@ -243,8 +243,7 @@ static int entry_matches(const char *e, size_t el, const char *origin, size_t le
         return 0;
     if (want.scheme && !same_ci(want.scheme, want.scheme_len, got.scheme, got.scheme_len))
         return 0;
-    if (!same_ci(want.port ? want.port : "", want.port_len, got.port ? got.port : "",
-                 got.port_len))
+    if (!same_ci(want.port ? want.port : "", want.port_len, got.port ? got.port : "", got.port_len))
         return 0;
     if (want.host_len > 2 && want.host[0] == '*' && want.host[1] == '.') {
         /* "*.example.com": any subdomain (one label or more), not example.com */
@@ -285,8 +284,8 @@ int handshake_origin_list_valid(const char *list) {
         while (b > a && is_ows(b[-1]))
             b--;
         struct origin_parts o;
-        if (b == a || (!same_ci(a, (size_t)(b - a), "null", 4) &&
-                       split_origin(a, (size_t)(b - a), &o) < 0))
+        if (b == a ||
+            (!same_ci(a, (size_t)(b - a), "null", 4) && split_origin(a, (size_t)(b - a), &o) < 0))
             return 0;
         if (!*end)
             return 1;
