@@ -1,7 +1,9 @@
 /* handshake.c — RFC 6455 §4.2 opening handshake on the server side. */
 #include "handshake.h"
 
+#include <ctype.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/evp.h>
 
@@ -162,4 +164,131 @@ size_t handshake_each_protocol(const struct http_request *req,
         }
     }
     return count;
+}
+
+/* An origin or a list entry split as "scheme://host[:port]" (scheme optional
+ * only in an entry). Returns 0, or -1 when it does not have that shape. */
+struct origin_parts {
+    const char *scheme, *host, *port;
+    size_t scheme_len, host_len, port_len;
+};
+
+static int split_origin(const char *s, size_t len, struct origin_parts *o) {
+    memset(o, 0, sizeof *o);
+    const char *sep = NULL;
+    for (size_t i = 0; i + 2 < len; i++)
+        if (s[i] == ':' && s[i + 1] == '/' && s[i + 2] == '/') {
+            sep = s + i;
+            break;
+        }
+    if (sep) {
+        o->scheme = s;
+        o->scheme_len = (size_t)(sep - s);
+        len -= o->scheme_len + 3;
+        s = sep + 3;
+        if (!o->scheme_len)
+            return -1;
+    }
+    /* the host ends at the last ':' outside an IPv6 literal's brackets */
+    size_t host_end = len;
+    const char *close = len && s[0] == '[' ? memchr(s, ']', len) : NULL;
+    size_t from = close ? (size_t)(close - s) : 0;
+    for (size_t i = len; i > from; i--)
+        if (s[i - 1] == ':') {
+            host_end = i - 1;
+            break;
+        }
+    o->host = s;
+    o->host_len = host_end;
+    if (host_end < len) {
+        o->port = s + host_end + 1;
+        o->port_len = len - host_end - 1;
+        if (!o->port_len)
+            return -1;
+        for (size_t i = 0; i < o->port_len; i++)
+            if (o->port[i] < '0' || o->port[i] > '9')
+                return -1;
+    }
+    if (!o->host_len)
+        return -1;
+    /* a host name (an entry's may start with "*.") or a bracketed IPv6 literal:
+     * what a browser serializes, nothing that could hide another host */
+    const char *h = o->host;
+    size_t hl = o->host_len, i = 0;
+    if (h[0] == '[') {
+        if (hl < 3 || h[hl - 1] != ']')
+            return -1;
+        for (i = 1; i < hl - 1; i++)
+            if (!isxdigit((unsigned char)h[i]) && h[i] != ':' && h[i] != '.')
+                return -1;
+        return 0;
+    }
+    if (hl > 2 && h[0] == '*' && h[1] == '.')
+        i = 2;
+    for (; i < hl; i++)
+        if (!isalnum((unsigned char)h[i]) && h[i] != '-' && h[i] != '.')
+            return -1;
+    return 0;
+}
+
+static int same_ci(const char *a, size_t al, const char *b, size_t bl) {
+    return al == bl && strncasecmp(a, b, al) == 0;
+}
+
+static int entry_matches(const char *e, size_t el, const char *origin, size_t len) {
+    if (same_ci(e, el, origin, len)) /* exact, including "null" */
+        return 1;
+    struct origin_parts want, got;
+    if (split_origin(e, el, &want) < 0 || split_origin(origin, len, &got) < 0 || !got.scheme)
+        return 0;
+    if (want.scheme && !same_ci(want.scheme, want.scheme_len, got.scheme, got.scheme_len))
+        return 0;
+    if (!same_ci(want.port ? want.port : "", want.port_len, got.port ? got.port : "", got.port_len))
+        return 0;
+    if (want.host_len > 2 && want.host[0] == '*' && want.host[1] == '.') {
+        /* "*.example.com": any subdomain (one label or more), not example.com */
+        size_t suffix = want.host_len - 1; /* ".example.com" */
+        return got.host_len > suffix &&
+               same_ci(got.host + got.host_len - suffix, suffix, want.host + 1, suffix);
+    }
+    return same_ci(want.host, want.host_len, got.host, got.host_len);
+}
+
+int handshake_origin_allowed(const char *list, const char *origin, size_t len) {
+    const char *p = list;
+    while (*p) {
+        const char *end = strchr(p, ',');
+        if (!end)
+            end = p + strlen(p);
+        const char *a = p, *b = end;
+        while (a < b && is_ows(*a))
+            a++;
+        while (b > a && is_ows(b[-1]))
+            b--;
+        if (b > a && entry_matches(a, (size_t)(b - a), origin, len))
+            return 1;
+        p = *end ? end + 1 : end;
+    }
+    return 0;
+}
+
+int handshake_origin_list_valid(const char *list) {
+    const char *p = list;
+    for (;;) { /* every element, the one after a last comma too */
+        const char *end = strchr(p, ',');
+        if (!end)
+            end = p + strlen(p);
+        const char *a = p, *b = end;
+        while (a < b && is_ows(*a))
+            a++;
+        while (b > a && is_ows(b[-1]))
+            b--;
+        struct origin_parts o;
+        if (b == a ||
+            (!same_ci(a, (size_t)(b - a), "null", 4) && split_origin(a, (size_t)(b - a), &o) < 0))
+            return 0;
+        if (!*end)
+            return 1;
+        p = end + 1;
+    }
 }

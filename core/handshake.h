@@ -37,4 +37,16 @@ void handshake_accept_key(const char *key, size_t key_len, char out[HANDSHAKE_AC
 size_t handshake_each_protocol(const struct http_request *req,
                                void (*cb)(void *ud, const char *p, size_t len), void *ud);
 
+/* Is `origin` (an Origin header's value, len bytes) on the comma-separated
+ * `list`? An entry is an exact origin ("https://chat.example.com", compared
+ * case-insensitively, the port included when it is not the scheme's default),
+ * a host with a leading "*." ("*.example.com" matches any subdomain, not
+ * example.com itself), either of them without "scheme://" to match any scheme,
+ * or "null" (sandboxed pages, file:// URLs). Returns 1 or 0. */
+int handshake_origin_allowed(const char *list, const char *origin, size_t len);
+
+/* Is every entry of the list shaped as handshake_origin_allowed reads it
+ * (and is there at least one)? Returns 1 or 0. */
+int handshake_origin_list_valid(const char *list);
+
 #endif

@@ -70,6 +70,7 @@ struct sb_config {
     const char *redis_url;    /* --redis redis://host:port[/db]; NULL = in-process pub/sub */
     int redis_optional;       /* --redis-optional: start local-only when Redis is down */
     size_t redis_out_max;     /* --redis-out-max: publishes Redis has not answered yet */
+    const char *allowed_origins; /* --allowed-origins LIST (router.c); NULL = any Origin */
 };
 
 void config_defaults(struct sb_config *cfg);
@@ -106,6 +107,8 @@ struct sb_server {
     double stop_deadline;          /* graceful shutdown: drop what is left then */
     uint64_t stop_ws, stop_clean0; /* WebSockets told 1001; ws_closed_clean at the signal */
     struct sb_stats stats;
+    double origin_log_at; /* --allowed-origins refusals (router.c): this second's start, */
+    uint64_t origin_log_n, origin_log_skipped; /* how many in it, how many not logged */
     /* how conn.c reaches the application (router.c installs them) */
     const struct conn_callbacks *conn_cb;
     void *conn_ud;

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "handshake.h"
 #include "http.h"
 #include "log.h"
 #include "redis.h"
@@ -189,6 +190,14 @@ static int set_path(struct options *opts, const struct opt *o, const char *arg) 
     return set_string(opts, o, arg);
 }
 
+static int set_origins(struct options *opts, const struct opt *o, const char *arg) {
+    if (!handshake_origin_list_valid(arg))
+        return die_usage("--allowed-origins takes origins like https://chat.example.com or"
+                         " *.example.com, separated by commas: '%s'",
+                         arg);
+    return set_string(opts, o, arg);
+}
+
 static int set_slow_policy(struct options *opts, const struct opt *o, const char *arg) {
     if (strcmp(arg, "drop") == 0)
         opts->cfg.slow = SLOW_DROP;
@@ -315,6 +324,11 @@ static const struct opt options[] = {
      "bytes of publishes Redis has not answered yet; past it\n"
      "publishes stay local (counted, logged)",
      "16m"},
+    {"allowed-origins", "LIST", set_origins, F(cfg.allowed_origins), 0, 0,
+     "refuse (403) a browser's upgrade whose Origin is not\n"
+     "listed: https://chat.example.com,*.example.com (an\n"
+     "upgrade without Origin is not from a browser: allowed)",
+     "any origin"},
     {"log-level", "LEVEL", set_log_level, NOF, 0, 0, "debug, info, warn, error", "info"},
     {"log-format", "text|json", set_log_format, NOF, 0, 0,
      "json: one object per line with time, level, msg and,\n"

@@ -7,7 +7,9 @@
 #include <string.h>
 
 #include "conn.h"
+#include "handshake.h"
 #include "http.h"
+#include "log.h"
 #include "loop.h"
 #include "metrics.h"
 #include "pubsub.h"
@@ -99,6 +101,40 @@ static void on_request(void *ud, struct conn *c, const struct http_request *req,
         text(res, 404, NULL, NULL, 1);
 }
 
+/* --allowed-origins: a browser's upgrade from a page on another origin is
+ * refused before any script runs (cross-site WebSocket hijacking rides on the
+ * victim's cookies). No Origin header: not a browser, let the script decide.
+ * Returns 0 to go on, or 403. Logged, ORIGIN_LOGS_PER_SECOND at most: a page
+ * hammering the server cannot flood the log. */
+#define ORIGIN_LOGS_PER_SECOND 20
+static int check_origin(struct sb_server *srv, struct conn *c, const struct http_request *req,
+                        const char *path) {
+    const struct http_header *h;
+    if (!srv->cfg.allowed_origins || !(h = http_find_header(req, "Origin")))
+        return 0;
+    if (handshake_origin_allowed(srv->cfg.allowed_origins, h->value, h->value_len))
+        return 0;
+    if (srv->now - srv->origin_log_at >= 1.0) { /* a new second */
+        if (srv->origin_log_skipped)
+            log_warn("%llu more upgrades refused for their Origin (not logged)",
+                     (unsigned long long)srv->origin_log_skipped);
+        srv->origin_log_at = srv->now;
+        srv->origin_log_n = srv->origin_log_skipped = 0;
+    }
+    if (srv->origin_log_n++ < ORIGIN_LOGS_PER_SECOND) {
+        char rb[64], shown[201]; /* the client's bytes: printable, bounded */
+        size_t n = h->value_len < sizeof shown - 1 ? h->value_len : sizeof shown - 1;
+        for (size_t i = 0; i < n; i++)
+            shown[i] = h->value[i] >= 0x20 && h->value[i] < 0x7f ? h->value[i] : '?';
+        shown[n] = 0;
+        log_warn("%s %s: upgrade refused (403): Origin '%s' is not in --allowed-origins",
+                 conn_remote(c, rb, sizeof rb), path, shown);
+    } else {
+        srv->origin_log_skipped++;
+    }
+    return 403;
+}
+
 static void on_upgrade(void *ud, struct conn *c, const struct http_request *req, const char *path,
                        struct conn_upgrade *ans) {
     struct sb_server *srv = ud;
@@ -107,6 +143,8 @@ static void on_upgrade(void *ud, struct conn *c, const struct http_request *req,
         ans->status = 404;
         return;
     }
+    if ((ans->status = check_origin(srv, c, req, path)))
+        return;
     c->route = r;
     ans->no_compression = (uint8_t)r->no_compression;
     if (!(r->has & ROUTE_UPGRADE))

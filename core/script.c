@@ -556,7 +556,7 @@ static void push_proto(void *ud, const char *p, size_t len) {
 
 static void push_request(lua_State *L, struct conn *c, const struct http_request *req,
                          const char *body, size_t body_len) {
-    lua_createtable(L, 0, 8);
+    lua_createtable(L, 0, 9);
     lua_pushlstring(L, req->method, req->method_len);
     lua_setfield(L, -2, "method");
     script__push_path(L, req);
@@ -571,6 +571,11 @@ static void push_request(lua_State *L, struct conn *c, const struct http_request
     lua_newtable(L);
     handshake_each_protocol(req, push_proto, L);
     lua_setfield(L, -2, "protocols");
+    const struct http_header *origin = http_find_header(req, "Origin");
+    if (origin) { /* the page's origin, when a browser sent it (nil otherwise) */
+        lua_pushlstring(L, origin->value, origin->value_len);
+        lua_setfield(L, -2, "origin");
+    }
     if (body) {
         lua_pushlstring(L, body, body_len);
         lua_setfield(L, -2, "body");

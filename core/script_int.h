@@ -2,8 +2,9 @@
  * the state struct, the userdata layouts, the registry keys and the internal
  * calls between the parts (script.c: state, protected calls, dispatch;
  * script_ws.c: the `ws` userdata; script_module.c: the `switchboard` module
- * and timers; script_route.c: route loading and reload). Internal names carry
- * a `script__` prefix. */
+ * and timers; script_crypto.c, script_json.c: its crypto, jwt and json tables;
+ * script_route.c: route loading and reload). Internal names carry a `script__`
+ * prefix. */
 #ifndef SB_SCRIPT_INT_H
 #define SB_SCRIPT_INT_H
 
@@ -161,6 +162,19 @@ void script__check_loading(struct script *s, const char *file);
 void script__check_handlers(struct script *s, int idx);
 /* --check: __newindex for the environments scripts run in (warns, then rawset). */
 int script__check_newindex(lua_State *L);
+
+/* ---- script_crypto.c ---- */
+
+/* Set `crypto` and `jwt` on the module table at the top of the stack. The
+ * JWT functions decode and encode JSON through registry["switchboard.json_decode"]
+ * and ["switchboard.json_encode"] (script_json.c). */
+void script__crypto_open(lua_State *L);
+
+/* ---- script_json.c ---- */
+
+/* Push the switchboard.json table and return 1, or push lua-cjson's load
+ * error and return 0. Sets registry["switchboard.json_encode"/"_decode"]. */
+int script__json_open(lua_State *L);
 
 /* ---- script_route.c ---- */
 

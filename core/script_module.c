@@ -348,14 +348,13 @@ static int luaopen_switchboard(lua_State *L) {
     lua_setfield(L, -2, "log");
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->shared_ref);
     lua_setfield(L, -2, "shared");
-    lua_getglobal(L, "require");
-    lua_pushliteral(L, "cjson");
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK) {
+    if (script__json_open(L)) {
         lua_setfield(L, -2, "json");
     } else {
         log_warn("lua-cjson not found: switchboard.json is unavailable (%s)", lua_tostring(L, -1));
         lua_pop(L, 1);
     }
+    script__crypto_open(L);
     lua_pushliteral(L, SB_VERSION);
     lua_setfield(L, -2, "version");
     /* this process's name among many (workers, --redis hosts): ws.id is unique

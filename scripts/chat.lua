@@ -5,6 +5,7 @@
 local sb = require "switchboard"
 local validate = require "chat.validate"
 local bucket = require "chat.bucket"
+local origin = require "chat.origin"
 
 local json = sb.json
 
@@ -15,6 +16,11 @@ local MAX_JOINED = 10        -- rooms one connection may be in at once
 local MAX_ROOMS = 100        -- rooms the server keeps (empty ones are evicted first)
 local LOBBY = "lobby"
 local ROOMS_TOPIC = "rooms"  -- every connection: room list updates
+-- Pages on other origins that may open the chat (lower-case, exact), e.g.
+-- { ["https://chat.example.com"] = true }. Without them, only a page served
+-- from the Host the browser connects to (this server's public/) may; clients
+-- that send no Origin (not browsers) always may.
+local ALLOWED_ORIGINS = {}
 
 local state = sb.shared.chat
 if not state then
@@ -68,14 +74,14 @@ local function room_list()
         if a.members ~= b.members then return a.members > b.members end
         return a.name < b.name
     end)
-    return list
+    return json.array(list)
 end
 
 local function member_list(room)
     local list = {}
     for _, m in pairs(room.members) do list[#list + 1] = m.nick end
     table.sort(list, function(a, b) return a:lower() < b:lower() end)
-    return list
+    return json.array(list)
 end
 
 -- Member counts change in bursts (a page of people reconnecting after a restart):
@@ -152,7 +158,7 @@ function handle.join(ws, msg)
     data.rooms[name] = true
     data.joined = data.joined + 1
     ws:subscribe(room_topic(name))
-    send(ws, { type = "joined", room = name, members = member_list(room), history = room.history })
+    send(ws, { type = "joined", room = name, members = member_list(room), history = json.array(room.history) })
     -- node and id let members served by other processes (--workers, --redis)
     -- introduce themselves to the newcomer: see handle.here
     ws:publish(room_topic(name), json.encode({ type = "join", room = name, nick = data.nick, ts = os.time(),
@@ -245,8 +251,12 @@ end
 
 local chat = {}
 
--- Browsers offer "chat.v1"; other clients may offer nothing.
+-- Browsers offer "chat.v1"; other clients may offer nothing. A browser on a page
+-- of another site is refused: see chat.origin.
 function chat.upgrade(req)
+    if not origin.allowed(req.origin, req.headers.host, ALLOWED_ORIGINS) then
+        return false, 403, "this chat only accepts connections from its own pages\n"
+    end
     for _, p in ipairs(req.protocols) do
         if p == "chat.v1" then return true, { protocol = p } end
     end

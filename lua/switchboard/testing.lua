@@ -16,6 +16,8 @@
 -- Where DESIGN.md leaves a detail open, this follows core/script*.c (return values of
 -- subscribe/publish/ping, ws.data assignable, lenient request answers, reload(old)).
 local cjson = require "cjson"
+local fake_crypto = require "switchboard.testing.crypto"
+local fake_json = require "switchboard.testing.json"
 
 local testing = {}
 
@@ -532,6 +534,7 @@ function Route:connect(opts)
     local req = {
         method = "GET", path = opts.path or self.path, query = parse_query(opts.query),
         headers = headers, remote = opts.remote or "127.0.0.1:40000", protocols = protocols,
+        origin = headers.origin,
     }
     local protocol, resp_headers = nil, {}
     local up = self.handlers.upgrade
@@ -598,6 +601,7 @@ function Route:request(opts)
         headers = lower_headers(opts.headers), remote = opts.remote or "127.0.0.1:40000",
         protocols = {}, body = opts.body or "",
     }
+    req.origin = req.headers.origin
     local ok, resp = self:_call("request", fn, req)
     self.app:_settle()
     local failed = { status = 500, headers = {}, body = "" }
@@ -761,7 +765,9 @@ function App:_module()
     end
     function sb.now() return app.clock.now + 0.0 end -- a float, as the server's is
     sb.shared = app.shared
-    sb.json = cjson.new()
+    sb.json = fake_json.new()
+    sb.crypto = fake_crypto.crypto()
+    sb.jwt = fake_crypto.jwt(sb.json)
     sb.node = app.node
     sb.log = {}
     for _, level in ipairs({ "info", "warn", "error" }) do

@@ -3,7 +3,7 @@
 // never as HTML.
 
 const $ = (id) => document.getElementById(id);
-const list = (x) => (Array.isArray(x) ? x : []); // lua-cjson encodes an empty list as {}
+const list = (x) => (Array.isArray(x) ? x : []); // a list, whatever an older server sent
 
 const STORE_NICK = 'sb.chat.nick';
 const STORE_ROOMS = 'sb.chat.rooms';

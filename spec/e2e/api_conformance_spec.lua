@@ -66,6 +66,25 @@ local cases = {
         return table.concat(sb.topics(), ",")
     end,
     bad_self = function(ws) return try(ws.send, "nope", "x") end,
+    json_slash = function() return sb.json.encode({ url = "https://example.com/a/b" }) end,
+    json_empty_array = function() return sb.json.encode({ list = sb.json.array() }) end,
+    json_marked_array = function() return sb.json.encode(sb.json.array({ 1, 2 })) end,
+    json_array_mt = function() return sb.json.encode(setmetatable({}, sb.json.array_mt)) end,
+    json_empty_table = function() return sb.json.encode({}) end,
+    json_null = function()
+        local t = sb.json.decode('{"a":null,"b":[1,null,3]}')
+        return tostring(t.a == sb.json.null) .. " " .. sb.json.encode(t.b) .. " "
+            .. sb.json.encode({ n = sb.json.null })
+    end,
+    json_escapes = function() return sb.json.encode("q\"b\\n\n\1/\127é") end,
+    json_numbers = function() return sb.json.encode({ 9007199254740993, 0.1, 1 / 3, 1e300, 2.5, -3 }) end,
+    json_sparse = function() return try(sb.json.encode, { [20] = 1 }) end,
+    json_function = function() return try(sb.json.encode, { f = print }) end,
+    json_nan = function() return try(sb.json.encode, 0 / 0) end,
+    json_key = function() return try(sb.json.encode, { [true] = 1 }) end,
+    json_cycle = function() local t = {} t[1] = t return try(sb.json.encode, t) end,
+    json_array_misuse = function() return try(sb.json.array, "x") end,
+    json_array_twice = function() return try(sb.json.array, setmetatable({}, {})) end,
 }
 
 return {
@@ -174,6 +193,21 @@ local EXPECT = {
     node = "16 true",
     topics_sorted = "a,b,twice",
     bad_self = "error calling 'send' on bad self (ws expected, got string)",
+    json_slash = '{"url":"https://example.com/a/b"}',
+    json_empty_array = '{"list":[]}',
+    json_marked_array = "[1,2]",
+    json_array_mt = "[]",
+    json_empty_table = "{}",
+    json_null = 'true [1,null,3] {"n":null}',
+    json_escapes = '"q\\"b\\\\n\\n\\u0001/\127é"',
+    json_numbers = "[9007199254740993,0.1,0.3333333333333333,1e+300,2.5,-3]",
+    json_sparse = "error bad argument #1 to 'encode' (excessively sparse array)",
+    json_function = "error bad argument #1 to 'encode' (cannot encode a function)",
+    json_nan = "error bad argument #1 to 'encode' (cannot encode NaN or infinity)",
+    json_key = "error bad argument #1 to 'encode' (table keys must be strings or numbers)",
+    json_cycle = "error bad argument #1 to 'encode' (nested more than 1000 deep (a table that contains itself?))",
+    json_array_misuse = "error bad argument #1 to 'array' (table expected, got string)",
+    json_array_twice = "error bad argument #1 to 'array' (the table already has a metatable)",
 }
 
 local ORDER = {}

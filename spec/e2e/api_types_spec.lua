@@ -108,7 +108,8 @@ describe("editor types", function()
         local status, _, body = rawws.get(s.port, "/probe")
         assert.are.equal(200, status, body)
         report = cjson.decode(body)
-        local c = rawws.open(s.port, "/probe", { "Sec-WebSocket-Protocol: probe.v1",
+        local c = rawws.open(s.port, "/probe", { "Origin: http://127.0.0.1", -- req.origin
+            "Sec-WebSocket-Protocol: probe.v1",
             "Sec-WebSocket-Extensions: permessage-deflate" })
         assert(c:send(wsframe.text("names")))
         local f = assert(c:recv_frame())

@@ -10,6 +10,7 @@
  *   format_head(status, extra, content_length, keep_alive [, cap]) -> string | nil
  *   status_text(code)
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include <lauxlib.h>
@@ -194,6 +195,25 @@ static int l_protocols(lua_State *L) {
     return 3;
 }
 
+/* origin_allowed(list, origin) -> boolean; origin_list_valid(list) -> boolean */
+static int l_origin_allowed(lua_State *L) {
+    size_t len;
+    const char *list = luaL_checkstring(L, 1);
+    const char *origin = luaL_checklstring(L, 2, &len);
+    /* the value as the parser leaves it: a slice, not NUL-terminated */
+    char *copy = malloc(len ? len : 1);
+    memcpy(copy, origin, len);
+    int ok = handshake_origin_allowed(list, copy, len);
+    free(copy);
+    lua_pushboolean(L, ok);
+    return 1;
+}
+
+static int l_origin_list_valid(lua_State *L) {
+    lua_pushboolean(L, handshake_origin_list_valid(luaL_checkstring(L, 1)));
+    return 1;
+}
+
 static int l_percent_decode(lua_State *L) {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
@@ -260,6 +280,8 @@ int luaopen_sbt_http(lua_State *L) {
         {"has_token", l_has_token},
         {"accept_key", l_accept_key},
         {"protocols", l_protocols},
+        {"origin_allowed", l_origin_allowed},
+        {"origin_list_valid", l_origin_list_valid},
         {"percent_decode", l_percent_decode},
         {"query", l_query},
         {"format_head", l_format_head},

@@ -83,6 +83,23 @@ describe("chat: connecting", function()
         assert.is_nil(route:connect().protocol)
     end)
 
+    it("refuses a page on another site (cross-site WebSocket hijacking) with 403", function()
+        local c, status = route:connect{ headers = { host = "chat.local:8080", origin = "https://evil.example" } }
+        assert.is_nil(c)
+        assert.equal(403, status)
+        -- same host, another port: another origin
+        assert.is_nil(route:connect{ headers = { host = "chat.local:8080", origin = "http://chat.local:9090" } })
+        assert.is_nil(route:connect{ headers = { host = "chat.local", origin = "null" } })
+    end)
+
+    it("accepts its own pages, and clients that send no Origin", function()
+        assert.truthy(route:connect{ headers = { host = "chat.local:8080", origin = "http://chat.local:8080" } })
+        assert.truthy(route:connect{ headers = { host = "Chat.Local", origin = "http://chat.local" } })
+        assert.truthy(route:connect{ headers = { host = "chat.local:443", origin = "https://chat.local" } })
+        assert.truthy(route:connect{ headers = { host = "[::1]:8080", origin = "http://[::1]:8080" } })
+        assert.truthy(route:connect{ headers = { host = "chat.local:8080" } })
+    end)
+
     it("answers plain HTTP GET with who is online", function()
         user("ann", "lobby")
         user("bob", "dev")
@@ -182,6 +199,18 @@ describe("chat: nicknames", function()
 end)
 
 describe("chat: rooms", function()
+    it("sends empty lists as JSON arrays, and URLs without escaped slashes", function()
+        local ann = user("ann")
+        send(ann, { type = "join", room = "empty" })
+        local raw = ann.sent[1].data
+        assert.truthy(raw:find('"history":[]', 1, true), raw)
+        assert.truthy(raw:find('"members":["ann"]', 1, true), raw)
+        local bob = user("bob", "empty")
+        ann:clear()
+        send(bob, { type = "say", room = "empty", text = "see https://example.com/a" })
+        assert.truthy(ann.sent[1].data:find("https://example.com/a", 1, true), ann.sent[1].data)
+    end)
+
     it("needs a nick before joining", function()
         local c = route:connect()
         send(c, { type = "join", room = "lobby" })

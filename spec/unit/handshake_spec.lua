@@ -214,3 +214,54 @@ describe("the WebSocket handshake", function()
         end)
     end)
 end)
+
+describe("the Origin check of --allowed-origins", function()
+    local LIST = "https://chat.example.com, http://localhost:3000,*.example.org,https://*.app.test,null,"
+        .. "http://[::1]:8080"
+
+    local allowed = {
+        "https://chat.example.com", "HTTPS://CHAT.EXAMPLE.COM", "http://localhost:3000",
+        "https://a.example.org", "http://a.b.example.org", "https://x.app.test", "null", "http://[::1]:8080",
+        "https://x-y.example.org",
+    }
+    local refused = {
+        "http://chat.example.com",                 -- another scheme
+        "https://chat.example.com:8443",           -- another port
+        "https://chat.example.com.evil.example",   -- a suffix is not the host
+        "https://evilchat.example.com",
+        "https://chat.example.co",                 -- a prefix is not the host
+        "http://localhost", "http://localhost:30000", "http://localhost:300",
+        "https://example.org",                     -- *. wants a subdomain
+        "https://evilexample.org", "https://.example.org",
+        "https://a.example.org:8443",              -- no port in the entry: none allowed
+        "http://x.app.test",                       -- the entry names its scheme
+        "", "chat.example.com", "https://", "https://chat.example.com/",
+        "nullx", "file://",
+        "https://evil.com#.example.org", "https://evil.com/.example.org", "https://a@b.example.org",
+        "https://a_b.example.org",                 -- not a host name a browser sends
+    }
+
+    for _, o in ipairs(allowed) do
+        it("allows " .. o, function() assert.is_true(http.origin_allowed(LIST, o)) end)
+    end
+    for _, o in ipairs(refused) do
+        it("refuses '" .. o .. "'", function() assert.is_false(http.origin_allowed(LIST, o)) end)
+    end
+
+    it("reads the origin only as far as its length (a slice of the request)", function()
+        for i = 0, #"https://chat.example.com" - 1 do
+            assert.is_false(http.origin_allowed("https://chat.example.com", ("https://chat.example.com"):sub(1, i)))
+        end
+    end)
+
+    it("takes only lists of origins", function()
+        for _, good in ipairs({ LIST, "null", "https://a.com", " https://a.com , b.com ", "[::1]:8080",
+            "http://[::1]:8080" }) do
+            assert.is_true(http.origin_list_valid(good), good)
+        end
+        for _, bad in ipairs({ "", ",", "https://a.com,", "https://", "://a.com", "https://a.com/x",
+            "https://a.com:", "https://a.com:8x", "a.com:" }) do
+            assert.is_false(http.origin_list_valid(bad), bad)
+        end
+    end)
+end)

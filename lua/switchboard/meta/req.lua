@@ -9,6 +9,7 @@
 ---@field query table<string, string|string[]> The decoded query; a repeated key gives a list.
 ---@field headers table<string, string> Lower-case names; a repeated header is joined with ", ".
 ---@field remote string The peer's "addr:port".
+---@field origin? string The Origin header, when the client sent one (browsers always do).
 ---@field protocols string[] The client's Sec-WebSocket-Protocol offers, in order.
 ---@field body? string `request` only: the body ("" when none).
 

@@ -7,7 +7,9 @@
 ---@class switchboard
 ---@field shared table One table shared by every script of the process; survives reloads.
 ---@field log switchboard.log Write to the server log, with the script's file and line.
----@field json switchboard.json lua-cjson.
+---@field json switchboard.json JSON as browsers expect it (no `\/`; lists marked with `array`).
+---@field crypto switchboard.crypto Hashes, MACs, random bytes and base64url (OpenSSL).
+---@field jwt switchboard.jwt JSON Web Tokens: verify (HS256, RS256, ES256) and sign (HS256).
 ---@field node string This process's id: 16 random hex digits, new at every start.
 ---@field version string The server's version.
 local sb = {}
@@ -66,10 +68,16 @@ function log.warn(...) end
 ---@param ... any
 function log.error(...) end
 
----lua-cjson as the server loads it (`sb.json`).
+---JSON for the web (`sb.json`): lua-cjson's decode, the server's own encoder.
 ---@class switchboard.json
 ---@field null lightuserdata Decodes JSON `null`; encodes as `null`.
+---@field array_mt table The metatable that marks a table as a JSON list.
 local json = {}
+
+---Marks `t` (or a new empty table) as a list, so that an empty one is sent as `[]`.
+---@param t? table
+---@return table
+function json.array(t) end
 
 ---Encodes a Lua value as JSON. Raises on what JSON cannot hold (a function, a sparse array).
 ---@param value any
@@ -80,6 +88,72 @@ function json.encode(value) end
 ---@param text string
 ---@return any
 function json.decode(text) end
+
+---`sb.crypto`: OpenSSL's hashes and generator, and constant-time compares.
+---@class switchboard.crypto
+local crypto = {}
+
+---The SHA-256 of `s`: 32 raw bytes.
+---@param s string
+---@return string
+function crypto.sha256(s) end
+
+---HMAC-SHA256 of `s` under `key`: 32 raw bytes.
+---@param key string
+---@param s string
+---@return string
+function crypto.hmac_sha256(key, s) end
+
+---Lower-case hex of raw bytes.
+---@param bytes string
+---@return string
+function crypto.hex(bytes) end
+
+---`n` bytes (1..65536) from the system's secure generator.
+---@param n integer
+---@return string
+function crypto.random(n) end
+
+---`a == b` in a time that does not depend on where they differ.
+---@param a string
+---@param b string
+---@return boolean
+function crypto.equal(a, b) end
+
+---RFC 4648 section 5 base64url, without padding.
+---@param s string
+---@return string
+function crypto.base64url_encode(s) end
+
+---Decodes base64url (padding allowed); `nil, "invalid base64url"` otherwise.
+---@param s string
+---@return string|nil, string?
+function crypto.base64url_decode(s) end
+
+---`sb.jwt`: JSON Web Tokens.
+---@class switchboard.jwt
+local jwt = {}
+
+---Options of `sb.jwt.verify`.
+---@class switchboard.jwt_opts
+---@field algs? string[] From "HS256", "RS256", "ES256"; default { "HS256" }.
+---@field leeway? number Seconds of slack for `exp` and `nbf`.
+---@field aud? string|string[] The audience the token must name.
+---@field iss? string The issuer the token must have.
+
+---The token's claims, or `nil, err` ("malformed", "alg not allowed", "bad signature",
+---"expired", "not yet valid", "wrong audience", "wrong issuer").
+---@param token string
+---@param key string The HS256 secret, or a PEM public key for RS256/ES256.
+---@param opts? switchboard.jwt_opts
+---@return table|nil claims, string? err
+function jwt.verify(token, key, opts) end
+
+---An HS256 token for the claims.
+---@param claims table
+---@param secret string
+---@return string
+function jwt.sign(claims, secret) end
 
 ---What `sb.stats()` returns: counters since start, and labelled counts.
 ---@class switchboard.stats
