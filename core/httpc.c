@@ -1,0 +1,494 @@
+/* httpc.c — HTTP/1.1 requests over outbound connections. Our own small client
+ * rather than libevent's evhttp: it shares outbound.c's DNS, address fallback,
+ * TLS setup and error words (evhttp reports most failures as one opaque EOF),
+ * bounds the body while reading, and a cancelled request is simply freed. */
+#define _GNU_SOURCE
+#include "httpc.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+
+#define HEAD_MAX (64 * 1024) /* status line + header fields */
+#define HEADERS_MAX 100
+#define LINE_MAX_ 8192 /* one chunk-size or trailer line */
+
+enum hc_state {
+    ST_STATUS,
+    ST_HEADERS,
+    ST_BODY_N,
+    ST_CHUNK_SIZE,
+    ST_CHUNK_DATA,
+    ST_CHUNK_END,
+    ST_TRAILER,
+    ST_BODY_ALL,
+    ST_DONE
+};
+
+/* Owned by the caller until its callback has run (httpc_cancel before). */
+struct httpc {
+    struct outbound *o;
+    httpc_cb cb;
+    void *ud;
+    double deadline;
+    size_t max_body;
+    int head; /* HEAD: no body whatever the headers say */
+    enum hc_state st;
+    size_t left;      /* body or chunk bytes still to come */
+    size_t head_seen; /* bytes of the response head so far */
+    int status;
+    struct httpc_header *hdr;
+    size_t n_hdr;
+    struct evbuffer *body;
+    char *req; /* the request bytes, until sent */
+    size_t req_len;
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double remaining(struct httpc *h) {
+    double r = h->deadline - now_s();
+    return r > 0 ? r : 0;
+}
+
+/* ---- URLs ----------------------------------------------------------------------- */
+
+int httpc_parse_url(const char *url, struct httpc_url *u, const char **why) {
+    const char *p;
+    if (strncasecmp(url, "http://", 7) == 0) {
+        u->tls = 0, u->port = 80, p = url + 7;
+    } else if (strncasecmp(url, "https://", 8) == 0) {
+        u->tls = 1, u->port = 443, p = url + 8;
+    } else {
+        *why = "URL scheme must be http:// or https://";
+        return -1;
+    }
+    const char *end = p + strcspn(p, "/?#");
+    if (memchr(p, '@', (size_t)(end - p))) {
+        *why = "credentials in the URL are not supported (use an Authorization header)";
+        return -1;
+    }
+    const char *hs = p, *he, *colon;
+    if (*p == '[') {
+        hs = p + 1;
+        he = memchr(hs, ']', (size_t)(end - hs));
+        if (!he) {
+            *why = "unterminated [ in the URL's host";
+            return -1;
+        }
+        colon = he + 1 < end && he[1] == ':' ? he + 1 : NULL;
+        if (he + 1 < end && !colon) {
+            *why = "bad URL host";
+            return -1;
+        }
+    } else {
+        colon = memchr(p, ':', (size_t)(end - p));
+        he = colon ? colon : end;
+    }
+    size_t hl = (size_t)(he - hs);
+    if (hl == 0 || hl >= sizeof u->host) {
+        *why = hl ? "URL host too long" : "URL without a host";
+        return -1;
+    }
+    for (const char *c = hs; c < he; c++) {
+        if ((unsigned char)*c <= ' ' || *c == '%' || *c == '\\' || *c == 0x7f) {
+            *why = "bad character in the URL's host";
+            return -1;
+        }
+    }
+    memcpy(u->host, hs, hl);
+    u->host[hl] = 0;
+    if (colon) {
+        unsigned long port = 0;
+        const char *c = colon + 1;
+        if (c == end) {
+            *why = "URL port missing after ':'";
+            return -1;
+        }
+        for (; c < end; c++) {
+            if (!isdigit((unsigned char)*c) || (port = port * 10 + (unsigned)(*c - '0')) > 65535) {
+                *why = "URL port must be 1..65535";
+                return -1;
+            }
+        }
+        if (port == 0) {
+            *why = "URL port must be 1..65535";
+            return -1;
+        }
+        u->port = (unsigned)port;
+    }
+    u->target = *end == '#' ? "" : end;
+    for (const char *c = u->target; *c && *c != '#'; c++) {
+        if ((unsigned char)*c <= ' ' || *c == 0x7f) {
+            *why = "spaces and control characters must be percent-encoded in a URL";
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- the end -------------------------------------------------------------------- */
+
+static void free_request(struct httpc *h) {
+    outbound_close(h->o);
+    for (size_t i = 0; i < h->n_hdr; i++) {
+        free((char *)h->hdr[i].name);
+        free((char *)h->hdr[i].value);
+    }
+    free(h->hdr);
+    if (h->body)
+        evbuffer_free(h->body);
+    free(h->req);
+    free(h);
+}
+
+static void finish(struct httpc *h, const char *err) {
+    if (err) {
+        h->cb(h->ud, err, NULL);
+    } else {
+        size_t n = evbuffer_get_length(h->body);
+        struct httpc_response res = {
+            .status = h->status,
+            .headers = h->hdr,
+            .n_headers = h->n_hdr,
+            .body = n ? (const char *)evbuffer_pullup(h->body, -1) : "",
+            .body_len = n,
+        };
+        if (n && !res.body) {
+            h->cb(h->ud, "out of memory", NULL);
+        } else {
+            h->cb(h->ud, NULL, &res);
+        }
+    }
+    free_request(h);
+}
+
+void httpc_cancel(struct httpc *h) {
+    if (h)
+        free_request(h);
+}
+
+/* ---- the response --------------------------------------------------------------- */
+
+static int add_header(struct httpc *h, const char *line, size_t len) {
+    const char *colon = memchr(line, ':', len);
+    if (!colon || colon == line || h->n_hdr == HEADERS_MAX)
+        return -1;
+    size_t nl = (size_t)(colon - line);
+    for (size_t i = 0; i < nl; i++)
+        if ((unsigned char)line[i] <= ' ')
+            return -1; /* no space before the colon (RFC 9112 §5.1) */
+    const char *v = colon + 1, *ve = line + len;
+    while (v < ve && (*v == ' ' || *v == '\t'))
+        v++;
+    while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
+        ve--;
+    struct httpc_header *nh = realloc(h->hdr, (h->n_hdr + 1) * sizeof *nh);
+    if (!nh)
+        return -1;
+    h->hdr = nh;
+    char *name = strndup(line, nl), *value = strndup(v, (size_t)(ve - v));
+    if (!name || !value) {
+        free(name);
+        free(value);
+        return -1;
+    }
+    for (char *c = name; *c; c++)
+        *c = (char)tolower((unsigned char)*c);
+    nh[h->n_hdr++] = (struct httpc_header){name, value, nl, (size_t)(ve - v)};
+    return 0;
+}
+
+static const struct httpc_header *find(struct httpc *h, const char *name) {
+    const struct httpc_header *r = NULL;
+    for (size_t i = 0; i < h->n_hdr; i++)
+        if (strcmp(h->hdr[i].name, name) == 0)
+            r = &h->hdr[i];
+    return r;
+}
+
+static int has_token(const char *v, const char *tok) {
+    size_t tl = strlen(tok);
+    for (const char *p = v; (p = strcasestr(p, tok)); p += tl) {
+        int start = p == v || p[-1] == ',' || p[-1] == ' ' || p[-1] == '\t';
+        char e = p[tl];
+        if (start && (e == 0 || e == ',' || e == ' ' || e == '\t' || e == ';'))
+            return 1;
+    }
+    return 0;
+}
+
+/* The head is complete: how is the body framed? Returns NULL or an error. */
+static const char *body_framing(struct httpc *h) {
+    if (h->head || h->status == 204 || h->status == 304) {
+        h->st = ST_DONE;
+        return NULL;
+    }
+    const struct httpc_header *te = find(h, "transfer-encoding");
+    if (te && has_token(te->value, "chunked")) {
+        h->st = ST_CHUNK_SIZE;
+        return NULL;
+    }
+    const struct httpc_header *cl = find(h, "content-length");
+    if (cl) {
+        char *end;
+        unsigned long long n = strtoull(cl->value, &end, 10);
+        if (!isdigit((unsigned char)cl->value[0]) || *end)
+            return "http: bad content-length";
+        if (n > h->max_body)
+            return "body too large";
+        h->left = (size_t)n;
+        h->st = n ? ST_BODY_N : ST_DONE;
+        return NULL;
+    }
+    h->st = ST_BODY_ALL;
+    return NULL;
+}
+
+/* A status line: HTTP/1.x NNN [reason]. */
+static int parse_status(struct httpc *h, const char *line, size_t len) {
+    if (len < 12 || memcmp(line, "HTTP/1.", 7) != 0 || !isdigit((unsigned char)line[7]) ||
+        line[8] != ' ' || !isdigit((unsigned char)line[9]) || !isdigit((unsigned char)line[10]) ||
+        !isdigit((unsigned char)line[11]) || (len > 12 && line[12] != ' '))
+        return -1;
+    h->status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+    return h->status >= 100 ? 0 : -1;
+}
+
+/* Move up to h->left body bytes from in to the body. */
+static void take_body(struct httpc *h, struct evbuffer *in) {
+    size_t n = evbuffer_get_length(in);
+    if (n > h->left)
+        n = h->left;
+    evbuffer_remove_buffer(in, h->body, n);
+    h->left -= n;
+}
+
+/* One line of the head or of the chunked framing. Returns NULL or an error. */
+static const char *line_in(struct httpc *h, const char *line, size_t n, int in_head) {
+    if (in_head && (h->head_seen += n + 2) > HEAD_MAX)
+        return "http: response head too large";
+    switch (h->st) {
+    case ST_STATUS:
+        h->st = ST_HEADERS;
+        return parse_status(h, line, n) < 0 ? "http: not an HTTP/1.x response" : NULL;
+    case ST_HEADERS:
+        if (n)
+            return add_header(h, line, n) < 0 ? "http: bad header field" : NULL;
+        if (h->status < 200) { /* 100 Continue, 103: the real answer follows */
+            h->st = ST_STATUS;
+            return NULL;
+        }
+        return body_framing(h);
+    case ST_CHUNK_SIZE: {
+        char *end;
+        unsigned long long sz = strtoull(line, &end, 16);
+        if (end == line || !isxdigit((unsigned char)line[0]) ||
+            (*end && *end != ';' && *end != ' ' && *end != '\t'))
+            return "http: bad chunked body";
+        if (sz > h->max_body - evbuffer_get_length(h->body))
+            return "body too large";
+        h->left = (size_t)sz;
+        h->st = sz ? ST_CHUNK_DATA : ST_TRAILER;
+        return NULL;
+    }
+    case ST_CHUNK_END:
+        h->st = ST_CHUNK_SIZE;
+        return n == 0 ? NULL : "http: bad chunked body";
+    case ST_TRAILER: /* trailer fields are read and dropped */
+        if (n == 0)
+            h->st = ST_DONE;
+        return NULL;
+    default:
+        return NULL;
+    }
+}
+
+/* Parse what has arrived. Returns NULL to go on (h->st says whether it is done
+ * or needs more), or an error. */
+static const char *parse(struct httpc *h, struct evbuffer *in, int *more) {
+    *more = 0;
+    for (;;) {
+        size_t n;
+        char *line;
+        switch (h->st) {
+        case ST_STATUS:
+        case ST_HEADERS:
+        case ST_CHUNK_SIZE:
+        case ST_CHUNK_END:
+        case ST_TRAILER: {
+            size_t avail = evbuffer_get_length(in);
+            line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
+            int in_head = h->st == ST_STATUS || h->st == ST_HEADERS;
+            if (!line) {
+                if (in_head ? h->head_seen + avail > HEAD_MAX : avail > LINE_MAX_)
+                    return in_head ? "http: response head too large" : "http: bad chunked body";
+                *more = 1;
+                return NULL;
+            }
+            const char *err = line_in(h, line, n, in_head);
+            free(line);
+            if (err)
+                return err;
+            break;
+        }
+        case ST_BODY_N:
+        case ST_CHUNK_DATA:
+            take_body(h, in);
+            if (h->left) {
+                *more = 1;
+                return NULL;
+            }
+            h->st = h->st == ST_BODY_N ? ST_DONE : ST_CHUNK_END;
+            break;
+        case ST_BODY_ALL:
+            evbuffer_add_buffer(h->body, in);
+            if (evbuffer_get_length(h->body) > h->max_body)
+                return "body too large";
+            *more = 1;
+            return NULL;
+        case ST_DONE:
+            return NULL;
+        }
+    }
+}
+
+static void on_input(void *ud, const char *err);
+
+static void pump(struct httpc *h) {
+    struct evbuffer *in = outbound_input(h->o);
+    int more;
+    const char *err = parse(h, in, &more);
+    if (err) {
+        finish(h, err);
+    } else if (!more) {
+        finish(h, NULL);
+    } else if (outbound_eof(h->o)) {
+        /* the end of the connection ends a body without a length, nothing else */
+        finish(h, h->st == ST_BODY_ALL ? NULL : "closed");
+    } else {
+        outbound_wait_input(h->o, remaining(h), on_input, h);
+    }
+}
+
+static void on_input(void *ud, const char *err) {
+    struct httpc *h = ud;
+    if (err)
+        finish(h, err);
+    else
+        pump(h);
+}
+
+static void on_sent(void *ud, const char *err) {
+    struct httpc *h = ud;
+    free(h->req);
+    h->req = NULL;
+    if (err)
+        finish(h, err);
+    else
+        pump(h);
+}
+
+static void on_connected(void *ud, const char *err) {
+    struct httpc *h = ud;
+    if (err) {
+        finish(h, err);
+        return;
+    }
+    outbound_send(h->o, h->req, h->req_len, remaining(h), on_sent, h);
+}
+
+/* ---- the request ---------------------------------------------------------------- */
+
+static int given(const struct httpc_request *rq, const char *name) {
+    for (size_t i = 0; i < rq->n_headers; i++)
+        if (rq->headers[i].name_len == strlen(name) &&
+            strncasecmp(rq->headers[i].name, name, rq->headers[i].name_len) == 0)
+            return 1;
+    return 0;
+}
+
+/* The request's bytes: request line, our defaults unless the caller gave them,
+ * the caller's fields, the body. */
+static char *build(const struct httpc_request *rq, const struct httpc_url *u, size_t *len) {
+    struct evbuffer *b = evbuffer_new();
+    if (!b)
+        return NULL;
+    const char *target = u->target[0] == '/' ? u->target : NULL;
+    size_t tl = strcspn(u->target, "#");
+    evbuffer_add_printf(b, "%s %s%.*s HTTP/1.1\r\n", rq->method, target ? "" : "/", (int)tl,
+                        u->target);
+    if (!given(rq, "host")) {
+        int v6 = strchr(u->host, ':') != NULL;
+        int dflt = u->port == (u->tls ? 443u : 80u);
+        evbuffer_add_printf(b, "Host: %s%s%s", v6 ? "[" : "", u->host, v6 ? "]" : "");
+        if (!dflt)
+            evbuffer_add_printf(b, ":%u", u->port);
+        evbuffer_add(b, "\r\n", 2);
+    }
+    if (!given(rq, "user-agent"))
+        evbuffer_add_printf(b, "User-Agent: switchboard/%s\r\n", SB_VERSION);
+    if (!given(rq, "connection"))
+        evbuffer_add_printf(b, "Connection: close\r\n");
+    int bodyless = strcmp(rq->method, "GET") == 0 || strcmp(rq->method, "HEAD") == 0;
+    if (!given(rq, "content-length") && (rq->body_len || !bodyless))
+        evbuffer_add_printf(b, "Content-Length: %zu\r\n", rq->body_len);
+    for (size_t i = 0; i < rq->n_headers; i++) {
+        const struct httpc_header *f = &rq->headers[i];
+        evbuffer_add(b, f->name, f->name_len);
+        evbuffer_add(b, ": ", 2);
+        evbuffer_add(b, f->value, f->value_len);
+        evbuffer_add(b, "\r\n", 2);
+    }
+    evbuffer_add(b, "\r\n", 2);
+    evbuffer_add(b, rq->body, rq->body_len);
+    *len = evbuffer_get_length(b);
+    char *out = malloc(*len ? *len : 1);
+    if (out)
+        evbuffer_remove(b, out, *len);
+    evbuffer_free(b);
+    return out;
+}
+
+struct httpc *httpc_request(struct outbound_ctx *x, const struct httpc_request *rq, httpc_cb cb,
+                            void *ud, const char **err) {
+    struct httpc_url u;
+    if (httpc_parse_url(rq->url, &u, err) < 0)
+        return NULL;
+    struct httpc *h = calloc(1, sizeof *h);
+    if (!h || !(h->body = evbuffer_new()) || !(h->req = build(rq, &u, &h->req_len))) {
+        if (h && h->body)
+            evbuffer_free(h->body);
+        free(h);
+        *err = "out of memory";
+        return NULL;
+    }
+    h->cb = cb;
+    h->ud = ud;
+    h->max_body = rq->max_body;
+    h->head = strcmp(rq->method, "HEAD") == 0;
+    h->deadline = now_s() + rq->timeout;
+    struct outbound_opts oo = {
+        .host = u.host,
+        .port = u.port,
+        .tls = u.tls,
+        .verify = rq->verify,
+        .ca = rq->ca,
+        .timeout = rq->timeout,
+    };
+    h->o = outbound_connect(x, &oo, on_connected, h, err);
+    if (!h->o) {
+        free_request(h);
+        return NULL;
+    }
+    return h;
+}

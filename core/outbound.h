@@ -1,0 +1,81 @@
+/* outbound.h — connections the server opens (sb.tcp, sb.http): non-blocking DNS
+ * (evdns, /etc/hosts honoured), TCP connect trying each address in turn, an
+ * optional TLS client session (system CAs, an extra CA file, hostname check,
+ * SNI) and a bufferevent for the bytes. No Lua: callers get callbacks.
+ *
+ * Callback timing: a callback never runs inside the call that started its
+ * operation; it runs from the loop (an active event), exactly once per
+ * operation, unless outbound_close came first (then never). One operation at
+ * a time per connection; each has a timeout. Errors are short stable strings
+ * (static or held by the connection until its next operation):
+ * "timeout", "closed", "connection refused", "connection reset",
+ * "dns: ...", "tls: ...", "too many outbound connections". */
+#ifndef SB_OUTBOUND_H
+#define SB_OUTBOUND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct evbuffer;
+struct outbound_ctx;
+struct outbound;
+
+/* What the outbound connections of one loop share: the DNS base, the TLS
+ * client contexts (one per extra CA file), the count open against the limit.
+ * max_open: connections open at once (--max-outbound). NULL on failure. Free
+ * after every connection is closed. */
+struct outbound_ctx *outbound_ctx_new(struct event_base *base, unsigned max_open);
+void outbound_ctx_free(struct outbound_ctx *x);
+/* Connections open now (connecting or connected, not yet closed). */
+unsigned outbound_open_count(const struct outbound_ctx *x);
+
+struct outbound_opts {
+    const char *host; /* a name (DNS, /etc/hosts) or an IPv4/IPv6 literal */
+    unsigned port;
+    int tls;
+    const char *server_name; /* TLS: SNI and the name checked; NULL: host */
+    int verify;              /* TLS: check the chain against the system CAs (+ ca) and the name */
+    const char *ca;          /* TLS: a PEM file of CAs trusted as well, or NULL */
+    double timeout;          /* seconds for DNS + connect + TLS handshake */
+};
+
+/* err NULL on success; else valid until the next call on the connection. */
+typedef void (*outbound_cb)(void *ud, const char *err);
+
+/* A new connection to opts->host:port; cb reports when it is ready (TLS
+ * handshake done) or why not. Returns NULL with *err set ("too many outbound
+ * connections", "tls: ...") when it cannot start; cb is then never called. */
+struct outbound *outbound_connect(struct outbound_ctx *x, const struct outbound_opts *opts,
+                                  outbound_cb cb, void *ud, const char **err);
+
+/* Queue len bytes; cb when the kernel has taken them all (or the error). */
+void outbound_send(struct outbound *o, const void *data, size_t len, double timeout, outbound_cb cb,
+                   void *ud);
+
+/* cb when more input has arrived, the peer has finished (outbound_eof), or
+ * the error. The caller takes what it wants from outbound_input and waits
+ * again: reading is paused between waits, so unread input stays bounded. */
+void outbound_wait_input(struct outbound *o, double timeout, outbound_cb cb, void *ud);
+
+/* The bytes received and not yet taken (the caller drains what it takes). */
+struct evbuffer *outbound_input(struct outbound *o);
+/* 1 once the peer has finished sending (no more input will come). */
+int outbound_eof(const struct outbound *o);
+
+enum outbound_take { OUTBOUND_TAKE_N, OUTBOUND_TAKE_LINE, OUTBOUND_TAKE_ALL };
+
+/* Take from the input what mode asks for: n bytes; a line (its "\n" or
+ * "\r\n" not included); everything up to the peer's end. Returns 1 with
+ * data and len set; 0 when it must wait for input first (outbound_wait_input);
+ * -1 with *err: "closed" (the peer ended first; data and len hold what there
+ * was), "too large" (more than max bytes without a line end or the end), or
+ * the connection's error. The bytes stay valid until the next call on o and
+ * are then dropped from the input. */
+int outbound_take(struct outbound *o, enum outbound_take mode, size_t n, size_t max,
+                  const char **data, size_t *len, const char **err);
+
+/* Close the socket and free; a pending operation's callback is never called. */
+void outbound_close(struct outbound *o);
+
+#endif
