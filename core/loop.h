@@ -27,6 +27,7 @@ struct reload;
 struct pubsub;
 struct tls_ctx;
 struct sb_redis;
+struct outbound_ctx;
 
 #define SB_MAX_LISTEN 16
 
@@ -71,6 +72,8 @@ struct sb_config {
     int redis_optional;       /* --redis-optional: start local-only when Redis is down */
     size_t redis_out_max;     /* --redis-out-max: publishes Redis has not answered yet */
     const char *allowed_origins; /* --allowed-origins LIST (router.c); NULL = any Origin */
+    unsigned max_outbound;       /* --max-outbound: sb.http/sb.tcp connections open at once */
+    size_t max_response_body;    /* --max-response-body: sb.http body, sock:receive result */
 };
 
 void config_defaults(struct sb_config *cfg);
@@ -99,6 +102,9 @@ struct sb_server {
     struct tls_ctx *tls;                   /* owned; NULL without --listen-tls */
     struct deflate_shared *deflate_shared; /* owned; compress-once contexts for publish */
     struct sb_redis *redis; /* --redis: set up and freed by main.c; NULL when off */
+    /* sb.http/sb.tcp: made on first use (script_http.c), freed by server_free
+     * after the Lua state (whose sockets close with it) */
+    struct outbound_ctx *outbound;
     uint64_t next_id;
     double now; /* cached monotonic seconds, refreshed per iteration */
     int spare_fd;   /* kept to shed a connection on EMFILE */

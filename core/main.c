@@ -324,6 +324,14 @@ static const struct opt options[] = {
      "bytes of publishes Redis has not answered yet; past it\n"
      "publishes stay local (counted, logged)",
      "16m"},
+    {"max-outbound", "N", set_count, F(cfg.max_outbound), 1, 1000000,
+     "sb.http and sb.tcp connections open at once; past it\n"
+     "they return nil, \"too many outbound connections\"",
+     "4096"},
+    {"max-response-body", "N", set_count, F(cfg.max_response_body), 0, GIB,
+     "largest sb.http response body (opts.max_body may\n"
+     "lower it) and sock:receive result",
+     "16m"},
     {"allowed-origins", "LIST", set_origins, F(cfg.allowed_origins), 0, 0,
      "refuse (403) a browser's upgrade whose Origin is not\n"
      "listed: https://chat.example.com,*.example.com (an\n"

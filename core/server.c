@@ -21,6 +21,7 @@
 #include "conn.h"
 #include "http.h"
 #include "log.h"
+#include "outbound.h"
 #include "pubsub.h"
 #include "reload.h"
 #include "router.h"
@@ -68,6 +69,8 @@ void config_defaults(struct sb_config *cfg) {
     cfg->watch = 1;
     cfg->reload_debounce = 0.05;
     cfg->redis_out_max = 16u << 20;
+    cfg->max_outbound = 4096;
+    cfg->max_response_body = 16u << 20;
     deflate_config_default(&cfg->deflate);
 }
 
@@ -451,6 +454,8 @@ void server_free(struct sb_server *srv) {
     reload_free(srv->reload);
     if (srv->script)
         script_free(srv->script);
+    outbound_ctx_free(srv->outbound);
+    srv->outbound = NULL;
     if (srv->pubsub)
         pubsub_free(srv->pubsub);
     if (srv->deflate_shared) {
