@@ -61,17 +61,26 @@ static int queue_bytes(struct conn *c, const void *a, size_t alen, const void *p
 
 /* The event follows the flags: read unless paused (a TLS write that waits for
  * the peer's bytes reads even then), write while output is waiting. */
+/* Reads are on: not paused, and not held by a waiting handler (a lingering
+ * connection only discards what it reads, so it reads even then). */
+static int reads_on(const struct conn *c) {
+    return !c->read_paused && (!c->holds || c->state == CONN_LINGER);
+}
+
 static void update_events(struct conn *c) {
     if (c->state == CONN_DEAD)
         return; /* its event is gone for good */
-    int rd = !c->read_paused || c->tls_write_wants_read;
-    short ev = (short)((rd ? EV_READ : 0) | (c->want_write ? EV_WRITE : 0) | EV_PERSIST);
+    int rd = reads_on(c) || c->tls_write_wants_read;
+    /* held: notice a peer that leaves (EPOLLRDHUP) without reading its bytes */
+    int gone = c->holds && !rd && (c->state == CONN_WS || c->state == CONN_CLOSING);
+    short ev = (short)((rd ? EV_READ : 0) | (c->want_write ? EV_WRITE : 0) |
+                       (gone ? EV_CLOSED : 0) | EV_PERSIST);
     event_del(&c->ev);
     event_assign(&c->ev, c->srv->base, c->fd, ev, conn_on_event, c);
     if (ev != EV_PERSIST)
         event_add(&c->ev, NULL);
     /* decrypted bytes already inside OpenSSL make no socket readable */
-    if (!c->read_paused && c->ssl && tls_pending(c->ssl))
+    if (reads_on(c) && c->ssl && tls_pending(c->ssl))
         event_active(&c->ev, EV_READ, 1);
 }
 
@@ -333,14 +342,23 @@ static void conn_fail(struct conn *c, unsigned code, const char *reason) {
     conn_linger(c, 1);
 }
 
-static void conn_free(struct conn *c) {
+/* Unlink c from srv->all, or from srv->held when it is there. */
+static void unlink_conn(struct conn *c) {
     struct sb_server *srv = c->srv;
     if (c->prev)
         c->prev->next = c->next;
+    else if (c->on_held)
+        srv->held = c->next;
     else
         srv->all = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    c->next = c->prev = NULL;
+}
+
+static void conn_free(struct conn *c) {
+    struct sb_server *srv = c->srv;
+    unlink_conn(c);
     event_del(&c->ev); /* deleted at the kill; never re-added since */
     outq_clear(&c->out);
     if (c->file) {
@@ -352,6 +370,8 @@ static void conn_free(struct conn *c) {
     free(c->head);
     free(c->close_reason);
     free(c->protocol);
+    free(c->pend);
+    free(c->pup);
     if (c->defl) {
         deflate_free(c->defl);
         free(c->defl);
@@ -367,12 +387,11 @@ void conn_reap_all(struct sb_server *srv) {
      * join srv->reap): run them all first, then unlink every dead connection
      * from the flush list, and only then free. */
     struct conn *dead = NULL;
+    int held = 0;
     while (srv->reap) {
         struct conn *c = srv->reap;
         srv->reap = c->reap_next;
-        c->reap_next = dead;
-        dead = c;
-        if (c->opened) {
+        if (!c->holds && c->opened) {
             c->opened = 0;
             srv->stats.ws_open--;
             if (c->close_rcvd && c->close_sent)
@@ -380,8 +399,20 @@ void conn_reap_all(struct sb_server *srv) {
             srv->conn_cb->on_close(srv->conn_ud, c, c->close_code ? c->close_code : WS_CLOSE_ABNORMAL,
                                    c->close_reason ? c->close_reason : "");
         }
+        if (c->holds) { /* a handler waits (its close handler, maybe): keep it */
+            unlink_conn(c);
+            c->on_held = 1;
+            c->next = srv->held;
+            if (srv->held)
+                srv->held->prev = c;
+            srv->held = c;
+            held = 1;
+            continue;
+        }
+        c->reap_next = dead;
+        dead = c;
     }
-    if (!dead)
+    if (!dead && !held)
         return;
     for (struct conn **pp = &srv->flush; *pp;) {
         if ((*pp)->state == CONN_DEAD)
@@ -500,7 +531,7 @@ static void conn_flush(struct conn *c) {
         c->over_high = 0;
         if (c->state == CONN_WS || c->state == CONN_CLOSING)
             set_read(c, 1);
-        if (c->drain_pending && c->state == CONN_WS) {
+        if (c->drain_pending && c->state == CONN_WS && !c->holds) {
             c->drain_pending = 0;
             srv->conn_cb->on_drain(srv->conn_ud, c);
         }
@@ -514,7 +545,8 @@ static void conn_flush(struct conn *c) {
             conn_kill(c, c->close_code);
         }
     }
-    if (c->http_wait && c->state == CONN_HTTP && !c->file && c->out.bytes < srv->cfg.out_low)
+    if (c->http_wait && c->state == CONN_HTTP && !c->holds && !c->file &&
+        c->out.bytes < srv->cfg.out_low)
         http_resume(c);
 }
 
@@ -722,6 +754,34 @@ static int keep_head(struct conn *c, const struct http_request *req) {
     return 0;
 }
 
+/* What an upgrade whose answer is pending needs from its request (whose bytes
+ * are gone by then). Owned by the conn (c->pup) until conn_upgrade_done. */
+struct conn_pending_upgrade {
+    char accept[HANDSHAKE_ACCEPT_LEN + 1];
+    int deflate_on;
+    struct deflate_params dp;
+    char ext[DEFLATE_RESPONSE_MAX + 32];
+    char protos[512]; /* the client's Sec-WebSocket-Protocol offers, joined */
+    size_t protos_len;
+    char path[256]; /* for log lines */
+};
+
+static void keep_proto(void *ud, const char *p, size_t len) {
+    struct conn_pending_upgrade *pu = ud;
+    size_t room = sizeof pu->protos - 1;
+    if (pu->protos_len + len + 2 > room)
+        return;
+    if (pu->protos_len) {
+        memcpy(pu->protos + pu->protos_len, ", ", 2);
+        pu->protos_len += 2;
+    }
+    memcpy(pu->protos + pu->protos_len, p, len);
+    pu->protos_len += len;
+}
+
+static int upgrade_complete(struct conn *c, struct conn_upgrade *ans,
+                            const struct http_request *req, struct conn_pending_upgrade *pu);
+
 static void upgrade_free(struct conn_upgrade *ans) {
     free(ans->protocol);
     free(ans->headers);
@@ -760,36 +820,65 @@ static int do_upgrade(struct conn *c, const struct http_request *req, const char
 
     struct conn_upgrade ans = {0};
     srv->conn_cb->on_upgrade(srv->conn_ud, c, req, path, &ans);
-    if (!ans.status && !c->route)
-        ans.status = 500; /* the app accepted without saying which route: our bug */
-    if (!ans.status && ans.protocol) {
-        struct proto_pick pp = {ans.protocol, 0};
+    struct conn_pending_upgrade pu;
+    memset(&pu, 0, sizeof pu);
+    size_t pathl = strlen(path) < sizeof pu.path ? strlen(path) : sizeof pu.path - 1;
+    memcpy(pu.path, path, pathl); /* for the log line only: a long one is cut */
+    handshake_accept_key(key, key_len, pu.accept);
+    pu.deflate_on = negotiate_deflate(c, req, ans.no_compression, &pu.dp, pu.ext, sizeof pu.ext);
+    if (ans.pending) { /* the app answers later (conn_upgrade_done): keep what it needs */
+        upgrade_free(&ans);
+        c->pup = malloc(sizeof *c->pup);
+        if (!c->pup) {
+            conn_kill(c, WS_CLOSE_ABNORMAL);
+            return -1;
+        }
+        *c->pup = pu;
+        handshake_each_protocol(req, keep_proto, c->pup);
+        if (c->pup->protos_len >= sizeof c->pup->protos)
+            c->pup->protos_len = sizeof c->pup->protos - 1;
+        c->pup->protos[c->pup->protos_len] = 0;
+        return 1;
+    }
+    return upgrade_complete(c, &ans, req, &pu);
+}
+
+/* Finish an upgrade with the app's answer: refuse, or send the 101 and open.
+ * req is the request (NULL when the answer was pending: pu->protos holds the
+ * offers). Returns 0, or -1 when refused. */
+static int upgrade_complete(struct conn *c, struct conn_upgrade *ans,
+                            const struct http_request *req, struct conn_pending_upgrade *pu) {
+    struct sb_server *srv = c->srv;
+    struct http_header ph = {"Sec-WebSocket-Protocol", 22, pu->protos, pu->protos_len};
+    struct http_request offers = {.headers = &ph, .num_headers = pu->protos_len ? 1 : 0};
+    if (!req)
+        req = &offers;
+    if (!ans->status && !c->route)
+        ans->status = 500; /* the app accepted without saying which route: our bug */
+    if (!ans->status && ans->protocol) {
+        struct proto_pick pp = {ans->protocol, 0};
         handshake_each_protocol(req, pick_proto, &pp);
         if (!pp.found) {
             char rb[64];
             log_with(LOG_ERROR,
                      &(struct log_fields){
-                         .route = path, .conn = c->id, .remote = conn_remote(c, rb, sizeof rb)},
-                     "%s: upgrade chose subprotocol '%s' the client did not offer", path,
-                     ans.protocol);
-            ans.status = 500;
+                         .route = pu->path, .conn = c->id, .remote = conn_remote(c, rb, sizeof rb)},
+                     "%s: upgrade chose subprotocol '%s' the client did not offer", pu->path,
+                     ans->protocol);
+            ans->status = 500;
         }
     }
-    if (ans.status) {
-        count_refusal(srv, ans.status);
+    if (ans->status) {
+        count_refusal(srv, ans->status);
         free(c->head);
         c->head = NULL;
-        http_error_len(c, ans.status, ans.headers, ans.body, ans.body_len);
-        upgrade_free(&ans);
+        http_error_len(c, ans->status, ans->headers, ans->body, ans->body_len);
+        upgrade_free(ans);
         return -1;
     }
-    char accept[HANDSHAKE_ACCEPT_LEN + 1];
-    handshake_accept_key(key, key_len, accept);
-    struct deflate_params dp;
-    char ext[DEFLATE_RESPONSE_MAX + 32] = "";
-    int deflate_on = negotiate_deflate(c, req, ans.no_compression, &dp, ext, sizeof ext);
-    size_t pl = ans.protocol ? strlen(ans.protocol) : 0;
-    size_t hl = ans.headers ? strlen(ans.headers) : 0;
+    const char *ext = pu->deflate_on ? pu->ext : "";
+    size_t pl = ans->protocol ? strlen(ans->protocol) : 0;
+    size_t hl = ans->headers ? strlen(ans->headers) : 0;
     size_t cap = 160 + HANDSHAKE_ACCEPT_LEN + pl + strlen(ext) + hl;
     char *resp = malloc(cap);
     int n = resp ? snprintf(resp, cap,
@@ -798,15 +887,15 @@ static int do_upgrade(struct conn *c, const struct http_request *req, const char
                             "Connection: Upgrade\r\n"
                             "Sec-WebSocket-Accept: %s\r\n"
                             "%s%s%s%s%s\r\n",
-                            accept, ans.protocol ? "Sec-WebSocket-Protocol: " : "",
-                            ans.protocol ? ans.protocol : "", ans.protocol ? "\r\n" : "", ext,
-                            ans.headers ? ans.headers : "")
+                            pu->accept, ans->protocol ? "Sec-WebSocket-Protocol: " : "",
+                            ans->protocol ? ans->protocol : "", ans->protocol ? "\r\n" : "", ext,
+                            ans->headers ? ans->headers : "")
                  : -1;
-    if (ans.protocol && !c->protocol) {
-        c->protocol = ans.protocol; /* kept for ws.protocol */
-        ans.protocol = NULL;
+    if (ans->protocol && !c->protocol) {
+        c->protocol = ans->protocol; /* kept for ws.protocol */
+        ans->protocol = NULL;
     }
-    upgrade_free(&ans);
+    upgrade_free(ans);
     int wr = n < 0 || (size_t)n >= cap ? -1 : conn_write(c, resp, (size_t)n);
     free(resp);
     if (wr < 0) {
@@ -814,13 +903,13 @@ static int do_upgrade(struct conn *c, const struct http_request *req, const char
         return -1;
     }
     c->dec.max_message = srv->cfg.max_message;
-    if (deflate_on) {
+    if (pu->deflate_on) {
         c->defl = malloc(sizeof *c->defl);
         if (!c->defl) {
             conn_kill(c, WS_CLOSE_INTERNAL);
             return -1;
         }
-        deflate_init(c->defl, &srv->cfg.deflate, &dp);
+        deflate_init(c->defl, &srv->cfg.deflate, &pu->dp);
         c->dec.rsv1_ok = 1;
     }
     c->state = CONN_WS;
@@ -835,6 +924,7 @@ static int do_upgrade(struct conn *c, const struct http_request *req, const char
 }
 
 static void ws_feed(struct conn *c, uint8_t *p, size_t n);
+static void keep_pending(struct conn *c, const uint8_t *p, size_t n);
 
 /* Handle complete requests in buf; returns bytes consumed (the rest is a
  * partial request, or whole requests waiting for this one's answer to go
@@ -888,17 +978,28 @@ static long http_process(struct conn *c, char *buf, size_t len) {
         }
         path[plen] = 0;
         if (upgrade && !c->metrics_only) {
-            if (do_upgrade(c, &req, path) < 0)
+            int ur = do_upgrade(c, &req, path);
+            if (ur < 0)
                 return -1;
             off += head_len;
-            /* frames that came with the request */
-            if (off < len)
-                ws_feed(c, (uint8_t *)buf + off, len - off);
+            /* frames that came with the request (they wait for a pending answer) */
+            if (off < len) {
+                if (ur > 0)
+                    keep_pending(c, (uint8_t *)buf + off, len - off);
+                else
+                    ws_feed(c, (uint8_t *)buf + off, len - off);
+            }
             return -1;
         }
         int is_head = req.method_len == 4 && memcmp(req.method, "HEAD", 4) == 0;
         struct conn_response res = {.file_fd = -1};
         srv->conn_cb->on_request(srv->conn_ud, c, &req, path, buf + off + head_len, body_len, &res);
+        if (res.pending) { /* answered later (conn_respond); the rest waits in hbuf */
+            c->pend_head = (uint8_t)is_head;
+            c->deadline = 0; /* --handler-timeout bounds it */
+            c->http_wait = 1;
+            return (long)(off + head_len + body_len);
+        }
         if (c->state != CONN_HTTP) { /* the app killed it meanwhile */
             free(res.headers);
             free(res.body);
@@ -1020,7 +1121,8 @@ static int on_message(void *ud, int opcode, uint8_t *data, size_t len, int compr
     c->srv->stats.bytes_in += len;
     c->srv->conn_cb->on_message(c->srv->conn_ud, c, data, len, opcode == WS_OP_BINARY);
     free(plain);
-    return c->state == CONN_DEAD || c->state == CONN_LINGER;
+    /* held: its handler waits; the frames after this one wait too (ws_feed) */
+    return c->state == CONN_DEAD || c->state == CONN_LINGER || c->holds;
 }
 
 static int on_control(void *ud, int opcode, uint8_t *data, size_t len) {
@@ -1061,12 +1163,101 @@ static int on_control(void *ud, int opcode, uint8_t *data, size_t len) {
 
 static const struct ws_decoder_cb decoder_cb = {on_message, on_control};
 
+/* Keep n bytes read but not decoded until the connection is released. */
+static void keep_pending(struct conn *c, const uint8_t *p, size_t n) {
+    uint8_t *nb = realloc(c->pend, c->pend_len + n);
+    if (!nb) {
+        conn_kill(c, WS_CLOSE_ABNORMAL);
+        return;
+    }
+    memcpy(nb + c->pend_len, p, n);
+    c->pend = nb;
+    c->pend_len += (uint32_t)n;
+}
+
 static void ws_feed(struct conn *c, uint8_t *p, size_t n) {
     if (c->state != CONN_WS && c->state != CONN_CLOSING)
         return;
     ssize_t r = ws_decoder_feed(&c->dec, p, n, &decoder_cb, c);
-    if (r < 0 && c->state != CONN_DEAD)
-        conn_fail(c, (unsigned)-r, c->dec.error);
+    if (r < 0) {
+        if (c->state != CONN_DEAD)
+            conn_fail(c, (unsigned)-r, c->dec.error);
+        return;
+    }
+    if ((size_t)r < n && c->holds && (c->state == CONN_WS || c->state == CONN_CLOSING))
+        keep_pending(c, p + r, n - (size_t)r);
+}
+
+/* ---- held connections -------------------------------------------------------- */
+
+void conn_hold(struct conn *c) {
+    if (c->holds++ == 0)
+        update_events(c);
+}
+
+void conn_release(struct conn *c) {
+    struct sb_server *srv = c->srv;
+    if (!c->holds || --c->holds)
+        return;
+    if (c->state == CONN_DEAD) {
+        if (c->on_held) { /* back to the reap: its on_close runs now */
+            unlink_conn(c);
+            c->on_held = 0;
+            c->reap_next = srv->reap;
+            srv->reap = c;
+        }
+        return;
+    }
+    if (c->pend) { /* what was read while its handler waited, in order */
+        uint8_t *buf = c->pend;
+        size_t len = c->pend_len;
+        c->pend = NULL;
+        c->pend_len = 0;
+        ws_feed(c, buf, len);
+        free(buf);
+    }
+    if (c->state == CONN_DEAD || c->holds)
+        return;
+    if (c->state == CONN_HTTP) {
+        http_resume(c);
+        if (c->state == CONN_DEAD || c->holds)
+            return;
+    }
+    update_events(c);
+    if (c->drain_pending && !c->over_high && c->state == CONN_WS) {
+        c->drain_pending = 0;
+        srv->conn_cb->on_drain(srv->conn_ud, c);
+    }
+}
+
+void conn_upgrade_done(struct conn *c, struct conn_upgrade *ans) {
+    struct conn_pending_upgrade *pu = c->pup;
+    c->pup = NULL;
+    if (c->state != CONN_HTTP || !pu) {
+        upgrade_free(ans);
+        free(pu);
+        return;
+    }
+    if (c->srv->stopping && !ans->status) {
+        upgrade_free(ans);
+        memset(ans, 0, sizeof *ans);
+        ans->status = 503;
+    }
+    upgrade_complete(c, ans, NULL, pu);
+    free(pu);
+}
+
+void conn_respond(struct conn *c, struct conn_response *res) {
+    if (c->state != CONN_HTTP) {
+        free(res->headers);
+        free(res->body);
+        if (res->file_fd >= 0)
+            close(res->file_fd);
+        return;
+    }
+    if (respond(c, res, c->pend_head) < 0)
+        return;
+    c->deadline = c->srv->now + c->srv->cfg.handshake_timeout; /* next request */
 }
 
 /* ---- the event callback ---------------------------------------------------- */
@@ -1087,8 +1278,13 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
         if (c->state == CONN_DEAD)
             return;
     }
-    if (!(what & EV_READ) || c->read_paused)
-        return; /* paused: the event read only for a TLS write */
+    if ((what & EV_CLOSED) && c->holds && !reads_on(c)) {
+        /* the peer left while a handler of it waits: it is gone (1006) */
+        conn_kill(c, c->close_rcvd ? c->close_code : WS_CLOSE_ABNORMAL);
+        return;
+    }
+    if (!(what & EV_READ) || !reads_on(c))
+        return; /* paused or held: the event read only for a TLS write */
     for (int rounds = 0; rounds < 4; rounds++) {
         ssize_t n = c->is_tls ? tls_conn_read(c, srv->rbuf, srv->rbuf_size)
                               : read(fd, srv->rbuf, srv->rbuf_size);
@@ -1116,7 +1312,7 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
         default:
             break; /* lingering: discard */
         }
-        if (c->state == CONN_DEAD || c->read_paused)
+        if (c->state == CONN_DEAD || !reads_on(c))
             return;
         if ((size_t)n < srv->rbuf_size && !(c->ssl && tls_pending(c->ssl)))
             return;
@@ -1147,6 +1343,8 @@ void conn_sweep(struct sb_server *srv) {
         case CONN_WS:
             if (c->defl && c->defl->mem && now - c->last_rx >= DEFLATE_TRIM_IDLE)
                 deflate_trim(c->defl); /* a quiet connection keeps only its windows */
+            if (c->holds)
+                break; /* its handler waits: it reads nothing, so no idle or pong clock */
             if (c->over_high && cfg->slow == SLOW_CLOSE && now - c->over_since >= cfg->slow_grace) {
                 srv->stats.slow_closed++;
                 conn_fail(c, WS_CLOSE_POLICY, "too slow to read");

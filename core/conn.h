@@ -14,7 +14,14 @@
  * (set_read/set_write/conn_linger/mark_flush are no-ops), nothing queues to it
  * (conn_send/conn_write return -1) and conn_reap_all unlinks it from `flush`
  * before freeing it. Output is corked: everything a connection produces in
- * one iteration leaves in one writev. */
+ * one iteration leaves in one writev.
+ *
+ * Held (conn_hold, while an app handler of this connection waits): a held conn
+ * reads nothing and delivers no further on_message/on_drain/on_close; it is
+ * not freed. One that dies while held stays DEAD, off `all`, `flush` and
+ * `reap`, on srv->held (conn_reap_all moves it there instead of running its
+ * on_close and freeing it); the last conn_release puts it back on `reap`, so
+ * its on_close runs then, exactly once, and it is freed after. */
 #ifndef SB_CONN_H
 #define SB_CONN_H
 
@@ -31,6 +38,7 @@ struct route;
 struct ssl_st;
 struct tls_ctx;
 struct http_request;
+struct conn_pending_upgrade;
 
 enum conn_state {
     CONN_HTTP,    /* reading a request head */
@@ -70,6 +78,9 @@ struct conn {
     uint8_t tls_read_wants_write : 1, tls_write_wants_read : 1; /* TLS I/O waiting on the other event */
     uint8_t head_std : 3; /* CONN_STD_* fields left out of head: ws.headers adds them back */
     uint8_t opened_now : 1; /* the 101 is still queued */
+    uint8_t on_held : 1;    /* DEAD and on srv->held (next/prev link it there) */
+    uint8_t pend_head : 1;  /* a HEAD request's answer is pending (on_request) */
+    uint16_t holds;         /* conn_hold minus conn_release */
     uint16_t close_code; /* code for the close handler (peer's, or 1006) */
     uint16_t rport;      /* the peer's port; its address: */
     uint8_t raddr_family;
@@ -92,6 +103,10 @@ struct conn {
     struct ws_deflate *defl; /* owned; only when permessage-deflate was negotiated */
     struct outq out; /* queued output (owned) */
     struct conn_file *file; /* a file being sent (HTTP phase; owned) or NULL */
+    /* bytes read but not decoded while held (owned; freed when fed or at conn_free) */
+    uint8_t *pend;
+    uint32_t pend_len;
+    struct conn_pending_upgrade *pup; /* an upgrade whose answer waits (owned) */
     struct subscription *subs; /* owned by pubsub */
     uint32_t nsubs, subs_cap;
 };
@@ -123,6 +138,7 @@ struct conn_response {
     uint64_t file_off, file_len;
     uint8_t no_length; /* no Content-Length (304) */
     uint8_t close;     /* close the connection after this answer */
+    uint8_t pending;   /* the app answers later (conn_respond); nothing else is read */
 };
 
 /* The app's answer to an upgrade request. on_upgrade sets c->route when it
@@ -134,11 +150,15 @@ struct conn_upgrade {
     size_t body_len;
     char *protocol; /* owned: the chosen subprotocol (one the client offered) */
     uint8_t no_compression;
+    uint8_t pending; /* the app answers later (conn_upgrade_done); nothing else is read */
 };
 
 /* The application side of a connection. Every callback may send, close or
  * publish; none may free c. on_close runs exactly once per opened WebSocket,
- * from the reap, with c already DEAD. */
+ * from the reap, with c already DEAD.
+ * Answers that wait: on_upgrade and on_request may set ans->pending / res->pending
+ * (after conn_hold(c)); the app answers later, from the loop, with
+ * conn_upgrade_done / conn_respond, then conn_release. */
 struct conn_callbacks {
     void (*on_request)(void *ud, struct conn *c, const struct http_request *req,
                        const char *path, const char *body, size_t body_len,
@@ -168,6 +188,23 @@ int conn_send_shared(struct conn *c, struct outbuf *b);
 void conn_close(struct conn *c, unsigned code, const char *reason, size_t reason_len);
 /* Drop the connection at once (no close frame). */
 void conn_abort(struct conn *c, uint16_t close_code);
+
+/* Hold c while an app handler of it waits (nestable): it reads nothing more
+ * (bytes already read wait in c->pend), delivers no further message, drain
+ * or close to the app, and is not freed (see Held, above). A peer that goes
+ * away meanwhile is noticed (EV_CLOSED) and the connection dies as with 1006;
+ * a send to it then fails. */
+void conn_hold(struct conn *c);
+/* Undo one conn_hold. The last one feeds what waited (c->pend), resumes reading
+ * and, if c died meanwhile, puts it on the reap list. Call it from the loop,
+ * not from inside one of c's callbacks. */
+void conn_release(struct conn *c);
+/* The answer to an upgrade that was pending: complete the handshake (or refuse)
+ * as on_upgrade would have. Takes ownership of ans's strings. No-op but the
+ * freeing when c died meanwhile. */
+void conn_upgrade_done(struct conn *c, struct conn_upgrade *ans);
+/* The answer to a request that was pending. Takes ownership of res. */
+void conn_respond(struct conn *c, struct conn_response *res);
 
 /* Write the queued output of every connection in srv->flush. */
 void conn_flush_all(struct sb_server *srv);

@@ -8,7 +8,8 @@
  * Connection lists (struct conn, conn.h): `all` holds every connection from
  * conn_new until conn_reap_all frees it; `flush` holds those with output
  * produced this iteration (never a DEAD one: conn_reap_all unlinks them before
- * freeing); `reap` holds the DEAD ones until the end of the iteration. */
+ * freeing); `reap` holds the DEAD ones until the end of the iteration;
+ * `held` holds DEAD ones a waiting handler still holds (off `all`). */
 #ifndef SB_LOOP_H
 #define SB_LOOP_H
 
@@ -57,7 +58,8 @@ struct sb_config {
     const char *metrics_listen; /* --metrics ADDR:PORT: own listener, or NULL */
     const char *metrics_path;   /* --metrics-path /metrics on the main listeners, or NULL */
     unsigned max_connections; /* --max-connections (0 = only the fd limit) */
-    long lua_budget;          /* --lua-budget: VM instructions per handler call */
+    long lua_budget;          /* --lua-budget: VM instructions per handler resume */
+    double handler_timeout;   /* --handler-timeout: wall clock per handler call (0 = none) */
     size_t lua_memory;        /* --lua-memory: bytes for the Lua state */
     int watch;                /* --no-watch clears it */
     double reload_debounce;   /* seconds */
@@ -92,6 +94,7 @@ struct sb_server {
     struct conn *all;       /* every connection (sweep for timeouts) */
     struct conn *flush;     /* connections with output produced this iteration */
     struct conn *reap;      /* connections to free after this iteration */
+    struct conn *held;      /* DEAD connections an app handler still holds (conn.h) */
     struct sb_listener *listeners;
     struct event *sweep_ev; /* once a second: timeouts and pings */
     struct event *stop_ev;  /* every 20 ms while shutting down */

@@ -270,6 +270,8 @@ static const struct opt options[] = {
      "drop a peer that does not answer a ping", "20"},
     {"close-timeout", "SECONDS", set_seconds, F(cfg.close_timeout), 0, MAX_SECONDS,
      "wait for the peer's close frame", "5"},
+    {"handler-timeout", "SECONDS", set_seconds, F(cfg.handler_timeout), 0, MAX_SECONDS,
+     "end a handler call that waits longer, as if it\nraised (0 = no limit)", "30"},
     {"drain-timeout", "SECONDS", set_seconds, F(cfg.drain_timeout), 0, MAX_SECONDS,
      "SIGTERM/SIGINT: wait this long for close frames and\n"
      "queued output, then drop the rest",
@@ -281,7 +283,7 @@ static const struct opt options[] = {
     {"max-connections", "N", set_count, F(cfg.max_connections), 0, 10000000,
      "refuse past this many (0 = fd limit)", "0"},
     {"lua-budget", "N", set_count, F(cfg.lua_budget), 1000, 1000000000000ull,
-     "VM instructions per handler call", "100000000"},
+     "VM instructions per handler resume", "100000000"},
     {"lua-memory", "N", set_count, F(cfg.lua_memory), KIB, 64 * GIB, "Lua state memory cap",
      "512m"},
     {"no-watch", NULL, set_false, F(cfg.watch), 0, 0, "do not reload scripts when they change",

@@ -77,7 +77,10 @@ static void on_request(void *ud, struct conn *c, const struct http_request *req,
         route = NULL;
     if (route && (route->has & ROUTE_REQUEST)) {
         struct http_answer ans = {0};
-        script_request(srv->script, c, route, req, body, body_len, &ans);
+        if (script_request(srv->script, c, route, req, body, body_len, &ans)) {
+            res->pending = 1; /* the script answers with conn_respond */
+            return;
+        }
         res->status = ans.status;
         res->headers = ans.headers;
         res->body = ans.body;
@@ -150,7 +153,10 @@ static void on_upgrade(void *ud, struct conn *c, const struct http_request *req,
     if (!(r->has & ROUTE_UPGRADE))
         return;
     struct upgrade_answer ua = {0};
-    script_upgrade(srv->script, c, req, &ua);
+    if (script_upgrade(srv->script, c, req, &ua)) {
+        ans->pending = 1; /* the script answers with conn_upgrade_done */
+        return;
+    }
     ans->status = ua.status;
     ans->headers = ua.headers;
     ans->body = ua.body;

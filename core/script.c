@@ -68,6 +68,8 @@ static void l_hook(lua_State *L, lua_Debug *ar) {
     lua_sethook(L, l_hook, LUA_MASKCOUNT, 1);
     if (L != s->L) {
         lua_sethook(s->L, l_hook, LUA_MASKCOUNT, 1); /* new coroutines copy the main hook */
+        if (s->cur_co && s->cur_co != L) /* the handler's own coroutine, under a script's */
+            lua_sethook(s->cur_co, l_hook, LUA_MASKCOUNT, 1);
         /* an error raised in a hook leaves the thread with hooks off: its
          * __close variables must never run (see sb_coclose) */
         lua_getfield(L, LUA_REGISTRYINDEX, STOPPED_KEY);
@@ -101,6 +103,8 @@ static int l_traceback(lua_State *L) {
 }
 
 static void run_finalizers(struct script *s);
+static void log_error_what(struct script *s, int rc, int hit, const char *what,
+                           const char *handler, const char *kind, int outer);
 
 /* (script_int.h) */
 void script__log_fields(struct script *s, struct log_fields *f, char *rb, size_t cap) {
@@ -119,6 +123,89 @@ void script__log_fields(struct script *s, struct log_fields *f, char *rb, size_t
     }
 }
 
+/* (script_int.h) */
+void script__budget_begin(struct script *s) {
+    s->in_handler = 1;
+    s->budget_hit = 0;
+    s->budget_ticks = s->srv->cfg.lua_budget / HOOK_EVERY + 1;
+}
+
+/* (script_int.h) */
+int script__budget_end(struct script *s) {
+    int hit = s->budget_hit;
+    s->in_handler = 0;
+    if (hit) /* back from raising at every instruction */
+        lua_sethook(s->L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    return hit;
+}
+
+/* (script_int.h) The failure text is formatted only on failure, since this
+ * runs per message. */
+void script__log_failure(struct script *s, int rc, int hit, const char *handler,
+                         const char *kind) {
+    log_error_what(s, rc, hit, NULL, handler, kind, 0);
+}
+
+static void log_error_what(struct script *s, int rc, int hit, const char *what,
+                           const char *handler, const char *kind, int outer) {
+    lua_State *L = s->L;
+    const char *err = lua_tostring(L, -1);
+    char buf[512];
+    if (!what && !s->cur_route && s->cur_mod) {
+        int top = lua_gettop(L);
+        lua_getfield(L, LUA_REGISTRYINDEX, MODS_KEY);
+        const char *file = lua_getfield(L, -1, s->cur_mod) == LUA_TTABLE &&
+                                   lua_getfield(L, -1, "file") == LUA_TSTRING
+                               ? lua_tostring(L, -1)
+                               : "?";
+        snprintf(buf, sizeof buf, "module %s (%s): %s %s failed", s->cur_mod, file,
+                 handler ? handler : "a", kind);
+        lua_settop(L, top);
+        what = buf;
+    }
+    if (!what) {
+        struct route *r = s->cur_route;
+        snprintf(buf, sizeof buf, "route %s (%s): %s %s failed", r ? r->path : "?",
+                 r ? r->file : "?", handler ? handler : "a", kind);
+        what = buf;
+    }
+    s->srv->stats.handler_errors++;
+    if (hit)
+        s->srv->stats.budget_stops++;
+    struct log_fields lf = {0};
+    char rb[64];
+    script__log_fields(s, &lf, rb, sizeof rb);
+    if (s->check) {
+        char oom[128];
+        snprintf(oom, sizeof oom, "out of memory (Lua state past --lua-memory %zu bytes)",
+                 s->mem_cap);
+        script__check_error(s, rc == LUA_ERRMEM ? oom
+                               : err            ? err
+                                                : "(error object is not a string)");
+    } else if (rc == LUA_ERRMEM)
+        log_with(LOG_ERROR, &lf, "%s: out of memory (Lua state past --lua-memory %zu bytes)",
+                 what, s->mem_cap);
+    else
+        log_with(LOG_ERROR, &lf, "%s: %s", what, err ? err : "(error object is not a string)");
+    s->err_line = 0;
+    lua_pop(L, 1);
+    /* No collection after an error: a client that makes a handler raise
+     * must not buy a full GC per message, and an allocation past the cap
+     * makes Lua collect in an emergency first. Only past the cap: a
+     * memory error raised inside a collection step can leave Lua's
+     * emergency collector off for good (with the collector stopped by a
+     * script nothing turns it back on), and this handler's garbage is
+     * still there; one full collection outside the cap resets both. */
+    if (rc == LUA_ERRMEM && !outer)
+        lua_gc(L, LUA_GCCOLLECT);
+}
+
+/* (script_int.h) */
+void script__after_call(struct script *s) {
+    if (s->gc_queued && !s->in_finalizers)
+        run_finalizers(s);
+}
+
 /* (script_int.h) The failure text is formatted only on failure, since this
  * runs per message. The scripts' __gc finalizers queued meanwhile run after
  * the outermost call. */
@@ -126,76 +213,19 @@ int script__pcall(struct script *s, int nargs, int nres, const char *what, const
                   const char *kind) {
     lua_State *L = s->L;
     int outer = s->in_handler;
-    if (!outer) {
-        s->in_handler = 1;
-        s->budget_hit = 0;
-        s->budget_ticks = s->srv->cfg.lua_budget / HOOK_EVERY + 1;
-    }
+    if (!outer)
+        script__budget_begin(s);
     double t0 = !outer && sb_metrics_on(s->srv) ? server_clock() : 0;
     /* the message handler lives at stack index 1 of the main state for good
      * (pushed in script_new): no push and rotate per call */
     int rc = lua_pcall(L, nargs, nres, TRACEBACK_INDEX);
     if (t0 > 0)
         stats_observe_handler(&s->srv->stats, server_clock() - t0);
-    int hit = s->budget_hit;
-    if (!outer) {
-        s->in_handler = 0;
-        if (hit) /* back from raising at every instruction */
-            lua_sethook(L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
-    }
-    if (rc != LUA_OK) {
-        const char *err = lua_tostring(L, -1);
-        char buf[512];
-        if (!what && !s->cur_route && s->cur_mod) {
-            int top = lua_gettop(L);
-            lua_getfield(L, LUA_REGISTRYINDEX, MODS_KEY);
-            const char *file = lua_getfield(L, -1, s->cur_mod) == LUA_TTABLE &&
-                                       lua_getfield(L, -1, "file") == LUA_TSTRING
-                                   ? lua_tostring(L, -1)
-                                   : "?";
-            snprintf(buf, sizeof buf, "module %s (%s): %s %s failed", s->cur_mod, file,
-                     handler ? handler : "a", kind);
-            lua_settop(L, top);
-            what = buf;
-        }
-        if (!what) {
-            struct route *r = s->cur_route;
-            snprintf(buf, sizeof buf, "route %s (%s): %s %s failed", r ? r->path : "?",
-                     r ? r->file : "?", handler ? handler : "a", kind);
-            what = buf;
-        }
-        s->srv->stats.handler_errors++;
-        if (hit)
-            s->srv->stats.budget_stops++;
-        struct log_fields lf = {0};
-        char rb[64];
-        script__log_fields(s, &lf, rb, sizeof rb);
-        if (s->check) {
-            char oom[128];
-            snprintf(oom, sizeof oom, "out of memory (Lua state past --lua-memory %zu bytes)",
-                     s->mem_cap);
-            script__check_error(s, rc == LUA_ERRMEM ? oom
-                                   : err            ? err
-                                                    : "(error object is not a string)");
-        } else if (rc == LUA_ERRMEM)
-            log_with(LOG_ERROR, &lf, "%s: out of memory (Lua state past --lua-memory %zu bytes)",
-                     what, s->mem_cap);
-        else
-            log_with(LOG_ERROR, &lf, "%s: %s", what, err ? err : "(error object is not a string)");
-        s->err_line = 0;
-        lua_pop(L, 1);
-        /* No collection after an error: a client that makes a handler raise
-         * must not buy a full GC per message, and an allocation past the cap
-         * makes Lua collect in an emergency first. Only past the cap: a
-         * memory error raised inside a collection step can leave Lua's
-         * emergency collector off for good (with the collector stopped by a
-         * script nothing turns it back on), and this handler's garbage is
-         * still there; one full collection outside the cap resets both. */
-        if (rc == LUA_ERRMEM && !outer)
-            lua_gc(L, LUA_GCCOLLECT);
-    }
-    if (!outer && s->gc_queued && !s->in_finalizers)
-        run_finalizers(s);
+    int hit = outer ? s->budget_hit : script__budget_end(s);
+    if (rc != LUA_OK)
+        log_error_what(s, rc, hit, what, handler, kind, outer);
+    if (!outer)
+        script__after_call(s);
     return rc == LUA_OK ? 0 : -1;
 }
 
@@ -715,26 +745,21 @@ static int push_handler(struct script *s, struct route *r, const char *name) {
     return 1;
 }
 
+/* Run route r's handler `name` (pushed, below its nargs arguments) for c as a
+ * call that may wait; done ends it if it does. Returns 0 (its nres results
+ * pushed), -1 (failed, logged) or 1 (it waits: done runs later). */
 static int run_handler(struct script *s, struct conn *c, struct route *r, const char *name,
-                       int nargs, int nres) {
-    struct route *prev = s->cur_route;
-    struct conn *prev_conn = s->cur_conn;
-    s->cur_route = r;
-    s->cur_conn = c;
-    int rc = script__pcall(s, nargs, nres, NULL, name, "handler");
-    s->cur_route = prev;
-    s->cur_conn = prev_conn;
-    return rc;
+                       int nargs, int nres,
+                       void (*done)(struct script *, const struct script_call *, int)) {
+    struct script_call call = {.route = r, .conn = c, .handler = name, .nres = nres, .done = done};
+    return script__run(s, &call, nargs);
 }
 
-void script_upgrade(struct script *s, struct conn *c, const struct http_request *req,
-                    struct upgrade_answer *ans) {
+/* The upgrade handler's 3 results (on top; popped) into ans; ok=0: it failed. */
+static void upgrade_results(struct script *s, struct conn *c, struct upgrade_answer *ans, int ok) {
     lua_State *L = s->L;
     memset(ans, 0, sizeof *ans);
-    if (!push_handler(s, c->route, "upgrade"))
-        return;
-    push_request(L, c, req, NULL, 0);
-    if (run_handler(s, c, c->route, "upgrade", 1, 3) < 0) {
+    if (!ok) {
         ans->status = 500;
         return;
     }
@@ -782,6 +807,30 @@ void script_upgrade(struct script *s, struct conn *c, const struct http_request 
     lua_settop(L, top - 3);
 }
 
+static void upgrade_done(struct script *s, const struct script_call *call, int ok) {
+    struct upgrade_answer ua;
+    upgrade_results(s, call->conn, &ua, ok);
+    struct conn_upgrade cu = {.status = ua.status,
+                              .headers = ua.headers,
+                              .body = ua.body,
+                              .body_len = ua.body_len,
+                              .protocol = ua.protocol};
+    conn_upgrade_done(call->conn, &cu);
+}
+
+int script_upgrade(struct script *s, struct conn *c, const struct http_request *req,
+                   struct upgrade_answer *ans) {
+    memset(ans, 0, sizeof *ans);
+    if (!push_handler(s, c->route, "upgrade"))
+        return 0;
+    push_request(s->L, c, req, NULL, 0);
+    int rc = run_handler(s, c, c->route, "upgrade", 1, 3, upgrade_done);
+    if (rc > 0)
+        return 1;
+    upgrade_results(s, c, ans, rc == 0);
+    return 0;
+}
+
 void script_upgrade_free(struct upgrade_answer *ans) {
     free(ans->protocol);
     free(ans->headers);
@@ -789,21 +838,40 @@ void script_upgrade_free(struct upgrade_answer *ans) {
     memset(ans, 0, sizeof *ans);
 }
 
-void script_request(struct script *s, struct conn *c, struct route *r,
-                    const struct http_request *req, const char *body, size_t body_len,
-                    struct http_answer *ans) {
-    lua_State *L = s->L;
+/* The request handler's result (on top; popped) into ans; ok=0: it failed. */
+static void request_results(struct script *s, struct route *r, struct http_answer *ans, int ok) {
     memset(ans, 0, sizeof *ans);
     ans->status = 500;
-    if (!push_handler(s, r, "request"))
-        return;
-    push_request(L, c, req, body, body_len);
-    if (run_handler(s, c, r, "request", 1, 1) < 0)
-        return;
-    if (read_answer(s, r, "request", read_response, ans, 1) < 0) {
+    if (ok && read_answer(s, r, "request", read_response, ans, 1) < 0) {
         script_response_free(ans);
         ans->status = 500;
     }
+}
+
+static void request_done(struct script *s, const struct script_call *call, int ok) {
+    struct http_answer ans;
+    request_results(s, call->route, &ans, ok);
+    struct conn_response res = {.status = ans.status,
+                                .headers = ans.headers,
+                                .body = ans.body,
+                                .body_len = ans.body_len,
+                                .file_fd = -1};
+    conn_respond(call->conn, &res);
+}
+
+int script_request(struct script *s, struct conn *c, struct route *r,
+                   const struct http_request *req, const char *body, size_t body_len,
+                   struct http_answer *ans) {
+    memset(ans, 0, sizeof *ans);
+    ans->status = 500;
+    if (!push_handler(s, r, "request"))
+        return 0;
+    push_request(s->L, c, req, body, body_len);
+    int rc = run_handler(s, c, r, "request", 1, 1, request_done);
+    if (rc > 0)
+        return 1;
+    request_results(s, r, ans, rc == 0);
+    return 0;
 }
 
 void script_response_free(struct http_answer *ans) {
@@ -812,11 +880,18 @@ void script_response_free(struct http_answer *ans) {
     memset(ans, 0, sizeof *ans);
 }
 
+/* open, message, drain: a handler that failed closes its connection with 1011. */
+static void ws_done(struct script *s, const struct script_call *call, int ok) {
+    (void)s;
+    if (!ok)
+        conn_close(call->conn, WS_CLOSE_INTERNAL, "internal error", 14);
+}
+
 void script_open(struct script *s, struct conn *c) {
     if (!push_handler(s, c->route, "open"))
         return;
     script__push_ws(s, c);
-    if (run_handler(s, c, c->route, "open", 1, 0) < 0)
+    if (run_handler(s, c, c->route, "open", 1, 0, ws_done) < 0)
         conn_close(c, WS_CLOSE_INTERNAL, "internal error", 14);
 }
 
@@ -827,7 +902,7 @@ void script_message(struct script *s, struct conn *c, const uint8_t *data, size_
     script__push_ws(s, c);
     lua_pushlstring(L, (const char *)data, len);
     lua_pushboolean(L, binary);
-    if (run_handler(s, c, c->route, "message", 3, 0) < 0)
+    if (run_handler(s, c, c->route, "message", 3, 0, ws_done) < 0)
         conn_close(c, WS_CLOSE_INTERNAL, "internal error", 14);
 }
 
@@ -835,8 +910,13 @@ void script_drain(struct script *s, struct conn *c) {
     if (!push_handler(s, c->route, "drain"))
         return;
     script__push_ws(s, c);
-    if (run_handler(s, c, c->route, "drain", 1, 0) < 0)
+    if (run_handler(s, c, c->route, "drain", 1, 0, ws_done) < 0)
         conn_close(c, WS_CLOSE_INTERNAL, "internal error", 14);
+}
+
+static void close_done(struct script *s, const struct script_call *call, int ok) {
+    (void)ok;
+    script__ws_release(s, call->conn);
 }
 
 void script_close(struct script *s, struct conn *c, unsigned code, const char *reason) {
@@ -845,9 +925,18 @@ void script_close(struct script *s, struct conn *c, unsigned code, const char *r
         script__push_ws(s, c);
         lua_pushinteger(L, code);
         lua_pushstring(L, reason);
-        run_handler(s, c, c->route, "close", 3, 0);
+        if (run_handler(s, c, c->route, "close", 3, 0, close_done) > 0)
+            return; /* it waits: the ws goes when it ends (close_done) */
     }
     script__ws_release(s, c);
+}
+
+void script_cancel_waits(struct script *s) {
+    script__cancel_all(s);
+}
+
+unsigned script_waiting(struct script *s) {
+    return s ? script__waiting(s) : 0;
 }
 
 /* ---- state ------------------------------------------------------------------------ */
@@ -882,6 +971,7 @@ struct script *script__state_new(struct sb_server *srv, const char *app_dir, int
     install_finalizers(L);
     script__module_init(s);
     script__ws_init(s);
+    script__task_init(s);
     return s;
 }
 
@@ -906,6 +996,7 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
 }
 
 void script_free(struct script *s) {
+    script__task_free(s);
     script__cancel_route_timers(s, NULL, 0, 0);
     lua_close(s->L);
     while (s->routes) {

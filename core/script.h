@@ -59,13 +59,17 @@ void script_free(struct script *s);
 /* The route for a decoded path, or NULL. */
 struct route *script_find_route(struct script *s, const char *path, size_t len);
 
-/* Handlers. Each runs under the instruction budget and memory cap; a handler
- * that fails is logged with its traceback, and: upgrade/request -> answer 500;
- * open/message -> the connection is closed with 1011. */
-void script_upgrade(struct script *s, struct conn *c, const struct http_request *req,
+/* Handlers. Each runs in a coroutine under the instruction budget (per
+ * resume) and memory cap; a handler that fails is logged with its traceback,
+ * and: upgrade/request -> answer 500; open/message/drain -> the connection is
+ * closed with 1011. A handler may wait (script_int.h): its connection is then
+ * held (conn_hold) until it ends. script_upgrade and script_request return 1
+ * when the answer is pending (given later with conn_upgrade_done /
+ * conn_respond), else 0 with ans filled. */
+int script_upgrade(struct script *s, struct conn *c, const struct http_request *req,
                     struct upgrade_answer *ans);
 void script_upgrade_free(struct upgrade_answer *ans);
-void script_request(struct script *s, struct conn *c, struct route *r,
+int script_request(struct script *s, struct conn *c, struct route *r,
                     const struct http_request *req, const char *body, size_t body_len,
                     struct http_answer *ans);
 void script_response_free(struct http_answer *ans);
@@ -73,8 +77,13 @@ void script_open(struct script *s, struct conn *c);
 void script_message(struct script *s, struct conn *c, const uint8_t *data, size_t len,
                     int binary);
 void script_drain(struct script *s, struct conn *c);
-/* Called exactly once for an opened connection, then the ws is invalidated. */
+/* Called exactly once for an opened connection, then the ws is invalidated
+ * (when its close handler ends, if it waits). */
 void script_close(struct script *s, struct conn *c, unsigned code, const char *reason);
+/* End every handler call that waits, as failed (shutdown). */
+void script_cancel_waits(struct script *s);
+/* Handler and timer calls waiting now. */
+unsigned script_waiting(struct script *s);
 
 /* 1 when path (absolute, as reload.c spells it) lies under the app dir and the
  * app layout rules keep it from being a route: a dot-file or dot-folder, a

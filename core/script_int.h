@@ -30,6 +30,9 @@ struct sb_server;
 #define MODS_KEY "switchboard.modules"
 
 struct sb_timer;
+struct script_task;   /* a handler or timer call that waits (script_task.c) */
+struct script_thread; /* one of its coroutines */
+struct script_call;   /* what a handler call is (below) */
 
 /* Owned by the server (script_new/script_free); the lua_State's allocator
  * user data, so any C function reaches it through get_script. */
@@ -62,6 +65,13 @@ struct script {
     char **ignore;     /* APP_DIR/.sbignore's patterns (owned, ignore_load) */
     size_t n_ignore;
     struct script_check *check; /* --check: what loading found (script_check.c); NULL */
+    /* handlers run as coroutines (script_task.c) */
+    lua_State *cur_co;                /* the handler coroutine running now, or NULL */
+    const struct script_call *cur_call; /* what it runs (owned by its caller or its task) */
+    struct script_thread *cur_thr;    /* its record, once something in its call waited */
+    lua_State **pool;                 /* idle coroutines, reused (anchored in POOL_KEY) */
+    int npool, pool_cap;
+    struct script_task *tasks;        /* calls that wait (owned; script_task.c) */
 };
 
 /* A timer is owned by the app module whose top level (or whose timer) made
@@ -149,6 +159,75 @@ void script__cancel_route_timers(struct script *s, struct route *r, uint32_t ver
 /* Cancel module mod's timers: with same=1 those of generation gen, with
  * same=0 all others. */
 void script__cancel_module_timers(struct script *s, const char *mod, uint32_t gen, int same);
+
+/* ---- script_task.c: handlers that wait ---- */
+
+/* A C function of the switchboard module that waits (OpenResty's cosocket model):
+ *   struct script_wait *w = script__wait_begin(L, cancel, ud);  -- raises "cannot wait
+ *       here" (luaL_error, naming the calling function) outside a handler or timer
+ *       coroutine: at a script's top level, inside a metamethod or another C call
+ *       that cannot yield, or inside a coroutine of the script's own (sb.* does not
+ *       propagate yields through coroutine.resume/wrap: use sb.spawn);
+ *   ... start the I/O, keep w ...
+ *   return script__wait_yield(L, w);      -- yields the handler's coroutine
+ * When the I/O completes, its callback pushes the results onto script__wait_thread(w)
+ * (a lua_State *; lua_checkstack it for more than a few values) and calls
+ * script__wait_done(w, nresults): the coroutine resumes from the loop (never nested
+ * inside the I/O callback: an event_active'd event, so the I/O library's stack unwinds
+ * first), and those values are what the waiting C function returns to Lua.
+ * script__wait_done may also be called before script__wait_yield (an I/O that fails at
+ * once): the coroutine still yields and resumes from the loop. If the wait is abandoned
+ * (--handler-timeout, shutdown, the handler's state being torn down) cancel(ud) is
+ * called exactly once instead (from the loop, never from inside script__wait_begin)
+ * and the I/O must stop without calling script__wait_done. After script__wait_done or
+ * cancel, w is invalid. cancel may be NULL (nothing to stop). */
+struct script_wait;
+typedef void (*script_wait_cancel_fn)(void *ud);
+struct script_wait *script__wait_begin(lua_State *L, script_wait_cancel_fn cancel, void *ud);
+int script__wait_yield(lua_State *L, struct script_wait *w);
+lua_State *script__wait_thread(struct script_wait *w);
+void script__wait_done(struct script_wait *w, int nresults);
+
+/* What a handler (or timer) call is: set by its caller, read by the task that
+ * runs it when it waits (copied then; mod strdup'd). */
+struct script_call {
+    struct route *route; /* whose handler (cur_route while it runs), or NULL */
+    struct conn *conn;   /* whose event (held while the call waits), or NULL */
+    const char *handler; /* "message", "timer", ... (static) */
+    const char *mod;     /* lib/ module whose timer runs, or NULL */
+    uint32_t mod_gen;
+    int nres; /* results the caller reads */
+    /* Called from the loop when a call that waited ends: ok=1 with its nres
+     * results on top of s->L's stack (done pops them), ok=0 when it failed
+     * (logged: an error, --handler-timeout, shutdown) with nothing pushed. The
+     * connection is still held during done and released after it. */
+    void (*done)(struct script *s, const struct script_call *call, int ok);
+    void *ud; /* for done (owned by the caller's done) */
+};
+
+/* Run the function below its nargs arguments on s->L's stack as call, in a
+ * coroutine from the pool, under the budget (per resume) and the memory cap.
+ * Returns 0 when it ended: its nres results are on s->L's stack; -1 when it
+ * failed (logged); 1 when it waits: call->done runs later (call is copied). */
+int script__run(struct script *s, const struct script_call *call, int nargs);
+/* Handler calls waiting now. */
+unsigned script__waiting(struct script *s);
+/* End every waiting call as failed (shutdown, script_free). */
+void script__cancel_all(struct script *s);
+void script__task_init(struct script *s);
+/* Set sleep, spawn and wait on the module table at the top of the stack. */
+void script__task_open(lua_State *L);
+void script__task_free(struct script *s);
+
+/* (script.c, for script_task.c) Start/end the instruction budget around one
+ * resume; end returns 1 when the budget stopped it. */
+void script__budget_begin(struct script *s);
+int script__budget_end(struct script *s);
+/* Log and count a failed handler call: the error (a string with traceback)
+ * on top of s->L's stack, popped; rc is Lua's status, hit the budget's. */
+void script__log_failure(struct script *s, int rc, int hit, const char *handler, const char *kind);
+/* Run the scripts' finalizers queued by the call that just ended. */
+void script__after_call(struct script *s);
 
 /* ---- script_check.c ---- */
 

@@ -82,7 +82,9 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
      * cancelled from inside); the function and handle stay alive on the stack */
     if (!t->repeat)
         timer_free(t);
-    script__pcall(s, 1, 0, NULL, "timer", "handler");
+    struct script_call call = {.route = t->owner, .handler = "timer", .mod = s->cur_mod,
+                               .mod_gen = s->cur_mod_gen};
+    script__run(s, &call, 1);
     if (has_mod)
         lua_pop(L, 1);
     s->cur_route = prev;
@@ -326,6 +328,9 @@ static int sb_stats(lua_State *L) {
     F(reloads_ok);
     F(reloads_failed);
     F(timeouts);
+    F(handlers_waiting);
+    F(handler_waits);
+    F(handler_timeouts);
 #undef F
     lua_pushinteger(L, (lua_Integer)s->mem);
     lua_setfield(L, -2, "lua_memory");
@@ -355,6 +360,7 @@ static int luaopen_switchboard(lua_State *L) {
         lua_pop(L, 1);
     }
     script__crypto_open(L);
+    script__task_open(L);
     lua_pushliteral(L, SB_VERSION);
     lua_setfield(L, -2, "version");
     /* this process's name among many (workers, --redis hosts): ws.id is unique

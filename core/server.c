@@ -65,6 +65,7 @@ void config_defaults(struct sb_config *cfg) {
     cfg->drain_timeout = 10;
     cfg->max_connections = 0;
     cfg->lua_budget = 100000000;
+    cfg->handler_timeout = 30;
     cfg->lua_memory = 512u << 20;
     cfg->watch = 1;
     cfg->reload_debounce = 0.05;
@@ -282,21 +283,35 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg) {
     trim_when_quiet(srv);
 }
 
+/* Drop every connection now. Handlers that wait are ended first (their
+ * connections released); close handlers run from the reap may wait again,
+ * so a second round ends those. */
+static void drop_all(struct sb_server *srv) {
+    for (int round = 0; round < 3; round++) {
+        if (srv->script)
+            script_cancel_waits(srv->script);
+        for (struct conn *c = srv->all; c; c = c->next)
+            conn_abort(c, WS_CLOSE_ABNORMAL);
+        conn_reap_all(srv);
+        if (!srv->held && !srv->reap && !(srv->script && script_waiting(srv->script)))
+            break;
+    }
+}
+
 /* Graceful shutdown, after the listeners are closed: every WebSocket is told 1001
  * and has until the drain deadline to answer and take its queued output; an
  * HTTP connection gets 503 for an upgrade. Idle HTTP connections (no request
  * started, nothing to write) do not hold the exit up. */
 static void finish_shutdown(struct sb_server *srv, size_t busy) {
-    for (struct conn *c = srv->all; c; c = c->next)
-        conn_abort(c, WS_CLOSE_ABNORMAL);
-    conn_reap_all(srv);
+    drop_all(srv);
     unsigned long long clean = srv->stats.ws_closed_clean - srv->stop_clean0;
     unsigned long long all = srv->stop_ws > clean ? srv->stop_ws : clean;
     log_info("shutdown complete: %llu WebSocket connection(s) closed cleanly, %llu dropped%s",
              clean, all - clean, busy ? " (drain timeout passed)" : "");
 }
 
-/* Every 20 ms while shutting down: done when nothing but idle HTTP is left. */
+/* Every 20 ms while shutting down: done when nothing but idle HTTP is left
+ * and no handler waits. */
 static void on_stop_tick(evutil_socket_t fd, short what, void *arg) {
     struct sb_server *srv = arg;
     (void)fd;
@@ -304,8 +319,9 @@ static void on_stop_tick(evutil_socket_t fd, short what, void *arg) {
     srv->now = server_clock();
     size_t busy = 0;
     for (struct conn *c = srv->all; c; c = c->next)
-        if (!(c->state == CONN_HTTP && !c->hlen && !c->out.len))
+        if (!(c->state == CONN_HTTP && !c->hlen && !c->out.len && !c->holds))
             busy++;
+    busy += script_waiting(srv->script);
     if (busy && srv->now < srv->stop_deadline)
         return;
     finish_shutdown(srv, busy);
@@ -438,7 +454,7 @@ int server_run(struct sb_server *srv) {
         conn_reap_all(srv);
         if (srv->stopping >= 2 || r < 0)
             break;
-        if (srv->stopping == 1 && !srv->all) {
+        if (srv->stopping == 1 && !srv->all && !script_waiting(srv->script)) {
             finish_shutdown(srv, 0);
             break;
         }
@@ -447,9 +463,7 @@ int server_run(struct sb_server *srv) {
 }
 
 void server_free(struct sb_server *srv) {
-    for (struct conn *c = srv->all; c; c = c->next)
-        conn_abort(c, WS_CLOSE_ABNORMAL);
-    conn_reap_all(srv);
+    drop_all(srv);
     close_listeners(srv);
     reload_free(srv->reload);
     if (srv->script)

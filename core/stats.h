@@ -18,6 +18,9 @@ struct sb_stats {
     uint64_t handler_errors, budget_stops, reloads_ok, reloads_failed;
     uint64_t route_load_failures; /* every failed load of a route script, start-up included */
     uint64_t timeouts;
+    uint64_t handlers_waiting; /* gauge: handler and timer calls waiting now */
+    uint64_t handler_waits;    /* calls that waited (went on after their first resume) */
+    uint64_t handler_timeouts; /* calls ended by --handler-timeout */
     uint64_t redis_reconnects, redis_published, redis_received, redis_errors; /* --redis */
     uint64_t ws_closed_clean; /* both close frames exchanged */
     /* close frames by code: [code - 1000] for 1000..1015, [SB_CLOSE_OTHER] otherwise */

@@ -45,6 +45,30 @@ function sb.after(seconds, fn) end
 ---@return switchboard.timer
 function sb.every(seconds, fn) end
 
+---Waits `seconds` (0 <= seconds <= 1e9; 0: until the loop's next turn) without blocking
+---the server: the handler's coroutine yields. Only a handler, a timer function or a light
+---thread may wait (a script's top level raises, and so does a coroutine of the script's own).
+---While a connection's handler waits, its next events wait too.
+---@param seconds number
+function sb.sleep(seconds) end
+
+---Runs `fn(...)` as a light thread of the running handler call: concurrently, in its own
+---coroutine, starting on the loop's next turn. The handler call ends when its function and
+---every light thread it spawned have returned.
+---@param fn fun(...): ...
+---@param ... any
+---@return switchboard.thread
+function sb.spawn(fn, ...) end
+
+---Waits for a light thread of this handler call: `true` and its results, or `false` and its
+---error.
+---@param thread switchboard.thread
+---@return boolean ok
+---@return any ...
+function sb.wait(thread) end
+
+---@class switchboard.thread
+
 ---Monotonic time in seconds, a float with sub-millisecond resolution (durations, not dates).
 ---@return number
 function sb.now() end
@@ -176,6 +200,9 @@ function jwt.sign(claims, secret) end
 ---@field reloads_ok integer
 ---@field reloads_failed integer
 ---@field timeouts integer
+---@field handlers_waiting integer Handler and timer calls waiting now (sb.sleep, I/O).
+---@field handler_waits integer Handler and timer calls that waited.
+---@field handler_timeouts integer Handler calls ended by --handler-timeout.
 ---@field lua_memory integer Bytes the Lua state uses.
 ---@field resident_memory integer Bytes of the process's resident memory.
 ---@field ws_closed_clean integer WebSocket connections closed with a close handshake.
