@@ -19,6 +19,7 @@ struct conn;
 struct http_request;
 struct log_fields;
 struct sb_server;
+struct outbound_ctx;
 
 #define WS_MT "switchboard.ws"
 #define TIMER_MT "switchboard.timer"
@@ -228,6 +229,22 @@ int script__budget_end(struct script *s);
 void script__log_failure(struct script *s, int rc, int hit, const char *handler, const char *kind);
 /* Run the scripts' finalizers queued by the call that just ended. */
 void script__after_call(struct script *s);
+
+/* ---- script_http.c, script_tcp.c: outbound I/O that handlers wait on ---- */
+
+/* The loop's outbound context (srv->outbound), made on first use; NULL on OOM. */
+struct outbound_ctx *script__outbound(struct script *s);
+/* Options table at index t (0: none) of argument #n of fn. opt_field pushes
+ * opts[k] and returns 1 when it is of type want (a number passes as a
+ * string), returns 0 when absent, raises otherwise; the others pop it. */
+int script__opt_field(lua_State *L, int t, const char *k, int want, int n, const char *fn);
+double script__opt_seconds(lua_State *L, int t, const char *k, double d, int n, const char *fn);
+int script__opt_bool(lua_State *L, int t, const char *k, int d, int n, const char *fn);
+const char *script__opt_string(lua_State *L, int t, const char *k, const char *d, size_t *len,
+                               int n, const char *fn);
+/* Set `http` (script_http.c) and `tcp` (script_tcp.c) on the module table at the top. */
+void script__http_open(lua_State *L);
+void script__tcp_open(lua_State *L);
 
 /* ---- script_check.c ---- */
 

@@ -360,6 +360,8 @@ static int luaopen_switchboard(lua_State *L) {
         lua_pop(L, 1);
     }
     script__crypto_open(L);
+    script__http_open(L);
+    script__tcp_open(L);
     script__task_open(L);
     lua_pushliteral(L, SB_VERSION);
     lua_setfield(L, -2, "version");

@@ -10,6 +10,8 @@
 ---@field json switchboard.json JSON as browsers expect it (no `\/`; lists marked with `array`).
 ---@field crypto switchboard.crypto Hashes, MACs, random bytes and base64url (OpenSSL).
 ---@field jwt switchboard.jwt JSON Web Tokens: verify (HS256, RS256, ES256) and sign (HS256).
+---@field http switchboard.http Outbound HTTP/1.1 and HTTPS requests that the handler waits on.
+---@field tcp switchboard.tcp Outbound TCP (and TLS) sockets that the handler waits on.
 ---@field node string This process's id: 16 random hex digits, new at every start.
 ---@field version string The server's version.
 local sb = {}
@@ -178,6 +180,81 @@ function jwt.verify(token, key, opts) end
 ---@param secret string
 ---@return string
 function jwt.sign(claims, secret) end
+
+---`sb.http`: requests a handler waits on without blocking the server.
+---@class switchboard.http
+local http = {}
+
+---Options of `sb.http.request`.
+---@class switchboard.http_opts
+---@field method? string Default "GET".
+---@field headers? table<string, string|number> Request header fields; Host, User-Agent, Connection: close and Content-Length are added unless given.
+---@field body? string Default "" (a Content-Length is sent for it, and for any method but GET and HEAD).
+---@field timeout? number Seconds for the whole exchange (DNS, connect, TLS, request, response); default 10.
+---@field verify? boolean https: check the certificate chain (system CAs + `ca`) and the host name; default true.
+---@field ca? string https: a PEM file of CA certificates trusted besides the system's.
+---@field max_body? integer Largest response body in bytes; default and upper bound --max-response-body (16 MiB).
+
+---A response of `sb.http.request`.
+---@class switchboard.http_response
+---@field status integer
+---@field headers table<string, string> Lower-case names; a repeated field's values joined with ", ".
+---@field body string
+
+---Sends one HTTP/1.1 request (http:// or https://) and waits for the whole response,
+---inside a handler or timer (elsewhere it raises). Any status is a response; failures
+---return `nil, err`: "timeout", "connection refused", "connection reset", "closed",
+---"dns: ...", "tls: ...", "body too large", "http: ...", "too many outbound connections".
+---A bad URL or option raises.
+---@param url string
+---@param opts? switchboard.http_opts
+---@return switchboard.http_response|nil res, string? err
+function http.request(url, opts) end
+
+---`sb.tcp`: sockets a handler waits on without blocking the server.
+---@class switchboard.tcp
+local tcp = {}
+
+---Options of `sb.tcp.connect`.
+---@class switchboard.tcp_opts
+---@field tls? boolean Speak TLS (client side); default false.
+---@field timeout? number Seconds for DNS + connect + TLS handshake, then for each send and receive; default 10.
+---@field server_name? string TLS: the name sent as SNI and checked in the certificate; default `host`.
+---@field verify? boolean TLS: check the certificate chain and name; default true.
+---@field ca? string TLS: a PEM file of CA certificates trusted besides the system's.
+
+---Opens a connection to `host` (a name, resolved without blocking, or an address) and
+---`port`, and waits until it is up. `nil, err` as `sb.http.request` says.
+---@param host string
+---@param port integer
+---@param opts? switchboard.tcp_opts
+---@return switchboard.tcp_socket|nil sock, string? err
+function tcp.connect(host, port, opts) end
+
+---A socket of `sb.tcp.connect`. Closed when collected or when its waiting handler is stopped.
+---@class switchboard.tcp_socket
+local sock = {}
+
+---Sends `data` and waits until the kernel has taken all of it.
+---@param data string
+---@return integer|nil bytes, string? err
+function sock:send(data) end
+
+---Waits for `n` bytes, a line ("*l", the default; without its "\n" or "\r\n") or
+---everything until the peer closes ("*a"). On failure `nil, err, partial` with what
+---had arrived ("closed", "timeout", "too large" past --max-response-body, ...).
+---@param pattern? integer|"*l"|"*a"
+---@return string|nil data, string? err, string? partial
+function sock:receive(pattern) end
+
+---Seconds each later send and receive may wait (> 0).
+---@param seconds number
+function sock:settimeout(seconds) end
+
+---Closes the socket: `true`, or `nil, "closed"` when it was, `nil, "socket busy"` while
+---another light thread waits on it.
+---@return true|nil ok, string? err
+function sock:close() end
 
 ---What `sb.stats()` returns: counters since start, and labelled counts.
 ---@class switchboard.stats

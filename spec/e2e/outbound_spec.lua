@@ -1,0 +1,354 @@
+-- sb.http.request and sb.tcp.connect in the real server, against loopback
+-- services the spec starts (spec/support/upstream.py: HTTP, HTTPS with a CA of
+-- the spec's own, a TCP echo): handlers wait on them without blocking the loop.
+local server = require "server"
+local upstream = require "upstream"
+local rawws = require "rawws"
+local cjson = require "cjson"
+
+-- POST /fetch { url, opts } -> { res = {status, headers, body} } or { err }
+local FETCH = [[
+local sb = require "switchboard"
+return {
+    request = function(req)
+        local q = sb.json.decode(req.body)
+        local t0 = sb.now()
+        local res, err = sb.http.request(q.url, q.opts)
+        return { status = 200, body = sb.json.encode({ res = res or sb.json.null,
+            err = err or sb.json.null, took = sb.now() - t0 }) }
+    end,
+}
+]]
+
+-- POST /tcp { host, port, opts, steps = { {"send", data}, {"receive", pattern},
+-- {"settimeout", s}, {"close"} } } -> { connect_err } or { results = { {a, b, c}, ... } }
+local TCP = [[
+local sb = require "switchboard"
+local null = sb.json.null
+local function pack(...)
+    local n = select("#", ...)
+    local r = {}
+    for i = 1, math.max(n, 1) do
+        local v = select(i, ...)
+        if v == nil then v = null end
+        r[i] = v
+    end
+    return r
+end
+return {
+    request = function(req)
+        local q = sb.json.decode(req.body)
+        local sock, err = sb.tcp.connect(q.host, q.port, q.opts)
+        if not sock then return { status = 200, body = sb.json.encode({ connect_err = err }) } end
+        local results = {}
+        for _, step in ipairs(q.steps) do
+            local m, arg = step[1], step[2]
+            results[#results + 1] = pack(sock[m](sock, arg))
+        end
+        sock:close()
+        return { status = 200, body = sb.json.encode({ results = results }) }
+    end,
+}
+]]
+
+-- Misuse raises with the argument named; the message is the answer.
+local MISUSE = [[
+local sb = require "switchboard"
+local cases = {
+    url = function() return sb.http.request({}) end,
+    scheme = function() return sb.http.request("ftp://x/") end,
+    opts = function() return sb.http.request("http://x/", { timeout = -1 }) end,
+    header = function() return sb.http.request("http://x/", { headers = { ["X-A"] = "a\r\nb" } }) end,
+    port = function() return sb.tcp.connect("localhost", 70000) end,
+    pattern = function()
+        local s = assert(sb.tcp.connect("127.0.0.1", tonumber(sb.shared.echo_port)))
+        local ok, err = pcall(s.receive, s, "*x")
+        s:close()
+        error(err, 0)
+    end,
+}
+return {
+    request = function(req)
+        sb.shared.echo_port = req.query.echo
+        local ok, err = pcall(cases[req.query.case])
+        return { status = 200, body = ok and "no error" or tostring(err) }
+    end,
+}
+]]
+
+-- An upgrade that asks the auth service (the port is written in by the spec).
+local AUTH = [[
+local sb = require "switchboard"
+local auth = {}
+function auth.upgrade(req)
+    local res, err = sb.http.request("http://localhost:%d/auth?s=0.05&token=" .. (req.query.token or ""))
+    if not res then
+        sb.log.warn("auth service: " .. err)
+        return false, 503
+    end
+    if res.status ~= 200 then return false, 403, "refused by the auth service" end
+    return true
+end
+function auth.message(ws, msg) ws:send(msg) end
+return auth
+]]
+
+local function post(port, path, tbl)
+    local body = cjson.encode(tbl)
+    local status, _, rbody = rawws.http(port, ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        .. "Content-Length: %d\r\nConnection: close\r\n\r\n%s"):format(path, #body, body))
+    assert.are.equal(200, status, rbody)
+    return cjson.decode(rbody)
+end
+
+describe("handlers that wait on outbound I/O", function()
+    local s, app, up, ups, ca
+
+    local function fetch(url, opts)
+        local r = post(s.port, "/fetch", { url = url, opts = opts })
+        local res = r.res ~= cjson.null and r.res or nil
+        local err = r.err ~= cjson.null and r.err or nil
+        return res, err, r.took
+    end
+
+    local function tcp(host, port, opts, steps)
+        return post(s.port, "/tcp", { host = host, port = port, opts = opts, steps = steps })
+    end
+
+    setup(function()
+        ca = upstream.make_ca()
+        up = upstream.start()
+        ups = upstream.start{ tls = ca }
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "'"))
+        server.write_file(app .. "/fetch.lua", FETCH)
+        server.write_file(app .. "/tcp.lua", TCP)
+        server.write_file(app .. "/misuse.lua", MISUSE)
+        server.write_file(app .. "/auth.lua", AUTH:format(up.port))
+        s = server.start{ app = app }
+    end)
+
+    teardown(function()
+        if s then s:stop() end
+        if up then up:stop() end
+        if ups then ups:stop() end
+        upstream.remove_ca(ca)
+        if app then os.execute("rm -rf '" .. app .. "'") end
+    end)
+
+    describe("sb.http.request", function()
+        it("waits for a service that answers after a delay, and returns status, headers, body", function()
+            local res, err, took = fetch(up:url("/delay?s=0.2"))
+            assert.is_nil(err)
+            assert.are.equal(200, res.status)
+            assert.are.equal("slept", res.body)
+            assert.are.equal("text/plain", res.headers["content-type"])
+            assert.is_true(took >= 0.19, tostring(took))
+        end)
+
+        it("sends the method, headers and body, and joins a repeated header", function()
+            local res = fetch(up:url("/echo"), { method = "PUT", body = "payload",
+                headers = { ["X-Token"] = "abc" } })
+            local got = cjson.decode(res.body)
+            assert.are.equal("PUT", got.method)
+            assert.are.equal("payload", got.body)
+            assert.are.equal("abc", got.headers["x-token"])
+            assert.are.equal("a, b", res.headers["x-multi"])
+        end)
+
+        it("reads chunked and connection-close bodies", function()
+            local res = fetch(up:url("/chunked?n=3"))
+            assert.are.equal("chunk0\nchunk1\nchunk2\n", res.body)
+            assert.are.equal("chunked", res.headers["x-kind"])
+            assert.are.equal(200000, #fetch(up:url("/big_chunked?n=200000")).body)
+            assert.are.equal("yyyy", fetch(up:url("/close?n=4")).body)
+        end)
+
+        it("says body too large past opts.max_body", function()
+            assert.are.equal(100, #fetch(up:url("/big?n=100"), { max_body = 100 }).body)
+            local res, err = fetch(up:url("/big?n=101"), { max_body = 100 })
+            assert.is_nil(res)
+            assert.are.equal("body too large", err)
+            res, err = fetch(up:url("/big_chunked?n=101"), { max_body = 100 })
+            assert.is_nil(res)
+            assert.are.equal("body too large", err)
+        end)
+
+        it("says connection refused for a closed port", function()
+            local res, err = fetch("http://127.0.0.1:1/")
+            assert.is_nil(res)
+            assert.are.equal("connection refused", err)
+        end)
+
+        it("says timeout when the service does not answer in opts.timeout", function()
+            local res, err, took = fetch(up:url("/hang"), { timeout = 0.3 })
+            assert.is_nil(res)
+            assert.are.equal("timeout", err)
+            assert.is_true(took >= 0.29 and took < 3, tostring(took))
+        end)
+
+        it("resolves localhost from /etc/hosts, and says dns: for a name that does not exist", function()
+            assert.are.equal("slept", fetch(up:url("/delay?s=0", "localhost")).body)
+            local res, err = fetch("http://no-such-host.invalid/", { timeout = 5 })
+            assert.is_nil(res)
+            assert.matches("^dns: ", err)
+        end)
+
+        it("speaks https to a certificate of the CA passed in opts.ca", function()
+            local res, err = fetch(ups:url("/delay?s=0", "localhost"), { ca = ca.ca })
+            assert.is_nil(err)
+            assert.are.equal("slept", res.body)
+        end)
+
+        it("refuses that certificate without opts.ca, and takes it with verify = false", function()
+            local res, err = fetch(ups:url("/delay?s=0", "localhost"))
+            assert.is_nil(res)
+            assert.matches("^tls: ", err)
+            res, err = fetch(ups:url("/delay?s=0", "localhost"), { verify = false })
+            assert.is_nil(err)
+            assert.are.equal("slept", res.body)
+        end)
+
+        it("raises on misuse, naming the argument", function()
+            local function misuse(case)
+                local status, _, body = rawws.get(s.port, "/misuse?case=" .. case .. "&echo=" .. up.echo_port)
+                assert.are.equal(200, status)
+                return body
+            end
+            assert.matches("bad argument #1 to 'request' %(string expected, got table%)", misuse("url"))
+            assert.matches("bad argument #1 to 'request' %(URL scheme must be http:// or https://%)",
+                misuse("scheme"))
+            assert.matches("bad argument #2 to 'request' %(opts.timeout must be", misuse("opts"))
+            assert.matches("bad argument #2 to 'request' %(opts.headers%['X%-A'%] has a CR", misuse("header"))
+            assert.matches("bad argument #2 to 'connect' %(port must be 1..65535%)", misuse("port"))
+            assert.matches("bad argument #1 to 'receive' %(pattern must be", misuse("pattern"))
+        end)
+    end)
+
+    describe("sb.tcp", function()
+        it("sends and receives a line, n bytes and everything until the peer closes", function()
+            local r = tcp("127.0.0.1", up.echo_port, nil, {
+                { "send", "first line\r\nsecond" },
+                { "receive", "*l" },
+                { "receive", 3 },
+                { "send", " line\nclose\n" },
+                { "receive" },
+                { "receive", "*a" },
+                { "receive", 1 },
+            })
+            assert.is_nil(r.connect_err)
+            local res = r.results
+            assert.are.same({ 18 }, res[1])
+            assert.are.same({ "first line" }, res[2])
+            assert.are.same({ "sec" }, res[3])
+            assert.are.same({ 12 }, res[4])
+            assert.are.same({ "ond line" }, res[5])
+            assert.are.same({ "closing\n" }, res[6])
+            assert.are.same({ cjson.null, "closed", "" }, res[7])
+        end)
+
+        it("times out a receive after settimeout, returning the partial", function()
+            local r = tcp("localhost", up.echo_port, { timeout = 5 }, {
+                { "settimeout", 0.2 },
+                { "send", "no newline" },
+                { "receive", "*l" },
+            })
+            assert.are.same({ cjson.null, "timeout", "no newline" }, r.results[3])
+        end)
+
+        it("speaks TLS with opts.ca, checking the name", function()
+            local r = tcp("localhost", ups.echo_port, { tls = true, ca = ca.ca },
+                { { "send", "over tls\n" }, { "receive", "*l" } })
+            assert.are.same({ "over tls" }, r.results[2])
+            r = tcp("localhost", ups.echo_port, { tls = true })
+            assert.matches("^tls: ", r.connect_err)
+        end)
+
+        it("says connection refused, and closed after close", function()
+            assert.are.equal("connection refused", tcp("127.0.0.1", 1, nil, {}).connect_err)
+            local r = tcp("127.0.0.1", up.echo_port, nil, { { "close" }, { "send", "x" }, { "close" } })
+            assert.are.same({ true }, r.results[1])
+            assert.are.same({ cjson.null, "closed" }, r.results[2])
+            assert.are.same({ cjson.null, "closed" }, r.results[3])
+        end)
+    end)
+
+    describe("an upgrade that asks an auth service", function()
+        it("accepts or refuses by the service's answer, before the 101", function()
+            local c = rawws.open(s.port, "/auth?token=good")
+            assert.are.equal("hi", c:echo("hi"))
+            c:close()
+            local status, _, body = rawws.http(s.port, rawws.request("/auth?token=bad"))
+            assert.are.equal(403, status)
+            assert.matches("refused by the auth service", body)
+        end)
+    end)
+
+    describe("many at once", function()
+        it("completes 1,000 requests from 1,000 handlers in about one service latency", function()
+            local out = server.python([[
+port, target = int(sys.argv[1]), sys.argv[2]
+body = json.dumps({"url": target}).encode()
+req = (b"POST /fetch HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+       b"Content-Length: %d\r\n\r\n" % len(body)) + body
+async def one():
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(req)
+    data = await r.read()
+    w.close()
+    return b'"slept"' in data
+async def main():
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    oks = await asyncio.gather(*[one() for _ in range(1000)])
+    print(json.dumps({"ok": sum(oks), "secs": loop.time() - t0}))
+asyncio.run(main())
+]], s.port, up:url("/delay?s=0.25"))
+            assert.are.equal(1000, out.ok)
+            -- serially this is 250 s; at once, one latency plus the connection work
+            assert.is_true(out.secs < 5, tostring(out.secs))
+            print(("\n1,000 waiting handlers against a 0.25 s service: %.2f s"):format(out.secs))
+        end)
+    end)
+end)
+
+describe("outbound limits", function()
+    local s, app, up
+
+    setup(function()
+        up = upstream.start()
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "'"))
+        server.write_file(app .. "/fetch.lua", FETCH)
+        server.write_file(app .. "/two.lua", ([[
+local sb = require "switchboard"
+return { request = function()
+    local a, aerr = sb.tcp.connect("127.0.0.1", %d)
+    local b, berr = sb.tcp.connect("127.0.0.1", %d)
+    if a then a:close() end
+    if b then b:close() end
+    return { status = 200, body = tostring(aerr) .. " / " .. tostring(berr) }
+end }
+]]):format(up.echo_port, up.echo_port))
+        s = server.start{ app = app, args = { "--max-outbound", "1", "--max-response-body", "1000" } }
+    end)
+
+    teardown(function()
+        if s then s:stop() end
+        if up then up:stop() end
+        if app then os.execute("rm -rf '" .. app .. "'") end
+    end)
+
+    it("refuses a connection past --max-outbound", function()
+        local status, _, body = rawws.get(s.port, "/two")
+        assert.are.equal(200, status)
+        assert.are.equal("nil / too many outbound connections", body)
+    end)
+
+    it("bounds every response body by --max-response-body", function()
+        local r = post(s.port, "/fetch", { url = up:url("/big?n=1000") })
+        assert.are.equal(1000, #r.res.body)
+        r = post(s.port, "/fetch", { url = up:url("/big?n=1001"), opts = { max_body = 5000 } })
+        assert.are.equal("body too large", r.err)
+    end)
+end)
