@@ -735,6 +735,81 @@ function App:_timer(fname, seconds, fn, repeating, nargs)
     return tm
 end
 
+-- sb.http in the fake: answered by the spec through testing.http.on, never on the
+-- network. The checks and the answer's shape are the server's (script_http.c).
+local http_answers = {}
+
+local function fake_http_request(url, opts)
+    local fname = "request"
+    url = check_string(fname, 1, url)
+    if not (url:match("^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]")) then
+        argerror(fname, 1, "URL scheme must be http:// or https://")
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+        argerror(fname, 2, "table expected, got " .. typename(opts))
+    end
+    opts = opts or {}
+    local function opt(k, want)
+        local v = opts[k]
+        if v ~= nil and type(v) ~= want and not (want == "string" and type(v) == "number") then
+            argerror(fname, 2, ("opts.%s must be a %s, not a %s"):format(k, want, type(v)))
+        end
+        return v
+    end
+    local method = opt("method", "string") or "GET"
+    if not tostring(method):match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+        argerror(fname, 2, 'opts.method must be a token such as "POST"')
+    end
+    local timeout = opt("timeout", "number") or 10
+    if not (timeout > 0 and timeout <= 1e9) then
+        argerror(fname, 2, "opts.timeout must be 0 < seconds <= 1e9")
+    end
+    local max_body = opt("max_body", "number") or MAX_MESSAGE
+    local headers = {}
+    for k, v in pairs(opt("headers", "table") or {}) do
+        if type(k) ~= "string" then argerror(fname, 2, "opts.headers keys must be header names") end
+        if type(v) ~= "string" and type(v) ~= "number" then
+            argerror(fname, 2, ("opts.headers['%s'] must be a string"):format(k))
+        end
+        headers[k] = tostring(v)
+    end
+    local req = { url = url, method = tostring(method), headers = headers,
+        body = tostring(opt("body", "string") or ""), timeout = timeout,
+        verify = opt("verify", "boolean") ~= false, ca = opt("ca", "string"), max_body = max_body }
+    for _, a in ipairs(http_answers) do
+        if url:find(a.pattern) then
+            local res, err = a.fn(req)
+            if res == nil then return nil, tostring(err or "closed") end
+            if type(res) ~= "table" then
+                raise("switchboard.testing: a t.http.on function must return a table or nil, err")
+            end
+            local body = tostring(res.body or "")
+            if #body > max_body then return nil, "body too large" end
+            local h = {}
+            for k, v in pairs(res.headers or {}) do h[tostring(k):lower()] = tostring(v) end
+            return { status = math.tointeger(res.status) or 200, headers = h, body = body }
+        end
+    end
+    raise(("switchboard.testing: no t.http.on pattern matches %s %s"):format(req.method, url))
+end
+
+testing.http = {}
+
+-- Answers sb.http.request calls whose URL matches the Lua pattern with
+-- fn(req) (req: url, method, headers, body, timeout, verify, ca, max_body), which
+-- returns { status = 200, headers = {...}, body = "..." } or nil, err. Patterns
+-- are tried in the order they were added. They stay until testing.http.clear().
+function testing.http.on(pattern, fn)
+    check_string("on", 1, pattern)
+    check_function("on", 2, fn)
+    http_answers[#http_answers + 1] = { pattern = pattern, fn = fn }
+end
+
+-- Forgets every testing.http.on answer.
+function testing.http.clear()
+    http_answers = {}
+end
+
 -- The fake `switchboard` module of this app.
 function App:_module()
     local app = self
@@ -768,6 +843,7 @@ function App:_module()
     sb.json = fake_json.new()
     sb.crypto = fake_crypto.crypto()
     sb.jwt = fake_crypto.jwt(sb.json)
+    sb.http = { request = fake_http_request }
     sb.node = app.node
     sb.log = {}
     for _, level in ipairs({ "info", "warn", "error" }) do

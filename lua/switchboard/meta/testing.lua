@@ -5,6 +5,7 @@
 
 ---@class switchboard.testing
 ---@field clock switchboard.testing.clock The clock of the app created last.
+---@field http switchboard.testing.http Answers for the scripts' `sb.http.request`.
 local testing = {}
 
 ---A fresh app for the app folder `dir` (default "scripts"): its own topics, `shared`,
@@ -131,5 +132,21 @@ function Clock:advance(seconds) end
 ---How many timers are pending.
 ---@return integer
 function Clock:pending() end
+
+
+---`t.http`: the fake's `sb.http.request` never goes to the network; the spec answers.
+---@class switchboard.testing.http
+local http = {}
+
+---Answers `sb.http.request` calls whose URL matches the Lua `pattern` (tried in the
+---order added) with `fn(req)`; `req` has url, method, headers, body, timeout, verify,
+---ca, max_body. `fn` returns `{ status?, headers?, body? }` (status 200 and body ""
+---by default) or `nil, err`. A request nothing matches raises in the script.
+---@param pattern string
+---@param fn fun(req: table): (table|nil), string?
+function http.on(pattern, fn) end
+
+---Forgets every `t.http.on` answer (answers outlive apps: clear them in `before_each`).
+function http.clear() end
 
 return testing
