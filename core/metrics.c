@@ -13,6 +13,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "outbound.h"
 #include "redis.h"
 #include "script.h"
 
@@ -180,6 +181,35 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
         (unsigned long long)cum);
     put(&b, "switchboard_lua_handler_duration_seconds_sum %.9f\n", st->handler_time_sum);
     put(&b, "switchboard_lua_handler_duration_seconds_count %llu\n", (unsigned long long)cum);
+
+    family(&b, "switchboard_outbound_calls_total", "counter",
+           "Outbound calls (sb.http.request; sb.tcp.connect) by kind and how they ended.");
+    for (int k = 0; k < SB_OUT_KINDS; k++)
+        for (int o = 0; o < SB_OUT_OUTCOMES; o++)
+            put(&b, "switchboard_outbound_calls_total{kind=\"%s\",outcome=\"%s\"} %llu\n",
+                stats_out_kinds[k], stats_out_outcomes[o],
+                (unsigned long long)st->out_calls[k][o]);
+    family(&b, "switchboard_outbound_duration_seconds", "histogram",
+           "Time of each outbound call, from the call to its answer or failure.");
+    for (int k = 0; k < SB_OUT_KINDS; k++) {
+        const char *kind = stats_out_kinds[k];
+        uint64_t n = 0;
+        for (int i = 0; i < SB_TIME_BUCKETS; i++) {
+            n += st->out_time_buckets[k][i];
+            put(&b, "switchboard_outbound_duration_seconds_bucket{kind=\"%s\",le=\"%g\"} %llu\n",
+                kind, stats_time_bounds[i], (unsigned long long)n);
+        }
+        n += st->out_time_buckets[k][SB_TIME_BUCKETS];
+        put(&b, "switchboard_outbound_duration_seconds_bucket{kind=\"%s\",le=\"+Inf\"} %llu\n",
+            kind, (unsigned long long)n);
+        put(&b, "switchboard_outbound_duration_seconds_sum{kind=\"%s\"} %.9f\n", kind,
+            st->out_time_sum[k]);
+        put(&b, "switchboard_outbound_duration_seconds_count{kind=\"%s\"} %llu\n", kind,
+            (unsigned long long)n);
+    }
+    gauge(&b, "switchboard_outbound_connections_open",
+          "Outbound connections open now (sb.http, sb.tcp; --max-outbound).",
+          (double)outbound_open_count(srv->outbound));
 
     if (srv->cfg.redis_url) {
         counter(&b, "switchboard_redis_reconnects_total", "Reconnections to Redis (--redis).",

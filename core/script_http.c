@@ -135,12 +135,14 @@ struct http_op {
     struct script_wait *w;
     struct script *s;
     int ref;
+    double t0; /* for the duration metric */
 };
 
 static void http_cancel(void *ud) {
     struct http_op *op = ud;
     httpc_cancel(op->h);
     op->h = NULL;
+    stats_observe_outbound(&op->s->srv->stats, SB_OUT_HTTP, "cancelled", server_clock() - op->t0);
     luaL_unref(op->s->L, LUA_REGISTRYINDEX, op->ref);
     op->ref = LUA_NOREF;
 }
@@ -174,6 +176,7 @@ static void on_response(void *ud, const char *err, const struct httpc_response *
     struct script_wait *w = op->w;
     lua_State *T = script__wait_thread(w);
     lua_checkstack(T, 4);
+    stats_observe_outbound(&op->s->srv->stats, SB_OUT_HTTP, err, server_clock() - op->t0);
     if (err) {
         lua_pushnil(T);
         lua_pushstring(T, err);
@@ -235,11 +238,12 @@ static int http_request(lua_State *L) {
         return luaL_error(L, "out of memory");
     struct http_op *op = lua_newuserdatauv(L, sizeof *op, 0);
     int opi = lua_gettop(L);
-    *op = (struct http_op){.s = s, .ref = LUA_NOREF};
+    *op = (struct http_op){.s = s, .ref = LUA_NOREF, .t0 = server_clock()};
     luaL_setmetatable(L, HTTP_OP_MT);
     const char *err;
     op->h = httpc_request(x, &rq, on_response, op, &err);
     if (!op->h) {
+        stats_observe_outbound(&s->srv->stats, SB_OUT_HTTP, err, 0);
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;

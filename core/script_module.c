@@ -11,6 +11,7 @@
 #include <lua.h>
 
 #include "log.h"
+#include "outbound.h"
 #include "pubsub.h"
 #include "script_int.h"
 #include "loop.h"
@@ -334,6 +335,21 @@ static int sb_stats(lua_State *L) {
 #undef F
     lua_pushinteger(L, (lua_Integer)s->mem);
     lua_setfield(L, -2, "lua_memory");
+    lua_pushinteger(L, (lua_Integer)outbound_open_count(s->srv->outbound));
+    lua_setfield(L, -2, "outbound_open");
+    /* outbound = { http = { ok = n, timeout = n, ... }, tcp = {...} }, non-zero counts */
+    lua_createtable(L, 0, SB_OUT_KINDS);
+    for (int k = 0; k < SB_OUT_KINDS; k++) {
+        lua_newtable(L);
+        for (int o = 0; o < SB_OUT_OUTCOMES; o++) {
+            if (st->out_calls[k][o]) {
+                lua_pushinteger(L, (lua_Integer)st->out_calls[k][o]);
+                lua_setfield(L, -2, stats_out_outcomes[o]);
+            }
+        }
+        lua_setfield(L, -2, stats_out_kinds[k]);
+    }
+    lua_setfield(L, -2, "outbound");
     push_stats_detail(L, s);
     return 1;
 }

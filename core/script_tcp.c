@@ -4,7 +4,6 @@
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include <event2/buffer.h>
 #include <lauxlib.h>
@@ -30,6 +29,7 @@ struct tcp_ud {
     double deadline; /* of the receive in progress (it may wait several times) */
     enum outbound_take mode;
     size_t n, sent;
+    double t0; /* of the connect, for the duration metric */
 };
 
 /* The operation ends: push nres results (already on T) to the waiting handler. */
@@ -46,6 +46,8 @@ static void finish(struct tcp_ud *u, lua_State *T, int nres) {
  * no operation is left half done under a later user. */
 static void tcp_cancel(void *ud) {
     struct tcp_ud *u = ud;
+    if (u->op == TCP_CONNECT)
+        stats_observe_outbound(&u->s->srv->stats, SB_OUT_TCP, "cancelled", server_clock() - u->t0);
     outbound_close(u->o);
     u->o = NULL;
     u->w = NULL;
@@ -63,18 +65,13 @@ static void begin(lua_State *L, struct tcp_ud *u, int idx, enum tcp_op op) {
     u->ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- connect -------------------------------------------------------------------- */
 
 static void on_connected(void *ud, const char *err) {
     struct tcp_ud *u = ud;
     lua_State *T = script__wait_thread(u->w);
     lua_checkstack(T, 3);
+    stats_observe_outbound(&u->s->srv->stats, SB_OUT_TCP, err, server_clock() - u->t0);
     if (err) {
         lua_pushnil(T);
         lua_pushstring(T, err);
@@ -118,11 +115,12 @@ static int tcp_connect(lua_State *L) {
         return luaL_error(L, "out of memory");
     struct tcp_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     int ui = lua_gettop(L);
-    *u = (struct tcp_ud){.s = s, .ref = LUA_NOREF, .timeout = oo.timeout};
+    *u = (struct tcp_ud){.s = s, .ref = LUA_NOREF, .timeout = oo.timeout, .t0 = server_clock()};
     luaL_setmetatable(L, TCP_MT);
     const char *err;
     u->o = outbound_connect(x, &oo, on_connected, u, &err);
     if (!u->o) {
+        stats_observe_outbound(&s->srv->stats, SB_OUT_TCP, err, 0);
         lua_pushnil(L);
         lua_pushstring(L, err);
         return 2;
@@ -217,7 +215,7 @@ static void on_input(void *ud, const char *err) {
         finish(u, T, n);
         return;
     }
-    double left = u->deadline - now_s();
+    double left = u->deadline - server_clock();
     outbound_wait_input(u->o, left > 0 ? left : 0, on_input, u);
 }
 
@@ -249,7 +247,7 @@ static int sock_receive(lua_State *L) {
     if (r)
         return r;
     begin(L, u, 1, TCP_RECEIVE);
-    u->deadline = now_s() + u->timeout;
+    u->deadline = server_clock() + u->timeout;
     outbound_wait_input(u->o, u->timeout, on_input, u);
     return script__wait_yield(L, u->w);
 }

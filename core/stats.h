@@ -11,6 +11,22 @@
 #define SB_CLOSE_BUCKETS (SB_CLOSE_OTHER + 1)
 #define SB_TIME_BUCKETS 12 /* upper bounds: stats_time_bounds */
 
+/* Outbound calls (sb.http.request; sb.tcp.connect) by kind, and how each ended. */
+enum sb_out_kind { SB_OUT_HTTP, SB_OUT_TCP, SB_OUT_KINDS };
+enum sb_out_outcome {
+    SB_OUT_OK,
+    SB_OUT_TIMEOUT,
+    SB_OUT_REFUSED,
+    SB_OUT_DNS,
+    SB_OUT_TLS,
+    SB_OUT_CLOSED,    /* closed or reset by the peer */
+    SB_OUT_CANCELLED, /* its handler was stopped while it waited */
+    SB_OUT_ERROR,     /* anything else: body too large, bad HTTP, too many, ... */
+    SB_OUT_OUTCOMES
+};
+extern const char *const stats_out_kinds[SB_OUT_KINDS];       /* "http", "tcp" */
+extern const char *const stats_out_outcomes[SB_OUT_OUTCOMES]; /* "ok", "timeout", ... */
+
 struct sb_stats {
     uint64_t accepted, open, ws_open, handshakes_ok, handshakes_refused;
     uint64_t msgs_in, msgs_out, bytes_in, bytes_out;
@@ -29,6 +45,9 @@ struct sb_stats {
     /* Lua handler time, only measured with metrics on (see metrics.h) */
     uint64_t handler_time_buckets[SB_TIME_BUCKETS + 1]; /* last: +Inf */
     double handler_time_sum;
+    uint64_t out_calls[SB_OUT_KINDS][SB_OUT_OUTCOMES];
+    uint64_t out_time_buckets[SB_OUT_KINDS][SB_TIME_BUCKETS + 1]; /* last: +Inf */
+    double out_time_sum[SB_OUT_KINDS];
 };
 
 /* Bucket of a close code in sb_stats.close_sent / close_rcvd. */
@@ -41,6 +60,11 @@ extern const double stats_time_bounds[SB_TIME_BUCKETS];
 
 /* Count one handler call that took seconds. */
 void stats_observe_handler(struct sb_stats *st, double seconds);
+
+/* Count one outbound call of kind k that ended with err (NULL: success;
+ * "cancelled": abandoned) after seconds. */
+void stats_observe_outbound(struct sb_stats *st, enum sb_out_kind k, const char *err,
+                            double seconds);
 
 /* This process's resident memory in bytes (0 when /proc cannot tell). */
 size_t stats_resident_bytes(void);

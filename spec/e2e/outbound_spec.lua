@@ -330,7 +330,16 @@ return { request = function()
     return { status = 200, body = tostring(aerr) .. " / " .. tostring(berr) }
 end }
 ]]):format(up.echo_port, up.echo_port))
-        s = server.start{ app = app, args = { "--max-outbound", "1", "--max-response-body", "1000" } }
+        server.write_file(app .. "/tcp.lua", TCP)
+        server.write_file(app .. "/stats.lua", [[
+local sb = require "switchboard"
+return { request = function()
+    local st = sb.stats()
+    return { status = 200, body = sb.json.encode({ open = st.outbound_open, calls = st.outbound }) }
+end }
+]])
+        s = server.start{ app = app, args = { "--max-outbound", "1", "--max-response-body", "1000",
+            "--handler-timeout", "0.5", "--metrics-path", "/metrics" } }
     end)
 
     teardown(function()
@@ -343,6 +352,27 @@ end }
         local status, _, body = rawws.get(s.port, "/two")
         assert.are.equal(200, status)
         assert.are.equal("nil / too many outbound connections", body)
+    end)
+
+    it("closes the connection of a handler stopped by --handler-timeout while it waits", function()
+        local status = rawws.http(s.port, ("POST /fetch HTTP/1.1\r\nHost: x\r\nContent-Length: %d"
+            .. "\r\nConnection: close\r\n\r\n%s"):format(#cjson.encode({ url = up:url("/hang") }),
+            cjson.encode({ url = up:url("/hang") })))
+        assert.are.equal(500, status)
+        local body = cjson.encode({ host = "127.0.0.1", port = up.echo_port, steps = { { "receive", 1 } } })
+        status = rawws.http(s.port, ("POST /tcp HTTP/1.1\r\nHost: x\r\nContent-Length: %d"
+            .. "\r\nConnection: close\r\n\r\n%s"):format(#body, body))
+        assert.are.equal(500, status)
+        local _, _, st = rawws.get(s.port, "/stats")
+        st = cjson.decode(st)
+        assert.are.equal(0, st.open) -- both were closed when their handlers were stopped
+        assert.are.equal(1, st.calls.http.cancelled)
+        assert.are.equal(2, st.calls.tcp.ok) -- this one and the first of /two
+        assert.are.equal(1, st.calls.tcp.error) -- the second of /two: too many
+        local _, _, metrics = rawws.get(s.port, "/metrics")
+        assert.matches('switchboard_outbound_calls_total{kind="http",outcome="cancelled"} 1', metrics, 1, true)
+        assert.matches("switchboard_outbound_connections_open 0", metrics, 1, true)
+        assert.matches('switchboard_outbound_duration_seconds_count{kind="tcp"} ', metrics, 1, true)
     end)
 
     it("bounds every response body by --max-response-body", function()

@@ -281,6 +281,8 @@ function sock:close() end
 ---@field handler_waits integer Handler and timer calls that waited.
 ---@field handler_timeouts integer Handler calls ended by --handler-timeout.
 ---@field lua_memory integer Bytes the Lua state uses.
+---@field outbound_open integer Outbound connections open now (sb.http, sb.tcp).
+---@field outbound table<string, table<string, integer>> Outbound calls by kind ("http", "tcp") and outcome ("ok", "timeout", "refused", "dns", "tls", "closed", "cancelled", "error"); non-zero counts.
 ---@field resident_memory integer Bytes of the process's resident memory.
 ---@field ws_closed_clean integer WebSocket connections closed with a close handshake.
 ---@field handshakes table<string, integer> Answers to upgrades by HTTP status.
