@@ -129,7 +129,7 @@ static size_t read_headers(lua_State *L, int t, struct httpc_header *hdr, const 
 /* ---- the wait --------------------------------------------------------------------- */
 
 /* A full userdata, kept by the registry while its handler waits; its __gc
- * abandons a request nobody waits for (script__wait_begin raised). */
+ * drops a request still running when the state closes. */
 struct http_op {
     struct httpc *h; /* NULL once it has answered or been cancelled */
     struct script_wait *w;
@@ -240,18 +240,14 @@ static int http_request(lua_State *L) {
     int opi = lua_gettop(L);
     *op = (struct http_op){.s = s, .ref = LUA_NOREF, .t0 = server_clock()};
     luaL_setmetatable(L, HTTP_OP_MT);
-    const char *err;
-    op->h = httpc_request(x, &rq, on_response, op, &err);
-    if (!op->h) {
-        stats_observe_outbound(&s->srv->stats, SB_OUT_HTTP, err, 0);
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
-    }
-    /* raises outside a handler: op's __gc then drops the request */
+    /* raises outside a handler, before anything has started */
     op->w = script__wait_begin(L, http_cancel, op);
     lua_pushvalue(L, opi);
     op->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    const char *err;
+    op->h = httpc_request(x, &rq, on_response, op, &err);
+    if (!op->h) /* the handler still yields; it resumes with nil, err from the loop */
+        on_response(op, err, NULL);
     return script__wait_yield(L, op->w);
 }
 

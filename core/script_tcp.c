@@ -117,15 +117,16 @@ static int tcp_connect(lua_State *L) {
     int ui = lua_gettop(L);
     *u = (struct tcp_ud){.s = s, .ref = LUA_NOREF, .timeout = oo.timeout, .t0 = server_clock()};
     luaL_setmetatable(L, TCP_MT);
+    begin(L, u, ui, TCP_CONNECT); /* raises outside a handler, before anything has started */
     const char *err;
     u->o = outbound_connect(x, &oo, on_connected, u, &err);
-    if (!u->o) {
+    if (!u->o) { /* the handler still yields; it resumes with nil, err from the loop */
+        lua_State *T = script__wait_thread(u->w);
         stats_observe_outbound(&s->srv->stats, SB_OUT_TCP, err, 0);
-        lua_pushnil(L);
-        lua_pushstring(L, err);
-        return 2;
+        lua_pushnil(T);
+        lua_pushstring(T, err);
+        finish(u, T, 2);
     }
-    begin(L, u, ui, TCP_CONNECT); /* if it raises, u's __gc closes the connection */
     return script__wait_yield(L, u->w);
 }
 

@@ -125,6 +125,8 @@ describe("handlers that wait on outbound I/O", function()
         server.write_file(app .. "/tcp.lua", TCP)
         server.write_file(app .. "/misuse.lua", MISUSE)
         server.write_file(app .. "/auth.lua", AUTH:format(up.port))
+        server.write_file(app .. "/top.lua",
+            'local sb = require "switchboard"\nsb.http.request("http://127.0.0.1:1/")\nreturn {}\n')
         s = server.start{ app = app }
     end)
 
@@ -204,9 +206,17 @@ describe("handlers that wait on outbound I/O", function()
             local res, err = fetch(ups:url("/delay?s=0", "localhost"))
             assert.is_nil(res)
             assert.matches("^tls: ", err)
+            res, err = fetch(ups:url("/delay?s=0", "localhost"), { ca = "/nonexistent/ca.pem" })
+            assert.is_nil(res)
+            assert.are.equal("tls: cannot load ca /nonexistent/ca.pem", err)
             res, err = fetch(ups:url("/delay?s=0", "localhost"), { verify = false })
             assert.is_nil(err)
             assert.are.equal("slept", res.body)
+        end)
+
+        it("cannot be called at a route's top level: the route does not load", function()
+            assert.matches("top.lua:2: 'request' cannot wait here", s:log(), 1, true)
+            assert.are.equal(404, (rawws.get(s.port, "/top")))
         end)
 
         it("raises on misuse, naming the argument", function()
