@@ -496,7 +496,8 @@ struct outbound *outbound_connect(struct outbound_ctx *x, const struct outbound_
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_protocol = IPPROTO_TCP;
-    hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+    /* no AI_ADDRCONFIG: on a host with loopback only it would drop 127.0.0.1; an
+     * address family without a route fails at once and the next address is tried */
     /* a literal or an /etc/hosts name is answered inside this call (on_dns) */
     struct evdns_getaddrinfo_request *r =
         evdns_getaddrinfo(x->dns, o->host, port, &hints, on_dns, o);

@@ -61,7 +61,8 @@ int script__opt_bool(lua_State *L, int t, const char *k, int d, int n, const cha
     return v;
 }
 
-/* A string option; it stays valid while opts (at t) holds it. */
+/* A string option (a number converts). The value stays on the stack so that
+ * the string lives as long as this C call. */
 const char *script__opt_string(lua_State *L, int t, const char *k, const char *d, size_t *len,
                                int n, const char *fn) {
     if (!script__opt_field(L, t, k, LUA_TSTRING, n, fn)) {
@@ -69,9 +70,8 @@ const char *script__opt_string(lua_State *L, int t, const char *k, const char *d
             *len = d ? strlen(d) : 0;
         return d;
     }
-    const char *v = lua_tolstring(L, -1, len);
-    lua_pop(L, 1); /* opts still references it */
-    return v;
+    /* left on the stack: a number's string form has no other reference */
+    return lua_tolstring(L, -1, len);
 }
 
 static int is_token(const char *p, size_t len) {

@@ -236,7 +236,8 @@ void script__after_call(struct script *s);
 struct outbound_ctx *script__outbound(struct script *s);
 /* Options table at index t (0: none) of argument #n of fn. opt_field pushes
  * opts[k] and returns 1 when it is of type want (a number passes as a
- * string), returns 0 when absent, raises otherwise; the others pop it. */
+ * string), returns 0 when absent, raises otherwise; opt_seconds and opt_bool
+ * pop it, opt_string leaves the string there (valid while the call runs). */
 int script__opt_field(lua_State *L, int t, const char *k, int want, int n, const char *fn);
 double script__opt_seconds(lua_State *L, int t, const char *k, double d, int n, const char *fn);
 int script__opt_bool(lua_State *L, int t, const char *k, int d, int n, const char *fn);
