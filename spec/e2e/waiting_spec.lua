@@ -52,6 +52,12 @@ function M.message(ws, msg)
         local ok1, v = sb.wait(a)
         local ok2, e = sb.wait(b)
         ws:send(("%s %s %s %s"):format(tostring(ok1), v, tostring(ok2), e))
+    elseif cmd == "pcalls" then
+        local ok1 = pcall(sb.sleep, 0.01)
+        local ok2 = xpcall(function() sb.sleep(0.01) return true end, debug.traceback)
+        local ok3, err = pcall(function() return table.sort({ 2, 1 }, function(a, b) sb.sleep(0) return a < b end) end)
+        ws:send(("%s %s %s %s"):format(tostring(ok1), tostring(ok2), tostring(ok3),
+            tostring(err):match("'sleep' cannot wait here: inside a metamethod") and "raised" or err))
     elseif cmd == "timer" then
         ws:send(tostring(sb.shared.timer_waited))
     else
@@ -175,6 +181,10 @@ describe("handlers that wait", function()
 
     it("runs light threads and returns their results or errors to sb.wait", function()
         assert.equal("true 42 false b failed", open("/w"):echo("threads"))
+    end)
+
+    it("waits inside pcall and xpcall, and raises inside a C function that cannot yield", function()
+        assert.equal("true true false raised", open("/w"):echo("pcalls"))
     end)
 
     it("keeps a fast sender's messages in order while each handler waits a few ms", function()
