@@ -853,13 +853,23 @@ local function fake_http_request(url, opts)
         argerror(fname, 2, "opts.timeout must be 0 < seconds <= 1e9")
     end
     local max_body = opt("max_body", "number") or MAX_MESSAGE
-    local headers = {}
+    if max_body < 0 then argerror(fname, 2, "opts.max_body must be a byte count >= 0") end
+    local headers, n = {}, 0
     for k, v in pairs(opt("headers", "table") or {}) do
         if type(k) ~= "string" then argerror(fname, 2, "opts.headers keys must be header names") end
         if type(v) ~= "string" and type(v) ~= "number" then
             argerror(fname, 2, ("opts.headers['%s'] must be a string"):format(k))
         end
-        headers[k] = tostring(v)
+        n = n + 1
+        if n > 100 then argerror(fname, 2, "more than 100 opts.headers") end
+        if not k:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
+            argerror(fname, 2, ("opts.headers: '%s' is not a header name"):format(k))
+        end
+        v = tostring(v)
+        if v:find("[\r\n%z]") then
+            argerror(fname, 2, ("opts.headers['%s'] has a CR, LF or NUL"):format(k))
+        end
+        headers[k] = v
     end
     local req = { url = url, method = tostring(method), headers = headers,
         body = tostring(opt("body", "string") or ""), timeout = timeout,

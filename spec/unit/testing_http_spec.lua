@@ -78,6 +78,10 @@ describe("switchboard.testing: sb.http", function()
         assert.has_error(function() sb.http.request("http://x/", { timeout = "1" }) end,
             "bad argument #2 to 'request' (opts.timeout must be a number, not a string)")
         assert.has_error(function() sb.http.request("http://x/", { method = "G T" }) end)
+        assert.has_error(function() sb.http.request("http://x/", { headers = { ["X-A"] = "a\r\nb" } }) end,
+            "bad argument #2 to 'request' (opts.headers['X-A'] has a CR, LF or NUL)")
+        assert.has_error(function() sb.http.request("http://x/", { headers = { ["X A"] = "a" } }) end,
+            "bad argument #2 to 'request' (opts.headers: 'X A' is not a header name)")
         assert.has_error(function() sb.http.request("http://nobody/") end,
             "switchboard.testing: no t.http.on pattern matches GET http://nobody/")
     end)
