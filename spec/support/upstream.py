@@ -12,6 +12,8 @@ HTTP paths (query parameters in brackets):
   /status[code]      that status, body "status <code>"
   /auth[token]       200 "ok" when token is "good", else 403 "no"
   /count             200, the number of requests seen so far
+  /trickle[kind]     a response written a byte at a time (kind=chunked: chunked,
+                     with extensions and a trailer; else 100 Continue, then 201)
   /hang              never answers
 Echo (TCP): bytes come back as they arrive; a line "close" is answered with
 "closing\\n" and the end of the connection."""
@@ -100,6 +102,20 @@ async def respond(writer, method, path, q, headers, body):
         send(writer, 200 if ok else 403, "ok" if ok else "no")
     elif path == "/count":
         send(writer, 200, str(SEEN))
+    elif path == "/trickle":
+        # one byte at a time, so the client sees every split of the head and framing
+        parts = [b"ab", b"", b"cdefghij", b"k"]
+        if q.get("kind") == "chunked":
+            raw = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+                   + b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in parts if p)
+                   + b"0\r\nX-T: 2\r\n\r\n")
+        else:
+            raw = (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 11\r\n"
+                   b"X-A:  spaced  \r\n\r\n" + b"".join(parts))
+        for i in range(len(raw)):
+            writer.write(raw[i:i + 1])
+            await writer.drain()
+            await asyncio.sleep(0.002)
     elif path == "/hang":
         await asyncio.sleep(3600)
     else:

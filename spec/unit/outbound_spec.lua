@@ -54,6 +54,23 @@ describe("outbound connections (C layer)", function()
             assert.are.equal("yyyyyyy", y)
         end)
 
+        it("parses a response that arrives a byte at a time, in both framings", function()
+            local status, headers, body = ob.http(up:url("/trickle"))
+            assert.are.equal(201, status) -- after the 100 Continue
+            assert.are.equal("spaced", headers["x-a"])
+            assert.are.equal("abcdefghijk", body)
+            status, headers, body = ob.http(up:url("/trickle?kind=chunked"))
+            assert.are.equal(200, status)
+            assert.are.equal("1", headers["x-a"])
+            assert.are.equal("abcdefghijk", body)
+        end)
+
+        it("says http: when the answer is not HTTP", function()
+            local res, err = ob.http("http://127.0.0.1:" .. up.echo_port .. "/")
+            assert.is_nil(res)
+            assert.are.equal("http: not an HTTP/1.x response", err)
+        end)
+
         it("returns other statuses as answers, not errors", function()
             local status, _, body = ob.http(up:url("/status?code=503"))
             assert.are.equal(503, status)
