@@ -421,3 +421,45 @@ end }
         assert.are.equal("body too large", r.err)
     end)
 end)
+
+describe("shutdown while handlers wait on outbound I/O", function()
+    local proc = require "sbt_proc"
+    local s, app, up
+
+    setup(function()
+        up = upstream.start()
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "'"))
+        server.write_file(app .. "/fetch.lua", FETCH)
+        server.write_file(app .. "/tcp.lua", TCP)
+        s = server.start{ app = app, args = { "--drain-timeout", "0.5" } }
+    end)
+
+    teardown(function()
+        if s then s:stop() end -- raises on a sanitizer report (leaks included)
+        if up then up:stop() end
+        if app then os.execute("rm -rf '" .. app .. "'") end
+    end)
+
+    it("stops the waits at --drain-timeout, closes their connections and exits", function()
+        local clients = {}
+        for i = 1, 3 do
+            local body = cjson.encode({ url = up:url("/hang") })
+            if i == 3 then
+                body = cjson.encode({ host = "127.0.0.1", port = up.echo_port, steps = { { "receive", 1 } } })
+            end
+            local c = rawws.connect(s.port)
+            c:send(("POST /%s HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s")
+                :format(i == 3 and "tcp" or "fetch", #body, body))
+            clients[i] = c
+        end
+        proc.sleep(0.2) -- the three handlers are waiting now
+        local t0 = proc.now()
+        s:signal(proc.SIGTERM)
+        local how, code = s:wait_exit(10)
+        assert.are.equal("exited", how)
+        assert.are.equal(0, code)
+        assert.is_true(proc.now() - t0 < 5)
+        for _, c in ipairs(clients) do c:close() end
+    end)
+end)
