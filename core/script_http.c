@@ -8,7 +8,6 @@
 #include <lua.h>
 
 #include "httpc.h"
-#include "log.h"
 #include "loop.h"
 #include "outbound.h"
 #include "script_int.h"
