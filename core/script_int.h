@@ -181,7 +181,12 @@ void script__cancel_module_timers(struct script *s, const char *mod, uint32_t ge
  * (--handler-timeout, shutdown, the handler's state being torn down) cancel(ud) is
  * called exactly once instead (from the loop, never from inside script__wait_begin)
  * and the I/O must stop without calling script__wait_done. After script__wait_done or
- * cancel, w is invalid. cancel may be NULL (nothing to stop). */
+ * cancel, w is invalid. cancel may be NULL (nothing to stop). Nothing may raise
+ * between script__wait_begin and script__wait_yield: check the arguments and
+ * allocate (a userdata on L's stack lives as long as the wait) before begin.
+ * A handler call that waits holds its connection (conn_hold) until it ends: its
+ * next events wait. The budget (--lua-budget) is per resume; --handler-timeout
+ * bounds the whole call. */
 struct script_wait;
 typedef void (*script_wait_cancel_fn)(void *ud);
 struct script_wait *script__wait_begin(lua_State *L, script_wait_cancel_fn cancel, void *ud);
