@@ -67,12 +67,12 @@ struct script {
     size_t n_ignore;
     struct script_check *check; /* --check: what loading found (script_check.c); NULL */
     /* handlers run as coroutines (script_task.c) */
-    lua_State *cur_co;                /* the handler coroutine running now, or NULL */
+    lua_State *cur_co;                  /* the handler coroutine running now, or NULL */
     const struct script_call *cur_call; /* what it runs (owned by its caller or its task) */
-    struct script_thread *cur_thr;    /* its record, once something in its call waited */
-    lua_State **pool;                 /* idle coroutines, reused (anchored in POOL_KEY) */
+    struct script_thread *cur_thr;      /* its record, once something in its call waited */
+    lua_State **pool;                   /* idle coroutines, reused (anchored in POOL_KEY) */
     int npool, pool_cap;
-    struct script_task *tasks;        /* calls that wait (owned; script_task.c) */
+    struct script_task *tasks; /* calls that wait (owned; script_task.c) */
 };
 
 /* A timer is owned by the app module whose top level (or whose timer) made
