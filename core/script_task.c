@@ -523,7 +523,7 @@ int script__run(struct script *s, const struct script_call *call, int nargs) {
 unsigned script__waiting(struct script *s) {
     unsigned n = 0;
     for (struct script_task *t = s->tasks; t; t = t->next)
-        n++;
+        n += t->call.conn != NULL;
     return n;
 }
 
