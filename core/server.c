@@ -69,6 +69,8 @@ void config_defaults(struct sb_config *cfg) {
     cfg->watch = 1;
     cfg->reload_debounce = 0.05;
     cfg->redis_out_max = 16u << 20;
+    cfg->redis_pool = 32;
+    cfg->redis_max_calls = 10000;
     deflate_config_default(&cfg->deflate);
 }
 
