@@ -530,7 +530,10 @@ static int l_connect(lua_State *L) {
     struct rpool *p = pool_for(R, host, port, db);
     if (!p)
         return luaL_error(L, "out of memory");
-    if (p->idle) { /* pooled: no round trip */
+    if (p->idle) { /* pooled: no round trip, but only where a connect could have waited */
+        if (!s->cur_co)
+            return luaL_error(L, "'connect' cannot wait here: only a handler or a timer "
+                                 "function may wait (a script's top level runs at load)");
         struct rconn *c = p->idle;
         pool_unlink_idle(c);
         red_ud_new(L, c, timeout);

@@ -239,3 +239,61 @@ describe("switchboard.redis when Redis fails", function()
         assert.are.same({ err = "closed", type = "nil" }, cjson.decode(body).results[1])
     end)
 end)
+
+describe("switchboard.redis and the handler's life", function()
+    local redis, s, app
+
+    before_each(function()
+        redis = redis_srv.start()
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "' && cp '" .. APP .. "/rc.lua' '" .. app .. "/'"))
+    end)
+
+    after_each(function()
+        if s then s:stop() end
+        s = nil
+        redis_srv.stop(redis)
+        os.execute("rm -rf '" .. app .. "'")
+    end)
+
+    local function start(args)
+        local argv = { "--redis", "redis://127.0.0.1:" .. redis.port }
+        for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+        s = server.start{ app = app, args = argv }
+    end
+
+    it("ends a call that outlives --handler-timeout and closes its connection", function()
+        start({ "--handler-timeout", "0.5" })
+        local t0 = proc.now()
+        local status = rawws.http(s.port, post_raw(cjson.encode({ cmds = { { "BLPOP", "never", "5" } } })))
+        assert.are.equal(500, status)
+        assert.is_true(proc.now() - t0 < 3)
+        -- the abandoned call's connection is gone from Redis, not pooled
+        server.wait_for(function()
+            return info_clients(redis.port):match("blocked_clients:0")
+        end, 5, "the blocked client to go")
+        assert.are.equal("PONG", calls(s.port, { { "PING" } })[1].v)
+    end)
+
+    it("shuts down cleanly while a call waits", function()
+        start({ "--drain-timeout", "0.5" })
+        local c = rawws.connect(s.port)
+        c:send(post_raw(cjson.encode({ cmds = { { "BLPOP", "never", "30" } } })))
+        server.wait_for(function()
+            return info_clients(redis.port):match("blocked_clients:1")
+        end, 5, "BLPOP to block")
+        s:signal(proc.SIGTERM)
+        s:wait_exit(15)
+        c:close()
+        s:stop() -- raises on a sanitizer report (leaks included)
+        s = nil
+    end)
+
+    it("refuses a connect at a script's top level, even with a pooled connection", function()
+        start()
+        assert.are.equal("PONG", calls(s.port, { { "PING" } })[1].v) -- one is pooled now
+        server.write_file(app .. "/top.lua",
+            "local red = require('switchboard').redis.connect()\nreturn {}\n")
+        s:wait_log("top%.lua.-'connect' cannot wait here")
+    end)
+end)
