@@ -78,13 +78,13 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->ud_ref);
     int has_mod = t->mod != NULL;
-    struct route *owner = t->owner;
+    /* it may wait: then it is a task of its own, outliving a one-shot timer */
+    struct script_call call = {.route = t->owner, .handler = "timer", .mod = s->cur_mod,
+                               .mod_gen = s->cur_mod_gen};
     /* a one-shot timer is gone before its function runs (so it cannot be
      * cancelled from inside); the function and handle stay alive on the stack */
     if (!t->repeat)
         timer_free(t);
-    struct script_call call = {
-        .route = owner, .handler = "timer", .mod = s->cur_mod, .mod_gen = s->cur_mod_gen};
     script__run(s, &call, 1);
     if (has_mod)
         lua_pop(L, 1);

@@ -527,29 +527,53 @@ void script__cancel_all(struct script *s) {
 
 /* ---- waits ------------------------------------------------------------------------ */
 
+/* The name of the running C function, for an error (only then: it costs a
+ * search when the caller did not name it, e.g. pcall(sb.sleep, x)). */
 static const char *fn_name(lua_State *L) {
     lua_Debug ar;
-    if (lua_getstack(L, 0, &ar) && lua_getinfo(L, "n", &ar) && ar.name)
+    if (!lua_getstack(L, 0, &ar))
+        return "?";
+    if (lua_getinfo(L, "n", &ar) && ar.name)
         return ar.name;
-    return "?";
+    const char *name = "?";
+    lua_getinfo(L, "f", &ar); /* the function, then the module's tables to look in */
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+    if (lua_getfield(L, -1, "switchboard") == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            if (lua_rawequal(L, -1, -5) && lua_type(L, -2) == LUA_TSTRING)
+                name = lua_tostring(L, -2); /* a key of the module table: it stays alive */
+            if (lua_type(L, -1) == LUA_TTABLE) {
+                lua_pushnil(L);
+                while (lua_next(L, -2)) {
+                    if (lua_rawequal(L, -1, -7) && lua_type(L, -2) == LUA_TSTRING)
+                        name = lua_tostring(L, -2);
+                    lua_pop(L, 1);
+                }
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 3);
+    return name;
 }
 
-/* The running handler's coroutine record for a function that waits or
- * spawns, or a raised "cannot wait here". */
+/* The running handler's coroutine record for a function that waits (yields)
+ * or spawns, or a raised "cannot wait here" naming fn (NULL: the running one). */
 static struct script_thread *waiting_thread(lua_State *L, const char *fn, int yields) {
     struct script *s = get_script(L);
     if (!s->cur_co)
         luaL_error(L, "'%s' cannot wait here: only a handler or a timer function may wait "
                       "(a script's top level runs at load)",
-                   fn);
+                   fn ? fn : fn_name(L));
     if (yields && L != s->cur_co)
         luaL_error(L, "'%s' cannot wait inside a coroutine of the script's own "
                       "(coroutine.wrap/resume): use sb.spawn",
-                   fn);
+                   fn ? fn : fn_name(L));
     if (yields && !lua_isyieldable(L))
         luaL_error(L, "'%s' cannot wait here: inside a metamethod, an iterator or a C "
                       "function that cannot yield",
-                   fn);
+                   fn ? fn : fn_name(L));
     struct script_thread *th = promote(s);
     if (!th)
         luaL_error(L, "out of memory");
@@ -557,7 +581,7 @@ static struct script_thread *waiting_thread(lua_State *L, const char *fn, int yi
 }
 
 struct script_wait *script__wait_begin(lua_State *L, script_wait_cancel_fn cancel, void *ud) {
-    struct script_thread *th = waiting_thread(L, fn_name(L), 1);
+    struct script_thread *th = waiting_thread(L, NULL, 1);
     if (th->wait.active)
         luaL_error(L, "'%s': this coroutine already waits", fn_name(L));
     th->wait.cancel = cancel;

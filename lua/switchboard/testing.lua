@@ -171,7 +171,7 @@ function Clock:advance(seconds)
         fired = fired + 1
         next_timer.fire()
     end
-    self.now = target
+    self.now = math.max(self.now, target) -- a handler's sb.sleep may have gone further
     return fired
 end
 
@@ -432,13 +432,101 @@ local function route_path(name)
     return p == "" and "/" or p
 end
 
--- Calls handler `name` with xpcall. A raising handler is recorded in route.errors and
--- logged; returns ok, results... like pcall.
+-- Handler calls run as coroutines, as on the server: sb.sleep yields and advances the
+-- fake clock, sb.spawn adds a light thread to the call, sb.wait waits for one. A call
+-- ends when its function and every light thread it spawned have returned.
+local SLEEP, WAIT = {}, {}
+local thread_of = setmetatable({}, { __mode = "k" }) -- coroutine -> its thread record
+local running_calls = {}                            -- stack of the calls running now
+local ThreadHandle = {}
+ThreadHandle.__index = ThreadHandle
+ThreadHandle.__name = "switchboard.thread"
+
+local function new_thread(call, fn, args)
+    local th = { call = call, co = coroutine.create(fn), args = args, wake = call.clock.now,
+        seq = #call.threads + 1 }
+    thread_of[th.co] = th
+    call.threads[#call.threads + 1] = th
+    return th
+end
+
+-- th has ended: wake the thread in sb.wait on it with true, results... or false, err.
+local function thread_ended(th)
+    local w = th.waiter
+    if not w then return end
+    th.waiter, w.blocked = nil, nil
+    w.wake = th.call.clock.now
+    if th.failed then
+        w.args = table.pack(false, th.err)
+    else
+        w.args = table.pack(true, table.unpack(th.results, 1, th.results.n))
+    end
+end
+
+local function resume_thread(th)
+    local args = th.args
+    th.args = { n = 0 }
+    local res = table.pack(coroutine.resume(th.co, table.unpack(args, 1, args.n)))
+    if res[1] and coroutine.status(th.co) == "dead" then
+        th.done, th.results = true, table.pack(table.unpack(res, 2, res.n))
+    elseif res[1] and res[2] == SLEEP then
+        th.wake = th.call.clock.now + res[3]
+    elseif res[1] and res[2] == WAIT then
+        th.blocked = res[3]
+        res[3].waiter = th
+    else
+        local err = res[1] and "attempt to yield from a handler (coroutine.yield outside a "
+            .. "coroutine of the script's own; sb.sleep and sb.spawn wait)" or res[2]
+        th.done, th.failed, th.err = true, true, err
+        th.traceback = debug.traceback(th.co, tostring(err))
+    end
+    if th.done then thread_ended(th) end
+end
+
+-- Runs fn(...) as a handler call; returns ok, results... like pcall (the traceback for
+-- the error).
+local function run_call(clock, fn, ...)
+    local call = { clock = clock, threads = {} }
+    local main = new_thread(call, fn, table.pack(...))
+    running_calls[#running_calls + 1] = call
+    while not main.failed do
+        local best
+        for _, th in ipairs(call.threads) do
+            if not th.done and not th.blocked and (not best or th.wake < best.wake) then best = th end
+        end
+        if not best then break end
+        if best.wake > clock.now then clock:advance(best.wake - clock.now) end
+        resume_thread(best)
+    end
+    table.remove(running_calls)
+    if main.failed then return false, main.traceback end
+    if not main.done then return false, "the handler's threads wait for each other for ever" end
+    return true, table.unpack(main.results, 1, main.results.n)
+end
+
+-- The thread of the running call that `fname` runs in, or a raised "cannot wait here".
+local function waiting_thread(fname, yields)
+    local co = coroutine.running()
+    local th = thread_of[co]
+    if th then return th end
+    if #running_calls == 0 then
+        raise(("'%s' cannot wait here: only a handler or a timer function may wait "
+            .. "(a script's top level runs at load)"):format(fname))
+    end
+    if yields then
+        raise(("'%s' cannot wait inside a coroutine of the script's own "
+            .. "(coroutine.wrap/resume): use sb.spawn"):format(fname))
+    end
+    return nil, running_calls[#running_calls]
+end
+
+-- Calls handler `name` in a coroutine (run_call). A raising handler is recorded in
+-- route.errors and logged; returns ok, results... like pcall.
 function Route:_call(name, fn, ...)
     local app = self.app
     local prev = app.current
     app.current = self.version
-    local res = table.pack(xpcall(fn, debug.traceback, ...))
+    local res = table.pack(run_call(app.clock, fn, ...))
     app.current = prev
     if not res[1] then
         local err = { handler = name, message = tostring(res[2]):match("^[^\n]*"), traceback = tostring(res[2]) }
@@ -727,7 +815,7 @@ function App:_timer(fname, seconds, fn, repeating, nargs)
         if route then
             route:_call(fname, fn, tm)
         else
-            local ok, err = xpcall(fn, debug.traceback, tm)
+            local ok, err = run_call(clock, fn, tm)
             if not ok then self:_log("error", "?", fname .. " callback failed: " .. err) end
         end
         self:_settle()
@@ -765,6 +853,40 @@ function App:_module()
         return app:_timer("every", seconds, fn, true, select("#", ...))
     end
     function sb.now() return app.clock.now + 0.0 end -- a float, as the server's is
+    function sb.sleep(seconds)
+        seconds = check_number("sleep", 1, seconds)
+        if seconds ~= seconds or seconds < 0 or seconds > 1e9 then
+            argerror("sleep", 1, "seconds must be between 0 and 1e9")
+        end
+        waiting_thread("sleep", true)
+        coroutine.yield(SLEEP, seconds)
+    end
+    function sb.spawn(...)
+        local fn = ...
+        check_function("spawn", 1, fn, select("#", ...) >= 1)
+        local me, call = waiting_thread("spawn", false)
+        call = call or me.call
+        local th = new_thread(call, fn, table.pack(select(2, ...)))
+        local handle = setmetatable({}, ThreadHandle)
+        th.handle, handle._thread = handle, th
+        return handle
+    end
+    function sb.wait(handle)
+        if getmetatable(handle) ~= ThreadHandle then
+            argerror("wait", 1, "thread from sb.spawn expected, got " .. typename(handle))
+        end
+        local th = handle._thread
+        local me, call = waiting_thread("wait", false)
+        if th.call ~= (call or me.call) then argerror("wait", 1, "a thread of another handler call") end
+        if th.done then
+            if th.failed then return false, th.err end
+            return true, table.unpack(th.results, 1, th.results.n)
+        end
+        if th.waiter then argerror("wait", 1, "another thread already waits for it") end
+        if th == me then argerror("wait", 1, "a thread cannot wait for itself") end
+        waiting_thread("wait", true)
+        return coroutine.yield(WAIT, th)
+    end
     sb.shared = app.shared
     sb.json = fake_json.new()
     sb.crypto = fake_crypto.crypto()

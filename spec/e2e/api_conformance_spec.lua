@@ -85,6 +85,43 @@ local cases = {
     json_cycle = function() local t = {} t[1] = t return try(sb.json.encode, t) end,
     json_array_misuse = function() return try(sb.json.array, "x") end,
     json_array_twice = function() return try(sb.json.array, setmetatable({}, {})) end,
+    sleep_negative = function() return try(sb.sleep, -1) end,
+    sleep_too_long = function() return try(sb.sleep, 1e10) end,
+    sleep_string = function() return try(sb.sleep, "1") end,
+    sleep_nan = function() return try(sb.sleep, 0 / 0) end,
+    sleep_waits = function()
+        local t = sb.now()
+        sb.sleep(0.05)
+        return tostring(sb.now() - t >= 0.05)
+    end,
+    sleep_in_coroutine = function()
+        return coroutine.wrap(function() return try(sb.sleep, 0) end)()
+    end,
+    spawn_wait = function()
+        local th = sb.spawn(function(a, b) sb.sleep(0.01) return a + b, "x" end, 1, 2)
+        local ok, sum, x = sb.wait(th)
+        return tostring(ok) .. " " .. sum .. " " .. x
+    end,
+    spawn_error = function()
+        local ok, err = sb.wait(sb.spawn(function() error("oops", 0) end))
+        return tostring(ok) .. " " .. show(err)
+    end,
+    spawn_twice_waited = function()
+        local th = sb.spawn(function() return 7 end)
+        sb.wait(th)
+        local ok, v = sb.wait(th)
+        return tostring(ok) .. " " .. v
+    end,
+    spawn_order = function()
+        local log = {}
+        local a = sb.spawn(function() sb.sleep(0.02) log[#log + 1] = "a" end)
+        local b = sb.spawn(function() sb.sleep(0.01) log[#log + 1] = "b" end)
+        log[#log + 1] = "main"
+        sb.wait(a) sb.wait(b)
+        return table.concat(log, ",")
+    end,
+    spawn_no_function = function() return try(sb.spawn) end,
+    wait_not_thread = function() return try(sb.wait, {}) end,
 }
 
 return {
@@ -208,6 +245,19 @@ local EXPECT = {
     json_cycle = "error bad argument #1 to 'encode' (nested more than 1000 deep (a table that contains itself?))",
     json_array_misuse = "error bad argument #1 to 'array' (table expected, got string)",
     json_array_twice = "error bad argument #1 to 'array' (the table already has a metatable)",
+    sleep_negative = "error bad argument #1 to 'sleep' (seconds must be between 0 and 1e9)",
+    sleep_too_long = "error bad argument #1 to 'sleep' (seconds must be between 0 and 1e9)",
+    sleep_string = "error bad argument #1 to 'sleep' (number expected, got string)",
+    sleep_nan = "error bad argument #1 to 'sleep' (seconds must be between 0 and 1e9)",
+    sleep_waits = "true",
+    sleep_in_coroutine = "error 'sleep' cannot wait inside a coroutine of the script's own "
+        .. "(coroutine.wrap/resume): use sb.spawn",
+    spawn_wait = "true 3 x",
+    spawn_error = "false oops",
+    spawn_twice_waited = "true 7",
+    spawn_order = "main,b,a",
+    spawn_no_function = "error bad argument #1 to 'spawn' (function expected, got no value)",
+    wait_not_thread = "error bad argument #1 to 'wait' (thread from sb.spawn expected, got table)",
 }
 
 local ORDER = {}
