@@ -289,6 +289,21 @@ describe("switchboard.redis and the handler's life", function()
         s = nil
     end)
 
+    it("answers 'too many calls' past --redis-max-calls", function()
+        start({ "--redis-max-calls", "1" })
+        local c = rawws.connect(s.port)
+        c:send(post_raw(cjson.encode({ cmds = { { "BLPOP", "never", "1" } } })))
+        server.wait_for(function()
+            return info_clients(redis.port):match("blocked_clients:1")
+        end, 5, "BLPOP to block")
+        assert.are.equal("too many calls", rc(s.port, { cmds = { { "PING" } } }).connect_err)
+        local status, _, body = c:http() -- BLPOP's own timeout: a nil reply
+        c:close()
+        assert.are.equal(200, status)
+        assert.are.same({ type = "nil" }, cjson.decode(body).results[1])
+        assert.are.equal("PONG", calls(s.port, { { "PING" } })[1].v)
+    end)
+
     it("refuses a connect at a script's top level, even with a pooled connection", function()
         start()
         assert.are.equal("PONG", calls(s.port, { { "PING" } })[1].v) -- one is pooled now
