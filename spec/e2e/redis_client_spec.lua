@@ -135,6 +135,8 @@ describe("switchboard.redis", function()
         assert.matches("bad argument #1 to 'connect' %(http://x: expected redis://", r.err)
         r = get(s.port, "/rc?misuse=connect_opts")
         assert.matches("bad argument #2 to 'connect' %(table expected", r.err)
+        r = get(s.port, "/rc?misuse=shared")
+        assert.matches("bad argument #1 to 'call' %(another call is in flight on this connection%)", r.err)
     end)
 
     it("completes 1,000 timers that each connect and INCR at once", function()

@@ -39,6 +39,14 @@ local misuse = {
     settimeout = function(red) return red:settimeout(-1) end,
     connect_url = function() return sb.redis.connect("http://x") end,
     connect_opts = function() return sb.redis.connect(nil, 5) end,
+    -- two light threads on one connection: the second call raises
+    shared = function(red)
+        local th = sb.spawn(function() return red:call("BLPOP", "never", "1") end)
+        sb.sleep(0.1) -- the BLPOP is in flight
+        local ok, err = pcall(red.call, red, "PING")
+        sb.wait(th)
+        if not ok then error(err, 0) end
+    end,
 }
 
 function rc.request(req)
