@@ -1178,6 +1178,10 @@ static void keep_pending(struct conn *c, const uint8_t *p, size_t n) {
 static void ws_feed(struct conn *c, uint8_t *p, size_t n) {
     if (c->state != CONN_WS && c->state != CONN_CLOSING)
         return;
+    if (c->holds) { /* e.g. frames that came with the request, while open waits */
+        keep_pending(c, p, n);
+        return;
+    }
     ssize_t r = ws_decoder_feed(&c->dec, p, n, &decoder_cb, c);
     if (r < 0) {
         if (c->state != CONN_DEAD)

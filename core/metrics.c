@@ -167,6 +167,13 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
             st->handler_errors);
     counter(&b, "switchboard_lua_budget_stops_total",
             "Lua handler calls stopped by the --lua-budget instruction budget.", st->budget_stops);
+    gauge(&b, "switchboard_lua_handlers_waiting",
+          "Lua handler and timer calls waiting now (sb.sleep, I/O, light threads).",
+          (double)st->handlers_waiting);
+    counter(&b, "switchboard_lua_handler_waits_total",
+            "Lua handler and timer calls that waited.", st->handler_waits);
+    counter(&b, "switchboard_lua_handler_timeouts_total",
+            "Lua handler calls ended by --handler-timeout.", st->handler_timeouts);
     family(&b, "switchboard_lua_handler_duration_seconds", "histogram",
            "Time of each call into Lua (handlers, timers, script loads).");
     uint64_t cum = 0;

@@ -250,7 +250,14 @@ static int xpcall_handler(lua_State *L) {
     return 1;
 }
 
-/* xpcall(f, msgh, ...): the standard one (upvalue 1) with msgh behind xpcall_handler. */
+static int xpcall_cont(lua_State *L, int status, lua_KContext ctx) {
+    (void)status;
+    (void)ctx;
+    return lua_gettop(L);
+}
+
+/* xpcall(f, msgh, ...): the standard one (upvalue 1) with msgh behind
+ * xpcall_handler; f may wait (a continuation: yields pass through). */
 static int sb_xpcall(lua_State *L) {
     luaL_checktype(L, 2, LUA_TFUNCTION);
     lua_pushvalue(L, 2);
@@ -258,8 +265,8 @@ static int sb_xpcall(lua_State *L) {
     lua_replace(L, 2);
     lua_pushvalue(L, lua_upvalueindex(1));
     lua_insert(L, 1);
-    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-    return lua_gettop(L);
+    lua_callk(L, lua_gettop(L) - 1, LUA_MULTRET, 0, xpcall_cont);
+    return xpcall_cont(L, LUA_OK, 0);
 }
 
 static int thread_stopped(lua_State *L, int idx) {
