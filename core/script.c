@@ -124,19 +124,8 @@ void script__log_fields(struct script *s, struct log_fields *f, char *rb, size_t
 }
 
 /* (script_int.h) */
-void script__budget_begin(struct script *s) {
-    s->in_handler = 1;
-    s->budget_hit = 0;
-    s->budget_ticks = s->srv->cfg.lua_budget / HOOK_EVERY + 1;
-}
-
-/* (script_int.h) */
-int script__budget_end(struct script *s) {
-    int hit = s->budget_hit;
-    s->in_handler = 0;
-    if (hit) /* back from raising at every instruction */
-        lua_sethook(s->L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
-    return hit;
+void script__budget_rehook(struct script *s) {
+    lua_sethook(s->L, l_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 
 /* (script_int.h) The failure text is formatted only on failure, since this
@@ -955,6 +944,7 @@ struct script *script__state_new(struct sb_server *srv, const char *app_dir, int
         return NULL;
     s->srv = srv;
     s->mem_cap = srv->cfg.lua_memory;
+    s->budget_full = srv->cfg.lua_budget / HOOK_EVERY + 1;
     char real[PATH_MAX];
     s->app_dir = strdup(real_path && realpath(app_dir, real) ? real : app_dir);
     size_t ll = strlen(s->app_dir) + 5;

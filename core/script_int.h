@@ -48,7 +48,8 @@ struct script {
     char err_src[256];       /* for log lines; 0 when unknown */
     struct sb_timer *timers;
     size_t mem, mem_cap;
-    long budget_ticks; /* hook ticks left in this handler call */
+    long budget_ticks; /* hook ticks left in this handler call (resume) */
+    long budget_full;  /* ticks of a whole budget: --lua-budget / HOOK_EVERY + 1 */
     int in_handler;
     int budget_hit;
     int gc_queued;            /* a script's __gc finalizer waits to run (script.c) */
@@ -221,9 +222,20 @@ void script__task_open(lua_State *L);
 void script__task_free(struct script *s);
 
 /* (script.c, for script_task.c) Start/end the instruction budget around one
- * resume; end returns 1 when the budget stopped it. */
-void script__budget_begin(struct script *s);
-int script__budget_end(struct script *s);
+ * resume; end returns 1 when the budget stopped it. Inline: per message. */
+void script__budget_rehook(struct script *s);
+static inline void script__budget_begin(struct script *s) {
+    s->in_handler = 1;
+    s->budget_hit = 0;
+    s->budget_ticks = s->budget_full;
+}
+static inline int script__budget_end(struct script *s) {
+    int hit = s->budget_hit;
+    s->in_handler = 0;
+    if (hit) /* back from raising at every instruction */
+        script__budget_rehook(s);
+    return hit;
+}
 /* Log and count a failed handler call: the error (a string with traceback)
  * on top of s->L's stack, popped; rc is Lua's status, hit the budget's. */
 void script__log_failure(struct script *s, int rc, int hit, const char *handler, const char *kind);

@@ -151,15 +151,19 @@ static int close_failed(struct script *s, lua_State *co, int hit) {
     return script__budget_end(s);
 }
 
-/* Move co's nr results (on its top) to s->L, adjusted to nres. */
+/* Move co's nr results (on its top) to s->L, adjusted to nres (no call
+ * into Lua's API when there is nothing to move: this runs per message). */
 static void move_results(struct script *s, lua_State *co, int nr, int nres) {
     lua_State *L = s->L;
     if (nr > nres) {
         lua_pop(co, nr - nres);
         nr = nres;
     }
+    if (!nres)
+        return;
     luaL_checkstack(L, nres, "handler results");
-    lua_xmove(co, L, nr);
+    if (nr)
+        lua_xmove(co, L, nr);
     for (; nr < nres; nr++)
         lua_pushnil(L);
 }
@@ -478,8 +482,11 @@ int script__run(struct script *s, const struct script_call *call, int nargs) {
         if (t0 > 0)
             stats_observe_handler(&s->srv->stats, server_clock() - t0);
         if (rc == LUA_OK) {
-            move_results(s, co, nr, call->nres);
-            pool_give(s, co);
+            move_results(s, co, nr, call->nres); /* co's stack is empty after */
+            if (s->npool < s->pool_cap)
+                s->pool[s->npool++] = co;
+            else
+                pool_give(s, co);
             ret = 0;
         } else {
             if (rc == LUA_YIELD) {
