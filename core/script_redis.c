@@ -354,7 +354,7 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *priv) {
     }
     struct script_redis *R = op->R;
     struct rconn *c = op->c;
-    if (!r) {
+    if (!r || !c) { /* the connection went (or was let go of) under the op */
         if (c)
             conn_detach(c, 0);
         op_fail(op, "closed", 0);
