@@ -342,9 +342,12 @@ static void conn_fail(struct conn *c, unsigned code, const char *reason) {
     conn_linger(c, 1);
 }
 
-/* Unlink c from srv->all, or from srv->held when it is there. */
+/* Unlink c from srv->all, or from srv->held when it is there (no-op when
+ * it is on neither any more: a held conn released to the reap). */
 static void unlink_conn(struct conn *c) {
     struct sb_server *srv = c->srv;
+    if (c->unlisted)
+        return;
     if (c->prev)
         c->prev->next = c->next;
     else if (c->on_held)
@@ -354,6 +357,8 @@ static void unlink_conn(struct conn *c) {
     if (c->next)
         c->next->prev = c->prev;
     c->next = c->prev = NULL;
+    c->unlisted = 1;
+    c->on_held = 0;
 }
 
 static void conn_free(struct conn *c) {
@@ -401,6 +406,7 @@ void conn_reap_all(struct sb_server *srv) {
         }
         if (c->holds) { /* a handler waits (its close handler, maybe): keep it */
             unlink_conn(c);
+            c->unlisted = 0;
             c->on_held = 1;
             c->next = srv->held;
             if (srv->held)
@@ -1206,7 +1212,6 @@ void conn_release(struct conn *c) {
     if (c->state == CONN_DEAD) {
         if (c->on_held) { /* back to the reap: its on_close runs now */
             unlink_conn(c);
-            c->on_held = 0;
             c->reap_next = srv->reap;
             srv->reap = c;
         }

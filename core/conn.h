@@ -79,6 +79,7 @@ struct conn {
     uint8_t head_std : 3; /* CONN_STD_* fields left out of head: ws.headers adds them back */
     uint8_t opened_now : 1; /* the 101 is still queued */
     uint8_t on_held : 1;    /* DEAD and on srv->held (next/prev link it there) */
+    uint8_t unlisted : 1;   /* DEAD and off `all` and `held` (released to the reap) */
     uint8_t pend_head : 1;  /* a HEAD request's answer is pending (on_request) */
     uint16_t holds;         /* conn_hold minus conn_release */
     uint16_t close_code; /* code for the close handler (peer's, or 1006) */

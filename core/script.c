@@ -103,8 +103,8 @@ static int l_traceback(lua_State *L) {
 }
 
 static void run_finalizers(struct script *s);
-static void log_error_what(struct script *s, int rc, int hit, const char *what,
-                           const char *handler, const char *kind, int outer);
+static void log_error_what(struct script *s, int rc, int hit, const char *what, const char *handler,
+                           const char *kind, int outer);
 
 /* (script_int.h) */
 void script__log_fields(struct script *s, struct log_fields *f, char *rb, size_t cap) {
@@ -130,13 +130,12 @@ void script__budget_rehook(struct script *s) {
 
 /* (script_int.h) The failure text is formatted only on failure, since this
  * runs per message. */
-void script__log_failure(struct script *s, int rc, int hit, const char *handler,
-                         const char *kind) {
+void script__log_failure(struct script *s, int rc, int hit, const char *handler, const char *kind) {
     log_error_what(s, rc, hit, NULL, handler, kind, 0);
 }
 
-static void log_error_what(struct script *s, int rc, int hit, const char *what,
-                           const char *handler, const char *kind, int outer) {
+static void log_error_what(struct script *s, int rc, int hit, const char *what, const char *handler,
+                           const char *kind, int outer) {
     lua_State *L = s->L;
     const char *err = lua_tostring(L, -1);
     char buf[512];
@@ -172,8 +171,8 @@ static void log_error_what(struct script *s, int rc, int hit, const char *what,
                                : err            ? err
                                                 : "(error object is not a string)");
     } else if (rc == LUA_ERRMEM)
-        log_with(LOG_ERROR, &lf, "%s: out of memory (Lua state past --lua-memory %zu bytes)",
-                 what, s->mem_cap);
+        log_with(LOG_ERROR, &lf, "%s: out of memory (Lua state past --lua-memory %zu bytes)", what,
+                 s->mem_cap);
     else
         log_with(LOG_ERROR, &lf, "%s: %s", what, err ? err : "(error object is not a string)");
     s->err_line = 0;

@@ -67,12 +67,12 @@ struct script {
     size_t n_ignore;
     struct script_check *check; /* --check: what loading found (script_check.c); NULL */
     /* handlers run as coroutines (script_task.c) */
-    lua_State *cur_co;                /* the handler coroutine running now, or NULL */
+    lua_State *cur_co;                  /* the handler coroutine running now, or NULL */
     const struct script_call *cur_call; /* what it runs (owned by its caller or its task) */
-    struct script_thread *cur_thr;    /* its record, once something in its call waited */
-    lua_State **pool;                 /* idle coroutines, reused (anchored in POOL_KEY) */
+    struct script_thread *cur_thr;      /* its record, once something in its call waited */
+    lua_State **pool;                   /* idle coroutines, reused (anchored in POOL_KEY) */
     int npool, pool_cap;
-    struct script_task *tasks;        /* calls that wait (owned; script_task.c) */
+    struct script_task *tasks;  /* calls that wait (owned; script_task.c) */
     struct script_redis *redis; /* switchboard.redis's client (script_redis.c); owned */
 };
 
@@ -182,7 +182,12 @@ void script__cancel_module_timers(struct script *s, const char *mod, uint32_t ge
  * (--handler-timeout, shutdown, the handler's state being torn down) cancel(ud) is
  * called exactly once instead (from the loop, never from inside script__wait_begin)
  * and the I/O must stop without calling script__wait_done. After script__wait_done or
- * cancel, w is invalid. cancel may be NULL (nothing to stop). */
+ * cancel, w is invalid. cancel may be NULL (nothing to stop). Nothing may raise
+ * between script__wait_begin and script__wait_yield: check the arguments and
+ * allocate (a userdata on L's stack lives as long as the wait) before begin.
+ * A handler call that waits holds its connection (conn_hold) until it ends: its
+ * next events wait. The budget (--lua-budget) is per resume; --handler-timeout
+ * bounds the whole call. */
 struct script_wait;
 typedef void (*script_wait_cancel_fn)(void *ud);
 struct script_wait *script__wait_begin(lua_State *L, script_wait_cancel_fn cancel, void *ud);

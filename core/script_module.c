@@ -79,8 +79,8 @@ static void on_timer(evutil_socket_t fd, short what, void *arg) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, t->ud_ref);
     int has_mod = t->mod != NULL;
     /* it may wait: then it is a task of its own, outliving a one-shot timer */
-    struct script_call call = {.route = t->owner, .handler = "timer", .mod = s->cur_mod,
-                               .mod_gen = s->cur_mod_gen};
+    struct script_call call = {
+        .route = t->owner, .handler = "timer", .mod = s->cur_mod, .mod_gen = s->cur_mod_gen};
     /* a one-shot timer is gone before its function runs (so it cannot be
      * cancelled from inside); the function and handle stay alive on the stack */
     if (!t->repeat)

@@ -45,12 +45,12 @@ struct script_wait {
 struct script_thread {
     struct script_task *task;
     lua_State *co;
-    struct script_wait wait; /* at most one at a time */
-    struct event ev;         /* resumes it from the loop (event_active) */
-    int state;               /* TH_* */
-    int nargs;               /* TH_READY: values on top of co to resume with */
-    int nres;                /* TH_DONE: results on top of co; TH_FAILED: 1 (the error) */
-    int handle_ref;          /* a light thread's handle (registry), or LUA_NOREF */
+    struct script_wait wait;         /* at most one at a time */
+    struct event ev;                 /* resumes it from the loop (event_active) */
+    int state;                       /* TH_* */
+    int nargs;                       /* TH_READY: values on top of co to resume with */
+    int nres;                        /* TH_DONE: results on top of co; TH_FAILED: 1 (the error) */
+    int handle_ref;                  /* a light thread's handle (registry), or LUA_NOREF */
     struct script_thread *waited_by; /* the thread in sb.wait on this one, or NULL */
     struct script_thread *next;
 };
@@ -307,8 +307,9 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
         lf.remote = conn_remote(t->call.conn, rb, sizeof rb);
     }
     if (r)
-        log_with(LOG_ERROR, &lf, "route %s (%s): %s handler timed out after %g s (--handler-timeout)",
-                 r->path, r->file, t->call.handler, s->srv->cfg.handler_timeout);
+        log_with(LOG_ERROR, &lf,
+                 "route %s (%s): %s handler timed out after %g s (--handler-timeout)", r->path,
+                 r->file, t->call.handler, s->srv->cfg.handler_timeout);
     else
         log_with(LOG_ERROR, &lf, "module %s: %s handler timed out after %g s (--handler-timeout)",
                  t->mod ? t->mod : "?", t->call.handler, s->srv->cfg.handler_timeout);
@@ -570,16 +571,19 @@ static const char *fn_name(lua_State *L) {
 static struct script_thread *waiting_thread(lua_State *L, const char *fn, int yields) {
     struct script *s = get_script(L);
     if (!s->cur_co)
-        luaL_error(L, "'%s' cannot wait here: only a handler or a timer function may wait "
-                      "(a script's top level runs at load)",
+        luaL_error(L,
+                   "'%s' cannot wait here: only a handler or a timer function may wait "
+                   "(a script's top level runs at load)",
                    fn ? fn : fn_name(L));
     if (yields && L != s->cur_co)
-        luaL_error(L, "'%s' cannot wait inside a coroutine of the script's own "
-                      "(coroutine.wrap/resume): use sb.spawn",
+        luaL_error(L,
+                   "'%s' cannot wait inside a coroutine of the script's own "
+                   "(coroutine.wrap/resume): use sb.spawn",
                    fn ? fn : fn_name(L));
     if (yields && !lua_isyieldable(L))
-        luaL_error(L, "'%s' cannot wait here: inside a metamethod, an iterator or a C "
-                      "function that cannot yield",
+        luaL_error(L,
+                   "'%s' cannot wait here: inside a metamethod, an iterator or a C "
+                   "function that cannot yield",
                    fn ? fn : fn_name(L));
     struct script_thread *th = promote(s);
     if (!th)

@@ -58,11 +58,20 @@ function M.message(ws, msg)
         local ok3, err = pcall(function() return table.sort({ 2, 1 }, function(a, b) sb.sleep(0) return a < b end) end)
         ws:send(("%s %s %s %s"):format(tostring(ok1), tostring(ok2), tostring(ok3),
             tostring(err):match("'sleep' cannot wait here: inside a metamethod") and "raised" or err))
+    elseif cmd == "fill" then
+        local n, chunk = 0, ("x"):rep(1024)
+        repeat n = n + 1 until not ws:send(chunk)
+        ws:send("filled " .. n)
     elseif cmd == "timer" then
         ws:send(tostring(sb.shared.timer_waited))
     else
         ws:send("echo:" .. msg)
     end
+end
+
+function M.drain(ws)
+    sb.sleep(0.2)
+    ws:send("drained")
 end
 
 function M.close(ws, code)
@@ -122,7 +131,8 @@ describe("handlers that wait", function()
         server.write_file(app .. "/w.lua", W)
         server.write_file(app .. "/r.lua", R1)
         server.write_file(app .. "/top.lua", TOP)
-        s = server.start{ app = app, args = { "--handler-timeout", "1", "--lua-budget", "1000000" } }
+        s = server.start{ app = app, args = { "--handler-timeout", "1", "--lua-budget", "1000000",
+            "--out-high", "65536", "--out-low", "16384" } }
         s:wait_log("reload: watching")
     end)
 
@@ -177,6 +187,23 @@ describe("handlers that wait", function()
         local st2, _, b2 = c:http()
         c:close()
         assert.same({ 200, "waited 0.1", 200, "waited 0" }, { st1, b1, st2, b2 })
+    end)
+
+    it("lets drain wait, and holds the next message until it has returned", function()
+        local c = open("/w")
+        c:send(wsframe.text("fill"))
+        local n = 0
+        while true do
+            local p = c:recv_frame().payload
+            if p:match("^filled") then
+                assert.equal("filled " .. n, p)
+                break
+            end
+            n = n + 1
+        end
+        c:send(wsframe.text("after"))
+        assert.equal("drained", c:recv_frame().payload)
+        assert.equal("echo:after", c:recv_frame().payload)
     end)
 
     it("runs light threads and returns their results or errors to sb.wait", function()
@@ -278,17 +305,28 @@ describe("shutdown with handlers waiting", function()
         server.write_file(app .. "/w.lua", W)
         local s = server.start{ app = app, args = { "--no-watch", "--drain-timeout", "5" } }
         local ok, err = pcall(function()
+            -- a connection that died while its handler waited and whose close
+            -- handler waited too leaves the others listed: they get their 1001
+            local idle = rawws.open(s.port, "/w")
+            local b = rawws.open(s.port, "/w")
+            b:send(wsframe.text("gone"))
+            b:close()
+            s:wait_log("close after a wait: ws %d+ code 1006")
             local c = rawws.open(s.port, "/w")
             c:send(wsframe.text("gone"))
             proc.sleep(0.05)
             s:signal(proc.SIGTERM)
+            assert.equal(1001, (idle:recv_close()))
+            idle:send(wsframe.close(1001, ""))
             assert.equal(1001, (c:recv_close()))
             c:send(wsframe.close(1001, ""))
             local how, code = s:wait_exit(10)
             c:close()
             assert.same({ "exited", 0 }, { how, code })
             local log = s:log()
-            local handler = log:find("send after the peer left: false", 1, true)
+            idle:close()
+            local handler = log:find("shutting down", 1, true)
+            handler = handler and log:find("send after the peer left: false", handler, true)
             local done = log:find("shutdown complete", 1, true)
             assert.truthy(handler and done and handler < done, log)
         end)

@@ -591,3 +591,73 @@ describe("switchboard.testing: reload, shared, log, request", function()
         assert.equal(426, t.app(dir):load("ws"):request{}.status)
     end)
 end)
+
+describe("switchboard.testing: handlers that wait", function()
+    it("runs handlers as coroutines: sb.sleep advances the clock and fires the timers due meanwhile", function()
+        local app, route
+        local log = {}
+        app, route = probe({
+            message = function(ws, msg)
+                local sb = sb_of(app)
+                sb.after(0.5, function() log[#log + 1] = "timer@" .. sb.now() end)
+                sb.sleep(1)
+                log[#log + 1] = "woke@" .. sb.now()
+                ws:send(msg)
+            end,
+        })
+        local c = route:connect()
+        c:message("hi")
+        assert.same({ "timer@0.5", "woke@1.0" }, log)
+        assert.equal("hi", c.sent[1].data)
+        assert.equal(1, t.clock.now)
+    end)
+
+    it("lets upgrade and request wait, and timers too", function()
+        local app, route
+        app, route = probe({
+            upgrade = function() sb_of(app).sleep(2) return true end,
+            request = function() sb_of(app).sleep(3) return { status = 200, body = "late" } end,
+        })
+        assert.truthy(route:connect())
+        assert.equal(2, t.clock.now)
+        assert.equal("late", route:request{}.body)
+        assert.equal(5, t.clock.now)
+        local sb = sb_of(app)
+        local woke
+        sb.after(1, function() sb.sleep(1) woke = sb.now() end)
+        app:advance(1)
+        assert.equal(7, woke)
+    end)
+
+    it("runs light threads until each has returned, and sb.wait gets their results", function()
+        local app, route
+        local got
+        app, route = probe({
+            message = function()
+                local sb = sb_of(app)
+                local a = sb.spawn(function(x) sb.sleep(2) return x + 1 end, 1)
+                local b = sb.spawn(function() sb.sleep(1) error("no", 0) end)
+                got = { sb.wait(a) }
+                got[#got + 1] = select(2, sb.wait(b))
+            end,
+        })
+        route:connect():message("go")
+        assert.same({ true, 2, "no" }, got)
+        assert.equal(2, t.clock.now) -- the threads slept side by side
+    end)
+
+    it("refuses to load a script whose top level waits", function()
+        write("top.lua", 'local sb = require "switchboard"\nsb.sleep(1)\nreturn {}')
+        local ok, err = pcall(function() return t.app(dir):load("top") end)
+        assert.is_false(ok)
+        assert.matches("'sleep' cannot wait here", tostring(err))
+    end)
+
+    it("closes with 1011 when a handler yields by itself", function()
+        local _, route = probe({ message = function() coroutine.yield() end })
+        local c = route:connect()
+        c:message("x")
+        assert.equal(1011, c.closed.code)
+        assert.matches("attempt to yield from a handler", route.errors[1].message)
+    end)
+end)
