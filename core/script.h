@@ -82,7 +82,8 @@ void script_drain(struct script *s, struct conn *c);
 void script_close(struct script *s, struct conn *c, unsigned code, const char *reason);
 /* End every handler call that waits, as failed (shutdown). */
 void script_cancel_waits(struct script *s);
-/* Handler and timer calls waiting now. */
+/* Handler calls of connections waiting now: shutdown waits for them (up to
+ * --drain-timeout); timer functions that wait are ended with the rest. */
 unsigned script_waiting(struct script *s);
 
 /* 1 when path (absolute, as reload.c spells it) lies under the app dir and the

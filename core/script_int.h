@@ -217,7 +217,7 @@ struct script_call {
  * Returns 0 when it ended: its nres results are on s->L's stack; -1 when it
  * failed (logged); 1 when it waits: call->done runs later (call is copied). */
 int script__run(struct script *s, const struct script_call *call, int nargs);
-/* Handler calls waiting now. */
+/* Handler calls of connections waiting now (timer calls not counted). */
 unsigned script__waiting(struct script *s);
 /* End every waiting call as failed (shutdown, script_free). */
 void script__cancel_all(struct script *s);

@@ -65,7 +65,6 @@ struct script_task {
     int in_run; /* its first resume, inside script__run: that reports the end */
     int ended, ok, linked, held;
     struct event *timeout;
-    double started;
     struct script_task *next, *prev;
 };
 
@@ -203,7 +202,6 @@ static struct script_thread *promote(struct script *s) {
     }
     t->call.mod = t->mod;
     t->in_run = 1;
-    t->started = server_clock();
     t->main = thread_new(t, s->cur_co);
     if (!t->main) {
         free(t->mod);
@@ -281,8 +279,6 @@ static void task_end(struct script_task *t, int ok) {
             t->next->prev = t->prev;
         s->srv->stats.handlers_waiting--;
     }
-    if (sb_metrics_on(s->srv))
-        stats_observe_handler(&s->srv->stats, server_clock() - t->started);
     if (t->call.done)
         t->call.done(s, &t->call, ok);
     else if (ok)
@@ -424,10 +420,13 @@ static void thread_resume(struct script_thread *th, int nargs) {
     s->cur_call = &t->call;
     s->cur_thr = th;
     th->state = TH_RUN;
+    double t0 = sb_metrics_on(s->srv) ? server_clock() : 0;
     script__budget_begin(s);
     int nr = 0;
     int rc = lua_resume(th->co, s->L, nargs, &nr);
     int hit = script__budget_end(s);
+    if (t0 > 0)
+        stats_observe_handler(&s->srv->stats, server_clock() - t0);
     s->cur_co = NULL;
     s->cur_call = NULL;
     s->cur_thr = NULL;
@@ -474,14 +473,14 @@ int script__run(struct script *s, const struct script_call *call, int nargs) {
     int nr = 0;
     int rc = lua_resume(co, L, nargs, &nr);
     int hit = script__budget_end(s);
+    if (t0 > 0) /* the time in Lua: each resume of a call that waits counts apart */
+        stats_observe_handler(&s->srv->stats, server_clock() - t0);
     struct script_thread *th = s->cur_thr;
     s->cur_co = NULL;
     s->cur_call = NULL;
     s->cur_thr = NULL;
     int ret;
     if (!th) { /* nothing waited or spawned: the plain call's cost */
-        if (t0 > 0)
-            stats_observe_handler(&s->srv->stats, server_clock() - t0);
         if (rc == LUA_OK) {
             move_results(s, co, nr, call->nres); /* co's stack is empty after */
             if (s->npool < s->pool_cap)
@@ -524,7 +523,7 @@ int script__run(struct script *s, const struct script_call *call, int nargs) {
 unsigned script__waiting(struct script *s) {
     unsigned n = 0;
     for (struct script_task *t = s->tasks; t; t = t->next)
-        n++;
+        n += t->call.conn != NULL;
     return n;
 }
 

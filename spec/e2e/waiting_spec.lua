@@ -62,6 +62,9 @@ function M.message(ws, msg)
         local n, chunk = 0, ("x"):rep(1024)
         repeat n = n + 1 until not ws:send(chunk)
         ws:send("filled " .. n)
+    elseif cmd == "stats" then
+        local st = sb.stats()
+        ws:send(("%d %d %d"):format(st.handlers_waiting, st.handler_waits, st.handler_timeouts))
     elseif cmd == "timer" then
         ws:send(tostring(sb.shared.timer_waited))
     else
@@ -243,6 +246,18 @@ describe("handlers that wait", function()
         assert.same({ 1011, "internal error" }, { code, reason })
         assert.is_true(proc.now() - t0 < 5)
         s:wait_log("message handler timed out after 1 s %(%-%-handler%-timeout%)")
+    end)
+
+    it("counts the handlers waiting now, those that waited and those timed out in sb.stats()", function()
+        local a = open("/w")
+        a:send(wsframe.text("long"))
+        local b = open("/w")
+        local waiting, waits, timeouts = b:echo("stats"):match("^(%d+) (%d+) (%d+)$")
+        assert.is_true(tonumber(waiting) >= 1)
+        assert.is_true(tonumber(waits) >= 1)
+        assert.equal(1011, (a:recv_close()))
+        local _, _, after = b:echo("stats"):match("^(%d+) (%d+) (%d+)$")
+        assert.is_true(tonumber(after) > tonumber(timeouts))
     end)
 
     it("answers 500 for a request or an upgrade that waits past --handler-timeout", function()
