@@ -405,6 +405,8 @@ void conn_reap_all(struct sb_server *srv) {
                                    c->close_reason ? c->close_reason : "");
         }
         if (c->holds) { /* a handler waits (its close handler, maybe): keep it */
+            if (!c->on_held && !c->unlisted)
+                shutdown(c->fd, SHUT_RDWR); /* the peer sees the end now, not at the free */
             unlink_conn(c);
             c->unlisted = 0;
             c->on_held = 1;

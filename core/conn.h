@@ -20,8 +20,10 @@
  * reads nothing and delivers no further on_message/on_drain/on_close; it is
  * not freed. One that dies while held stays DEAD, off `all`, `flush` and
  * `reap`, on srv->held (conn_reap_all moves it there instead of running its
- * on_close and freeing it); the last conn_release puts it back on `reap`, so
- * its on_close runs then, exactly once, and it is freed after. */
+ * on_close and freeing it, and shuts its socket down so the peer sees the end
+ * at once; the descriptor is closed at the free); the last conn_release puts
+ * it back on `reap`, so its on_close runs then, exactly once, and it is freed
+ * after. */
 #ifndef SB_CONN_H
 #define SB_CONN_H
 
