@@ -73,6 +73,8 @@ struct sb_config {
     const char *redis_url;    /* --redis redis://host:port[/db]; NULL = in-process pub/sub */
     int redis_optional;       /* --redis-optional: start local-only when Redis is down */
     size_t redis_out_max;     /* --redis-out-max: publishes Redis has not answered yet */
+    unsigned redis_pool;      /* --redis-pool: idle switchboard.redis connections kept per URL */
+    unsigned redis_max_calls; /* --redis-max-calls: its calls and connects in flight */
     const char *allowed_origins; /* --allowed-origins LIST (router.c); NULL = any Origin */
     unsigned max_outbound;       /* --max-outbound: sb.http/sb.tcp connections open at once */
     size_t max_response_body;    /* --max-response-body: sb.http body, sock:receive result */

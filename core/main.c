@@ -334,6 +334,14 @@ static const struct opt options[] = {
      "largest sb.http response body (opts.max_body may\n"
      "lower it) and sock:receive result",
      "16m"},
+    {"redis-pool", "N", set_count, F(cfg.redis_pool), 0, 100000,
+     "switchboard.redis: idle connections kept per URL for\n"
+     "the next connect",
+     "32"},
+    {"redis-max-calls", "N", set_count, F(cfg.redis_max_calls), 1, 10000000,
+     "switchboard.redis: calls and connects in flight; past\n"
+     "it they return nil, \"too many calls\"",
+     "10000"},
     {"allowed-origins", "LIST", set_origins, F(cfg.allowed_origins), 0, 0,
      "refuse (403) a browser's upgrade whose Origin is not\n"
      "listed: https://chat.example.com,*.example.com (an\n"

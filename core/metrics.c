@@ -231,6 +231,24 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
                 "Publishes kept local because --redis-out-max bytes were unanswered by Redis.",
                 redis_dropped(srv->redis));
     }
+    family(&b, "switchboard_redis_calls_total", "counter",
+           "switchboard.redis calls, by outcome: ok (a reply), error (an error reply), timeout, "
+           "failed (connection lost or refused), refused (past --redis-max-calls).");
+    static const char *const call_outcomes[] = {"ok", "error", "timeout", "failed", "refused"};
+    const uint64_t calls[] = {st->redis_calls_ok, st->redis_calls_error, st->redis_calls_timeout,
+                              st->redis_calls_failed, st->redis_calls_refused};
+    for (int i = 0; i < 5; i++)
+        put(&b, "switchboard_redis_calls_total{outcome=\"%s\"} %llu\n", call_outcomes[i],
+            (unsigned long long)calls[i]);
+    family(&b, "switchboard_redis_connects_total", "counter",
+           "switchboard.redis.connect, by outcome: new (a new connection), pooled (an idle one "
+           "reused), failed.");
+    put(&b, "switchboard_redis_connects_total{outcome=\"new\"} %llu\n",
+        (unsigned long long)st->redis_connects);
+    put(&b, "switchboard_redis_connects_total{outcome=\"pooled\"} %llu\n",
+        (unsigned long long)st->redis_connects_reused);
+    put(&b, "switchboard_redis_connects_total{outcome=\"failed\"} %llu\n",
+        (unsigned long long)st->redis_connects_failed);
     family(&b, "switchboard_reloads_total", "counter", "Script reloads, by outcome.");
     put(&b, "switchboard_reloads_total{outcome=\"ok\"} %llu\n", (unsigned long long)st->reloads_ok);
     put(&b, "switchboard_reloads_total{outcome=\"failed\"} %llu\n",

@@ -968,6 +968,10 @@ struct script *script__state_new(struct sb_server *srv, const char *app_dir, int
     script__module_init(s);
     script__ws_init(s);
     script__task_init(s);
+    if (script__redis_init(s) < 0) {
+        script_free(s);
+        return NULL;
+    }
     return s;
 }
 
@@ -994,7 +998,9 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
 void script_free(struct script *s) {
     script__task_free(s);
     script__cancel_route_timers(s, NULL, 0, 0);
+    script__redis_free(s);
     lua_close(s->L);
+    script__redis_release(s);
     while (s->routes) {
         struct route *r = s->routes;
         s->routes = r->next;

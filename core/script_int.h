@@ -73,7 +73,8 @@ struct script {
     struct script_thread *cur_thr;      /* its record, once something in its call waited */
     lua_State **pool;                   /* idle coroutines, reused (anchored in POOL_KEY) */
     int npool, pool_cap;
-    struct script_task *tasks; /* calls that wait (owned; script_task.c) */
+    struct script_task *tasks;  /* calls that wait (owned; script_task.c) */
+    struct script_redis *redis; /* switchboard.redis's client (script_redis.c); owned */
 };
 
 /* A timer is owned by the app module whose top level (or whose timer) made
@@ -289,6 +290,17 @@ void script__crypto_open(lua_State *L);
 /* Push the switchboard.json table and return 1, or push lua-cjson's load
  * error and return 0. Sets registry["switchboard.json_encode"/"_decode"]. */
 int script__json_open(lua_State *L);
+
+/* ---- script_redis.c ---- */
+
+/* The client, its connection metatable and its result thread: 0, or -1 out of memory. */
+int script__redis_init(struct script *s);
+/* Set `redis` on the module table at the top of the stack. */
+void script__redis_open(lua_State *L);
+/* Before lua_close: close every connection; calls still waiting end by their cancel. */
+void script__redis_free(struct script *s);
+/* After lua_close: free the client. */
+void script__redis_release(struct script *s);
 
 /* ---- script_route.c ---- */
 

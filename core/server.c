@@ -72,6 +72,8 @@ void config_defaults(struct sb_config *cfg) {
     cfg->redis_out_max = 16u << 20;
     cfg->max_outbound = 4096;
     cfg->max_response_body = 16u << 20;
+    cfg->redis_pool = 32;
+    cfg->redis_max_calls = 10000;
     deflate_config_default(&cfg->deflate);
 }
 

@@ -38,6 +38,11 @@ struct sb_stats {
     uint64_t handler_waits;    /* calls that waited (went on after their first resume) */
     uint64_t handler_timeouts; /* calls ended by --handler-timeout */
     uint64_t redis_reconnects, redis_published, redis_received, redis_errors; /* --redis */
+    /* switchboard.redis calls by outcome: a reply, an error reply, a timeout, a lost
+     * or refused connection, refused for --redis-max-calls */
+    uint64_t redis_calls_ok, redis_calls_error, redis_calls_timeout, redis_calls_failed;
+    uint64_t redis_calls_refused;
+    uint64_t redis_connects, redis_connects_reused, redis_connects_failed; /* new, pooled */
     uint64_t ws_closed_clean; /* both close frames exchanged */
     /* close frames by code: [code - 1000] for 1000..1015, [SB_CLOSE_OTHER] otherwise */
     uint64_t close_sent[SB_CLOSE_BUCKETS], close_rcvd[SB_CLOSE_BUCKETS];

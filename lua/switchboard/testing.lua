@@ -18,6 +18,7 @@
 local cjson = require "cjson"
 local fake_crypto = require "switchboard.testing.crypto"
 local fake_json = require "switchboard.testing.json"
+local fake_redis = require "switchboard.testing.redis"
 
 local testing = {}
 
@@ -976,6 +977,7 @@ function App:_module()
     sb.crypto = fake_crypto.crypto()
     sb.jwt = fake_crypto.jwt(sb.json)
     sb.http = { request = fake_http_request }
+    sb.redis = fake_redis.new(app.redis_url, app.redis)
     sb.node = app.node
     sb.log = {}
     for _, level in ipairs({ "info", "warn", "error" }) do
@@ -1037,7 +1039,9 @@ end
 
 -- Creates an app for directory `dir` (default "scripts"). opts.strict = true makes a
 -- raising handler fail the spec at once instead of only closing its connection;
--- opts.max_message is the server's --max-message (default 16 MiB).
+-- opts.max_message is the server's --max-message (default 16 MiB); opts.redis is its
+-- --redis URL (sb.redis.url; nil by default). sb.redis is an in-memory Redis of strings
+-- (switchboard.testing.redis); app.redis[url] holds each URL's keys.
 function testing.app(dir, opts)
     dir = (opt_string("app", 1, dir, "scripts")):gsub("/$", "")
     opts = opts or {}
@@ -1047,6 +1051,7 @@ function testing.app(dir, opts)
         shared = {}, published = {}, logs = {}, clock = new_clock(), strict = opts.strict or false,
         node = opts.node or "0000000000000001",
         max_message = opts.max_message or MAX_MESSAGE,
+        redis_url = opts.redis, redis = {},
     }, App)
     app.module = app:_module()
     current_clock = app.clock

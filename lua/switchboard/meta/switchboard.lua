@@ -12,6 +12,7 @@
 ---@field jwt switchboard.jwt JSON Web Tokens: verify (HS256, RS256, ES256) and sign (HS256).
 ---@field http switchboard.http Outbound HTTP/1.1 and HTTPS requests that the handler waits on.
 ---@field tcp switchboard.tcp Outbound TCP (and TLS) sockets that the handler waits on.
+---@field redis switchboard.redis A pooled Redis client that handlers wait on.
 ---@field node string This process's id: 16 random hex digits, new at every start.
 ---@field version string The server's version.
 local sb = {}
@@ -255,6 +256,46 @@ function sock:settimeout(seconds) end
 ---another light thread waits on it.
 ---@return true|nil ok, string? err
 function sock:close() end
+---`sb.redis`: a Redis client on the server's loop. A handler (or timer) that calls it
+---waits without blocking the server; connections are pooled per URL.
+---@class switchboard.redis
+---@field url? string The server's --redis URL (nil without --redis): connect's default.
+local redis = {}
+
+---Options of `sb.redis.connect`.
+---@class switchboard.redis_opts
+---@field timeout? number Seconds for the connect and for each call (default 10).
+
+---A connection from the URL's pool, or a new one. Waits (in a handler or timer).
+---Raises on a bad URL, or when no URL is given and the server has no --redis.
+---@param url? string redis://host[:port][/db]; default the --redis URL.
+---@param opts? switchboard.redis_opts
+---@return switchboard.redis.connection|nil red
+---@return string|nil err "timeout", "connection refused", "closed", "too many calls"
+function redis.connect(url, opts) end
+
+---A connection `sb.redis.connect` returned; `close` puts it back in the pool.
+---@class switchboard.redis.connection
+local connection = {}
+
+---Sends one command and waits for its reply. Replies map to Lua values: a status or
+---bulk string -> string, an integer -> integer, an array -> table (a nil inside it ->
+---`sb.json.null`), a nil reply -> nil. An error reply returns nil, "redis: ERR ...";
+---other failures nil, "timeout" | "closed" | "too many calls".
+---@param cmd string
+---@param ... string|number
+---@return any value
+---@return string|nil err
+function connection:call(cmd, ...) end
+
+---Puts the connection back in its URL's pool (or closes it when the pool is full or
+---the connection is dead). Using it afterwards returns nil, "closed".
+---@return boolean
+function connection:close() end
+
+---The timeout of each following call, in seconds (> 0).
+---@param seconds number
+function connection:settimeout(seconds) end
 
 ---What `sb.stats()` returns: counters since start, and labelled counts.
 ---@class switchboard.stats
