@@ -148,9 +148,8 @@ static const char *errno_text(struct outbound *o, int e) {
         return "host unreachable";
     case 0:
         return "closed";
-    default:
-        snprintf(o->errbuf, sizeof o->errbuf, "%s", strerror(e));
-        return o->errbuf;
+    default: /* not o->errbuf: callers format this into it */
+        return strerror(e);
     }
 }
 
