@@ -97,6 +97,7 @@ struct conn {
     /* HTTP phase: partial request bytes (owned, freed at upgrade or close) */
     char *hbuf;
     uint32_t hlen, hcap, hlast;
+    uint32_t pend_len; /* of pend, below */
     /* request head kept for ws.path/query/headers (owned) */
     char *head;
     char *close_reason; /* peer's close reason (owned), NUL-terminated */
@@ -106,9 +107,9 @@ struct conn {
     struct ws_deflate *defl; /* owned; only when permessage-deflate was negotiated */
     struct outq out; /* queued output (owned) */
     struct conn_file *file; /* a file being sent (HTTP phase; owned) or NULL */
-    /* bytes read but not decoded while held (owned; freed when fed or at conn_free) */
+    /* bytes read but not decoded while held (owned; freed when fed or at conn_free);
+     * their count, pend_len, sits beside hlast (no padding) */
     uint8_t *pend;
-    uint32_t pend_len;
     struct conn_pending_upgrade *pup; /* an upgrade whose answer waits (owned) */
     struct subscription *subs; /* owned by pubsub */
     uint32_t nsubs, subs_cap;
