@@ -279,8 +279,9 @@ static const char *tls_error(struct outbound *o) {
         snprintf(o->errbuf, sizeof o->errbuf, "tls: %s", r ? r : "handshake failed");
     } else {
         int se = EVUTIL_SOCKET_ERROR();
-        snprintf(o->errbuf, sizeof o->errbuf, "tls: handshake failed: %s",
-                 se ? errno_text(o, se) : "closed");
+        char why[sizeof o->errbuf]; /* errno_text may return errbuf itself: copy it first */
+        snprintf(why, sizeof why, "%s", se ? errno_text(o, se) : "closed");
+        snprintf(o->errbuf, sizeof o->errbuf, "tls: handshake failed: %.170s", why);
     }
     return o->errbuf;
 }
