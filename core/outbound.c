@@ -278,7 +278,7 @@ static const char *tls_error(struct outbound *o) {
         snprintf(o->errbuf, sizeof o->errbuf, "tls: %s", r ? r : "handshake failed");
     } else {
         int se = EVUTIL_SOCKET_ERROR();
-        snprintf(o->errbuf, sizeof o->errbuf, "tls: handshake failed: %s",
+        snprintf(o->errbuf, sizeof o->errbuf, "tls: handshake failed: %.170s",
                  se ? errno_text(o, se) : "closed");
     }
     return o->errbuf;
