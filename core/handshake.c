@@ -254,41 +254,40 @@ static int entry_matches(const char *e, size_t el, const char *origin, size_t le
     return same_ci(want.host, want.host_len, got.host, got.host_len);
 }
 
+/* The comma-separated element of list at *p, trimmed of spaces, as [*a, *b);
+ * *p moves past its comma. Returns 0 after the last element (the empty one
+ * after a trailing comma included), 1 while there is one. */
+static int list_element(const char **p, const char **a, const char **b) {
+    if (!*p)
+        return 0;
+    const char *end = strchr(*p, ',');
+    if (!end)
+        end = *p + strlen(*p);
+    *a = *p;
+    *b = end;
+    while (*a < *b && is_ows(**a))
+        (*a)++;
+    while (*b > *a && is_ows((*b)[-1]))
+        (*b)--;
+    *p = *end ? end + 1 : NULL;
+    return 1;
+}
+
 int handshake_origin_allowed(const char *list, const char *origin, size_t len) {
-    const char *p = list;
-    while (*p) {
-        const char *end = strchr(p, ',');
-        if (!end)
-            end = p + strlen(p);
-        const char *a = p, *b = end;
-        while (a < b && is_ows(*a))
-            a++;
-        while (b > a && is_ows(b[-1]))
-            b--;
+    const char *p = list, *a, *b;
+    while (list_element(&p, &a, &b))
         if (b > a && entry_matches(a, (size_t)(b - a), origin, len))
             return 1;
-        p = *end ? end + 1 : end;
-    }
     return 0;
 }
 
 int handshake_origin_list_valid(const char *list) {
-    const char *p = list;
-    for (;;) { /* every element, the one after a last comma too */
-        const char *end = strchr(p, ',');
-        if (!end)
-            end = p + strlen(p);
-        const char *a = p, *b = end;
-        while (a < b && is_ows(*a))
-            a++;
-        while (b > a && is_ows(b[-1]))
-            b--;
+    const char *p = list, *a, *b;
+    while (list_element(&p, &a, &b)) { /* every element, the one after a last comma too */
         struct origin_parts o;
         if (b == a ||
             (!same_ci(a, (size_t)(b - a), "null", 4) && split_origin(a, (size_t)(b - a), &o) < 0))
             return 0;
-        if (!*end)
-            return 1;
-        p = end + 1;
     }
+    return 1;
 }

@@ -8,15 +8,7 @@ local cjson = require "cjson"
 
 local write = server.write_file
 
--- Run the binary to its exit; returns the exit code, stdout, stderr.
-local function run(args)
-    local s = server.start{ expect_exit = true, raw_args = true, args = args }
-    local how, code = s:wait_exit(20)
-    local out = server.read_file(s.logfile .. ".out")
-    local err = s:stop()
-    assert.are.equal("exited", how)
-    return code, out, err
-end
+local run = server.run
 
 -- `busted` with no arguments in dir, in a clean environment (no LUA_PATH, no
 -- sanitizer runtime): what a user types. Returns ok, output.

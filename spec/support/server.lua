@@ -75,6 +75,17 @@ end
 local S = {}
 S.__index = S
 
+-- Run the binary with exactly args to its exit (it must exit by itself within
+-- 20 s); returns the exit code, stdout, stderr.
+function server.run(args)
+    local s = server.start{ expect_exit = true, raw_args = true, args = args }
+    local how, code = s:wait_exit(20)
+    local out = read_file(s.logfile .. ".out")
+    local err = s:stop()
+    assert(how == "exited", "switchboard did not exit by itself: " .. tostring(how))
+    return code, out, err
+end
+
 function server.start(opts)
     opts = opts or {}
     local app = opts.app or (root .. "/scripts")
