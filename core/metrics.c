@@ -227,6 +227,9 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
                 st->redis_received);
         counter(&b, "switchboard_redis_errors_total", "Redis errors (lost connection, bad reply).",
                 st->redis_errors);
+        counter(&b, "switchboard_redis_refused_total",
+                "Messages on sb:<topic> not delivered: a text that is not UTF-8, an unknown tag.",
+                st->redis_refused);
         counter(&b, "switchboard_redis_dropped_total",
                 "Publishes kept local because --redis-out-max bytes were unanswered by Redis.",
                 redis_dropped(srv->redis));
