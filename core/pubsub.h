@@ -26,6 +26,16 @@ void pubsub_set_hook(struct pubsub *ps, pubsub_topic_hook fn, void *ud);
 typedef void (*pubsub_publish_hook)(void *ud, const char *topic, size_t tlen, const void *msg,
                                     size_t len, int binary);
 void pubsub_set_publish_hook(struct pubsub *ps, pubsub_publish_hook fn, void *ud);
+/* A watch is a subscriber that is no connection (a script's switchboard.subscribe):
+ * it keeps its topic live (for the topic hook, so --redis subscribes the channel) and
+ * makes pubsub_deliver hand every message on the topic to the watch hook first. The
+ * hook must not run Lua or change subscriptions (it queues). Watches are counted:
+ * pubsub_watch returns 0 (-1 out of memory), each pubsub_unwatch undoes one. */
+typedef void (*pubsub_watch_hook)(void *ud, const char *topic, size_t tlen, const void *msg,
+                                  size_t len, int binary);
+void pubsub_set_watch_hook(struct pubsub *ps, pubsub_watch_hook fn, void *ud);
+int pubsub_watch(struct pubsub *ps, const char *topic, size_t len);
+void pubsub_unwatch(struct pubsub *ps, const char *topic, size_t len);
 void pubsub_free(struct pubsub *ps);
 
 /* Returns 1 subscribed, 0 already subscribed, -1 out of memory. */
@@ -42,8 +52,9 @@ size_t pubsub_publish(struct pubsub *ps, const char *topic, size_t tlen, const v
  * a publish that came from elsewhere. Returns the number queued on. */
 size_t pubsub_deliver(struct pubsub *ps, const char *topic, size_t tlen, const void *msg,
                       size_t len, int binary, struct conn *except);
+/* The topic's connection subscribers (watches not counted). */
 size_t pubsub_count(struct pubsub *ps, const char *topic, size_t len);
-/* Calls cb for every topic with at least one subscriber. */
+/* Calls cb for every live topic: with a connection subscriber or a watch. */
 void pubsub_each_topic(struct pubsub *ps, void (*cb)(void *ud, const char *t, size_t len),
                        void *ud);
 

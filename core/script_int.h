@@ -75,6 +75,7 @@ struct script {
     int npool, pool_cap;
     struct script_task *tasks;  /* calls that wait (owned; script_task.c) */
     struct script_redis *redis; /* switchboard.redis's client (script_redis.c); owned */
+    struct subs *subs;          /* switchboard.subscribe's subscriptions (script_sub.c); owned */
 };
 
 /* A timer is owned by the app module whose top level (or whose timer) made
@@ -301,6 +302,20 @@ void script__redis_open(lua_State *L);
 void script__redis_free(struct script *s);
 /* After lua_close: free the client. */
 void script__redis_release(struct script *s);
+
+/* ---- script_sub.c: switchboard.subscribe ---- */
+
+/* The subscriptions' state, and the pubsub watch hook: 0, or -1 out of memory. */
+int script__sub_init(struct script *s);
+/* Set subscribe and unsubscribe on the module table at the top of the stack. */
+void script__sub_open(lua_State *L);
+/* Before lua_close, after the waiting calls ended: every subscription goes. */
+void script__sub_free(struct script *s);
+/* As script__cancel_route_timers / script__cancel_module_timers, for subscriptions. */
+void script__cancel_route_subs(struct script *s, struct route *r, uint32_t version, int same);
+void script__cancel_module_subs(struct script *s, const char *mod, uint32_t gen, int same);
+/* Subscriptions live now. */
+size_t script__sub_count(struct script *s);
 
 /* ---- script_route.c ---- */
 
