@@ -110,10 +110,17 @@ static int ws_ping(lua_State *L) {
     return 1;
 }
 
+/* ws:subscribe(topic [, opts]): opts.presence (script_presence.c). */
 static int ws_subscribe(lua_State *L) {
     struct conn *c = ws_conn(L, "subscribe");
     size_t len;
     const char *t = script__arg_topic(L, 2, 1, "subscribe", &len);
+    int presence = 0;
+    if (!lua_isnoneornil(L, 3)) {
+        if (lua_type(L, 3) != LUA_TTABLE)
+            return script__type_error(L, 3, 2, "subscribe", "table");
+        presence = script__presence_encode(L, 3, 2, "subscribe");
+    }
     if (!ws_is_open(c)) { /* it would leave the topic at once */
         lua_pushboolean(L, 0);
         return 1;
@@ -121,6 +128,8 @@ static int ws_subscribe(lua_State *L) {
     int r = pubsub_subscribe(c->srv->pubsub, c, t, len);
     if (r < 0)
         return luaL_error(L, "subscribe: out of memory");
+    if (presence)
+        script__presence_join(L, c, t, len, -1);
     lua_pushboolean(L, r == 1);
     return 1;
 }
@@ -129,7 +138,10 @@ static int ws_unsubscribe(lua_State *L) {
     struct conn *c = ws_conn(L, "unsubscribe");
     size_t len;
     const char *t = script__arg_topic(L, 2, 1, "unsubscribe", &len);
-    lua_pushboolean(L, pubsub_unsubscribe(c->srv->pubsub, c, t, len) == 1);
+    int r = pubsub_unsubscribe(c->srv->pubsub, c, t, len);
+    if (r == 1)
+        script__presence_leave(L, c, t, len);
+    lua_pushboolean(L, r == 1);
     return 1;
 }
 
