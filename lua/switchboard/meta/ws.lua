@@ -31,12 +31,14 @@ function ws:close(code, reason) end
 ---@return boolean ok `false` when closing.
 function ws:ping(data) end
 
----Joins a topic.
+---Joins a topic. `opts.presence`: a small table (at most 1024 bytes as JSON) recorded
+---for this connection in the topic, listed by `switchboard.presence(topic)`.
 ---@param topic string
+---@param opts? { presence?: table }
 ---@return boolean ok `false` if already subscribed (or closing).
-function ws:subscribe(topic) end
+function ws:subscribe(topic, opts) end
 
----Leaves a topic.
+---Leaves a topic (and its presence).
 ---@param topic string
 ---@return boolean ok `false` if it was not subscribed.
 function ws:unsubscribe(topic) end
