@@ -80,6 +80,7 @@ struct sb_config {
     const char *allowed_origins; /* --allowed-origins LIST (router.c); NULL = any Origin */
     unsigned max_outbound;       /* --max-outbound: sb.http/sb.tcp connections open at once */
     size_t max_response_body;    /* --max-response-body: sb.http body, sock:receive result */
+    size_t subscribe_queue_max;  /* --subscribe-queue-max: bytes waiting for sb.subscribe fns */
 };
 
 void config_defaults(struct sb_config *cfg);

@@ -6,8 +6,15 @@
  * when a channel is unsubscribed and subscribed again before Redis has answered, which
  * is what a topic whose last subscriber leaves and comes back does.)
  *
- * Wire format of a message on "sb:<topic>": 8 bytes origin id (big-endian), 1 byte of
- * flags (bit 0: binary), then the message bytes. */
+ * Wire format of a payload on "sb:<topic>" (README, "Publishing from a backend"): a
+ * payload whose first byte is not 0xFF is a text from a backend, delivered as it is
+ * (refused unless it is UTF-8). 0xFF, which never occurs in UTF-8, starts a tag; the
+ * byte after it is the kind:
+ *   'b'  binary from a backend: the message follows;
+ *   'm'  a switchboard process's publish: 8 bytes origin id (big-endian), 1 byte of
+ *        flags (bit 0: binary), then the message.
+ * Any other kind, or a tag cut short, is refused (counted, logged at most once a
+ * second): a process never delivers a kind it does not know, mangled. */
 #define _GNU_SOURCE
 #include "redis.h"
 
@@ -30,7 +37,10 @@
 #include "utf8.h"
 
 #define CHAN_PREFIX "sb:"
-#define HDR 9
+#define TAG 0xFF
+#define KIND_BINARY 'b'
+#define KIND_MSG 'm'
+#define MSG_HDR 11 /* tag, kind, origin, flags */
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
 #define HEALTH_EVERY 1.0 /* seconds between health checks */
@@ -64,6 +74,21 @@ struct sb_redis {
     double last_heard;   /* when it last answered (or a wait began) */
     char *scratch; /* channel name and message for PUBLISH, reused */
     size_t scratch_cap;
+    uint64_t refused_unlogged; /* refused since the last "refused" line */
+    double refuse_logged;
+    struct {
+        redis_up_fn fn;
+        void *ud;
+    } up_hooks[REDIS_UP_HOOKS];
+};
+
+/* A redis_command in flight: the privdata of its hiredis callback (owned; freed
+ * after its reply or the connection's end). */
+struct redis_cmd {
+    struct sb_redis *r;
+    redis_reply_fn cb; /* NULL once cancelled */
+    void *ud;
+    size_t bytes; /* counted in out_bytes */
 };
 
 int redis_parse_url(const char *url, char *host, size_t cap, int *port, int *db, char *err,
@@ -197,6 +222,9 @@ static void maybe_up(struct sb_redis *r) {
     } else {
         log_info("redis: connected to %s:%d", r->host, r->port);
     }
+    for (int i = 0; i < REDIS_UP_HOOKS; i++)
+        if (r->up_hooks[i].fn)
+            r->up_hooks[i].fn(r->up_hooks[i].ud);
 }
 
 /* Say how many publishes stayed local for --redis-out-max, at most once a second. */
@@ -307,7 +335,7 @@ void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const voi
     }
     size_t clen = sizeof CHAN_PREFIX - 1 + tlen;
     /* the command's size on the wire, give or take its few length digits */
-    size_t bytes = clen + HDR + len + 64;
+    size_t bytes = clen + MSG_HDR + len + 64;
     if (r->out_bytes + bytes > r->out_max) {
         /* Redis is not keeping up (or is stopped): keep this one local rather
          * than buffer without bound until the stall detector gives up */
@@ -316,20 +344,22 @@ void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const voi
         log_drops(r, server_clock());
         return;
     }
-    if (scratch(r, clen + HDR + len) < 0) {
+    if (scratch(r, clen + MSG_HDR + len) < 0) {
         r->srv->stats.redis_errors++;
         return;
     }
     char *chan = r->scratch, *payload = r->scratch + clen;
     memcpy(chan, CHAN_PREFIX, sizeof CHAN_PREFIX - 1);
     memcpy(chan + sizeof CHAN_PREFIX - 1, topic, tlen);
+    payload[0] = (char)TAG;
+    payload[1] = KIND_MSG;
     for (int i = 0; i < 8; i++)
-        payload[i] = (char)(r->origin >> (56 - 8 * i));
-    payload[8] = binary ? 1 : 0;
+        payload[2 + i] = (char)(r->origin >> (56 - 8 * i));
+    payload[10] = binary ? 1 : 0;
     if (len)
-        memcpy(payload + HDR, msg, len);
+        memcpy(payload + MSG_HDR, msg, len);
     const char *argv[3] = {"PUBLISH", chan, payload};
-    size_t argvlen[3] = {7, clen, HDR + len};
+    size_t argvlen[3] = {7, clen, MSG_HDR + len};
     if (redisAsyncCommandArgv(r->pub, on_pub_reply, (void *)(uintptr_t)bytes, 3, argv, argvlen) !=
         REDIS_OK) {
         r->srv->stats.redis_errors++;
@@ -338,6 +368,78 @@ void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const voi
     owe(r);
     r->out_bytes += bytes;
     r->srv->stats.redis_published++;
+}
+
+/* ---- commands for the app's side (presence, history) ------------------------------ */
+
+static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv) {
+    struct redis_cmd *c = priv;
+    struct sb_redis *r = c->r;
+    redisReply *rep = reply;
+    if (!r->freeing && rep && ac == r->pub) {
+        if (r->pending > 0)
+            r->pending--;
+        r->out_bytes = r->out_bytes > c->bytes ? r->out_bytes - c->bytes : 0;
+        r->last_heard = server_clock();
+        if (rep->type == REDIS_REPLY_ERROR)
+            r->srv->stats.redis_errors++;
+    }
+    if (c->cb)
+        c->cb(c->ud, rep, rep ? NULL : "connection to Redis lost");
+    free(c);
+}
+
+struct redis_cmd *redis_command(struct sb_redis *r, int argc, const char **argv,
+                                const size_t *argvlen, redis_reply_fn cb, void *ud) {
+    if (!r || !r->pub || r->freeing)
+        return NULL;
+    size_t bytes = 16;
+    for (int i = 0; i < argc; i++)
+        bytes += argvlen[i] + 16;
+    if (r->out_bytes + bytes > r->out_max) {
+        r->dropped++;
+        r->drops_unlogged++;
+        log_drops(r, server_clock());
+        return NULL;
+    }
+    struct redis_cmd *c = malloc(sizeof *c);
+    if (!c)
+        return NULL;
+    *c = (struct redis_cmd){.r = r, .cb = cb, .ud = ud, .bytes = bytes};
+    if (redisAsyncCommandArgv(r->pub, on_cmd_reply, c, argc, argv, argvlen) != REDIS_OK) {
+        free(c);
+        r->srv->stats.redis_errors++;
+        return NULL;
+    }
+    owe(r);
+    r->out_bytes += bytes;
+    return c;
+}
+
+void redis_command_cancel(struct redis_cmd *c) {
+    if (c)
+        c->cb = NULL;
+}
+
+int redis_on_up(struct sb_redis *r, redis_up_fn fn, void *ud) {
+    for (int i = 0; i < REDIS_UP_HOOKS; i++) {
+        if (!r->up_hooks[i].fn) {
+            r->up_hooks[i].fn = fn;
+            r->up_hooks[i].ud = ud;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void redis_off_up(struct sb_redis *r, redis_up_fn fn, void *ud) {
+    for (int i = 0; i < REDIS_UP_HOOKS; i++)
+        if (r->up_hooks[i].fn == fn && r->up_hooks[i].ud == ud)
+            r->up_hooks[i].fn = NULL;
+}
+
+int redis_is_up(const struct sb_redis *r) {
+    return r && r->state == R_UP;
 }
 
 /* ---- the subscriber: our own events on a non-blocking redisContext ------------- */
@@ -370,30 +472,65 @@ static void sub_command(struct sb_redis *r, const char *cmd, const char *topic, 
     sub_flush(r);
 }
 
+/* A payload on chan that is not delivered: counted, and said at most once a second
+ * (with how many went unsaid since). */
+static void refuse(struct sb_redis *r, const redisReply *chan, const char *why) {
+    r->srv->stats.redis_refused++;
+    double now = server_clock();
+    if (r->refuse_logged > 0 && now - r->refuse_logged < 1.0) {
+        r->refused_unlogged++;
+        return;
+    }
+    int clen = chan->len > 200 ? 200 : (int)chan->len;
+    if (r->refused_unlogged)
+        log_warn("redis: refused a message on %.*s: %s (and %llu more refused since the last "
+                 "line; see README, \"Publishing from a backend\")",
+                 clen, chan->str, why, (unsigned long long)r->refused_unlogged);
+    else
+        log_warn("redis: refused a message on %.*s: %s (see README, \"Publishing from a "
+                 "backend\")",
+                 clen, chan->str, why);
+    r->refused_unlogged = 0;
+    r->refuse_logged = now;
+}
+
 static void on_message(struct sb_redis *r, const redisReply *chan, const redisReply *msg) {
     size_t plen = sizeof CHAN_PREFIX - 1;
-    if (chan->type != REDIS_REPLY_STRING || msg->type != REDIS_REPLY_STRING || chan->len < plen ||
-        msg->len < HDR) {
+    if (chan->type != REDIS_REPLY_STRING || msg->type != REDIS_REPLY_STRING || chan->len < plen) {
         r->srv->stats.redis_errors++;
         return;
     }
     const unsigned char *p = (const unsigned char *)msg->str;
-    uint64_t origin = 0;
-    for (int i = 0; i < 8; i++)
-        origin = origin << 8 | p[i];
-    if (origin == r->origin)
-        return; /* ours: delivered locally when it was published */
-    int binary = p[8] & 1;
-    size_t len = msg->len - HDR;
-    if (!binary && utf8_validate(UTF8_ACCEPT, p + HDR, len) != UTF8_ACCEPT) {
-        r->srv->stats.redis_errors++;
-        log_warn("redis: dropped a text message on %.*s that is not UTF-8", (int)chan->len,
-                 chan->str);
+    size_t len = msg->len;
+    int binary = 0;
+    if (len && p[0] == TAG) {
+        int kind = len > 1 ? p[1] : -1;
+        if (kind == KIND_MSG && len >= MSG_HDR) {
+            uint64_t origin = 0;
+            for (int i = 0; i < 8; i++)
+                origin = origin << 8 | p[2 + i];
+            if (origin == r->origin)
+                return; /* ours: delivered locally when it was published */
+            binary = p[10] & 1;
+            p += MSG_HDR;
+            len -= MSG_HDR;
+        } else if (kind == KIND_BINARY) {
+            binary = 1;
+            p += 2;
+            len -= 2;
+        } else {
+            refuse(r, chan, kind < 0 ? "a tag (0xFF) without its kind"
+                            : kind == KIND_MSG ? "a tagged message cut short"
+                                               : "a tag (0xFF) of an unknown kind");
+            return;
+        }
+    }
+    if (!binary && utf8_validate(UTF8_ACCEPT, p, len) != UTF8_ACCEPT) {
+        refuse(r, chan, "a text that is not UTF-8 (publish binary as 0xFF 'b' + bytes)");
         return;
     }
     r->srv->stats.redis_received++;
-    pubsub_deliver(r->srv->pubsub, chan->str + plen, chan->len - plen, p + HDR, len, binary,
-                   NULL);
+    pubsub_deliver(r->srv->pubsub, chan->str + plen, chan->len - plen, p, len, binary, NULL);
 }
 
 static void on_sub_read(evutil_socket_t fd, short what, void *arg) {

@@ -131,7 +131,7 @@ int script__history_publish(lua_State *L, struct sb_server *srv, const struct hi
     if (!f)
         return luaL_error(L, "%s: out of memory", fn);
     history_append(srv->history, st, r, pos, f, msg, len, binary, in_frame);
-    size_t n = pubsub_deliver_frame(srv->pubsub, topic, tlen, f, pos, except, 0);
+    size_t n = pubsub_deliver_frame(srv->pubsub, topic, tlen, f, pos, msg, len, binary, except, 0);
     outbuf_unref(f);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
