@@ -383,6 +383,7 @@ static int luaopen_switchboard(lua_State *L) {
     script__tcp_open(L);
     script__task_open(L);
     script__redis_open(L);
+    script__history_open(L);
     script__sub_open(L);
     script__presence_open(L);
     lua_pushliteral(L, SB_VERSION);

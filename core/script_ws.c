@@ -10,6 +10,7 @@
 #include <lua.h>
 
 #include "conn.h"
+#include "history.h"
 #include "http.h"
 #include "pubsub.h"
 #include "script_int.h"
@@ -110,14 +111,15 @@ static int ws_ping(lua_State *L) {
     return 1;
 }
 
-/* ws:subscribe(topic [, opts]): opts.presence (script_presence.c). */
+/* ws:subscribe(topic [, opts]): opts.presence (script_presence.c), opts.since and
+ * opts.epoch (script_history.c). */
 static int ws_subscribe(lua_State *L) {
     struct conn *c = ws_conn(L, "subscribe");
     size_t len;
     const char *t = script__arg_topic(L, 2, 1, "subscribe", &len);
     int presence = 0;
     if (!lua_isnoneornil(L, 3)) {
-        if (lua_type(L, 3) != LUA_TTABLE)
+        if (!lua_istable(L, 3))
             return script__type_error(L, 3, 2, "subscribe", "table");
         presence = script__presence_encode(L, 3, 2, "subscribe");
     }
@@ -125,11 +127,20 @@ static int ws_subscribe(lua_State *L) {
         lua_pushboolean(L, 0);
         return 1;
     }
+    /* before the subscribe, which may wait (a recovery with --redis) */
+    if (presence)
+        script__presence_join(L, c, t, len, -1);
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "since");
+        lua_getfield(L, 3, "epoch");
+        int recover = !lua_isnil(L, -1) || !lua_isnil(L, -2);
+        lua_pop(L, 2);
+        if (recover)
+            return script__history_subscribe(L, c, t, len, 3);
+    }
     int r = pubsub_subscribe(c->srv->pubsub, c, t, len);
     if (r < 0)
         return luaL_error(L, "subscribe: out of memory");
-    if (presence)
-        script__presence_join(L, c, t, len, -1);
     lua_pushboolean(L, r == 1);
     return 1;
 }
@@ -156,6 +167,9 @@ int script__publish(lua_State *L, int first, struct sb_server *srv, struct conn 
     if ((uint64_t)len > srv->cfg.max_message)
         return script__arg_error(L, 2, fn, "message longer than --max-message");
     srv->stats.publishes++;
+    const struct history_rule *hr = history_match(srv->history, t, tlen);
+    if (hr)
+        return script__history_publish(L, srv, hr, t, tlen, msg, len, binary, except, fn);
     size_t n = pubsub_publish(srv->pubsub, t, tlen, msg, len, binary, except);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;

@@ -19,6 +19,7 @@ local cjson = require "cjson"
 local fake_crypto = require "switchboard.testing.crypto"
 local fake_json = require "switchboard.testing.json"
 local fake_redis = require "switchboard.testing.redis"
+local fake_history = require "switchboard.testing.history"
 
 local testing = {}
 
@@ -295,12 +296,15 @@ function ws_methods.subscribe(ws, topic, opts)
         json = res
     end
     if conn.state ~= "open" then return false end
-    local r = conn.app:_subscribe(conn, topic)
     if json then
         conn.app.presence[topic] = conn.app.presence[topic] or {}
         conn.app.presence[topic][conn] = json
     end
-    return r
+    if opts and (opts.since ~= nil or opts.epoch ~= nil) then
+        return conn.app.history:subscribe(conn, topic, opts,
+            function() return conn.app:_subscribe(conn, topic) end)
+    end
+    return conn.app:_subscribe(conn, topic)
 end
 
 function ws_methods.unsubscribe(ws, topic)
@@ -782,6 +786,10 @@ function App:_publish(topic, msg, binary, sender)
     self.published[#self.published + 1] = { topic = topic, data = msg, binary = binary,
         sender = sender and sender.fields.id or nil }
     local subs = self.topics[topic]
+    local rule = self.history:match(topic)
+    if rule then
+        return self.history:publish(rule, topic, msg, binary, sender, subs and copy(subs.list) or {})
+    end
     local n = 0
     for _, conn in ipairs(subs and copy(subs.list) or {}) do
         if conn ~= sender and conn.state == "open" then
@@ -1080,6 +1088,7 @@ function App:_module()
     sb.jwt = fake_crypto.jwt(sb.json)
     sb.http = { request = fake_http_request }
     sb.redis = fake_redis.new(app.redis_url, app.redis)
+    sb.history = app.history.api
     sb.node = app.node
     sb.log = {}
     for _, level in ipairs({ "info", "warn", "error" }) do
@@ -1155,7 +1164,8 @@ end
 -- raising handler fail the spec at once instead of only closing its connection;
 -- opts.max_message is the server's --max-message (default 16 MiB); opts.redis is its
 -- --redis URL (sb.redis.url; nil by default). sb.redis is an in-memory Redis of strings
--- (switchboard.testing.redis); app.redis[url] holds each URL's keys.
+-- (switchboard.testing.redis); app.redis[url] holds each URL's keys. sb.history keeps
+-- topic history as the server does in process (switchboard.testing.history).
 function testing.app(dir, opts)
     dir = (opt_string("app", 1, dir, "scripts")):gsub("/$", "")
     opts = opts or {}
@@ -1168,6 +1178,7 @@ function testing.app(dir, opts)
         max_message = opts.max_message or MAX_MESSAGE,
         redis_url = opts.redis, redis = {},
     }, App)
+    app.history = fake_history.new(app)
     app.module = app:_module()
     current_clock = app.clock
     return app

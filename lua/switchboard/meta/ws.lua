@@ -31,11 +31,24 @@ function ws:close(code, reason) end
 ---@return boolean ok `false` when closing.
 function ws:ping(data) end
 
----Joins a topic. `opts.presence`: a small table (at most 1024 bytes as JSON) recorded
----for this connection in the topic, listed by `switchboard.presence(topic)`.
+---Options of `ws:subscribe` that recover what the client missed.
+---@class switchboard.subscribe_opts
+---@field since? integer The last position the client saw.
+---@field epoch? string The epoch it saw it in.
+---@field presence? table This connection's info in the topic (at most 1024 bytes as JSON),
+---listed by `switchboard.presence(topic)`.
+
+---Joins a topic. With `opts.since`/`opts.epoch` on a topic with history
+---(`sb.history.keep`): first sends this ws, in order, every kept publication after
+---`since`, then the live ones, with no gap and no duplicate; returns whether that was
+---complete (`false` when `since` is older than the history, the epoch differs, or they
+---are malformed: then the whole kept history is sent) and the topic's epoch. A replay
+---past --out-high is sent as the client reads (drain). With --redis it waits.
 ---@param topic string
----@param opts? { presence?: table }
----@return boolean ok `false` if already subscribed (or closing).
+---@param opts? switchboard.subscribe_opts
+---@return boolean ok Without opts: `false` if already subscribed (or closing). With
+---since/epoch: recovered.
+---@return string|nil epoch With since/epoch on a history topic: the topic's epoch.
 function ws:subscribe(topic, opts) end
 
 ---Leaves a topic (and its presence).
