@@ -40,6 +40,7 @@
 #define TAG 0xFF
 #define KIND_BINARY 'b'
 #define KIND_MSG 'm'
+#define KIND_POS 'p' /* a history publication: see "---- history" below */
 #define MSG_HDR 11 /* tag, kind, origin, flags */
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
@@ -80,7 +81,14 @@ struct sb_redis {
         redis_up_fn fn;
         void *ud;
     } up_hooks[REDIS_UP_HOOKS];
+    struct redis_barrier *bar_head, *bar_tail; /* PINGs sent on the subscriber connection */
 };
+
+static void barriers_fail(struct sb_redis *r);
+static void barrier_pong(struct sb_redis *r);
+static void on_positioned(struct sb_redis *r, const redisReply *chan, const unsigned char *p,
+                          size_t len);
+static void load_functions(struct sb_redis *r);
 
 /* A redis_command in flight: the privdata of its hiredis callback (owned; freed
  * after its reply or the connection's end). */
@@ -187,6 +195,7 @@ static void teardown(struct sb_redis *r) {
     r->pub_ok = r->sub_ok = 0;
     r->pending = 0;
     r->out_bytes = 0; /* what was owed went with the connection */
+    barriers_fail(r);
 }
 
 /* Either connection failed or broke: drop both and retry after the backoff. */
@@ -518,6 +527,9 @@ static void on_message(struct sb_redis *r, const redisReply *chan, const redisRe
             binary = 1;
             p += 2;
             len -= 2;
+        } else if (kind == KIND_POS) {
+            on_positioned(r, chan, p, len);
+            return;
         } else {
             refuse(r, chan, kind < 0 ? "a tag (0xFF) without its kind"
                             : kind == KIND_MSG ? "a tagged message cut short"
@@ -558,6 +570,11 @@ static void on_sub_read(evutil_socket_t fd, short what, void *arg) {
             rep->element[0]->type == REDIS_REPLY_STRING &&
             strcasecmp(rep->element[0]->str, "message") == 0)
             on_message(r, rep->element[1], rep->element[2]);
+        else if ((rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
+                  rep->element[0]->type == REDIS_REPLY_STRING &&
+                  strcasecmp(rep->element[0]->str, "pong") == 0) ||
+                 (rep->type == REDIS_REPLY_STATUS && strcasecmp(rep->str, "PONG") == 0))
+            barrier_pong(r); /* redis_sub_barrier's */
         else if (rep->type == REDIS_REPLY_ERROR) {
             r->srv->stats.redis_errors++;
             log_warn("redis: subscriber connection: %s", rep->str);
@@ -614,6 +631,7 @@ static void connect_both(struct sb_redis *r) {
     /* queued ahead of every PUBLISH */
     if (r->db && redisAsyncCommand(r->pub, on_pub_reply, NULL, "SELECT %d", r->db) == REDIS_OK)
         owe(r);
+    load_functions(r); /* ahead of every FCALL of history */
 
     r->sub = redisConnectNonBlock(r->host, r->port);
     if (!r->sub || r->sub->err) {
@@ -685,8 +703,267 @@ uint64_t redis_dropped(const struct sb_redis *r) {
     return r ? r->dropped : 0;
 }
 
+/* ---- history ------------------------------------------------------------------------
+ *
+ * Topic history lives in Redis beside the channel, written by one server-side function
+ * so that the position, the append and the PUBLISH are one atomic step: the order of
+ * positions is the order in which every process receives the publications. Keys of a
+ * topic T: "sb:history-meta:T" (hash: e = epoch, s = last position, n = size, t = ttl)
+ * and "sb:history:T" (stream, ids "<pos>-0", fields d = the message, b = "1" binary);
+ * both expire ttl seconds after the topic's last publication. The epoch is made with
+ * the meta hash (from TIME and the topic), so when Redis loses the keys (FLUSHALL,
+ * expiry, a restart without persistence) the next publication or read starts a new
+ * epoch at position 1.
+ *
+ * The payload on "sb:T": 0xFF 'p' <flag '0'|'1' binary> <pos> ' ' <epoch> ' ' <tag> ' '
+ * <message>; tag is "-", or 32 hex digits (the publishing process's origin and the id
+ * of its connection that must not receive it: ws:publish). Backends publish with
+ * FCALL sb_publish 1 <topic> <message> [<binary 0|1> [<size> [<ttl>]]] (size and ttl
+ * default to the topic's last ones, else 100 and 3600). */
+
+static const char functions[] =
+    "#!lua name=switchboard\n"
+    "local function new_epoch(mk, sk, topic, ttl)\n"
+    "  local t = redis.call('TIME')\n"
+    "  local e = string.sub(redis.sha1hex(topic .. ' ' .. t[1] .. ' ' .. t[2]), 1, 12)\n"
+    "  redis.call('DEL', sk)\n"
+    "  redis.call('HSET', mk, 'e', e, 's', 0)\n"
+    "  redis.call('PEXPIRE', mk, math.max(1, math.floor(ttl * 1000)))\n"
+    "  return e\n"
+    "end\n"
+    "local function publish(keys, args)\n"
+    "  local topic, msg = keys[1], args[1]\n"
+    "  local bin = args[2] == '1' and '1' or '0'\n"
+    "  local mk, sk = 'sb:history-meta:' .. topic, 'sb:history:' .. topic\n"
+    "  local m = redis.call('HMGET', mk, 'e', 'n', 't')\n"
+    "  local size = tonumber(args[3]) or tonumber(m[2]) or 100\n"
+    "  local ttl = tonumber(args[4]) or tonumber(m[3]) or 3600\n"
+    "  size = math.max(1, math.floor(size))\n"
+    "  local epoch = m[1] or new_epoch(mk, sk, topic, ttl)\n"
+    "  local pos = redis.call('HINCRBY', mk, 's', 1)\n"
+    "  redis.call('HSET', mk, 'n', size, 't', ttl)\n"
+    "  redis.call('XADD', sk, 'MAXLEN', size, pos .. '-0', 'd', msg, 'b', bin)\n"
+    "  local ms = math.max(1, math.floor(ttl * 1000))\n"
+    "  redis.call('PEXPIRE', mk, ms)\n"
+    "  redis.call('PEXPIRE', sk, ms)\n"
+    "  local tag = args[5]\n"
+    "  if not tag or tag == '' then tag = '-' end\n"
+    "  redis.call('PUBLISH', 'sb:' .. topic,\n"
+    "    '\\255p' .. bin .. pos .. ' ' .. epoch .. ' ' .. tag .. ' ' .. msg)\n"
+    "  return {pos, epoch}\n"
+    "end\n"
+    "local function history(keys, args)\n"
+    "  local topic = keys[1]\n"
+    "  local since = tonumber(args[1]) or 0\n"
+    "  local want, limit, first_n = args[2] or '*', tonumber(args[3]) or 0, args[4] == '1'\n"
+    "  local ttl = tonumber(args[5]) or 3600\n"
+    "  local mk, sk = 'sb:history-meta:' .. topic, 'sb:history:' .. topic\n"
+    "  local m = redis.call('HMGET', mk, 'e', 's')\n"
+    "  local epoch, seq = m[1], tonumber(m[2]) or 0\n"
+    "  if not epoch then epoch, seq = new_epoch(mk, sk, topic, ttl), 0 end\n"
+    "  local first = seq + 1\n"
+    "  local head = redis.call('XRANGE', sk, '-', '+', 'COUNT', 1)\n"
+    "  if head[1] then first = tonumber(string.match(head[1][1], '^(%d+)')) end\n"
+    "  local ok, from = 0, since\n"
+    "  if want ~= '*' then\n"
+    "    if want == epoch and since <= seq and since + 1 >= first then ok = 1 else from = 0 end\n"
+    "  end\n"
+    "  local out = {ok, epoch, seq}\n"
+    "  local list\n"
+    "  if limit > 0 and not first_n then\n"
+    "    list = redis.call('XREVRANGE', sk, '+', (from + 1) .. '-0', 'COUNT', limit)\n"
+    "    for i = #list, 1, -1 do\n"
+    "      local e = list[i]\n"
+    "      out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))\n"
+    "      out[#out + 1] = e[2][2]\n"
+    "      out[#out + 1] = e[2][4]\n"
+    "    end\n"
+    "    return out\n"
+    "  end\n"
+    "  if limit > 0 then\n"
+    "    list = redis.call('XRANGE', sk, (from + 1) .. '-0', '+', 'COUNT', limit)\n"
+    "  else\n"
+    "    list = redis.call('XRANGE', sk, (from + 1) .. '-0', '+')\n"
+    "  end\n"
+    "  for _, e in ipairs(list) do\n"
+    "    out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))\n"
+    "    out[#out + 1] = e[2][2]\n"
+    "    out[#out + 1] = e[2][4]\n"
+    "  end\n"
+    "  return out\n"
+    "end\n"
+    "redis.register_function('sb_publish', publish)\n"
+    "redis.register_function('sb_history', history)\n";
+
+static void on_functions(void *ud, redisReply *rep, const char *err) {
+    struct sb_redis *r = ud;
+    if (rep && rep->type == REDIS_REPLY_ERROR)
+        log_error("redis: cannot load switchboard's history functions (Redis 7 or later is "
+                  "needed for topic history with --redis): %s", rep->str);
+    (void)r;
+    (void)err;
+}
+
+static void load_functions(struct sb_redis *r) {
+    const char *argv[4] = {"FUNCTION", "LOAD", "REPLACE", functions};
+    size_t argvlen[4] = {8, 4, 7, sizeof functions - 1};
+    redis_command(r, 4, argv, argvlen, on_functions, r);
+}
+
+static void on_history_published(void *ud, redisReply *rep, const char *err) {
+    struct sb_redis *r = ud;
+    if (rep && rep->type == REDIS_REPLY_ERROR)
+        log_warn("redis: history publish failed: %s", rep->str);
+    else if (!rep)
+        log_warn("redis: history publish failed: %s", err ? err : "no reply");
+    (void)r;
+}
+
+static void hex64(char *out, uint64_t v) {
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        out[i] = digits[v & 15];
+}
+
 void redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
                            size_t len, int binary, uint32_t size, double ttl, uint64_t except_id) {
-    (void)r, (void)topic, (void)tlen, (void)msg, (void)len, (void)binary, (void)size, (void)ttl;
-    (void)except_id;
+    char sz[16], tt[32], tag[33] = "-";
+    snprintf(sz, sizeof sz, "%u", size);
+    snprintf(tt, sizeof tt, "%.3f", ttl);
+    if (except_id) {
+        hex64(tag, r->origin);
+        hex64(tag + 16, except_id);
+        tag[32] = 0;
+    }
+    const char *argv[9] = {"FCALL", "sb_publish", "1", topic, msg, binary ? "1" : "0", sz, tt, tag};
+    size_t argvlen[9] = {5, 10, 1, tlen, len, 1, strlen(sz), strlen(tt), strlen(tag)};
+    if (!redis_command(r, 9, argv, argvlen, on_history_published, r)) {
+        r->srv->stats.redis_errors++; /* down, or past --redis-out-max (counted there) */
+        return;
+    }
+    r->srv->stats.redis_published++;
+}
+
+struct redis_cmd *redis_history_read(struct sb_redis *r, const char *topic, size_t tlen,
+                                     uint64_t since, const char *epoch, size_t elen,
+                                     size_t limit, int first_n, double ttl, redis_reply_fn cb,
+                                     void *ud) {
+    char sn[24], lim[24], tt[32];
+    snprintf(sn, sizeof sn, "%llu", (unsigned long long)since);
+    snprintf(lim, sizeof lim, "%zu", limit);
+    snprintf(tt, sizeof tt, "%.3f", ttl);
+    const char *argv[9] = {"FCALL", "sb_history", "1", topic, sn, epoch, lim, first_n ? "1" : "0",
+                           tt};
+    size_t argvlen[9] = {5, 10, 1, tlen, strlen(sn), elen, strlen(lim), 1, strlen(tt)};
+    return redis_command(r, 9, argv, argvlen, cb, ud);
+}
+
+/* A PING on the subscriber connection: its answer comes after every SUBSCRIBE sent
+ * before it took effect. Owned by r's list until it is answered or failed. */
+struct redis_barrier {
+    struct redis_barrier *next;
+    redis_barrier_fn cb; /* NULL once cancelled */
+    void *ud;
+};
+
+struct redis_barrier *redis_sub_barrier(struct sb_redis *r, redis_barrier_fn cb, void *ud) {
+    if (!r || !r->sub || r->freeing || r->state == R_DOWN)
+        return NULL;
+    struct redis_barrier *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->cb = cb;
+    b->ud = ud;
+    if (r->bar_tail)
+        r->bar_tail->next = b;
+    else
+        r->bar_head = b;
+    r->bar_tail = b;
+    redisAppendCommand(r->sub, "PING");
+    sub_flush(r);
+    return b;
+}
+
+void redis_barrier_cancel(struct redis_barrier *b) {
+    if (b)
+        b->cb = NULL;
+}
+
+static void barrier_pong(struct sb_redis *r) {
+    struct redis_barrier *b = r->bar_head;
+    if (!b)
+        return;
+    r->bar_head = b->next;
+    if (!r->bar_head)
+        r->bar_tail = NULL;
+    if (b->cb)
+        b->cb(b->ud, 1);
+    free(b);
+}
+
+static void barriers_fail(struct sb_redis *r) {
+    while (r->bar_head) {
+        struct redis_barrier *b = r->bar_head;
+        r->bar_head = b->next;
+        if (!r->bar_head)
+            r->bar_tail = NULL;
+        if (b->cb)
+            b->cb(b->ud, 0);
+        free(b);
+    }
+}
+
+/* A history publication back from the channel: parse, then hand it to the app side. */
+static void on_positioned(struct sb_redis *r, const redisReply *chan, const unsigned char *p,
+                          size_t len) {
+    const unsigned char *end = p + len, *q = p + 3;
+    uint64_t pos = 0;
+    int ok = len > 3 && (p[2] == '0' || p[2] == '1');
+    while (ok && q < end && *q >= '0' && *q <= '9' && pos < (UINT64_MAX - 9) / 10)
+        pos = pos * 10 + (uint64_t)(*q++ - '0');
+    ok = ok && pos > 0 && q < end && *q == ' ';
+    const unsigned char *ep = ++q;
+    while (ok && q < end && *q != ' ')
+        q++;
+    size_t elen = (size_t)(q - ep);
+    ok = ok && q < end && elen > 0 && elen < 64;
+    const unsigned char *tag = ++q;
+    while (ok && q < end && *q != ' ')
+        q++;
+    size_t taglen = (size_t)(q - tag);
+    ok = ok && q < end && (taglen == 1 || taglen == 32);
+    if (!ok) {
+        refuse(r, chan, "a history publication (0xFF 'p') that is malformed");
+        return;
+    }
+    q++;
+    int binary = p[2] == '1';
+    uint64_t except = 0;
+    if (taglen == 32) {
+        uint64_t origin = 0, id = 0;
+        for (int i = 0; i < 32; i++) {
+            int c = tag[i], d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : 0;
+            if (i < 16)
+                origin = origin << 4 | (uint64_t)d;
+            else
+                id = id << 4 | (uint64_t)d;
+        }
+        if (origin == r->origin)
+            except = id;
+    }
+    size_t mlen = (size_t)(end - q);
+    if (!binary && utf8_validate(UTF8_ACCEPT, q, mlen) != UTF8_ACCEPT) {
+        refuse(r, chan, "a history publication whose text is not UTF-8");
+        return;
+    }
+    r->srv->stats.redis_received++;
+    size_t plen = sizeof CHAN_PREFIX - 1;
+    char epoch[64];
+    memcpy(epoch, ep, elen);
+    epoch[elen] = 0;
+    if (r->srv->history_in)
+        r->srv->history_in(r->srv, chan->str + plen, chan->len - plen, pos, epoch, except, q, mlen,
+                           binary);
+    else
+        pubsub_deliver(r->srv->pubsub, chan->str + plen, chan->len - plen, q, mlen, binary, NULL);
 }

@@ -71,6 +71,26 @@ void redis_off_up(struct sb_redis *r, redis_up_fn fn, void *ud);
 /* 1 when connected (0 for NULL). */
 int redis_is_up(const struct sb_redis *r);
 
+/* A read of a history topic (FCALL sb_history): the reply is an array: recovered (1
+ * when epoch equals the topic's and since lies within what is kept; always 0 with
+ * epoch "*", which reads without checking), the topic's epoch (made when it has
+ * none), its last position, then position, message, binary ("1"/"0") of each kept
+ * publication after `since` (after 0 when the check failed), oldest first: the first
+ * `limit` (first_n) or the last `limit` (0: all). ttl: the topic's, for an epoch made
+ * here. As redis_command for cb, the handle and NULL. */
+struct redis_cmd *redis_history_read(struct sb_redis *r, const char *topic, size_t tlen,
+                                     uint64_t since, const char *epoch, size_t elen,
+                                     size_t limit, int first_n, double ttl, redis_reply_fn cb,
+                                     void *ud);
+
+/* cb(ud, 1) once every SUBSCRIBE sent before this call has taken effect in Redis (a
+ * PING on the subscriber connection); cb(ud, 0) when the connection goes away first
+ * (also from redis_free). NULL at once when Redis is down. Cancel: cb never runs. */
+struct redis_barrier;
+typedef void (*redis_barrier_fn)(void *ud, int ok);
+struct redis_barrier *redis_sub_barrier(struct sb_redis *r, redis_barrier_fn cb, void *ud);
+void redis_barrier_cancel(struct redis_barrier *b);
+
 /* Publishes kept local because --redis-out-max was reached (0 for NULL). */
 uint64_t redis_dropped(const struct sb_redis *r);
 

@@ -969,6 +969,7 @@ struct script *script__state_new(struct sb_server *srv, const char *app_dir, int
     script__module_init(s);
     script__ws_init(s);
     script__task_init(s);
+    script__history_init(s);
     if (script__redis_init(s) < 0 || script__sub_init(s) < 0 || script__presence_init(s) < 0) {
         script_free(s);
         return NULL;
