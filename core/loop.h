@@ -77,6 +77,7 @@ struct sb_config {
     unsigned redis_max_calls; /* --redis-max-calls: its calls and connects in flight */
     const char *allowed_origins; /* --allowed-origins LIST (router.c); NULL = any Origin */
     unsigned max_outbound;       /* --max-outbound: sb.http/sb.tcp connections open at once */
+    const char *resolver;        /* --resolver: nameserver for outbound names, or NULL */
     size_t max_response_body;    /* --max-response-body: sb.http body, sock:receive result */
 };
 

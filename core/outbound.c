@@ -40,7 +40,9 @@ struct ca_ctx {
 
 struct outbound_ctx {
     struct event_base *base;
-    struct evdns_base *dns; /* owned; made on the first connect */
+    struct evdns_base *dns; /* owned; made on the first connect or resolve */
+    char *resolver;         /* --resolver (owned copy), or NULL: /etc/resolv.conf */
+    unsigned cancels;       /* lookups cancelled: evdns ends them from the loop */
     SSL_CTX *tls;           /* owned; system CAs; made on the first TLS connect */
     struct ca_ctx *cas;     /* owned; one per `ca` file seen (read once) */
     unsigned open, max_open;
@@ -72,20 +74,56 @@ struct outbound {
     char errbuf[200];
 };
 
-struct outbound_ctx *outbound_ctx_new(struct event_base *base, unsigned max_open) {
+struct outbound_ctx *outbound_ctx_new(struct event_base *base, unsigned max_open,
+                                      const char *resolver) {
     struct outbound_ctx *x = calloc(1, sizeof *x);
     if (!x)
         return NULL;
     x->base = base;
     x->max_open = max_open;
+    if (resolver && !(x->resolver = strdup(resolver))) {
+        free(x);
+        return NULL;
+    }
     return x;
+}
+
+int outbound_resolver_valid(const char *addr) {
+    struct sockaddr_storage ss;
+    int len = (int)sizeof ss;
+    return evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &len) == 0;
+}
+
+/* The loop's resolver, made on first use: /etc/hosts first, then resolv.conf's
+ * nameservers (or --resolver's). No idle event keeps the loop alive. */
+static struct evdns_base *dns_base(struct outbound_ctx *x) {
+    if (x->dns)
+        return x->dns;
+    if (!x->resolver) {
+        x->dns = evdns_base_new(x->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        return x->dns;
+    }
+    x->dns = evdns_base_new(x->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (x->dns && (evdns_base_load_hosts(x->dns, NULL) != 0 ||
+                   evdns_base_nameserver_ip_add(x->dns, x->resolver) != 0)) {
+        evdns_base_free(x->dns, 0);
+        x->dns = NULL;
+    }
+    return x->dns;
 }
 
 void outbound_ctx_free(struct outbound_ctx *x) {
     if (!x)
         return;
-    if (x->dns)
+    if (x->dns) {
+        /* A cancelled lookup is only freed when evdns's deferred callbacks run:
+         * give them one more turn of the (finished) loop, with nothing to wait for. */
+        if (x->cancels)
+            event_base_loop(x->base, EVLOOP_NONBLOCK);
         evdns_base_free(x->dns, 1);
+    }
+    free(x->resolver);
     SSL_CTX_free(x->tls);
     for (struct ca_ctx *c = x->cas, *n; c; c = n) {
         n = c->next;
@@ -157,7 +195,8 @@ static void drop_connect_state(struct outbound *o) {
     if (o->dns_req) {
         struct evdns_getaddrinfo_request *r = o->dns_req;
         o->dns_req = NULL;
-        evdns_getaddrinfo_cancel(r); /* calls on_dns with EVUTIL_EAI_CANCEL, now */
+        o->x->cancels++;
+        evdns_getaddrinfo_cancel(r); /* on_dns with EVUTIL_EAI_CANCEL, later: o is gone */
     }
     if (o->ai) {
         evutil_freeaddrinfo(o->ai);
@@ -433,7 +472,7 @@ static void try_next(struct outbound *o) {
 
 static void on_dns(int result, struct evutil_addrinfo *res, void *arg) {
     if (result == EVUTIL_EAI_CANCEL)
-        return; /* outbound_close or the timeout cancelled it: o may be going */
+        return; /* outbound_close or the timeout cancelled it: o is gone (no access) */
     struct outbound *o = arg;
     o->dns_req = NULL;
     if (result != 0) {
@@ -451,14 +490,9 @@ struct outbound *outbound_connect(struct outbound_ctx *x, const struct outbound_
         *err = "too many outbound connections";
         return NULL;
     }
-    if (!x->dns) {
-        /* resolv.conf and /etc/hosts; no idle event keeps the loop alive */
-        x->dns = evdns_base_new(x->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        if (!x->dns) {
-            *err = "dns: no resolver";
-            return NULL;
-        }
+    if (!dns_base(x)) {
+        *err = "dns: no resolver";
+        return NULL;
     }
     struct outbound *o = calloc(1, sizeof *o);
     if (!o) {
@@ -512,6 +546,92 @@ fail:
     free(o->server_name);
     free(o);
     return NULL;
+}
+
+/* ---- a name alone ------------------------------------------------------------- */
+
+struct outbound_dns {
+    struct outbound_ctx *x;
+    struct evdns_getaddrinfo_request *req; /* while evdns has it */
+    struct event *notify;
+    struct evutil_addrinfo *ai; /* the answer (owned until the callback returns) */
+    outbound_resolve_cb cb;
+    void *ud;
+    const char *err;
+    char errbuf[100];
+};
+
+static void on_resolve_notify(evutil_socket_t fd, short what, void *arg) {
+    struct outbound_dns *d = arg;
+    (void)fd;
+    (void)what;
+    d->cb(d->ud, d->ai, d->err);
+    if (d->ai)
+        evutil_freeaddrinfo(d->ai);
+    event_free(d->notify);
+    free(d);
+}
+
+static void on_resolve(int result, struct evutil_addrinfo *res, void *arg) {
+    if (result == EVUTIL_EAI_CANCEL)
+        return; /* outbound_resolve_cancel: d is going */
+    struct outbound_dns *d = arg;
+    d->req = NULL;
+    if (result != 0) {
+        snprintf(d->errbuf, sizeof d->errbuf, "dns: %s", evutil_gai_strerror(result));
+        d->err = d->errbuf;
+        if (res)
+            evutil_freeaddrinfo(res);
+    } else if (!res) {
+        d->err = "dns: no address";
+    } else {
+        d->ai = res;
+    }
+    event_active(d->notify, EV_TIMEOUT, 1);
+}
+
+struct outbound_dns *outbound_resolve(struct outbound_ctx *x, const char *host, unsigned port,
+                                      outbound_resolve_cb cb, void *ud, const char **err) {
+    if (!dns_base(x)) {
+        *err = "dns: no resolver";
+        return NULL;
+    }
+    struct outbound_dns *d = calloc(1, sizeof *d);
+    if (!d || !(d->notify = event_new(x->base, -1, 0, on_resolve_notify, d))) {
+        free(d);
+        *err = "out of memory";
+        return NULL;
+    }
+    d->x = x;
+    d->cb = cb;
+    d->ud = ud;
+    char portstr[8];
+    snprintf(portstr, sizeof portstr, "%u", port);
+    struct evutil_addrinfo hints = {0};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    /* a literal or an /etc/hosts name is answered inside this call (on_resolve) */
+    struct evdns_getaddrinfo_request *r =
+        evdns_getaddrinfo(x->dns, host, portstr, &hints, on_resolve, d);
+    if (!event_pending(d->notify, EV_TIMEOUT, NULL) && !d->ai && !d->err)
+        d->req = r;
+    return d;
+}
+
+void outbound_resolve_cancel(struct outbound_dns *d) {
+    if (!d)
+        return;
+    if (d->req) {
+        struct evdns_getaddrinfo_request *r = d->req;
+        d->req = NULL;
+        d->x->cancels++;
+        evdns_getaddrinfo_cancel(r); /* on_resolve with EVUTIL_EAI_CANCEL, later: ignored */
+    }
+    if (d->ai)
+        evutil_freeaddrinfo(d->ai);
+    event_free(d->notify);
+    free(d);
 }
 
 /* ---- operations ----------------------------------------------------------------- */

@@ -18,7 +18,7 @@
 struct outbound_ctx *script__outbound(struct script *s) {
     struct sb_server *srv = s->srv;
     if (!srv->outbound)
-        srv->outbound = outbound_ctx_new(srv->base, srv->cfg.max_outbound);
+        srv->outbound = outbound_ctx_new(srv->base, srv->cfg.max_outbound, srv->cfg.resolver);
     return srv->outbound;
 }
 

@@ -463,3 +463,71 @@ describe("shutdown while handlers wait on outbound I/O", function()
         for _, c in ipairs(clients) do c:close() end
     end)
 end)
+
+-- --resolver: names go to a nameserver on loopback (spec/support/slow_dns.py) whose
+-- slow.sb.test answers after 1.5 s; the loop goes on meanwhile.
+describe("outbound names at --resolver", function()
+    local proc = require "sbt_proc"
+    local s, app, up, dns
+
+    local function fetch_async(url, opts)
+        local body = cjson.encode({ url = url, opts = opts })
+        local c = rawws.connect(s.port)
+        c:send(("POST /fetch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s")
+            :format(#body, body))
+        return c
+    end
+
+    local function fetch(url, opts)
+        local r = post(s.port, "/fetch", { url = url, opts = opts })
+        return r.res ~= cjson.null and r.res or nil, r.err ~= cjson.null and r.err or nil
+    end
+
+    setup(function()
+        up = upstream.start()
+        dns = upstream.dns{ delay = 1.5 }
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "'"))
+        server.write_file(app .. "/fetch.lua", FETCH)
+        s = server.start{ app = app, args = { "--resolver", dns.addr, "--drain-timeout", "0.3" } }
+    end)
+
+    teardown(function()
+        if s then s:stop() end -- raises on a sanitizer report (leaks included)
+        if up then up:stop() end
+        if dns then dns:stop() end
+        if app then os.execute("rm -rf '" .. app .. "'") end
+    end)
+
+    it("asks that nameserver, still reads /etc/hosts, and says dns: for NXDOMAIN", function()
+        assert.are.equal("slept", fetch(up:url("/delay?s=0", "fast.sb.test")).body)
+        assert.are.equal("slept", fetch(up:url("/delay?s=0", "localhost")).body)
+        local res, err = fetch(up:url("/", "nope.sb.test"))
+        assert.is_nil(res)
+        assert.matches("^dns: ", err)
+    end)
+
+    it("answers other requests while a name resolves", function()
+        local t0 = proc.now()
+        local slow = fetch_async(up:url("/delay?s=0", "slow.sb.test"))
+        proc.sleep(0.2)
+        assert.are.equal("slept", fetch(up:url("/delay?s=0")).body)
+        assert.is_true(proc.now() - t0 < 1.2)
+        local status, _, body = slow:http()
+        slow:close()
+        assert.are.equal(200, status)
+        assert.are.equal("slept", cjson.decode(body).res.body)
+        local _, err = fetch(up:url("/", "slow.sb.test"), { timeout = 0.3 })
+        assert.are.equal("dns: timeout", err)
+    end)
+
+    it("shuts down while a name resolves", function()
+        local c = fetch_async(up:url("/", "slow.sb.test"))
+        proc.sleep(0.2)
+        s:signal(proc.SIGTERM)
+        local how, code = s:wait_exit(10)
+        c:close()
+        assert.are.equal("exited", how)
+        assert.are.equal(0, code)
+    end)
+end)
