@@ -45,8 +45,15 @@ struct httpc {
     struct httpc_header *hdr;
     size_t n_hdr;
     struct evbuffer *body;
-    char *req; /* the request bytes, until sent */
+    char *req; /* the request bytes, until sent (until answered on a reused connection) */
     size_t req_len;
+    struct outbound_ctx *x;
+    struct outbound_opts oo; /* to connect afresh (host: in key) */
+    char *key;               /* the keep-alive pool's key, or NULL: Connection: close */
+    char *ca;                /* a copy of rq->ca for a retry, or NULL */
+    int reused;              /* h->o came from the pool: a stale one is retried once */
+    int idempotent;          /* the method may be sent again */
+    int v11;                 /* the response is HTTP/1.1 */
 };
 
 static double now_s(void) {
@@ -138,8 +145,17 @@ int httpc_parse_url(const char *url, struct httpc_url *u, const char **why) {
 
 /* ---- the end -------------------------------------------------------------------- */
 
+/* The connection may carry the next request: a complete, framed HTTP/1.1
+ * response without Connection: close, to a request that did not ask for close. */
+static int reusable(struct httpc *h);
+
 static void free_request(struct httpc *h) {
-    outbound_close(h->o);
+    if (h->o && h->key && h->st == ST_DONE && reusable(h))
+        outbound_park(h->o, h->key);
+    else
+        outbound_close(h->o);
+    free(h->key);
+    free(h->ca);
     for (size_t i = 0; i < h->n_hdr; i++) {
         free((char *)h->hdr[i].name);
         free((char *)h->hdr[i].value);
@@ -152,6 +168,8 @@ static void free_request(struct httpc *h) {
 }
 
 static void finish(struct httpc *h, const char *err) {
+    if (err)
+        h->st = ST_STATUS; /* never parked */
     if (err) {
         h->cb(h->ud, err, NULL);
     } else {
@@ -173,8 +191,10 @@ static void finish(struct httpc *h, const char *err) {
 }
 
 void httpc_cancel(struct httpc *h) {
-    if (h)
+    if (h) {
+        h->st = ST_STATUS; /* mid-exchange: the connection is closed, not parked */
         free_request(h);
+    }
 }
 
 /* ---- the response --------------------------------------------------------------- */
@@ -261,6 +281,7 @@ static int parse_status(struct httpc *h, const char *line, size_t len) {
         !isdigit((unsigned char)line[11]) || (len > 12 && line[12] != ' '))
         return -1;
     h->status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+    h->v11 = line[7] >= '1';
     return h->status >= 100 ? 0 : -1;
 }
 
@@ -362,7 +383,33 @@ static const char *parse(struct httpc *h, struct evbuffer *in, int *more) {
     }
 }
 
+static int reusable(struct httpc *h) {
+    const struct httpc_header *c = find(h, "connection");
+    return h->v11 && h->status >= 200 && !(c && has_token(c->value, "close"));
+}
+
 static void on_input(void *ud, const char *err);
+static void on_sent(void *ud, const char *err);
+static void on_connected(void *ud, const char *err);
+
+/* A pooled connection failed before any byte of the answer: the server had closed
+ * it while idle. Send the request again, once, on a new connection. Returns 1 when
+ * it did. */
+static int retry(struct httpc *h) {
+    if (!h->reused || !h->idempotent || h->head_seen || h->st != ST_STATUS || !h->req ||
+        (h->o && evbuffer_get_length(outbound_input(h->o))))
+        return 0;
+    h->reused = 0;
+    outbound_close(h->o);
+    const char *err;
+    h->oo.timeout = remaining(h);
+    h->o = outbound_connect(h->x, &h->oo, on_connected, h, &err);
+    if (!h->o) {
+        finish(h, err);
+        return 1;
+    }
+    return 1;
+}
 
 static void pump(struct httpc *h) {
     struct evbuffer *in = outbound_input(h->o);
@@ -374,6 +421,8 @@ static void pump(struct httpc *h) {
         finish(h, NULL);
     } else if (outbound_eof(h->o)) {
         /* the end of the connection ends a body without a length, nothing else */
+        if (h->st != ST_BODY_ALL && retry(h))
+            return;
         finish(h, h->st == ST_BODY_ALL ? NULL : "closed");
     } else {
         outbound_wait_input(h->o, remaining(h), on_input, h);
@@ -382,6 +431,8 @@ static void pump(struct httpc *h) {
 
 static void on_input(void *ud, const char *err) {
     struct httpc *h = ud;
+    if (err && retry(h))
+        return;
     if (err)
         finish(h, err);
     else
@@ -390,8 +441,12 @@ static void on_input(void *ud, const char *err) {
 
 static void on_sent(void *ud, const char *err) {
     struct httpc *h = ud;
-    free(h->req);
-    h->req = NULL;
+    if (err && retry(h))
+        return;
+    if (!h->reused) { /* a new connection is not retried: the bytes are not needed */
+        free(h->req);
+        h->req = NULL;
+    }
     if (err)
         finish(h, err);
     else
@@ -437,7 +492,7 @@ static char *build(const struct httpc_request *rq, const struct httpc_url *u, si
     }
     if (!given(rq, "user-agent"))
         evbuffer_add_printf(b, "User-Agent: switchboard/%s\r\n", SB_VERSION);
-    if (!given(rq, "connection"))
+    if (!given(rq, "connection") && !rq->keepalive)
         evbuffer_add_printf(b, "Connection: close\r\n");
     int bodyless = strcmp(rq->method, "GET") == 0 || strcmp(rq->method, "HEAD") == 0;
     if (!given(rq, "content-length") && (rq->body_len || !bodyless))
@@ -474,17 +529,40 @@ struct httpc *httpc_request(struct outbound_ctx *x, const struct httpc_request *
     }
     h->cb = cb;
     h->ud = ud;
+    h->x = x;
     h->max_body = rq->max_body;
     h->head = strcmp(rq->method, "HEAD") == 0;
     h->deadline = now_s() + rq->timeout;
-    struct outbound_opts oo = {
-        .host = u.host,
+    static const char *const idem[] = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"};
+    for (size_t i = 0; i < sizeof idem / sizeof idem[0]; i++)
+        if (strcmp(rq->method, idem[i]) == 0)
+            h->idempotent = 1;
+    /* keep-alive unless the caller chose the Connection field; the key holds all
+     * that makes two connections interchangeable (the host last: it is oo.host) */
+    if (rq->keepalive && !given(rq, "connection") &&
+        asprintf(&h->key, "%d %u %d %s\n%s", u.tls, u.port, rq->verify, rq->ca ? rq->ca : "",
+                 u.host) < 0)
+        h->key = NULL;
+    h->oo = (struct outbound_opts){
+        .host = h->key ? strchr(h->key, '\n') + 1 : NULL,
         .port = u.port,
         .tls = u.tls,
         .verify = rq->verify,
-        .ca = rq->ca,
+        .ca = rq->ca, /* the caller's: valid during this call (a retry uses h->ca) */
         .timeout = rq->timeout,
     };
+    if (h->key && (h->o = outbound_unpark(x, h->key))) {
+        if (rq->ca && !(h->oo.ca = h->ca = strdup(rq->ca))) {
+            free_request(h); /* h->st is not ST_DONE: the connection is closed */
+            *err = "out of memory";
+            return NULL;
+        }
+        h->reused = 1;
+        outbound_send(h->o, h->req, h->req_len, remaining(h), on_sent, h);
+        return h;
+    }
+    struct outbound_opts oo = h->oo;
+    oo.host = u.host;
     h->o = outbound_connect(x, &oo, on_connected, h, err);
     if (!h->o) {
         free_request(h);

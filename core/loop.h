@@ -78,6 +78,8 @@ struct sb_config {
     const char *allowed_origins; /* --allowed-origins LIST (router.c); NULL = any Origin */
     unsigned max_outbound;       /* --max-outbound: sb.http/sb.tcp connections open at once */
     const char *resolver;        /* --resolver: nameserver for outbound names, or NULL */
+    unsigned http_pool;          /* --http-pool: idle sb.http connections kept per host */
+    double http_keepalive;       /* --http-keepalive: seconds one is kept idle (0: none) */
     size_t max_response_body;    /* --max-response-body: sb.http body, sock:receive result */
 };
 

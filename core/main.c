@@ -339,6 +339,14 @@ static const struct opt options[] = {
      "sb.http and sb.tcp connections open at once; past it\n"
      "they return nil, \"too many outbound connections\"",
      "4096"},
+    {"http-pool", "N", set_count, F(cfg.http_pool), 0, 100000,
+     "sb.http: idle keep-alive connections kept per host\n"
+     "and port for the next request (0: Connection: close)",
+     "64"},
+    {"http-keepalive", "SECONDS", set_seconds, F(cfg.http_keepalive), 0, 3600,
+     "sb.http: how long an idle connection is kept (keep it\n"
+     "below the services' own idle timeout; 0: none kept)",
+     "4"},
     {"resolver", "ADDR[:PORT]", set_resolver, F(cfg.resolver), 0, 0,
      "look up sb.http, sb.tcp and sb.redis host names at\n"
      "this nameserver instead of /etc/resolv.conf's\n"

@@ -46,6 +46,20 @@ struct outbound_ctx {
     SSL_CTX *tls;           /* owned; system CAs; made on the first TLS connect */
     struct ca_ctx *cas;     /* owned; one per `ca` file seen (read once) */
     unsigned open, max_open;
+    struct park *parks;      /* idle connections by key (outbound_park) */
+    struct outbound *oldest; /* every parked connection, least recently parked first */
+    struct outbound *newest;
+    unsigned idle, max_idle; /* parked now; at most this many per key */
+    double idle_timeout;     /* a parked connection is closed after this */
+    unsigned long long reused;
+};
+
+/* One key's parked connections (most recently parked first). Freed with the ctx. */
+struct park {
+    struct park *next;
+    struct outbound *head;
+    unsigned n;
+    char key[];
 };
 
 enum ob_op { OP_NONE, OP_CONNECT, OP_SEND, OP_INPUT };
@@ -71,8 +85,13 @@ struct outbound {
     size_t taken;       /* bytes outbound_take handed out: dropped at the next call */
     int eof, last_errno, tls, verify;
     char *host, *server_name;
+    struct park *parked;              /* while idle in a pool */
+    struct outbound *pnext, *pprev;   /* its park's list */
+    struct outbound *anext, *aprev;   /* x's list of every parked connection, by age */
     char errbuf[200];
 };
+
+static void unpark(struct outbound *o);
 
 struct outbound_ctx *outbound_ctx_new(struct event_base *base, unsigned max_open,
                                       const char *resolver) {
@@ -116,6 +135,12 @@ static struct evdns_base *dns_base(struct outbound_ctx *x) {
 void outbound_ctx_free(struct outbound_ctx *x) {
     if (!x)
         return;
+    while (x->oldest)
+        outbound_close(x->oldest); /* unparks it */
+    for (struct park *p = x->parks, *n; p; p = n) {
+        n = p->next;
+        free(p);
+    }
     if (x->dns) {
         /* A cancelled lookup is only freed when evdns's deferred callbacks run:
          * give them one more turn of the (finished) loop, with nothing to wait for. */
@@ -238,6 +263,10 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
     struct outbound *o = arg;
     (void)fd;
     (void)what;
+    if (o->parked) { /* idle too long */
+        outbound_close(o);
+        return;
+    }
     if (o->op == OP_CONNECT)
         fail_connect(o, o->phase == PH_DNS ? "dns: timeout" : "timeout");
     else
@@ -328,6 +357,10 @@ static const char *tls_error(struct outbound *o) {
 static void on_read(struct bufferevent *bev, void *arg) {
     struct outbound *o = arg;
     (void)bev;
+    if (o->parked) { /* bytes nobody asked for: the connection cannot be reused */
+        outbound_close(o);
+        return;
+    }
     if (o->op == OP_INPUT)
         complete(o, NULL);
     else
@@ -343,6 +376,10 @@ static void on_write(struct bufferevent *bev, void *arg) {
 static void on_event(struct bufferevent *bev, short what, void *arg) {
     struct outbound *o = arg;
     (void)bev;
+    if (o->parked && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) { /* the peer closed it */
+        outbound_close(o);
+        return;
+    }
     if (what & BEV_EVENT_CONNECTED) {
         if (o->phase == PH_TLS) {
             o->phase = PH_UP;
@@ -486,6 +523,8 @@ static void on_dns(int result, struct evutil_addrinfo *res, void *arg) {
 
 struct outbound *outbound_connect(struct outbound_ctx *x, const struct outbound_opts *opts,
                                   outbound_cb cb, void *ud, const char **err) {
+    if (x->open >= x->max_open && x->oldest)
+        outbound_close(x->oldest); /* an idle connection gives way to one that is needed */
     if (x->open >= x->max_open) {
         *err = "too many outbound connections";
         return NULL;
@@ -746,6 +785,8 @@ int outbound_take(struct outbound *o, enum outbound_take mode, size_t n, size_t 
 void outbound_close(struct outbound *o) {
     if (!o)
         return;
+    if (o->parked)
+        unpark(o);
     drop_connect_state(o);
     if (o->bev)
         bufferevent_free(o->bev);
@@ -755,4 +796,104 @@ void outbound_close(struct outbound *o) {
     free(o->host);
     free(o->server_name);
     free(o);
+}
+
+/* ---- idle connections (keep-alive) ---------------------------------------------- */
+
+void outbound_ctx_set_pool(struct outbound_ctx *x, unsigned max_idle, double idle_timeout) {
+    x->max_idle = max_idle;
+    x->idle_timeout = idle_timeout;
+}
+
+unsigned outbound_idle_count(const struct outbound_ctx *x) {
+    return x ? x->idle : 0;
+}
+
+unsigned long long outbound_reused_count(const struct outbound_ctx *x) {
+    return x ? x->reused : 0;
+}
+
+static struct park *park_for(struct outbound_ctx *x, const char *key, int make) {
+    for (struct park *p = x->parks; p; p = p->next)
+        if (strcmp(p->key, key) == 0)
+            return p;
+    if (!make)
+        return NULL;
+    size_t kl = strlen(key);
+    struct park *p = calloc(1, sizeof *p + kl + 1);
+    if (!p)
+        return NULL;
+    memcpy(p->key, key, kl + 1);
+    p->next = x->parks;
+    x->parks = p;
+    return p;
+}
+
+/* Take o out of its park and of the age list; it is in use again (or closing). */
+static void unpark(struct outbound *o) {
+    struct outbound_ctx *x = o->x;
+    struct park *p = o->parked;
+    if (o->pprev)
+        o->pprev->pnext = o->pnext;
+    else
+        p->head = o->pnext;
+    if (o->pnext)
+        o->pnext->pprev = o->pprev;
+    p->n--;
+    if (o->aprev)
+        o->aprev->anext = o->anext;
+    else
+        x->oldest = o->anext;
+    if (o->anext)
+        o->anext->aprev = o->aprev;
+    else
+        x->newest = o->aprev;
+    o->pnext = o->pprev = o->anext = o->aprev = NULL;
+    o->parked = NULL;
+    x->idle--;
+    event_del(o->timer);
+    if (o->bev)
+        bufferevent_disable(o->bev, EV_READ);
+}
+
+void outbound_park(struct outbound *o, const char *key) {
+    struct outbound_ctx *x = o->x;
+    drop_taken(o);
+    if (o->op != OP_NONE || o->done_cb || o->phase != PH_UP || o->broken || o->eof || !o->bev ||
+        evbuffer_get_length(bufferevent_get_input(o->bev)) ||
+        evbuffer_get_length(bufferevent_get_output(o->bev)) || x->idle_timeout <= 0) {
+        outbound_close(o);
+        return;
+    }
+    struct park *p = park_for(x, key, 1);
+    if (!p || p->n >= x->max_idle) {
+        outbound_close(o);
+        return;
+    }
+    o->parked = p;
+    o->pnext = p->head;
+    if (p->head)
+        p->head->pprev = o;
+    p->head = o;
+    p->n++;
+    o->aprev = x->newest;
+    if (x->newest)
+        x->newest->anext = o;
+    else
+        x->oldest = o;
+    x->newest = o;
+    x->idle++;
+    o->cb = NULL;
+    arm(o, x->idle_timeout);
+    bufferevent_enable(o->bev, EV_READ); /* the peer's close (or stray bytes) ends it */
+}
+
+struct outbound *outbound_unpark(struct outbound_ctx *x, const char *key) {
+    struct park *p = park_for(x, key, 0);
+    if (!p || !p->head)
+        return NULL;
+    struct outbound *o = p->head; /* the most recently used: the likeliest still open */
+    unpark(o);
+    x->reused++;
+    return o;
 }

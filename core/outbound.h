@@ -85,6 +85,22 @@ int outbound_take(struct outbound *o, enum outbound_take mode, size_t n, size_t 
 /* Close the socket and free; a pending operation's callback is never called. */
 void outbound_close(struct outbound *o);
 
+/* Idle connections kept for reuse (HTTP keep-alive): at most max_idle per key,
+ * each closed after idle_timeout seconds unused, or at once when the peer
+ * closes it or sends anything. Parked connections count as open; one that
+ * would go past max_open closes the oldest parked one first. max_idle 0 or
+ * idle_timeout 0: nothing is kept. */
+void outbound_ctx_set_pool(struct outbound_ctx *x, unsigned max_idle, double idle_timeout);
+/* Park o under key (the caller's: what makes two connections interchangeable),
+ * or close it when it cannot be reused (an operation pending, input unread,
+ * the peer finished, an error, the key's pool full). o is the pool's now. */
+void outbound_park(struct outbound *o, const char *key);
+/* A parked connection of key, now the caller's as from outbound_connect's
+ * callback, or NULL. It may still turn out closed: its next operation says so. */
+struct outbound *outbound_unpark(struct outbound_ctx *x, const char *key);
+unsigned outbound_idle_count(const struct outbound_ctx *x);
+unsigned long long outbound_reused_count(const struct outbound_ctx *x);
+
 /* A name alone (for a client library that connects by itself, given an
  * address): cb gets the addresses (valid during the call, freed after it) or
  * err ("dns: ..."), from the loop, exactly once unless outbound_resolve_cancel

@@ -71,6 +71,8 @@ void config_defaults(struct sb_config *cfg) {
     cfg->reload_debounce = 0.05;
     cfg->redis_out_max = 16u << 20;
     cfg->max_outbound = 4096;
+    cfg->http_pool = 64;
+    cfg->http_keepalive = 4;
     cfg->max_response_body = 16u << 20;
     cfg->redis_pool = 32;
     cfg->redis_max_calls = 10000;

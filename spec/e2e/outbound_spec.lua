@@ -508,6 +508,8 @@ describe("outbound names at --resolver", function()
     end)
 
     it("answers other requests while a name resolves", function()
+        local _, err = fetch(up:url("/", "slow.sb.test"), { timeout = 0.3 })
+        assert.are.equal("dns: timeout", err)
         local t0 = proc.now()
         local slow = fetch_async(up:url("/delay?s=0", "slow.sb.test"))
         proc.sleep(0.2)
@@ -517,17 +519,124 @@ describe("outbound names at --resolver", function()
         slow:close()
         assert.are.equal(200, status)
         assert.are.equal("slept", cjson.decode(body).res.body)
-        local _, err = fetch(up:url("/", "slow.sb.test"), { timeout = 0.3 })
-        assert.are.equal("dns: timeout", err)
     end)
 
     it("shuts down while a name resolves", function()
-        local c = fetch_async(up:url("/", "slow.sb.test"))
+        local c = fetch_async(up:url("/", "slow.sb.test"), { headers = { Connection = "close" } })
         proc.sleep(0.2)
         s:signal(proc.SIGTERM)
         local how, code = s:wait_exit(10)
         c:close()
         assert.are.equal("exited", how)
         assert.are.equal(0, code)
+    end)
+end)
+
+-- Keep-alive: sb.http sends the next request to the same host and port on an idle
+-- connection kept from the last one (--http-pool, --http-keepalive); /peer answers
+-- with the client's port, so the same port means the same connection.
+describe("sb.http keep-alive", function()
+    local proc = require "sbt_proc"
+    local s, app, up
+
+    local function fetch(url, opts)
+        local r = post(s.port, "/fetch", { url = url, opts = opts })
+        return r.res ~= cjson.null and r.res or nil, r.err ~= cjson.null and r.err or nil
+    end
+
+    local function peer(q, opts)
+        local res, err = fetch(up:url("/peer" .. (q or "")), opts)
+        assert.is_nil(err)
+        return res.body
+    end
+
+    local function metric(name)
+        local _, _, body = rawws.get(s.port, "/metrics")
+        return tonumber(body:match("\n" .. name:gsub("[%-%.]", "%%%0") .. " (%S+)"))
+    end
+
+    local function start(args)
+        if s then s:stop() end
+        local argv = { "--metrics-path", "/metrics" }
+        for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+        s = server.start{ app = app, args = argv }
+    end
+
+    setup(function()
+        up = upstream.start()
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "'"))
+        server.write_file(app .. "/fetch.lua", FETCH)
+    end)
+
+    teardown(function()
+        if s then s:stop() end -- raises on a sanitizer report (leaks included)
+        if up then up:stop() end
+        if app then os.execute("rm -rf '" .. app .. "'") end
+    end)
+
+    it("sends the next request on the same connection, without Connection: close", function()
+        start()
+        local first = peer()
+        assert.are.equal(first, peer())
+        assert.are.equal(first, peer())
+        assert.are.equal(2, metric("switchboard_http_connections_reused_total"))
+        assert.are.equal(1, metric("switchboard_outbound_connections_idle"))
+        local res = fetch(up:url("/echo"))
+        assert.is_nil(cjson.decode(res.body).headers.connection)
+    end)
+
+    it("does not reuse a connection the service closes, or one the request asked to close", function()
+        start()
+        local a = peer("?close=1")
+        local b = peer()
+        assert.are_not.equal(a, b)
+        -- the caller's own Connection field: a connection of its own, not kept
+        local c = peer(nil, { headers = { Connection = "close" } })
+        assert.are_not.equal(b, c)
+        assert.are.equal(b, peer())
+        local res = fetch(up:url("/echo"), { headers = { Connection = "close" } })
+        assert.are.equal("close", cjson.decode(res.body).headers.connection)
+        -- a body framed by the end of the connection ends it too
+        assert.are.equal("yyyy", fetch(up:url("/close?n=4")).body)
+    end)
+
+    it("closes an idle connection after --http-keepalive", function()
+        start({ "--http-keepalive", "0.3" })
+        local a = peer()
+        assert.are.equal(1, metric("switchboard_outbound_connections_idle"))
+        proc.sleep(0.6)
+        assert.are.equal(0, metric("switchboard_outbound_connections_idle"))
+        assert.are.equal(0, metric("switchboard_outbound_connections_open"))
+        assert.are_not.equal(a, peer())
+    end)
+
+    it("keeps at most --http-pool idle connections per host; 0 sends Connection: close", function()
+        start({ "--http-pool", "2" })
+        local body = cjson.encode({ url = up:url("/delay?s=0.3") })
+        local cs = {}
+        for i = 1, 4 do -- four at once: four connections, two kept
+            cs[i] = rawws.connect(s.port)
+            cs[i]:send(("POST /fetch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"):format(#body, body))
+        end
+        for _, c in ipairs(cs) do assert.are.equal(200, (c:http())) c:close() end
+        assert.are.equal(2, metric("switchboard_outbound_connections_idle"))
+        start({ "--http-pool", "0" })
+        local res = fetch(up:url("/echo"))
+        assert.are.equal("close", cjson.decode(res.body).headers.connection)
+        assert.are_not.equal(peer(), peer())
+        assert.are.equal(0, metric("switchboard_outbound_connections_idle"))
+    end)
+
+    it("sends a GET again on a new connection when a kept one was closed unanswered", function()
+        start()
+        local a = peer("?drop=1") -- the service will close this one at the next request
+        local b = peer()
+        assert.are_not.equal(a, b)
+        peer("?drop=1")
+        -- a POST may have been acted on: it is not sent twice
+        local res, err = fetch(up:url("/peer"), { method = "POST", body = "x" })
+        assert.is_nil(res)
+        assert.are.equal("closed", err)
     end)
 end)
