@@ -111,6 +111,20 @@ end }
 local R2 = [[
 return { message = function(ws, msg) ws:send("v2:" .. msg) end }
 ]]
+-- A message that waits, then starts a ticking timer: across a reload the timer
+-- belongs to the version the handler runs on, which the reload has replaced.
+local RT1 = [[
+local sb = require "switchboard"
+return { message = function(ws, msg)
+    if msg == "slow" then sb.sleep(0.5) end
+    local t = sb.every(0.05, function() ws:send("tick v1") end)
+    if msg ~= "slow" then t:cancel() end
+    ws:send("v1:" .. msg)
+end }
+]]
+local RT2 = [[
+return { message = function(ws, msg) ws:send("v2:" .. msg) end }
+]]
 local TOP = [[
 local sb = require "switchboard"
 sb.sleep(1)
@@ -283,6 +297,19 @@ describe("handlers that wait", function()
         server.write_file(app .. "/r.lua", R2)
         s:wait_log("reloaded %S*/r%.lua")
         assert.equal("v1:slow", c:recv_frame().payload)
+        assert.equal("v2:b", c:echo("b"))
+    end)
+
+    it("gives a timer made by a handler that waited across a reload to its old version", function()
+        server.write_file(app .. "/rt.lua", RT1)
+        s:wait_log("rt%.lua")
+        local c = open("/rt")
+        assert.equal("v1:a", c:echo("a"))
+        c:send(wsframe.text("slow"))
+        server.write_file(app .. "/rt.lua", RT2)
+        s:wait_log("reloaded %S*/rt%.lua")
+        assert.equal("v1:slow", c:recv_frame().payload)
+        proc.sleep(0.3) -- six ticks, were the timer live
         assert.equal("v2:b", c:echo("b"))
     end)
 
