@@ -252,6 +252,15 @@ describe("handlers that wait", function()
         assert.equal(1, n)
     end)
 
+    it("gives close the code of the peer's close frame sent just before it left", function()
+        local c = rawws.open(s.port, "/w")
+        -- a message, then the close frame and the FIN while "gone" waits
+        c:send(wsframe.text("gone") .. wsframe.text("order:x") .. wsframe.close(4321, "bye now"))
+        c:close()
+        s:wait_log("send after the peer left: false")
+        s:wait_log("close after a wait: ws %d+ code 4321")
+    end)
+
     it("ends a message handler that waits past --handler-timeout with 1011", function()
         local c = open("/w")
         c:send(wsframe.text("long"))
