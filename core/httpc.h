@@ -44,6 +44,9 @@ struct httpc_request {
     int verify;
     const char *ca;
     size_t max_body;
+    int redirects; /* 3xx answers (301, 302, 303, 307, 308 with a Location) to follow;
+                    * 303, and 301/302 after a POST, go on as a GET without the body;
+                    * to another origin without Authorization, Cookie and Host */
     int keepalive; /* 1: no Connection: close; the connection goes back to the
                     * outbound pool (outbound_park) after a reusable answer, and a
                     * request may go out on a parked one */

@@ -58,6 +58,7 @@ local cases = {
     url = function() return sb.http.request({}) end,
     scheme = function() return sb.http.request("ftp://x/") end,
     opts = function() return sb.http.request("http://x/", { timeout = -1 }) end,
+    redirects = function() return sb.http.request("http://x/", { redirects = 1.5 }) end,
     header = function() return sb.http.request("http://x/", { headers = { ["X-A"] = "a\r\nb" } }) end,
     port = function() return sb.tcp.connect("localhost", 70000) end,
     pattern = function()
@@ -229,6 +230,8 @@ describe("handlers that wait on outbound I/O", function()
             assert.matches("bad argument #1 to 'request' %(URL scheme must be http:// or https://%)",
                 misuse("scheme"))
             assert.matches("bad argument #2 to 'request' %(opts.timeout must be", misuse("opts"))
+            assert.matches("bad argument #2 to 'request' %(opts.redirects must be an integer 0..20%)",
+                misuse("redirects"))
             assert.matches("bad argument #2 to 'request' %(opts.headers%['X%-A'%] has a CR", misuse("header"))
             assert.matches("bad argument #2 to 'connect' %(port must be 1..65535%)", misuse("port"))
             assert.matches("bad argument #1 to 'receive' %(pattern must be", misuse("pattern"))
@@ -638,5 +641,82 @@ describe("sb.http keep-alive", function()
         local res, err = fetch(up:url("/peer"), { method = "POST", body = "x" })
         assert.is_nil(res)
         assert.are.equal("closed", err)
+    end)
+end)
+
+-- opts.redirects: 3xx answers with a Location followed (upstream.py's /redirect).
+describe("sb.http redirects", function()
+    local s, app, up
+
+    local function esc(str)
+        return (str:gsub("[^%w%-%._~/]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+    end
+
+    local function fetch(url, opts)
+        local r = post(s.port, "/fetch", { url = url, opts = opts })
+        return r.res ~= cjson.null and r.res or nil, r.err ~= cjson.null and r.err or nil
+    end
+
+    setup(function()
+        up = upstream.start()
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "'"))
+        server.write_file(app .. "/fetch.lua", FETCH)
+        s = server.start{ app = app }
+    end)
+
+    teardown(function()
+        if s then s:stop() end -- raises on a sanitizer report (leaks included)
+        if up then up:stop() end
+        if app then os.execute("rm -rf '" .. app .. "'") end
+    end)
+
+    it("returns a redirect as the answer by default", function()
+        local res = fetch(up:url("/redirect?to=/echo"))
+        assert.are.equal(302, res.status)
+        assert.are.equal("/echo", res.headers.location)
+        assert.are.equal("moved", res.body)
+    end)
+
+    it("follows up to opts.redirects, absolute, relative and to another origin", function()
+        local res = fetch(up:url("/redirect?to=/echo%3Fa=1"), { redirects = 1 })
+        assert.are.equal(200, res.status)
+        local got = cjson.decode(res.body)
+        assert.are.equal("/echo", got.path)
+        assert.are.equal("1", got.query.a)
+        res = fetch(up:url("/redirect?to=echo"), { redirects = 1 }) -- relative to /
+        assert.are.equal("/echo", cjson.decode(res.body).path)
+        -- two hops: the second to another origin (localhost), which loses Authorization
+        local hop2 = up:url("/echo", "localhost")
+        local hop1 = up:url("/redirect?code=301&to=" .. esc(hop2))
+        res = fetch(up:url("/redirect?code=307&to=" .. esc(hop1)),
+            { redirects = 2, headers = { Authorization = "Bearer t", ["X-Keep"] = "k" } })
+        assert.are.equal(200, res.status)
+        got = cjson.decode(res.body)
+        assert.are.equal("localhost:" .. up.port, got.headers.host)
+        assert.is_nil(got.headers.authorization)
+        assert.are.equal("k", got.headers["x-keep"])
+        -- one hop too many: the last 3xx is the answer
+        res = fetch(up:url("/redirect?code=307&to=" .. esc(hop1)), { redirects = 1 })
+        assert.are.equal(301, res.status)
+        -- the same origin keeps it
+        res = fetch(up:url("/redirect?to=/echo"), { redirects = 1, headers = { Authorization = "Bearer t" } })
+        assert.are.equal("Bearer t", cjson.decode(res.body).headers.authorization)
+    end)
+
+    it("goes on as a GET after 303 (and 302 to a POST), keeps the method and body after 307", function()
+        local res = fetch(up:url("/redirect?code=303&to=/echo"), { method = "PUT", body = "b", redirects = 1 })
+        local got = cjson.decode(res.body)
+        assert.are.equal("GET", got.method)
+        assert.are.equal("", got.body)
+        res = fetch(up:url("/redirect?code=302&to=/echo"), { method = "POST", body = "b", redirects = 1,
+            headers = { ["Content-Type"] = "text/plain" } })
+        got = cjson.decode(res.body)
+        assert.are.equal("GET", got.method)
+        assert.is_nil(got.headers["content-type"])
+        res = fetch(up:url("/redirect?code=307&to=/echo"), { method = "POST", body = "b", redirects = 1 })
+        got = cjson.decode(res.body)
+        assert.are.equal("POST", got.method)
+        assert.are.equal("b", got.body)
     end)
 end)

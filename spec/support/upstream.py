@@ -17,6 +17,7 @@ HTTP paths (query parameters in brackets):
   /peer[close,drop]  200, the client's port (which connection it came on); close=1:
                      with Connection: close; drop=1: the next request on this
                      connection is not answered, the connection is closed
+  /redirect[code,to] that status (302) with Location: to, body "moved"
   /hang              never answers
 Echo (TCP): bytes come back as they arrive; a line "close" is answered with
 "closing\\n" and the end of the connection."""
@@ -87,6 +88,9 @@ async def respond(writer, method, path, q, headers, body, conn):
         conn["drop"] = q.get("drop") == "1"
         send(writer, 200, str(conn["peer"]), {"Connection": "close"} if close else None)
         return not close
+    if path == "/redirect":
+        send(writer, int(q.get("code", "302")), "moved", {"Location": q.get("to", "/echo")})
+        return True
     if path == "/delay":
         await asyncio.sleep(float(q.get("s", "0.05")))
         send(writer, 200, "slept")
