@@ -698,7 +698,7 @@ static int follow(struct httpc *h, const char *location, const char **err) {
         rq.body_len = 0;
     }
     /* the exchange that ended: its connection goes back (or closes), its state goes */
-    if (h->o && reusable(h))
+    if (h->o && h->key && reusable(h))
         outbound_park(h->o, h->key);
     else
         outbound_close(h->o);

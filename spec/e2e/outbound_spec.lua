@@ -686,6 +686,9 @@ describe("sb.http redirects", function()
         assert.are.equal("1", got.query.a)
         res = fetch(up:url("/redirect?to=echo"), { redirects = 1 }) -- relative to /
         assert.are.equal("/echo", cjson.decode(res.body).path)
+        -- a request with a Connection field of its own (no keep-alive) follows too
+        res = fetch(up:url("/redirect?to=/echo"), { redirects = 1, headers = { Connection = "close" } })
+        assert.are.equal("close", cjson.decode(res.body).headers.connection)
         -- two hops: the second to another origin (localhost), which loses Authorization
         local hop2 = up:url("/echo", "localhost")
         local hop1 = up:url("/redirect?code=301&to=" .. esc(hop2))
