@@ -589,6 +589,26 @@ describe("sb.http keep-alive", function()
         assert.is_nil(cjson.decode(res.body).headers.connection)
     end)
 
+    it("keeps https connections too, apart from plain ones and per ca", function()
+        start()
+        local ca = upstream.make_ca()
+        local ups = upstream.start{ tls = ca }
+        local ok, err = pcall(function()
+            local function tls_peer(opts)
+                local res, e = fetch(ups:url("/peer", "localhost"), opts)
+                assert.is_nil(e)
+                return res.body
+            end
+            local a = tls_peer({ ca = ca.ca })
+            assert.are.equal(a, tls_peer({ ca = ca.ca }))
+            assert.are_not.equal(a, tls_peer({ verify = false })) -- another key: verify
+            assert.are.equal(a, tls_peer({ ca = ca.ca }))
+        end)
+        ups:stop()
+        upstream.remove_ca(ca)
+        assert(ok, err)
+    end)
+
     it("does not reuse a connection the service closes, or one the request asked to close", function()
         start()
         local a = peer("?close=1")
