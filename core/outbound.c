@@ -143,7 +143,8 @@ void outbound_ctx_free(struct outbound_ctx *x) {
     }
     if (x->dns) {
         /* A cancelled lookup is only freed when evdns's deferred callbacks run:
-         * give them one more turn of the (finished) loop, with nothing to wait for. */
+         * give them one more turn of the (finished) loop, with nothing to wait for.
+         * The caller frees first whatever else has events on the loop. */
         if (x->cancels)
             event_base_loop(x->base, EVLOOP_NONBLOCK);
         evdns_base_free(x->dns, 1);

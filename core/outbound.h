@@ -28,7 +28,9 @@ struct outbound;
  * max_open: connections open at once (--max-outbound). resolver: a nameserver
  * ("ADDR[:PORT]", --resolver) used instead of /etc/resolv.conf's, or NULL;
  * /etc/hosts is honoured either way. NULL on failure. Free after every
- * connection is closed and every resolve has ended. */
+ * connection is closed (kept idle ones are closed here); when lookups were
+ * cancelled, freeing turns the loop once more (evdns frees them from deferred
+ * callbacks), so free whatever else has events on the loop first. */
 struct outbound_ctx *outbound_ctx_new(struct event_base *base, unsigned max_open,
                                       const char *resolver);
 /* 1 when addr is an IPv4/IPv6 address with an optional port, as --resolver takes. */

@@ -470,6 +470,22 @@ void server_free(struct sb_server *srv) {
     drop_all(srv);
     close_listeners(srv);
     reload_free(srv->reload);
+    /* the server's own events go before the script and the outbound context:
+     * outbound_ctx_free turns the loop once more (evdns's deferred callbacks),
+     * where none of them may fire on what is freed */
+    for (int i = 0; i < 3; i++)
+        if (srv->sig_ev[i]) {
+            event_free(srv->sig_ev[i]);
+            srv->sig_ev[i] = NULL;
+        }
+    if (srv->sweep_ev) {
+        event_free(srv->sweep_ev);
+        srv->sweep_ev = NULL;
+    }
+    if (srv->stop_ev) {
+        event_free(srv->stop_ev);
+        srv->stop_ev = NULL;
+    }
     if (srv->script)
         script_free(srv->script);
     outbound_ctx_free(srv->outbound);
@@ -481,13 +497,6 @@ void server_free(struct sb_server *srv) {
         free(srv->deflate_shared);
     }
     tls_ctx_free(srv->tls);
-    for (int i = 0; i < 3; i++)
-        if (srv->sig_ev[i])
-            event_free(srv->sig_ev[i]);
-    if (srv->sweep_ev)
-        event_free(srv->sweep_ev);
-    if (srv->stop_ev)
-        event_free(srv->stop_ev);
     if (srv->base)
         event_base_free(srv->base);
     if (srv->spare_fd >= 0)
