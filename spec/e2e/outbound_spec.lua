@@ -496,10 +496,10 @@ describe("outbound names at --resolver", function()
     end)
 
     teardown(function()
-        if s then s:stop() end -- raises on a sanitizer report (leaks included)
         if up then up:stop() end
         if dns then dns:stop() end
         if app then os.execute("rm -rf '" .. app .. "'") end
+        if s then s:stop() end -- raises on a sanitizer report (leaks included)
     end)
 
     it("asks that nameserver, still reads /etc/hosts, and says dns: for NXDOMAIN", function()
