@@ -1104,8 +1104,8 @@ static void http_read(struct conn *c, uint8_t *data, size_t n) {
 
 static int on_message(void *ud, int opcode, uint8_t *data, size_t len, int compressed) {
     struct conn *c = ud;
-    if (c->state != CONN_WS || c->close_sent)
-        return 0; /* closing: data is discarded */
+    if (c->state != CONN_WS || c->close_sent || c->peer_gone)
+        return 0; /* closing, or gone: data is discarded */
     uint8_t *plain = NULL; /* the inflated message (owned here) */
     if (compressed) {
         static uint8_t empty[1];
@@ -1153,6 +1153,8 @@ static int on_control(void *ud, int opcode, uint8_t *data, size_t len) {
         c->srv->stats.close_rcvd[sb_close_bucket(code)]++;
         free(c->close_reason);
         c->close_reason = strndup(reason, rlen);
+        if (c->peer_gone)
+            return 1; /* nobody to answer: its code is all that was wanted */
         if (!c->close_sent) {
             /* echo the code (RFC 6455 §5.5.1); an empty close is answered empty */
             uint8_t p[2] = {(uint8_t)(code >> 8), (uint8_t)code};
@@ -1181,6 +1183,30 @@ static void keep_pending(struct conn *c, const uint8_t *p, size_t n) {
     memcpy(nb + c->pend_len, p, n);
     c->pend = nb;
     c->pend_len += (uint32_t)n;
+}
+
+/* The peer left while held: decode what it sent (kept, then still in the socket,
+ * at most SALVAGE_MAX bytes) only to find its close frame; messages are dropped. */
+#define SALVAGE_MAX (1u << 20)
+static void salvage_close(struct conn *c) {
+    if (c->state != CONN_WS && c->state != CONN_CLOSING)
+        return;
+    c->peer_gone = 1;
+    uint8_t *p = c->pend;
+    size_t n = c->pend_len;
+    c->pend = NULL;
+    c->pend_len = 0;
+    ssize_t r = n ? ws_decoder_feed(&c->dec, p, n, &decoder_cb, c) : 0;
+    free(p);
+    struct sb_server *srv = c->srv;
+    for (size_t total = 0; r >= 0 && !c->close_rcvd && total < SALVAGE_MAX;) {
+        ssize_t got = c->is_tls ? tls_conn_read(c, srv->rbuf, srv->rbuf_size)
+                                : read(c->fd, srv->rbuf, srv->rbuf_size);
+        if (got <= 0 || c->state == CONN_DEAD)
+            break;
+        total += (size_t)got;
+        r = ws_decoder_feed(&c->dec, srv->rbuf, (size_t)got, &decoder_cb, c);
+    }
 }
 
 static void ws_feed(struct conn *c, uint8_t *p, size_t n) {
@@ -1290,7 +1316,10 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
             return;
     }
     if ((what & EV_CLOSED) && c->holds && !reads_on(c)) {
-        /* the peer left while a handler of it waits: it is gone (1006) */
+        /* the peer left while a handler of it waits: it is gone (1006, unless
+         * its close frame is among the bytes it sent last) */
+        if (!c->close_rcvd)
+            salvage_close(c);
         conn_kill(c, c->close_rcvd ? c->close_code : WS_CLOSE_ABNORMAL);
         return;
     }

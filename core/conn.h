@@ -76,7 +76,8 @@ struct conn {
         close_rcvd : 1, drain_pending : 1, ping_out : 1;
     uint8_t over_high : 1, keep_alive : 1, is_tls : 1, linger_eof : 1,
         metrics_only : 1, /* accepted on the --metrics listener */
-        http_wait : 1;    /* pipelined requests wait until the answer is out */
+        http_wait : 1,    /* pipelined requests wait until the answer is out */
+        peer_gone : 1;    /* left while held: its last bytes are read for its close frame */
     uint8_t tls_read_wants_write : 1, tls_write_wants_read : 1; /* TLS I/O waiting on the other event */
     uint8_t head_std : 3; /* CONN_STD_* fields left out of head: ws.headers adds them back */
     uint8_t opened_now : 1; /* the 101 is still queued */

@@ -45,8 +45,18 @@ struct httpc {
     struct httpc_header *hdr;
     size_t n_hdr;
     struct evbuffer *body;
-    char *req; /* the request bytes, until sent */
+    char *req; /* the request bytes, until sent (until answered on a reused connection) */
     size_t req_len;
+    struct outbound_ctx *x;
+    struct outbound_opts oo; /* to connect afresh (host: in key) */
+    char *key;               /* the keep-alive pool's key, or NULL: Connection: close */
+    char *ca;                /* a copy of rq->ca for a retry, or NULL */
+    int reused;              /* h->o came from the pool: a stale one is retried once */
+    int idempotent;          /* the method may be sent again */
+    int v11;                 /* the response is HTTP/1.1 */
+    int redirects_left;            /* 3xx answers still to follow */
+    struct httpc_request *orig;    /* the caller's request, copied, while redirects_left */
+    char *url;                     /* the URL being asked, while redirects_left */
 };
 
 static double now_s(void) {
@@ -138,8 +148,20 @@ int httpc_parse_url(const char *url, struct httpc_url *u, const char **why) {
 
 /* ---- the end -------------------------------------------------------------------- */
 
+/* The connection may carry the next request: a complete, framed HTTP/1.1
+ * response without Connection: close, to a request that did not ask for close. */
+static int reusable(struct httpc *h);
+static void free_copy(struct httpc_request *rq);
+
 static void free_request(struct httpc *h) {
-    outbound_close(h->o);
+    if (h->o && h->key && h->st == ST_DONE && reusable(h))
+        outbound_park(h->o, h->key);
+    else
+        outbound_close(h->o);
+    free(h->key);
+    free(h->ca);
+    free(h->url);
+    free_copy(h->orig);
     for (size_t i = 0; i < h->n_hdr; i++) {
         free((char *)h->hdr[i].name);
         free((char *)h->hdr[i].value);
@@ -151,7 +173,24 @@ static void free_request(struct httpc *h) {
     free(h);
 }
 
+static int is_redirect(int status);
+static int follow(struct httpc *h, const char *location, const char **err);
+static const struct httpc_header *find(struct httpc *h, const char *name);
+
 static void finish(struct httpc *h, const char *err) {
+    const struct httpc_header *loc;
+    if (!err && h->redirects_left > 0 && is_redirect(h->status) &&
+        (loc = find(h, "location"))) {
+        char *where = strdup(loc->value); /* the headers go with the exchange */
+        int r = where ? follow(h, where, &err) : (err = "out of memory", -1);
+        free(where);
+        if (r > 0)
+            return; /* the next request is out: this one's answer is not the last */
+        if (r == 0)
+            err = NULL; /* not followable: the 3xx is the answer */
+    }
+    if (err)
+        h->st = ST_STATUS; /* never parked */
     if (err) {
         h->cb(h->ud, err, NULL);
     } else {
@@ -173,8 +212,10 @@ static void finish(struct httpc *h, const char *err) {
 }
 
 void httpc_cancel(struct httpc *h) {
-    if (h)
+    if (h) {
+        h->st = ST_STATUS; /* mid-exchange: the connection is closed, not parked */
         free_request(h);
+    }
 }
 
 /* ---- the response --------------------------------------------------------------- */
@@ -261,6 +302,7 @@ static int parse_status(struct httpc *h, const char *line, size_t len) {
         !isdigit((unsigned char)line[11]) || (len > 12 && line[12] != ' '))
         return -1;
     h->status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
+    h->v11 = line[7] >= '1';
     return h->status >= 100 ? 0 : -1;
 }
 
@@ -362,7 +404,33 @@ static const char *parse(struct httpc *h, struct evbuffer *in, int *more) {
     }
 }
 
+static int reusable(struct httpc *h) {
+    const struct httpc_header *c = find(h, "connection");
+    return h->v11 && h->status >= 200 && !(c && has_token(c->value, "close"));
+}
+
 static void on_input(void *ud, const char *err);
+static void on_sent(void *ud, const char *err);
+static void on_connected(void *ud, const char *err);
+
+/* A pooled connection failed before any byte of the answer: the server had closed
+ * it while idle. Send the request again, once, on a new connection. Returns 1 when
+ * it did. */
+static int retry(struct httpc *h) {
+    if (!h->reused || !h->idempotent || h->head_seen || h->st != ST_STATUS || !h->req ||
+        (h->o && evbuffer_get_length(outbound_input(h->o))))
+        return 0;
+    h->reused = 0;
+    outbound_close(h->o);
+    const char *err;
+    h->oo.timeout = remaining(h);
+    h->o = outbound_connect(h->x, &h->oo, on_connected, h, &err);
+    if (!h->o) {
+        finish(h, err);
+        return 1;
+    }
+    return 1;
+}
 
 static void pump(struct httpc *h) {
     struct evbuffer *in = outbound_input(h->o);
@@ -374,6 +442,8 @@ static void pump(struct httpc *h) {
         finish(h, NULL);
     } else if (outbound_eof(h->o)) {
         /* the end of the connection ends a body without a length, nothing else */
+        if (h->st != ST_BODY_ALL && retry(h))
+            return;
         finish(h, h->st == ST_BODY_ALL ? NULL : "closed");
     } else {
         outbound_wait_input(h->o, remaining(h), on_input, h);
@@ -382,6 +452,8 @@ static void pump(struct httpc *h) {
 
 static void on_input(void *ud, const char *err) {
     struct httpc *h = ud;
+    if (err && retry(h))
+        return;
     if (err)
         finish(h, err);
     else
@@ -390,8 +462,12 @@ static void on_input(void *ud, const char *err) {
 
 static void on_sent(void *ud, const char *err) {
     struct httpc *h = ud;
-    free(h->req);
-    h->req = NULL;
+    if (err && retry(h))
+        return;
+    if (!h->reused) { /* a new connection is not retried: the bytes are not needed */
+        free(h->req);
+        h->req = NULL;
+    }
     if (err)
         finish(h, err);
     else
@@ -437,7 +513,7 @@ static char *build(const struct httpc_request *rq, const struct httpc_url *u, si
     }
     if (!given(rq, "user-agent"))
         evbuffer_add_printf(b, "User-Agent: switchboard/%s\r\n", SB_VERSION);
-    if (!given(rq, "connection"))
+    if (!given(rq, "connection") && !rq->keepalive)
         evbuffer_add_printf(b, "Connection: close\r\n");
     int bodyless = strcmp(rq->method, "GET") == 0 || strcmp(rq->method, "HEAD") == 0;
     if (!given(rq, "content-length") && (rq->body_len || !bodyless))
@@ -459,34 +535,232 @@ static char *build(const struct httpc_request *rq, const struct httpc_url *u, si
     return out;
 }
 
+/* Send rq (its URL parsed as u) on h: a kept connection of the same key, else a new
+ * one. h's exchange state is fresh. Returns 0, or -1 with *err (h unchanged but for
+ * what free_request frees). */
+static int start(struct httpc *h, const struct httpc_request *rq, const struct httpc_url *u,
+                 const char **err) {
+    if (!(h->req = build(rq, u, &h->req_len))) {
+        *err = "out of memory";
+        return -1;
+    }
+    h->head = strcmp(rq->method, "HEAD") == 0;
+    h->idempotent = 0;
+    static const char *const idem[] = {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"};
+    for (size_t i = 0; i < sizeof idem / sizeof idem[0]; i++)
+        if (strcmp(rq->method, idem[i]) == 0)
+            h->idempotent = 1;
+    /* keep-alive unless the caller chose the Connection field; the key holds all
+     * that makes two connections interchangeable (the host last: it is oo.host) */
+    if (rq->keepalive && !given(rq, "connection") &&
+        asprintf(&h->key, "%d %u %d %s\n%s", u->tls, u->port, rq->verify, rq->ca ? rq->ca : "",
+                 u->host) < 0)
+        h->key = NULL;
+    h->oo = (struct outbound_opts){
+        .host = h->key ? strchr(h->key, '\n') + 1 : NULL,
+        .port = u->port,
+        .tls = u->tls,
+        .verify = rq->verify,
+        .ca = rq->ca, /* the caller's: valid during this call (a retry uses h->ca) */
+        .timeout = remaining(h),
+    };
+    if (h->key && (h->o = outbound_unpark(h->x, h->key))) {
+        if (rq->ca && !(h->oo.ca = h->ca = strdup(rq->ca))) {
+            *err = "out of memory";
+            return -1; /* h->st is not ST_DONE: the connection is closed */
+        }
+        h->reused = 1;
+        outbound_send(h->o, h->req, h->req_len, remaining(h), on_sent, h);
+        return 0;
+    }
+    struct outbound_opts oo = h->oo;
+    oo.host = u->host;
+    h->o = outbound_connect(h->x, &oo, on_connected, h, err);
+    return h->o ? 0 : -1;
+}
+
+/* ---- redirects ------------------------------------------------------------------ */
+
+static void free_copy(struct httpc_request *rq) {
+    if (!rq)
+        return;
+    for (size_t i = 0; i < rq->n_headers; i++) {
+        free((char *)rq->headers[i].name);
+        free((char *)rq->headers[i].value);
+    }
+    free((void *)rq->headers);
+    free((char *)rq->method);
+    free((char *)rq->url);
+    free((char *)rq->body);
+    free((char *)rq->ca);
+    free(rq);
+}
+
+/* The request as the caller gave it, kept for the redirects to follow. */
+static struct httpc_request *copy_request(const struct httpc_request *rq) {
+    struct httpc_request *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    *c = *rq;
+    c->headers = NULL;
+    c->n_headers = 0;
+    c->method = strdup(rq->method);
+    c->url = strdup(rq->url);
+    c->ca = rq->ca ? strdup(rq->ca) : NULL;
+    c->body = malloc(rq->body_len + 1);
+    struct httpc_header *hs = calloc(rq->n_headers + 1, sizeof *hs);
+    c->headers = hs;
+    int ok = c->method && c->url && (!rq->ca || c->ca) && c->body && hs;
+    if (c->body)
+        memcpy((char *)c->body, rq->body, rq->body_len);
+    for (size_t i = 0; ok && i < rq->n_headers; i++) {
+        const struct httpc_header *f = &rq->headers[i];
+        hs[i] = (struct httpc_header){strndup(f->name, f->name_len),
+                                      strndup(f->value, f->value_len), f->name_len, f->value_len};
+        c->n_headers = i + 1;
+        ok = hs[i].name && hs[i].value;
+    }
+    if (!ok) {
+        free_copy(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* location resolved against base (RFC 3986 §5.2, for the forms servers send:
+ * absolute, scheme-relative, absolute-path, relative-path), or NULL. */
+static char *resolve_location(const char *base, const struct httpc_url *bu, const char *loc) {
+    char *out = NULL;
+    if (strncasecmp(loc, "http://", 7) == 0 || strncasecmp(loc, "https://", 8) == 0)
+        return strdup(loc);
+    const char *scheme = bu->tls ? "https" : "http";
+    if (loc[0] == '/' && loc[1] == '/')
+        return asprintf(&out, "%s:%s", scheme, loc) < 0 ? NULL : out;
+    size_t origin = (size_t)(bu->target - base); /* scheme://host[:port] */
+    if (loc[0] == '/')
+        return asprintf(&out, "%.*s%s", (int)origin, base, loc) < 0 ? NULL : out;
+    size_t path = strcspn(bu->target, "?#"), dir = 0;
+    for (size_t i = 0; i < path; i++)
+        if (bu->target[i] == '/')
+            dir = i + 1;
+    if (asprintf(&out, "%.*s%s%.*s%s", (int)origin, base, dir ? "" : "/", (int)dir, bu->target,
+                 loc) < 0)
+        return NULL;
+    return out;
+}
+
+static int is_redirect(int status) {
+    return status == 301 || status == 302 || status == 303 || status == 307 || status == 308;
+}
+
+/* The answer is a redirect to follow: send the next request on h. Returns 1 when it
+ * went out, 0 when the Location cannot be followed (the 3xx is the answer), -1 with
+ * *err when it could not start. */
+static int follow(struct httpc *h, const char *location, const char **err) {
+    struct httpc_request *o = h->orig;
+    struct httpc_url bu, nu;
+    if (httpc_parse_url(h->url, &bu, err) < 0)
+        return 0;
+    char *next = resolve_location(h->url, &bu, location);
+    if (!next || httpc_parse_url(next, &nu, err) < 0) {
+        free(next);
+        return 0;
+    }
+    int same_origin = bu.tls == nu.tls && bu.port == nu.port && strcasecmp(bu.host, nu.host) == 0;
+    /* 303, and 301/302 after a POST, go on as a GET without the body (as browsers do) */
+    int to_get = strcmp(o->method, "HEAD") != 0 &&
+                 (h->status == 303 || ((h->status == 301 || h->status == 302) &&
+                                       strcmp(o->method, "POST") == 0));
+    struct httpc_request rq = *o;
+    rq.url = next;
+    struct httpc_header *hs = calloc(o->n_headers + 1, sizeof *hs);
+    if (!hs) {
+        free(next);
+        *err = "out of memory";
+        return -1;
+    }
+    rq.headers = hs;
+    rq.n_headers = 0;
+    for (size_t i = 0; i < o->n_headers; i++) {
+        const char *n = o->headers[i].name;
+        if (to_get && (strcasecmp(n, "content-length") == 0 || strcasecmp(n, "content-type") == 0))
+            continue;
+        /* credentials and the Host field stay with the origin they were meant for */
+        if (!same_origin &&
+            (strcasecmp(n, "authorization") == 0 || strcasecmp(n, "cookie") == 0 ||
+             strcasecmp(n, "proxy-authorization") == 0 || strcasecmp(n, "host") == 0))
+            continue;
+        hs[rq.n_headers++] = o->headers[i];
+    }
+    if (to_get) {
+        rq.method = "GET";
+        rq.body = "";
+        rq.body_len = 0;
+    }
+    /* the exchange that ended: its connection goes back (or closes), its state goes */
+    if (h->o && h->key && reusable(h))
+        outbound_park(h->o, h->key);
+    else
+        outbound_close(h->o);
+    h->o = NULL;
+    for (size_t i = 0; i < h->n_hdr; i++) {
+        free((char *)h->hdr[i].name);
+        free((char *)h->hdr[i].value);
+    }
+    free(h->hdr);
+    h->hdr = NULL;
+    h->n_hdr = 0;
+    evbuffer_drain(h->body, evbuffer_get_length(h->body));
+    free(h->req);
+    free(h->key);
+    free(h->ca);
+    h->req = h->key = h->ca = NULL;
+    h->st = ST_STATUS;
+    h->status = h->v11 = h->reused = 0;
+    h->left = h->head_seen = 0;
+    h->redirects_left--;
+    free(h->url);
+    h->url = next;
+    if (to_get) { /* the following redirects go on from the GET */
+        free((char *)o->method);
+        o->method = strdup("GET");
+        o->body_len = 0;
+        if (!o->method) {
+            free(hs);
+            *err = "out of memory";
+            return -1;
+        }
+    }
+    int rc = start(h, &rq, &nu, err);
+    free(hs);
+    return rc < 0 ? -1 : 1;
+}
+
 struct httpc *httpc_request(struct outbound_ctx *x, const struct httpc_request *rq, httpc_cb cb,
                             void *ud, const char **err) {
     struct httpc_url u;
     if (httpc_parse_url(rq->url, &u, err) < 0)
         return NULL;
     struct httpc *h = calloc(1, sizeof *h);
-    if (!h || !(h->body = evbuffer_new()) || !(h->req = build(rq, &u, &h->req_len))) {
-        if (h && h->body)
-            evbuffer_free(h->body);
+    if (!h || !(h->body = evbuffer_new())) {
         free(h);
         *err = "out of memory";
         return NULL;
     }
     h->cb = cb;
     h->ud = ud;
+    h->x = x;
     h->max_body = rq->max_body;
-    h->head = strcmp(rq->method, "HEAD") == 0;
     h->deadline = now_s() + rq->timeout;
-    struct outbound_opts oo = {
-        .host = u.host,
-        .port = u.port,
-        .tls = u.tls,
-        .verify = rq->verify,
-        .ca = rq->ca,
-        .timeout = rq->timeout,
-    };
-    h->o = outbound_connect(x, &oo, on_connected, h, err);
-    if (!h->o) {
+    if (rq->redirects > 0) {
+        h->redirects_left = rq->redirects;
+        if (!(h->orig = copy_request(rq)) || !(h->url = strdup(rq->url))) {
+            free_request(h);
+            *err = "out of memory";
+            return NULL;
+        }
+    }
+    if (start(h, rq, &u, err) < 0) {
         free_request(h);
         return NULL;
     }

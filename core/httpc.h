@@ -1,5 +1,6 @@
 /* httpc.h — a small HTTP/1.1 client over an outbound connection (outbound.h):
- * one request per connection (Connection: close), a response body framed by
+ * one request at a time per connection, kept alive for the next request to the
+ * same place (rq->keepalive; else Connection: close), a response body framed by
  * Content-Length, chunked transfer coding or the end of the connection, and
  * bounded by max_body. No Lua: the caller gets one callback with the response.
  *
@@ -43,6 +44,12 @@ struct httpc_request {
     int verify;
     const char *ca;
     size_t max_body;
+    int redirects; /* 3xx answers (301, 302, 303, 307, 308 with a Location) to follow;
+                    * 303, and 301/302 after a POST, go on as a GET without the body;
+                    * to another origin without Authorization, Cookie and Host */
+    int keepalive; /* 1: no Connection: close; the connection goes back to the
+                    * outbound pool (outbound_park) after a reusable answer, and a
+                    * request may go out on a parked one */
 };
 
 /* headers: names lower-cased, in arrival order (a repeated name repeats);

@@ -79,6 +79,9 @@ struct sb_config {
     unsigned redis_max_calls; /* --redis-max-calls: its calls and connects in flight */
     const char *allowed_origins; /* --allowed-origins LIST (router.c); NULL = any Origin */
     unsigned max_outbound;       /* --max-outbound: sb.http/sb.tcp connections open at once */
+    const char *resolver;        /* --resolver: nameserver for outbound names, or NULL */
+    unsigned http_pool;          /* --http-pool: idle sb.http connections kept per host */
+    double http_keepalive;       /* --http-keepalive: seconds one is kept idle (0: none) */
     size_t max_response_body;    /* --max-response-body: sb.http body, sock:receive result */
     size_t subscribe_queue_max;  /* --subscribe-queue-max: bytes waiting for sb.subscribe fns */
     double presence_ttl;         /* --presence-ttl: a dead process's presence ages out in this */

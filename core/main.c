@@ -19,6 +19,7 @@
 #include "handshake.h"
 #include "http.h"
 #include "log.h"
+#include "outbound.h"
 #include "redis.h"
 #include "script.h"
 #include "server.h"
@@ -190,6 +191,14 @@ static int set_path(struct options *opts, const struct opt *o, const char *arg) 
     return set_string(opts, o, arg);
 }
 
+static int set_resolver(struct options *opts, const struct opt *o, const char *arg) {
+    if (!outbound_resolver_valid(arg))
+        return die_usage("--resolver takes an IP address with an optional port"
+                         " (10.0.0.53, 10.0.0.53:5353, [::1]:53): '%s'",
+                         arg);
+    return set_string(opts, o, arg);
+}
+
 static int set_origins(struct options *opts, const struct opt *o, const char *arg) {
     if (!handshake_origin_list_valid(arg))
         return die_usage("--allowed-origins takes origins like https://chat.example.com or"
@@ -334,6 +343,19 @@ static const struct opt options[] = {
      "sb.http and sb.tcp connections open at once; past it\n"
      "they return nil, \"too many outbound connections\"",
      "4096"},
+    {"http-pool", "N", set_count, F(cfg.http_pool), 0, 100000,
+     "sb.http: idle keep-alive connections kept per host\n"
+     "and port for the next request (0: Connection: close)",
+     "64"},
+    {"http-keepalive", "SECONDS", set_seconds, F(cfg.http_keepalive), 0, 3600,
+     "sb.http: how long an idle connection is kept (keep it\n"
+     "below the services' own idle timeout; 0: none kept)",
+     "4"},
+    {"resolver", "ADDR[:PORT]", set_resolver, F(cfg.resolver), 0, 0,
+     "look up sb.http, sb.tcp and sb.redis host names at\n"
+     "this nameserver instead of /etc/resolv.conf's\n"
+     "(/etc/hosts is read first either way)",
+     NULL},
     {"max-response-body", "N", set_count, F(cfg.max_response_body), 0, GIB,
      "largest sb.http response body (opts.max_body may\n"
      "lower it) and sock:receive result",

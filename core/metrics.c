@@ -229,6 +229,12 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
     gauge(&b, "switchboard_outbound_connections_open",
           "Outbound connections open now (sb.http, sb.tcp; --max-outbound).",
           (double)outbound_open_count(srv->outbound));
+    gauge(&b, "switchboard_outbound_connections_idle",
+          "Idle sb.http connections kept for reuse now (--http-pool; counted as open).",
+          (double)outbound_idle_count(srv->outbound));
+    counter(&b, "switchboard_http_connections_reused_total",
+            "sb.http requests sent on a kept-alive connection instead of a new one.",
+            outbound_reused_count(srv->outbound));
 
     gauge(&b, "switchboard_history_bytes",
           "Bytes of topic history kept in this process (--history-max-bytes).",

@@ -40,10 +40,26 @@ struct ca_ctx {
 
 struct outbound_ctx {
     struct event_base *base;
-    struct evdns_base *dns; /* owned; made on the first connect */
+    struct evdns_base *dns; /* owned; made on the first connect or resolve */
+    char *resolver;         /* --resolver (owned copy), or NULL: /etc/resolv.conf */
+    unsigned cancels;       /* lookups cancelled: evdns ends them from the loop */
     SSL_CTX *tls;           /* owned; system CAs; made on the first TLS connect */
     struct ca_ctx *cas;     /* owned; one per `ca` file seen (read once) */
     unsigned open, max_open;
+    struct park *parks;      /* idle connections by key (outbound_park) */
+    struct outbound *oldest; /* every parked connection, least recently parked first */
+    struct outbound *newest;
+    unsigned idle, max_idle; /* parked now; at most this many per key */
+    double idle_timeout;     /* a parked connection is closed after this */
+    unsigned long long reused;
+};
+
+/* One key's parked connections (most recently parked first). Freed with the ctx. */
+struct park {
+    struct park *next;
+    struct outbound *head;
+    unsigned n;
+    char key[];
 };
 
 enum ob_op { OP_NONE, OP_CONNECT, OP_SEND, OP_INPUT };
@@ -69,23 +85,71 @@ struct outbound {
     size_t taken;       /* bytes outbound_take handed out: dropped at the next call */
     int eof, last_errno, tls, verify;
     char *host, *server_name;
+    struct park *parked;              /* while idle in a pool */
+    struct outbound *pnext, *pprev;   /* its park's list */
+    struct outbound *anext, *aprev;   /* x's list of every parked connection, by age */
     char errbuf[200];
 };
 
-struct outbound_ctx *outbound_ctx_new(struct event_base *base, unsigned max_open) {
+static void unpark(struct outbound *o);
+
+struct outbound_ctx *outbound_ctx_new(struct event_base *base, unsigned max_open,
+                                      const char *resolver) {
     struct outbound_ctx *x = calloc(1, sizeof *x);
     if (!x)
         return NULL;
     x->base = base;
     x->max_open = max_open;
+    if (resolver && !(x->resolver = strdup(resolver))) {
+        free(x);
+        return NULL;
+    }
     return x;
+}
+
+int outbound_resolver_valid(const char *addr) {
+    struct sockaddr_storage ss;
+    int len = (int)sizeof ss;
+    return evutil_parse_sockaddr_port(addr, (struct sockaddr *)&ss, &len) == 0;
+}
+
+/* The loop's resolver, made on first use: /etc/hosts first, then resolv.conf's
+ * nameservers (or --resolver's). No idle event keeps the loop alive. */
+static struct evdns_base *dns_base(struct outbound_ctx *x) {
+    if (x->dns)
+        return x->dns;
+    if (!x->resolver) {
+        x->dns = evdns_base_new(x->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        return x->dns;
+    }
+    x->dns = evdns_base_new(x->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (x->dns && (evdns_base_load_hosts(x->dns, NULL) != 0 ||
+                   evdns_base_nameserver_ip_add(x->dns, x->resolver) != 0)) {
+        evdns_base_free(x->dns, 0);
+        x->dns = NULL;
+    }
+    return x->dns;
 }
 
 void outbound_ctx_free(struct outbound_ctx *x) {
     if (!x)
         return;
-    if (x->dns)
+    while (x->oldest)
+        outbound_close(x->oldest); /* unparks it */
+    for (struct park *p = x->parks, *n; p; p = n) {
+        n = p->next;
+        free(p);
+    }
+    if (x->dns) {
+        /* A cancelled lookup is only freed when evdns's deferred callbacks run:
+         * give them one more turn of the (finished) loop, with nothing to wait for.
+         * The caller frees first whatever else has events on the loop. */
+        if (x->cancels)
+            event_base_loop(x->base, EVLOOP_NONBLOCK);
         evdns_base_free(x->dns, 1);
+    }
+    free(x->resolver);
     SSL_CTX_free(x->tls);
     for (struct ca_ctx *c = x->cas, *n; c; c = n) {
         n = c->next;
@@ -157,7 +221,8 @@ static void drop_connect_state(struct outbound *o) {
     if (o->dns_req) {
         struct evdns_getaddrinfo_request *r = o->dns_req;
         o->dns_req = NULL;
-        evdns_getaddrinfo_cancel(r); /* calls on_dns with EVUTIL_EAI_CANCEL, now */
+        o->x->cancels++;
+        evdns_getaddrinfo_cancel(r); /* on_dns with EVUTIL_EAI_CANCEL, later: o is gone */
     }
     if (o->ai) {
         evutil_freeaddrinfo(o->ai);
@@ -199,6 +264,10 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
     struct outbound *o = arg;
     (void)fd;
     (void)what;
+    if (o->parked) { /* idle too long */
+        outbound_close(o);
+        return;
+    }
     if (o->op == OP_CONNECT)
         fail_connect(o, o->phase == PH_DNS ? "dns: timeout" : "timeout");
     else
@@ -289,6 +358,10 @@ static const char *tls_error(struct outbound *o) {
 static void on_read(struct bufferevent *bev, void *arg) {
     struct outbound *o = arg;
     (void)bev;
+    if (o->parked) { /* bytes nobody asked for: the connection cannot be reused */
+        outbound_close(o);
+        return;
+    }
     if (o->op == OP_INPUT)
         complete(o, NULL);
     else
@@ -304,6 +377,10 @@ static void on_write(struct bufferevent *bev, void *arg) {
 static void on_event(struct bufferevent *bev, short what, void *arg) {
     struct outbound *o = arg;
     (void)bev;
+    if (o->parked && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) { /* the peer closed it */
+        outbound_close(o);
+        return;
+    }
     if (what & BEV_EVENT_CONNECTED) {
         if (o->phase == PH_TLS) {
             o->phase = PH_UP;
@@ -433,7 +510,7 @@ static void try_next(struct outbound *o) {
 
 static void on_dns(int result, struct evutil_addrinfo *res, void *arg) {
     if (result == EVUTIL_EAI_CANCEL)
-        return; /* outbound_close or the timeout cancelled it: o may be going */
+        return; /* outbound_close or the timeout cancelled it: o is gone (no access) */
     struct outbound *o = arg;
     o->dns_req = NULL;
     if (result != 0) {
@@ -447,18 +524,15 @@ static void on_dns(int result, struct evutil_addrinfo *res, void *arg) {
 
 struct outbound *outbound_connect(struct outbound_ctx *x, const struct outbound_opts *opts,
                                   outbound_cb cb, void *ud, const char **err) {
+    if (x->open >= x->max_open && x->oldest)
+        outbound_close(x->oldest); /* an idle connection gives way to one that is needed */
     if (x->open >= x->max_open) {
         *err = "too many outbound connections";
         return NULL;
     }
-    if (!x->dns) {
-        /* resolv.conf and /etc/hosts; no idle event keeps the loop alive */
-        x->dns = evdns_base_new(x->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                             EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-        if (!x->dns) {
-            *err = "dns: no resolver";
-            return NULL;
-        }
+    if (!dns_base(x)) {
+        *err = "dns: no resolver";
+        return NULL;
     }
     struct outbound *o = calloc(1, sizeof *o);
     if (!o) {
@@ -512,6 +586,92 @@ fail:
     free(o->server_name);
     free(o);
     return NULL;
+}
+
+/* ---- a name alone ------------------------------------------------------------- */
+
+struct outbound_dns {
+    struct outbound_ctx *x;
+    struct evdns_getaddrinfo_request *req; /* while evdns has it */
+    struct event *notify;
+    struct evutil_addrinfo *ai; /* the answer (owned until the callback returns) */
+    outbound_resolve_cb cb;
+    void *ud;
+    const char *err;
+    char errbuf[100];
+};
+
+static void on_resolve_notify(evutil_socket_t fd, short what, void *arg) {
+    struct outbound_dns *d = arg;
+    (void)fd;
+    (void)what;
+    d->cb(d->ud, d->ai, d->err);
+    if (d->ai)
+        evutil_freeaddrinfo(d->ai);
+    event_free(d->notify);
+    free(d);
+}
+
+static void on_resolve(int result, struct evutil_addrinfo *res, void *arg) {
+    if (result == EVUTIL_EAI_CANCEL)
+        return; /* outbound_resolve_cancel: d is going */
+    struct outbound_dns *d = arg;
+    d->req = NULL;
+    if (result != 0) {
+        snprintf(d->errbuf, sizeof d->errbuf, "dns: %s", evutil_gai_strerror(result));
+        d->err = d->errbuf;
+        if (res)
+            evutil_freeaddrinfo(res);
+    } else if (!res) {
+        d->err = "dns: no address";
+    } else {
+        d->ai = res;
+    }
+    event_active(d->notify, EV_TIMEOUT, 1);
+}
+
+struct outbound_dns *outbound_resolve(struct outbound_ctx *x, const char *host, unsigned port,
+                                      outbound_resolve_cb cb, void *ud, const char **err) {
+    if (!dns_base(x)) {
+        *err = "dns: no resolver";
+        return NULL;
+    }
+    struct outbound_dns *d = calloc(1, sizeof *d);
+    if (!d || !(d->notify = event_new(x->base, -1, 0, on_resolve_notify, d))) {
+        free(d);
+        *err = "out of memory";
+        return NULL;
+    }
+    d->x = x;
+    d->cb = cb;
+    d->ud = ud;
+    char portstr[8];
+    snprintf(portstr, sizeof portstr, "%u", port);
+    struct evutil_addrinfo hints = {0};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    /* a literal or an /etc/hosts name is answered inside this call (on_resolve) */
+    struct evdns_getaddrinfo_request *r =
+        evdns_getaddrinfo(x->dns, host, portstr, &hints, on_resolve, d);
+    if (!event_pending(d->notify, EV_TIMEOUT, NULL) && !d->ai && !d->err)
+        d->req = r;
+    return d;
+}
+
+void outbound_resolve_cancel(struct outbound_dns *d) {
+    if (!d)
+        return;
+    if (d->req) {
+        struct evdns_getaddrinfo_request *r = d->req;
+        d->req = NULL;
+        d->x->cancels++;
+        evdns_getaddrinfo_cancel(r); /* on_resolve with EVUTIL_EAI_CANCEL, later: ignored */
+    }
+    if (d->ai)
+        evutil_freeaddrinfo(d->ai);
+    event_free(d->notify);
+    free(d);
 }
 
 /* ---- operations ----------------------------------------------------------------- */
@@ -626,6 +786,8 @@ int outbound_take(struct outbound *o, enum outbound_take mode, size_t n, size_t 
 void outbound_close(struct outbound *o) {
     if (!o)
         return;
+    if (o->parked)
+        unpark(o);
     drop_connect_state(o);
     if (o->bev)
         bufferevent_free(o->bev);
@@ -635,4 +797,104 @@ void outbound_close(struct outbound *o) {
     free(o->host);
     free(o->server_name);
     free(o);
+}
+
+/* ---- idle connections (keep-alive) ---------------------------------------------- */
+
+void outbound_ctx_set_pool(struct outbound_ctx *x, unsigned max_idle, double idle_timeout) {
+    x->max_idle = max_idle;
+    x->idle_timeout = idle_timeout;
+}
+
+unsigned outbound_idle_count(const struct outbound_ctx *x) {
+    return x ? x->idle : 0;
+}
+
+unsigned long long outbound_reused_count(const struct outbound_ctx *x) {
+    return x ? x->reused : 0;
+}
+
+static struct park *park_for(struct outbound_ctx *x, const char *key, int make) {
+    for (struct park *p = x->parks; p; p = p->next)
+        if (strcmp(p->key, key) == 0)
+            return p;
+    if (!make)
+        return NULL;
+    size_t kl = strlen(key);
+    struct park *p = calloc(1, sizeof *p + kl + 1);
+    if (!p)
+        return NULL;
+    memcpy(p->key, key, kl + 1);
+    p->next = x->parks;
+    x->parks = p;
+    return p;
+}
+
+/* Take o out of its park and of the age list; it is in use again (or closing). */
+static void unpark(struct outbound *o) {
+    struct outbound_ctx *x = o->x;
+    struct park *p = o->parked;
+    if (o->pprev)
+        o->pprev->pnext = o->pnext;
+    else
+        p->head = o->pnext;
+    if (o->pnext)
+        o->pnext->pprev = o->pprev;
+    p->n--;
+    if (o->aprev)
+        o->aprev->anext = o->anext;
+    else
+        x->oldest = o->anext;
+    if (o->anext)
+        o->anext->aprev = o->aprev;
+    else
+        x->newest = o->aprev;
+    o->pnext = o->pprev = o->anext = o->aprev = NULL;
+    o->parked = NULL;
+    x->idle--;
+    event_del(o->timer);
+    if (o->bev)
+        bufferevent_disable(o->bev, EV_READ);
+}
+
+void outbound_park(struct outbound *o, const char *key) {
+    struct outbound_ctx *x = o->x;
+    drop_taken(o);
+    if (o->op != OP_NONE || o->done_cb || o->phase != PH_UP || o->broken || o->eof || !o->bev ||
+        evbuffer_get_length(bufferevent_get_input(o->bev)) ||
+        evbuffer_get_length(bufferevent_get_output(o->bev)) || x->idle_timeout <= 0) {
+        outbound_close(o);
+        return;
+    }
+    struct park *p = park_for(x, key, 1);
+    if (!p || p->n >= x->max_idle) {
+        outbound_close(o);
+        return;
+    }
+    o->parked = p;
+    o->pnext = p->head;
+    if (p->head)
+        p->head->pprev = o;
+    p->head = o;
+    p->n++;
+    o->aprev = x->newest;
+    if (x->newest)
+        x->newest->anext = o;
+    else
+        x->oldest = o;
+    x->newest = o;
+    x->idle++;
+    o->cb = NULL;
+    arm(o, x->idle_timeout);
+    bufferevent_enable(o->bev, EV_READ); /* the peer's close (or stray bytes) ends it */
+}
+
+struct outbound *outbound_unpark(struct outbound_ctx *x, const char *key) {
+    struct park *p = park_for(x, key, 0);
+    if (!p || !p->head)
+        return NULL;
+    struct outbound *o = p->head; /* the most recently used: the likeliest still open */
+    unpark(o);
+    x->reused++;
+    return o;
 }

@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <event2/util.h> /* struct evutil_addrinfo */
+
 struct event_base;
 struct evbuffer;
 struct outbound_ctx;
@@ -23,9 +25,16 @@ struct outbound;
 
 /* What the outbound connections of one loop share: the DNS base, the TLS
  * client contexts (one per extra CA file), the count open against the limit.
- * max_open: connections open at once (--max-outbound). NULL on failure. Free
- * after every connection is closed. */
-struct outbound_ctx *outbound_ctx_new(struct event_base *base, unsigned max_open);
+ * max_open: connections open at once (--max-outbound). resolver: a nameserver
+ * ("ADDR[:PORT]", --resolver) used instead of /etc/resolv.conf's, or NULL;
+ * /etc/hosts is honoured either way. NULL on failure. Free after every
+ * connection is closed (kept idle ones are closed here); when lookups were
+ * cancelled, freeing turns the loop once more (evdns frees them from deferred
+ * callbacks), so free whatever else has events on the loop first. */
+struct outbound_ctx *outbound_ctx_new(struct event_base *base, unsigned max_open,
+                                      const char *resolver);
+/* 1 when addr is an IPv4/IPv6 address with an optional port, as --resolver takes. */
+int outbound_resolver_valid(const char *addr);
 void outbound_ctx_free(struct outbound_ctx *x);
 /* Connections open now (connecting or connected, not yet closed). */
 unsigned outbound_open_count(const struct outbound_ctx *x);
@@ -77,5 +86,32 @@ int outbound_take(struct outbound *o, enum outbound_take mode, size_t n, size_t 
 
 /* Close the socket and free; a pending operation's callback is never called. */
 void outbound_close(struct outbound *o);
+
+/* Idle connections kept for reuse (HTTP keep-alive): at most max_idle per key,
+ * each closed after idle_timeout seconds unused, or at once when the peer
+ * closes it or sends anything. Parked connections count as open; one that
+ * would go past max_open closes the oldest parked one first. max_idle 0 or
+ * idle_timeout 0: nothing is kept. */
+void outbound_ctx_set_pool(struct outbound_ctx *x, unsigned max_idle, double idle_timeout);
+/* Park o under key (the caller's: what makes two connections interchangeable),
+ * or close it when it cannot be reused (an operation pending, input unread,
+ * the peer finished, an error, the key's pool full). o is the pool's now. */
+void outbound_park(struct outbound *o, const char *key);
+/* A parked connection of key, now the caller's as from outbound_connect's
+ * callback, or NULL. It may still turn out closed: its next operation says so. */
+struct outbound *outbound_unpark(struct outbound_ctx *x, const char *key);
+unsigned outbound_idle_count(const struct outbound_ctx *x);
+unsigned long long outbound_reused_count(const struct outbound_ctx *x);
+
+/* A name alone (for a client library that connects by itself, given an
+ * address): cb gets the addresses (valid during the call, freed after it) or
+ * err ("dns: ..."), from the loop, exactly once unless outbound_resolve_cancel
+ * came first (then never). The resolve carries no timeout: the caller's own
+ * timer cancels it. NULL with *err when it cannot start. */
+struct outbound_dns;
+typedef void (*outbound_resolve_cb)(void *ud, const struct evutil_addrinfo *ai, const char *err);
+struct outbound_dns *outbound_resolve(struct outbound_ctx *x, const char *host, unsigned port,
+                                      outbound_resolve_cb cb, void *ud, const char **err);
+void outbound_resolve_cancel(struct outbound_dns *d);
 
 #endif

@@ -17,8 +17,9 @@
 
 struct outbound_ctx *script__outbound(struct script *s) {
     struct sb_server *srv = s->srv;
-    if (!srv->outbound)
-        srv->outbound = outbound_ctx_new(srv->base, srv->cfg.max_outbound);
+    if (!srv->outbound &&
+        (srv->outbound = outbound_ctx_new(srv->base, srv->cfg.max_outbound, srv->cfg.resolver)))
+        outbound_ctx_set_pool(srv->outbound, srv->cfg.http_pool, srv->cfg.http_keepalive);
     return srv->outbound;
 }
 
@@ -220,6 +221,14 @@ static int http_request(lua_State *L) {
     rq.ca = script__opt_string(L, t, "ca", NULL, NULL, 2, fn);
     size_t cap = s->srv->cfg.max_response_body;
     rq.max_body = cap;
+    rq.keepalive = s->srv->cfg.http_pool > 0 && s->srv->cfg.http_keepalive > 0;
+    if (script__opt_field(L, t, "redirects", LUA_TNUMBER, 2, fn)) {
+        lua_Number n = lua_tonumber(L, -1);
+        if (!(n >= 0 && n <= 20) || n != (lua_Number)(int)n)
+            return script__arg_error(L, 2, fn, "opts.redirects must be an integer 0..20");
+        lua_pop(L, 1);
+        rq.redirects = (int)n;
+    }
     if (script__opt_field(L, t, "max_body", LUA_TNUMBER, 2, fn)) {
         lua_Integer mb = lua_tointeger(L, -1);
         lua_pop(L, 1);

@@ -61,6 +61,7 @@ struct script {
     uint32_t loading_gen;     /* that run's generation of loading_mod (owns new timers) */
     const char *cur_mod;      /* module whose timer runs (on the Lua stack), or NULL */
     uint32_t cur_mod_gen;
+    uint32_t cur_version; /* the route version a resumed call runs on (0: cur_route's) */
     int started;       /* past the start-up scan: loads are reloads, counted */
     const void *ws_mt; /* the ws metatable, for a pointer check */
     char node[17];     /* switchboard.node: random hex, per process */
@@ -207,6 +208,7 @@ struct script_call {
     const char *handler; /* "message", "timer", ... (static) */
     const char *mod;     /* lib/ module whose timer runs, or NULL */
     uint32_t mod_gen;
+    uint32_t version; /* route's version when the call began (set when it first waits) */
     int nres; /* results the caller reads */
     /* Called from the loop when a call that waited ends: ok=1 with its nres
      * results on top of s->L's stack (done pops them), ok=0 when it failed

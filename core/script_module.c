@@ -106,6 +106,16 @@ static int new_timer(lua_State *L, int repeat) {
         return script__arg_error(L, 1, fn, "seconds must be between 0 and 1e9");
     if (repeat && secs < 0.001)
         return script__arg_error(L, 1, fn, "an 'every' interval must be at least 0.001 seconds");
+    const char *own_mod = s->loading_mod ? s->loading_mod : s->cur_mod;
+    if (!own_mod && !s->loading_version && s->cur_version && s->cur_route &&
+        s->cur_version != s->cur_route->version) {
+        /* a call that waited across a reload makes it: it belongs to the version
+         * the call runs on, whose timers went with the reload. Born cancelled. */
+        struct timer_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
+        u->t = NULL;
+        luaL_setmetatable(L, TIMER_MT);
+        return 1;
+    }
     struct sb_timer *t = calloc(1, sizeof *t);
     if (!t)
         return luaL_error(L, "out of memory");

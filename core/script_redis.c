@@ -13,11 +13,16 @@
  * the next call. Everything is made consistent before script__wait_done, which may run
  * Lua at once.
  *
- * hiredis 0.14 speaks RESP2 only; it resolves a host name with getaddrinfo, so give the
- * URL an address or a name from /etc/hosts. */
+ * hiredis 0.14 speaks RESP2 only, and would resolve a host name with a blocking
+ * getaddrinfo: a name is resolved first with the loop's evdns (outbound_resolve,
+ * /etc/hosts honoured), and hiredis is given the address. A connect's timeout covers
+ * both; a cancellation or a timeout while the name resolves cancels the lookup. */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <event2/event.h>
+#include <event2/util.h>
+#include <netinet/in.h>
 #include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
@@ -30,6 +35,7 @@
 
 #include "log.h"
 #include "loop.h"
+#include "outbound.h"
 #include "redis.h"
 #include "script_int.h"
 
@@ -51,6 +57,7 @@ struct rconn {
     struct rpool *pool;
     enum owner owner;
     struct rop *op;            /* the op waiting on this connection, or NULL */
+    struct outbound_dns *dns;  /* while its host name resolves (ac still NULL) */
     struct event *tev;         /* the op's timeout */
     struct rconn *next, *prev; /* R->conns: every live connection */
     struct rconn *next_idle;   /* pool->idle */
@@ -137,7 +144,14 @@ static void conn_detach(struct rconn *c, int free_ac) {
 }
 
 static void conn_free(struct rconn *c) {
-    conn_detach(c, 1);
+    if (c->dns) {
+        outbound_resolve_cancel(c->dns);
+        c->dns = NULL;
+    }
+    if (c->ac)
+        conn_detach(c, 1);
+    else
+        conn_unlink(c); /* resolving, or dead: a no-op when not linked */
     if (c->tev)
         event_free(c->tev);
     free(c);
@@ -315,7 +329,7 @@ static void on_timeout(evutil_socket_t fd, short what, void *arg) {
     (void)fd;
     (void)what;
     if (c->op && c->op->w)
-        op_fail(c->op, c->op->fail ? c->op->fail : "timeout", 1);
+        op_fail(c->op, c->op->fail ? c->op->fail : c->dns ? "dns: timeout" : "timeout", 1);
 }
 
 static void arm_timeout(struct rconn *c, double secs) {
@@ -480,10 +494,11 @@ static struct rconn *conn_alloc(struct script_redis *R, struct rpool *p) {
     return c;
 }
 
-/* Start c's connect. Returns 0, or -1 when it failed at once (c stays dead). */
-static int conn_start(struct script_redis *R, struct rconn *c) {
+/* Start c's connect to addr (an IP literal). Returns 0, or -1 when it failed at once
+ * (c stays dead). */
+static int conn_start(struct script_redis *R, struct rconn *c, const char *addr) {
     struct rpool *p = c->pool;
-    c->ac = redisAsyncConnect(p->host, p->port);
+    c->ac = redisAsyncConnect(addr, p->port);
     if (!c->ac || c->ac->err) {
         if (c->ac)
             redisAsyncFree(c->ac);
@@ -494,11 +509,44 @@ static int conn_start(struct script_redis *R, struct rconn *c) {
     redisLibeventAttach(c->ac, R->s->srv->base);
     redisAsyncSetConnectCallback(c->ac, on_connect);
     redisAsyncSetDisconnectCallback(c->ac, on_disconnect);
+    return 0;
+}
+
+static void conn_link(struct script_redis *R, struct rconn *c) {
     c->next = R->conns;
     if (R->conns)
         R->conns->prev = c;
     R->conns = c;
-    return 0;
+}
+
+static int is_ip_literal(const char *s) {
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1;
+}
+
+/* The name resolved: connect to its first IPv4 address (else its first). */
+static void on_resolved(void *ud, const struct evutil_addrinfo *ai, const char *err) {
+    struct rconn *c = ud;
+    struct rop *op = c->op;
+    c->dns = NULL; /* outbound frees it after this call */
+    if (!op || !op->w)
+        return; /* cannot be: an op that ended freed c, which cancelled the lookup */
+    if (err) {
+        op_fail(op, err, 1);
+        return;
+    }
+    const struct evutil_addrinfo *pick = ai;
+    for (const struct evutil_addrinfo *a = ai; a; a = a->ai_next)
+        if (a->ai_family == AF_INET) {
+            pick = a;
+            break;
+        }
+    char addr[INET6_ADDRSTRLEN] = "";
+    const void *in = pick->ai_family == AF_INET
+                         ? (const void *)&((const struct sockaddr_in *)pick->ai_addr)->sin_addr
+                         : (const void *)&((const struct sockaddr_in6 *)pick->ai_addr)->sin6_addr;
+    if (!inet_ntop(pick->ai_family, in, addr, sizeof addr) || conn_start(c->R, c, addr) < 0)
+        op_fail(op, "connection refused", 1);
 }
 
 /* sb.redis.connect([url [, opts]]) -> red | nil, err */
@@ -560,9 +608,19 @@ static int l_connect(lua_State *L) {
     R->inflight++;
     op->c = c;
     c->op = op;
-    if (conn_start(R, c) < 0)
-        op->fail = "connection refused"; /* refused at once: it ends on the next turn */
-    arm_timeout(c, c->ac ? timeout : 0);
+    conn_link(R, c);
+    const char *derr = NULL;
+    if (is_ip_literal(p->host)) {
+        if (conn_start(R, c, p->host) < 0)
+            op->fail = "connection refused"; /* refused at once: it ends on the next turn */
+    } else {
+        struct outbound_ctx *x = script__outbound(s);
+        if (!x)
+            op->fail = "out of memory";
+        else if (!(c->dns = outbound_resolve(x, p->host, (unsigned)p->port, on_resolved, c, &derr)))
+            op->fail = derr; /* a static string */
+    }
+    arm_timeout(c, op->fail ? 0 : timeout);
     return script__wait_yield(L, w);
 }
 

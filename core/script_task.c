@@ -196,6 +196,8 @@ static struct script_thread *promote(struct script *s) {
         return NULL;
     t->s = s;
     t->call = *s->cur_call;
+    /* a reload while it waits leaves it on this version (the timers it makes too) */
+    t->call.version = t->call.route ? t->call.route->version : 0;
     if (t->call.mod && !(t->mod = strdup(t->call.mod))) {
         free(t);
         return NULL;
@@ -411,11 +413,12 @@ static void thread_resume(struct script_thread *th, int nargs) {
     struct route *prev_route = s->cur_route;
     struct conn *prev_conn = s->cur_conn;
     const char *prev_mod = s->cur_mod;
-    uint32_t prev_gen = s->cur_mod_gen;
+    uint32_t prev_gen = s->cur_mod_gen, prev_version = s->cur_version;
     s->cur_route = t->call.route;
     s->cur_conn = t->call.conn;
     s->cur_mod = t->mod;
     s->cur_mod_gen = t->call.mod_gen;
+    s->cur_version = t->call.version;
     s->cur_co = th->co;
     s->cur_call = &t->call;
     s->cur_thr = th;
@@ -435,6 +438,7 @@ static void thread_resume(struct script_thread *th, int nargs) {
     s->cur_conn = prev_conn;
     s->cur_mod = prev_mod;
     s->cur_mod_gen = prev_gen;
+    s->cur_version = prev_version;
     script__after_call(s);
 }
 
@@ -458,7 +462,8 @@ int script__run(struct script *s, const struct script_call *call, int nargs) {
     struct route *prev_route = s->cur_route;
     struct conn *prev_conn = s->cur_conn;
     const char *prev_mod = s->cur_mod;
-    uint32_t prev_gen = s->cur_mod_gen;
+    uint32_t prev_gen = s->cur_mod_gen, prev_version = s->cur_version;
+    s->cur_version = 0;
     s->cur_route = call->route;
     s->cur_conn = call->conn;
     if (call->mod) {
@@ -516,6 +521,7 @@ int script__run(struct script *s, const struct script_call *call, int nargs) {
     s->cur_conn = prev_conn;
     s->cur_mod = prev_mod;
     s->cur_mod_gen = prev_gen;
+    s->cur_version = prev_version;
     script__after_call(s);
     return ret;
 }

@@ -73,6 +73,8 @@ void config_defaults(struct sb_config *cfg) {
     cfg->redis_out_max = 16u << 20;
     cfg->history_max_bytes = 64u << 20;
     cfg->max_outbound = 4096;
+    cfg->http_pool = 64;
+    cfg->http_keepalive = 4;
     cfg->max_response_body = 16u << 20;
     cfg->redis_pool = 32;
     cfg->redis_max_calls = 10000;
@@ -472,6 +474,22 @@ void server_free(struct sb_server *srv) {
     drop_all(srv);
     close_listeners(srv);
     reload_free(srv->reload);
+    /* the server's own events go before the script and the outbound context:
+     * outbound_ctx_free turns the loop once more (evdns's deferred callbacks),
+     * where none of them may fire on what is freed */
+    for (int i = 0; i < 3; i++)
+        if (srv->sig_ev[i]) {
+            event_free(srv->sig_ev[i]);
+            srv->sig_ev[i] = NULL;
+        }
+    if (srv->sweep_ev) {
+        event_free(srv->sweep_ev);
+        srv->sweep_ev = NULL;
+    }
+    if (srv->stop_ev) {
+        event_free(srv->stop_ev);
+        srv->stop_ev = NULL;
+    }
     if (srv->script)
         script_free(srv->script);
     outbound_ctx_free(srv->outbound);
@@ -485,13 +503,6 @@ void server_free(struct sb_server *srv) {
         free(srv->deflate_shared);
     }
     tls_ctx_free(srv->tls);
-    for (int i = 0; i < 3; i++)
-        if (srv->sig_ev[i])
-            event_free(srv->sig_ev[i]);
-    if (srv->sweep_ev)
-        event_free(srv->sweep_ev);
-    if (srv->stop_ev)
-        event_free(srv->stop_ev);
     if (srv->base)
         event_base_free(srv->base);
     if (srv->spare_fd >= 0)

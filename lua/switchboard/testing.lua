@@ -909,6 +909,37 @@ end
 -- network. The checks and the answer's shape are the server's (script_http.c).
 local http_answers = {}
 
+local REDIRECT_CODES = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+-- loc against base, for the forms servers send (absolute, //host, /path, path).
+local function resolve_location(base, loc)
+    if loc:match("^[Hh][Tt][Tt][Pp][Ss]?://") then return loc end
+    local scheme, origin, path = base:match("^(%a+):(//[^/?#]*)([^?#]*)")
+    if loc:sub(1, 2) == "//" then return scheme .. ":" .. loc end
+    if loc:sub(1, 1) == "/" then return scheme .. ":" .. origin .. loc end
+    local dir = path:match("^(.*/)") or "/"
+    return scheme .. ":" .. origin .. dir .. loc
+end
+
+-- The answer of the first t.http.on pattern that matches req.url.
+local function answer_http(req)
+    for _, a in ipairs(http_answers) do
+        if req.url:find(a.pattern) then
+            local res, err = a.fn(req)
+            if res == nil then return nil, tostring(err or "closed") end
+            if type(res) ~= "table" then
+                raise("switchboard.testing: a t.http.on function must return a table or nil, err")
+            end
+            local body = tostring(res.body or "")
+            if #body > req.max_body then return nil, "body too large" end
+            local h = {}
+            for k, v in pairs(res.headers or {}) do h[tostring(k):lower()] = tostring(v) end
+            return { status = math.tointeger(res.status) or 200, headers = h, body = body }
+        end
+    end
+    raise(("switchboard.testing: no t.http.on pattern matches %s %s"):format(req.method, req.url))
+end
+
 local function fake_http_request(url, opts)
     local fname = "request"
     url = check_string(fname, 1, url)
@@ -936,6 +967,10 @@ local function fake_http_request(url, opts)
     end
     local max_body = opt("max_body", "number") or MAX_MESSAGE
     if max_body < 0 then argerror(fname, 2, "opts.max_body must be a byte count >= 0") end
+    local redirects = opt("redirects", "number") or 0
+    if not (redirects >= 0 and redirects <= 20 and redirects == math.floor(redirects)) then
+        argerror(fname, 2, "opts.redirects must be an integer 0..20")
+    end
     local headers, n = {}, 0
     for k, v in pairs(opt("headers", "table") or {}) do
         if type(k) ~= "string" then argerror(fname, 2, "opts.headers keys must be header names") end
@@ -955,22 +990,32 @@ local function fake_http_request(url, opts)
     end
     local req = { url = url, method = tostring(method), headers = headers,
         body = tostring(opt("body", "string") or ""), timeout = timeout,
-        verify = opt("verify", "boolean") ~= false, ca = opt("ca", "string"), max_body = max_body }
-    for _, a in ipairs(http_answers) do
-        if url:find(a.pattern) then
-            local res, err = a.fn(req)
-            if res == nil then return nil, tostring(err or "closed") end
-            if type(res) ~= "table" then
-                raise("switchboard.testing: a t.http.on function must return a table or nil, err")
+        verify = opt("verify", "boolean") ~= false, ca = opt("ca", "string"), max_body = max_body,
+        redirects = redirects }
+    while true do
+        local res, err = answer_http(req)
+        local loc = res and res.headers.location
+        if not (loc and redirects > 0 and REDIRECT_CODES[res.status]) then return res, err end
+        -- follow it as the server does (httpc.c): 303, and 301/302 after a POST, as a GET
+        redirects = redirects - 1
+        local next_url = resolve_location(req.url, loc)
+        local function origin(u) return u:match("^(%a+://[^/?#]+)"):lower() end
+        local same = origin(next_url) == origin(req.url)
+        local to_get = req.method ~= "HEAD" and (res.status == 303
+            or ((res.status == 301 or res.status == 302) and req.method == "POST"))
+        local h = {}
+        for k, v in pairs(req.headers) do
+            local lk = k:lower()
+            if not (to_get and (lk == "content-length" or lk == "content-type"))
+                and not (not same and (lk == "authorization" or lk == "cookie"
+                    or lk == "proxy-authorization" or lk == "host")) then
+                h[k] = v
             end
-            local body = tostring(res.body or "")
-            if #body > max_body then return nil, "body too large" end
-            local h = {}
-            for k, v in pairs(res.headers or {}) do h[tostring(k):lower()] = tostring(v) end
-            return { status = math.tointeger(res.status) or 200, headers = h, body = body }
         end
+        req = { url = next_url, method = to_get and "GET" or req.method, headers = h,
+            body = to_get and "" or req.body, timeout = req.timeout, verify = req.verify,
+            ca = req.ca, max_body = req.max_body, redirects = redirects }
     end
-    raise(("switchboard.testing: no t.http.on pattern matches %s %s"):format(req.method, url))
 end
 
 testing.http = {}
@@ -988,6 +1033,150 @@ end
 -- Forgets every testing.http.on answer.
 function testing.http.clear()
     http_answers = {}
+end
+
+-- sb.tcp in the fake: the spec plays the service through testing.tcp.on; nothing goes
+-- on the network and nothing waits. Checks and results are the server's (script_tcp.c).
+local tcp_answers = {}
+local FakeSocket = {}
+FakeSocket.__index = FakeSocket
+FakeSocket.__name = "switchboard.tcp"
+
+local function check_socket(fname, sock)
+    if getmetatable(sock) ~= FakeSocket then
+        argerror(fname, 1, "switchboard.tcp expected, got " .. typename(sock))
+    end
+    return sock
+end
+
+local function fake_tcp_connect(host, port, opts)
+    local fname = "connect"
+    host = check_string(fname, 1, host)
+    if #host == 0 or #host > 255 or host:find("%z") then
+        argerror(fname, 1, "host must be a name or an address")
+    end
+    if type(port) ~= "number" then argerror(fname, 2, "integer expected, got " .. typename(port)) end
+    if math.tointeger(port) == nil or port < 1 or port > 65535 then
+        argerror(fname, 2, "port must be 1..65535")
+    end
+    port = math.tointeger(port)
+    if opts ~= nil and type(opts) ~= "table" then
+        argerror(fname, 3, "table expected, got " .. typename(opts))
+    end
+    opts = opts or {}
+    local function opt(k, want)
+        local v = opts[k]
+        if v ~= nil and type(v) ~= want and not (want == "string" and type(v) == "number") then
+            argerror(fname, 3, ("opts.%s must be a %s, not a %s"):format(k, want, type(v)))
+        end
+        return v
+    end
+    local timeout = opt("timeout", "number") or 10
+    if not (timeout > 0 and timeout <= 1e9) then
+        argerror(fname, 3, "opts.timeout must be 0 < seconds <= 1e9")
+    end
+    local peer = { host = host, port = port, tls = opt("tls", "boolean") == true,
+        server_name = opt("server_name", "string"), verify = opt("verify", "boolean") ~= false,
+        ca = opt("ca", "string"), received = {}, closed = false }
+    function peer.close(self) self.closed = true end
+    local addr = host .. ":" .. port
+    for _, a in ipairs(tcp_answers) do
+        if addr:find(a.pattern) then
+            local greeting, err = a.fn(nil, peer)
+            if greeting == nil and err ~= nil then return nil, tostring(err) end
+            return setmetatable({ _fn = a.fn, _peer = peer, _in = tostring(greeting or ""),
+                _timeout = timeout, _closed = false }, FakeSocket)
+        end
+    end
+    raise(("switchboard.testing: no t.tcp.on pattern matches %s"):format(addr))
+end
+
+function FakeSocket:send(data)
+    check_socket("send", self)
+    data = check_string("send", 1, data)
+    if self._closed or self._err then return nil, self._err or "closed" end
+    if self._peer.closed then return nil, "connection reset" end
+    self._peer.received[#self._peer.received + 1] = data
+    local reply, err = self._fn(data, self._peer)
+    if reply == nil and err ~= nil then
+        self._err = tostring(err)
+        return nil, self._err
+    end
+    self._in = self._in .. tostring(reply or "")
+    return #data
+end
+
+-- What the server's receive returns when it would wait: the peer has ended (closed)
+-- or not (the wait would time out); the partial is consumed.
+local function receive_short(self)
+    local partial = self._in
+    self._in = ""
+    return nil, self._peer.closed and "closed" or "timeout", partial
+end
+
+function FakeSocket:receive(pattern)
+    check_socket("receive", self)
+    local n
+    if type(pattern) == "number" then
+        n = math.tointeger(pattern)
+        if n == nil or n < 0 then argerror("receive", 1, "byte count must be a whole number >= 0") end
+    elseif pattern ~= nil and pattern ~= "*l" and pattern ~= "*a" then
+        argerror("receive", 1, 'pattern must be a byte count, "*l" or "*a"')
+    end
+    if self._closed or self._err then return nil, self._err or "closed", "" end
+    if n then
+        if #self._in < n then return receive_short(self) end
+        local data = self._in:sub(1, n)
+        self._in = self._in:sub(n + 1)
+        return data
+    elseif pattern == "*a" then
+        if not self._peer.closed then return receive_short(self) end
+        local data = self._in
+        self._in = ""
+        return data
+    end
+    local eol = self._in:find("\n", 1, true)
+    if not eol then return receive_short(self) end
+    local line = self._in:sub(1, eol - 1):gsub("\r$", "")
+    self._in = self._in:sub(eol + 1)
+    return line
+end
+
+function FakeSocket:settimeout(seconds)
+    check_socket("settimeout", self)
+    if type(seconds) ~= "number" then argerror("settimeout", 1, "number expected, got " .. typename(seconds)) end
+    if not (seconds > 0 and seconds <= 1e9) then argerror("settimeout", 1, "seconds must be > 0 and <= 1e9") end
+    self._timeout = seconds
+end
+
+function FakeSocket:close()
+    check_socket("close", self)
+    if self._closed then return nil, "closed" end
+    self._closed = true
+    return true
+end
+
+FakeSocket.__close = function(self) self._closed = true end
+
+testing.tcp = {}
+
+-- Plays the service of every sb.tcp.connect whose "host:port" matches the Lua pattern
+-- (tried in the order added): fn(nil, peer) at connect returns what the service sends
+-- first (nil: nothing) or nil, err to refuse ("connection refused"); then
+-- fn(data, peer) for each sock:send returns the service's answer (appended to what
+-- the script receives) or nil, err (the connection fails with err). peer: host, port,
+-- tls, server_name, verify, ca, received (every send, in order), closed; peer:close()
+-- ends the connection from the service's side after what it sent. They stay until
+-- testing.tcp.clear().
+function testing.tcp.on(pattern, fn)
+    check_string("on", 1, pattern)
+    check_function("on", 2, fn)
+    tcp_answers[#tcp_answers + 1] = { pattern = pattern, fn = fn }
+end
+
+-- Forgets every testing.tcp.on service.
+function testing.tcp.clear()
+    tcp_answers = {}
 end
 
 -- The fake `switchboard` module of this app.
@@ -1087,6 +1276,7 @@ function App:_module()
     sb.crypto = fake_crypto.crypto()
     sb.jwt = fake_crypto.jwt(sb.json)
     sb.http = { request = fake_http_request }
+    sb.tcp = { connect = fake_tcp_connect }
     sb.redis = fake_redis.new(app.redis_url, app.redis)
     sb.history = app.history.api
     sb.node = app.node

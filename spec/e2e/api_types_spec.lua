@@ -193,7 +193,7 @@ describe("editor types", function()
         end
 
         it("names the module's functions", function()
-            assert_names(names(types["switchboard.testing"]), set({ "app", "load", "clock", "http" }),
+            assert_names(names(types["switchboard.testing"]), set({ "app", "load", "clock", "http", "tcp" }),
                 "switchboard.testing")
             local exported = {}
             for k in pairs(testing) do exported[k] = true end

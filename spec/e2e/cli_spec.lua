@@ -66,6 +66,9 @@ describe("command line", function()
         { { "--slow-policy", "panic", "scripts" }, "--slow-policy is drop or close, not 'panic'" },
         { { "--log-level", "loud", "scripts" }, "--log-level is debug, info, warn or error, not 'loud'" },
         { { "--out-low", "2m", "--out-high", "1m", "scripts" }, "--out-low must not exceed --out-high" },
+        { { "--resolver", "dns.example.com", "scripts" },
+            "--resolver takes an IP address with an optional port (10.0.0.53, 10.0.0.53:5353,"
+            .. " [::1]:53): 'dns.example.com'" },
     }
     for _, case in ipairs(usage_errors) do
         it("exits 2 on " .. table.concat(case[1], " "), function()

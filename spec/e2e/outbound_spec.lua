@@ -58,6 +58,7 @@ local cases = {
     url = function() return sb.http.request({}) end,
     scheme = function() return sb.http.request("ftp://x/") end,
     opts = function() return sb.http.request("http://x/", { timeout = -1 }) end,
+    redirects = function() return sb.http.request("http://x/", { redirects = 1.5 }) end,
     header = function() return sb.http.request("http://x/", { headers = { ["X-A"] = "a\r\nb" } }) end,
     port = function() return sb.tcp.connect("localhost", 70000) end,
     pattern = function()
@@ -229,6 +230,8 @@ describe("handlers that wait on outbound I/O", function()
             assert.matches("bad argument #1 to 'request' %(URL scheme must be http:// or https://%)",
                 misuse("scheme"))
             assert.matches("bad argument #2 to 'request' %(opts.timeout must be", misuse("opts"))
+            assert.matches("bad argument #2 to 'request' %(opts.redirects must be an integer 0..20%)",
+                misuse("redirects"))
             assert.matches("bad argument #2 to 'request' %(opts.headers%['X%-A'%] has a CR", misuse("header"))
             assert.matches("bad argument #2 to 'connect' %(port must be 1..65535%)", misuse("port"))
             assert.matches("bad argument #1 to 'receive' %(pattern must be", misuse("pattern"))
@@ -461,5 +464,282 @@ describe("shutdown while handlers wait on outbound I/O", function()
         assert.are.equal(0, code)
         assert.is_true(proc.now() - t0 < 5)
         for _, c in ipairs(clients) do c:close() end
+    end)
+end)
+
+-- --resolver: names go to a nameserver on loopback (spec/support/slow_dns.py) whose
+-- slow.sb.test answers after 1.5 s; the loop goes on meanwhile.
+describe("outbound names at --resolver", function()
+    local proc = require "sbt_proc"
+    local s, app, up, dns
+
+    local function fetch_async(url, opts)
+        local body = cjson.encode({ url = url, opts = opts })
+        local c = rawws.connect(s.port)
+        c:send(("POST /fetch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s")
+            :format(#body, body))
+        return c
+    end
+
+    local function fetch(url, opts)
+        local r = post(s.port, "/fetch", { url = url, opts = opts })
+        return r.res ~= cjson.null and r.res or nil, r.err ~= cjson.null and r.err or nil
+    end
+
+    setup(function()
+        up = upstream.start()
+        dns = upstream.dns{ delay = 1.5 }
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "'"))
+        server.write_file(app .. "/fetch.lua", FETCH)
+        s = server.start{ app = app, args = { "--resolver", dns.addr, "--drain-timeout", "0.3" } }
+    end)
+
+    teardown(function()
+        if up then up:stop() end
+        if dns then dns:stop() end
+        if app then os.execute("rm -rf '" .. app .. "'") end
+        if s then s:stop() end -- raises on a sanitizer report (leaks included)
+    end)
+
+    it("asks that nameserver, still reads /etc/hosts, and says dns: for NXDOMAIN", function()
+        assert.are.equal("slept", fetch(up:url("/delay?s=0", "fast.sb.test")).body)
+        assert.are.equal("slept", fetch(up:url("/delay?s=0", "localhost")).body)
+        local res, err = fetch(up:url("/", "nope.sb.test"))
+        assert.is_nil(res)
+        assert.matches("^dns: ", err)
+    end)
+
+    it("answers other requests while a name resolves", function()
+        local _, err = fetch(up:url("/", "slow.sb.test"), { timeout = 0.3 })
+        assert.are.equal("dns: timeout", err)
+        local t0 = proc.now()
+        local slow = fetch_async(up:url("/delay?s=0", "slow.sb.test"))
+        proc.sleep(0.2)
+        assert.are.equal("slept", fetch(up:url("/delay?s=0")).body)
+        assert.is_true(proc.now() - t0 < 1.2)
+        local status, _, body = slow:http()
+        slow:close()
+        assert.are.equal(200, status)
+        assert.are.equal("slept", cjson.decode(body).res.body)
+    end)
+
+    it("shuts down while a name resolves", function()
+        local c = fetch_async(up:url("/", "slow.sb.test"), { headers = { Connection = "close" } })
+        proc.sleep(0.2)
+        s:signal(proc.SIGTERM)
+        local how, code = s:wait_exit(10)
+        c:close()
+        assert.are.equal("exited", how)
+        assert.are.equal(0, code)
+    end)
+end)
+
+-- Keep-alive: sb.http sends the next request to the same host and port on an idle
+-- connection kept from the last one (--http-pool, --http-keepalive); /peer answers
+-- with the client's port, so the same port means the same connection.
+describe("sb.http keep-alive", function()
+    local proc = require "sbt_proc"
+    local s, app, up
+
+    local function fetch(url, opts)
+        local r = post(s.port, "/fetch", { url = url, opts = opts })
+        return r.res ~= cjson.null and r.res or nil, r.err ~= cjson.null and r.err or nil
+    end
+
+    local function peer(q, opts)
+        local res, err = fetch(up:url("/peer" .. (q or "")), opts)
+        assert.is_nil(err)
+        return res.body
+    end
+
+    local function metric(name)
+        local _, _, body = rawws.get(s.port, "/metrics")
+        return tonumber(body:match("\n" .. name:gsub("[%-%.]", "%%%0") .. " (%S+)"))
+    end
+
+    local function start(args)
+        if s then s:stop() end
+        local argv = { "--metrics-path", "/metrics" }
+        for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+        s = server.start{ app = app, args = argv }
+    end
+
+    setup(function()
+        up = upstream.start()
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "'"))
+        server.write_file(app .. "/fetch.lua", FETCH)
+    end)
+
+    teardown(function()
+        if s then s:stop() end -- raises on a sanitizer report (leaks included)
+        if up then up:stop() end
+        if app then os.execute("rm -rf '" .. app .. "'") end
+    end)
+
+    it("sends the next request on the same connection, without Connection: close", function()
+        start()
+        local first = peer()
+        assert.are.equal(first, peer())
+        assert.are.equal(first, peer())
+        assert.are.equal(2, metric("switchboard_http_connections_reused_total"))
+        assert.are.equal(1, metric("switchboard_outbound_connections_idle"))
+        local res = fetch(up:url("/echo"))
+        assert.is_nil(cjson.decode(res.body).headers.connection)
+    end)
+
+    it("keeps https connections too, apart from plain ones and per ca", function()
+        start()
+        local ca = upstream.make_ca()
+        local ups = upstream.start{ tls = ca }
+        local ok, err = pcall(function()
+            local function tls_peer(opts)
+                local res, e = fetch(ups:url("/peer", "localhost"), opts)
+                assert.is_nil(e)
+                return res.body
+            end
+            local a = tls_peer({ ca = ca.ca })
+            assert.are.equal(a, tls_peer({ ca = ca.ca }))
+            assert.are_not.equal(a, tls_peer({ verify = false })) -- another key: verify
+            assert.are.equal(a, tls_peer({ ca = ca.ca }))
+        end)
+        ups:stop()
+        upstream.remove_ca(ca)
+        assert(ok, err)
+    end)
+
+    it("does not reuse a connection the service closes, or one the request asked to close", function()
+        start()
+        local a = peer("?close=1")
+        local b = peer()
+        assert.are_not.equal(a, b)
+        -- the caller's own Connection field: a connection of its own, not kept
+        local c = peer(nil, { headers = { Connection = "close" } })
+        assert.are_not.equal(b, c)
+        assert.are.equal(b, peer())
+        local res = fetch(up:url("/echo"), { headers = { Connection = "close" } })
+        assert.are.equal("close", cjson.decode(res.body).headers.connection)
+        -- a body framed by the end of the connection ends it too
+        assert.are.equal("yyyy", fetch(up:url("/close?n=4")).body)
+    end)
+
+    it("closes an idle connection after --http-keepalive", function()
+        start({ "--http-keepalive", "0.3" })
+        local a = peer()
+        assert.are.equal(1, metric("switchboard_outbound_connections_idle"))
+        proc.sleep(0.6)
+        assert.are.equal(0, metric("switchboard_outbound_connections_idle"))
+        assert.are.equal(0, metric("switchboard_outbound_connections_open"))
+        assert.are_not.equal(a, peer())
+    end)
+
+    it("keeps at most --http-pool idle connections per host; 0 sends Connection: close", function()
+        start({ "--http-pool", "2" })
+        local body = cjson.encode({ url = up:url("/delay?s=0.3") })
+        local cs = {}
+        for i = 1, 4 do -- four at once: four connections, two kept
+            cs[i] = rawws.connect(s.port)
+            cs[i]:send(("POST /fetch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s"):format(#body, body))
+        end
+        for _, c in ipairs(cs) do assert.are.equal(200, (c:http())) c:close() end
+        assert.are.equal(2, metric("switchboard_outbound_connections_idle"))
+        start({ "--http-pool", "0" })
+        local res = fetch(up:url("/echo"))
+        assert.are.equal("close", cjson.decode(res.body).headers.connection)
+        assert.are_not.equal(peer(), peer())
+        assert.are.equal(0, metric("switchboard_outbound_connections_idle"))
+    end)
+
+    it("sends a GET again on a new connection when a kept one was closed unanswered", function()
+        start()
+        local a = peer("?drop=1") -- the service will close this one at the next request
+        local b = peer()
+        assert.are_not.equal(a, b)
+        peer("?drop=1")
+        -- a POST may have been acted on: it is not sent twice
+        local res, err = fetch(up:url("/peer"), { method = "POST", body = "x" })
+        assert.is_nil(res)
+        assert.are.equal("closed", err)
+    end)
+end)
+
+-- opts.redirects: 3xx answers with a Location followed (upstream.py's /redirect).
+describe("sb.http redirects", function()
+    local s, app, up
+
+    local function esc(str)
+        return (str:gsub("[^%w%-%._~/]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+    end
+
+    local function fetch(url, opts)
+        local r = post(s.port, "/fetch", { url = url, opts = opts })
+        return r.res ~= cjson.null and r.res or nil, r.err ~= cjson.null and r.err or nil
+    end
+
+    setup(function()
+        up = upstream.start()
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "'"))
+        server.write_file(app .. "/fetch.lua", FETCH)
+        s = server.start{ app = app }
+    end)
+
+    teardown(function()
+        if s then s:stop() end -- raises on a sanitizer report (leaks included)
+        if up then up:stop() end
+        if app then os.execute("rm -rf '" .. app .. "'") end
+    end)
+
+    it("returns a redirect as the answer by default", function()
+        local res = fetch(up:url("/redirect?to=/echo"))
+        assert.are.equal(302, res.status)
+        assert.are.equal("/echo", res.headers.location)
+        assert.are.equal("moved", res.body)
+    end)
+
+    it("follows up to opts.redirects, absolute, relative and to another origin", function()
+        local res = fetch(up:url("/redirect?to=/echo%3Fa=1"), { redirects = 1 })
+        assert.are.equal(200, res.status)
+        local got = cjson.decode(res.body)
+        assert.are.equal("/echo", got.path)
+        assert.are.equal("1", got.query.a)
+        res = fetch(up:url("/redirect?to=echo"), { redirects = 1 }) -- relative to /
+        assert.are.equal("/echo", cjson.decode(res.body).path)
+        -- a request with a Connection field of its own (no keep-alive) follows too
+        res = fetch(up:url("/redirect?to=/echo"), { redirects = 1, headers = { Connection = "close" } })
+        assert.are.equal("close", cjson.decode(res.body).headers.connection)
+        -- two hops: the second to another origin (localhost), which loses Authorization
+        local hop2 = up:url("/echo", "localhost")
+        local hop1 = up:url("/redirect?code=301&to=" .. esc(hop2))
+        res = fetch(up:url("/redirect?code=307&to=" .. esc(hop1)),
+            { redirects = 2, headers = { Authorization = "Bearer t", ["X-Keep"] = "k" } })
+        assert.are.equal(200, res.status)
+        got = cjson.decode(res.body)
+        assert.are.equal("localhost:" .. up.port, got.headers.host)
+        assert.is_nil(got.headers.authorization)
+        assert.are.equal("k", got.headers["x-keep"])
+        -- one hop too many: the last 3xx is the answer
+        res = fetch(up:url("/redirect?code=307&to=" .. esc(hop1)), { redirects = 1 })
+        assert.are.equal(301, res.status)
+        -- the same origin keeps it
+        res = fetch(up:url("/redirect?to=/echo"), { redirects = 1, headers = { Authorization = "Bearer t" } })
+        assert.are.equal("Bearer t", cjson.decode(res.body).headers.authorization)
+    end)
+
+    it("goes on as a GET after 303 (and 302 to a POST), keeps the method and body after 307", function()
+        local res = fetch(up:url("/redirect?code=303&to=/echo"), { method = "PUT", body = "b", redirects = 1 })
+        local got = cjson.decode(res.body)
+        assert.are.equal("GET", got.method)
+        assert.are.equal("", got.body)
+        res = fetch(up:url("/redirect?code=302&to=/echo"), { method = "POST", body = "b", redirects = 1,
+            headers = { ["Content-Type"] = "text/plain" } })
+        got = cjson.decode(res.body)
+        assert.are.equal("GET", got.method)
+        assert.is_nil(got.headers["content-type"])
+        res = fetch(up:url("/redirect?code=307&to=/echo"), { method = "POST", body = "b", redirects = 1 })
+        got = cjson.decode(res.body)
+        assert.are.equal("POST", got.method)
+        assert.are.equal("b", got.body)
     end)
 end)

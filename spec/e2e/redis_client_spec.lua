@@ -314,3 +314,121 @@ describe("switchboard.redis and the handler's life", function()
         s:wait_log("top%.lua.-'connect' cannot wait here")
     end)
 end)
+
+-- A host name resolves with the loop's evdns (never hiredis's blocking getaddrinfo):
+-- --resolver points it at a nameserver on loopback whose slow.sb.test answers late.
+describe("switchboard.redis with a host name", function()
+    local upstream = require "upstream"
+    local redis, dns, s, app
+
+    local function url(host) return ("redis://%s:%d"):format(host, redis.port) end
+
+    local function start(args)
+        local argv = { "--redis", url("127.0.0.1"), "--resolver", dns.addr }
+        for _, a in ipairs(args or {}) do argv[#argv + 1] = a end
+        s = server.start{ app = app, args = argv }
+    end
+
+    -- POST /rc on its own connection, not waited for: the connection.
+    local function post_async(spec)
+        local c = rawws.connect(s.port)
+        c:send(post_raw(cjson.encode(spec)))
+        return c
+    end
+
+    local function answer(c)
+        local status, _, body = c:http()
+        c:close()
+        assert.are.equal(200, status, body)
+        return cjson.decode(body)
+    end
+
+    lazy_setup(function()
+        redis = redis_srv.start()
+        dns = upstream.dns{ delay = 1.5 }
+    end)
+
+    lazy_teardown(function()
+        if dns then dns:stop() end
+        redis_srv.stop(redis)
+    end)
+
+    before_each(function()
+        app = server.tmpname(".app")
+        assert(os.execute("mkdir -p '" .. app .. "' && cp '" .. APP .. "/rc.lua' '" .. app .. "/'"))
+    end)
+
+    after_each(function()
+        if s then s:stop() end -- raises on a sanitizer report (leaks included)
+        s = nil
+        os.execute("rm -rf '" .. app .. "'")
+    end)
+
+    it("connects to localhost (/etc/hosts) and to a name the nameserver answers", function()
+        start()
+        assert.are.equal("PONG", calls(s.port, { { "PING" } }, { url = url("localhost") })[1].v)
+        assert.are.equal("PONG", calls(s.port, { { "PING" } }, { url = url("fast.sb.test") })[1].v)
+    end)
+
+    it("returns nil, 'dns: ...' for a name that does not exist", function()
+        start()
+        local r = rc(s.port, { url = url("no-such-host.sb.test"), cmds = { { "PING" } } })
+        assert.matches("^dns: ", r.connect_err)
+        assert.are.equal("PONG", calls(s.port, { { "PING" } })[1].v)
+    end)
+
+    it("answers other requests while a name resolves, then connects", function()
+        start()
+        local t0 = proc.now()
+        local slow = post_async({ url = url("slow.sb.test"), cmds = { { "PING" } } })
+        proc.sleep(0.2) -- the lookup is out
+        for _ = 1, 3 do
+            local t1 = proc.now()
+            assert.are.equal("PONG", calls(s.port, { { "PING" } })[1].v)
+            assert.is_true(proc.now() - t1 < 0.5, "a request waited for the lookup")
+        end
+        assert.is_true(proc.now() - t0 < 1.2)
+        local r = answer(slow)
+        assert.is_nil(r.connect_err)
+        assert.are.equal("PONG", r.results[1].v)
+        assert.is_true(proc.now() - t0 >= 1.4, "it did not wait for the nameserver")
+    end)
+
+    it("says 'dns: timeout' when the name outlives the connect's timeout", function()
+        start()
+        local t0 = proc.now()
+        local r = rc(s.port, { url = url("slow.sb.test"), timeout = 0.3, cmds = { { "PING" } } })
+        assert.are.equal("dns: timeout", r.connect_err)
+        assert.is_true(proc.now() - t0 < 1.2)
+        proc.sleep(1.5) -- the late answer finds nobody
+        assert.are.equal("PONG", calls(s.port, { { "PING" } })[1].v)
+    end)
+
+    it("ends a handler waiting on a name at --handler-timeout", function()
+        start({ "--handler-timeout", "0.3" })
+        local c = post_async({ url = url("slow.sb.test"), cmds = { { "PING" } } })
+        local status = c:http()
+        c:close()
+        assert.are.equal(500, status)
+        proc.sleep(1.5)
+        assert.are.equal("PONG", calls(s.port, { { "PING" } })[1].v)
+    end)
+
+    it("finishes a lookup on the old version across a reload", function()
+        start()
+        local slow = post_async({ url = url("slow.sb.test"), cmds = { { "PING" } } })
+        proc.sleep(0.2)
+        server.write_file(app .. "/rc.lua", server.read_file(app .. "/rc.lua") .. "\n")
+        s:wait_log("reloaded %S*/rc%.lua")
+        assert.are.equal("PONG", answer(slow).results[1].v)
+    end)
+
+    it("shuts down while a name resolves", function()
+        start({ "--drain-timeout", "0.3" })
+        local c = post_async({ url = url("slow.sb.test"), cmds = { { "PING" } } })
+        proc.sleep(0.2)
+        s:signal(proc.SIGTERM)
+        s:wait_exit(10)
+        c:close()
+    end)
+end)

@@ -111,6 +111,20 @@ end }
 local R2 = [[
 return { message = function(ws, msg) ws:send("v2:" .. msg) end }
 ]]
+-- A message that waits, then starts a ticking timer: across a reload the timer
+-- belongs to the version the handler runs on, which the reload has replaced.
+local RT1 = [[
+local sb = require "switchboard"
+return { message = function(ws, msg)
+    if msg == "slow" then sb.sleep(0.5) end
+    local t = sb.every(0.05, function() ws:send("tick v1") end)
+    if msg ~= "slow" then t:cancel() end
+    ws:send("v1:" .. msg)
+end }
+]]
+local RT2 = [[
+return { message = function(ws, msg) ws:send("v2:" .. msg) end }
+]]
 local TOP = [[
 local sb = require "switchboard"
 sb.sleep(1)
@@ -238,6 +252,15 @@ describe("handlers that wait", function()
         assert.equal(1, n)
     end)
 
+    it("gives close the code of the peer's close frame sent just before it left", function()
+        local c = rawws.open(s.port, "/w")
+        -- a message, then the close frame and the FIN while "gone" waits
+        c:send(wsframe.text("gone") .. wsframe.text("order:x") .. wsframe.close(4321, "bye now"))
+        c:close()
+        s:wait_log("send after the peer left: false")
+        s:wait_log("close after a wait: ws %d+ code 4321")
+    end)
+
     it("ends a message handler that waits past --handler-timeout with 1011", function()
         local c = open("/w")
         c:send(wsframe.text("long"))
@@ -283,6 +306,19 @@ describe("handlers that wait", function()
         server.write_file(app .. "/r.lua", R2)
         s:wait_log("reloaded %S*/r%.lua")
         assert.equal("v1:slow", c:recv_frame().payload)
+        assert.equal("v2:b", c:echo("b"))
+    end)
+
+    it("gives a timer made by a handler that waited across a reload to its old version", function()
+        server.write_file(app .. "/rt.lua", RT1)
+        s:wait_log("rt%.lua")
+        local c = open("/rt")
+        assert.equal("v1:a", c:echo("a"))
+        c:send(wsframe.text("slow"))
+        server.write_file(app .. "/rt.lua", RT2)
+        s:wait_log("reloaded %S*/rt%.lua")
+        assert.equal("v1:slow", c:recv_frame().payload)
+        proc.sleep(0.3) -- six ticks, were the timer live
         assert.equal("v2:b", c:echo("b"))
     end)
 

@@ -29,7 +29,7 @@ static struct outbound_ctx *ctx;
 static void ensure(void) {
     if (!base) {
         base = event_base_new();
-        ctx = outbound_ctx_new(base, 100000);
+        ctx = outbound_ctx_new(base, 100000, NULL);
     }
 }
 

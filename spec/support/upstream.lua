@@ -59,6 +59,27 @@ function upstream.start(opts)
     return u
 end
 
+-- A nameserver on loopback (spec/support/slow_dns.py) for --resolver: slow.sb.test
+-- answers 127.0.0.1 after opts.delay seconds (1.5), fast.sb.test at once, any other
+-- name NXDOMAIN. { port, addr = "127.0.0.1:PORT", stop }
+function upstream.dns(opts)
+    opts = opts or {}
+    local out = server.tmpname(".dns")
+    local argv = { "/usr/bin/env", "-u", "LD_PRELOAD", server.PYTHON,
+                   server.root .. "/spec/support/slow_dns.py", "--delay", tostring(opts.delay or 1.5) }
+    local pid = assert(proc.spawn(argv, { stdout = out, stderr = out .. ".err" }))
+    local u = setmetatable({ pid = pid, out = out }, U)
+    local ok, err = pcall(server.wait_for, function()
+        local p = server.read_file(out):match("port (%d+)")
+        if p then u.port = tonumber(p) u.addr = "127.0.0.1:" .. p return true end
+        if proc.wait(pid, true) then
+            error("slow_dns.py exited:\n" .. server.read_file(out .. ".err"))
+        end
+    end, 15, "slow_dns.py to listen")
+    if not ok then u:stop() error(err, 2) end
+    return u
+end
+
 -- scheme://127.0.0.1:PORT/path (host: another name for the same service)
 function U:url(path, host)
     return ("%s://%s:%d%s"):format(self.scheme, host or "127.0.0.1", self.port, path or "/")

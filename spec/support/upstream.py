@@ -14,6 +14,10 @@ HTTP paths (query parameters in brackets):
   /count             200, the number of requests seen so far
   /trickle[kind]     a response written a byte at a time (kind=chunked: chunked,
                      with extensions and a trailer; else 100 Continue, then 201)
+  /peer[close,drop]  200, the client's port (which connection it came on); close=1:
+                     with Connection: close; drop=1: the next request on this
+                     connection is not answered, the connection is closed
+  /redirect[code,to] that status (302) with Location: to, body "moved"
   /hang              never answers
 Echo (TCP): bytes come back as they arrive; a line "close" is answered with
 "closing\\n" and the end of the connection."""
@@ -28,10 +32,13 @@ SEEN = 0
 
 async def handle_http(reader, writer):
     global SEEN
+    conn = {"peer": (writer.get_extra_info("peername") or ("", 0))[1], "drop": False}
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
             SEEN += 1
+            if conn["drop"]:
+                break
             lines = head.decode("latin-1").split("\r\n")
             method, target, _ = lines[0].split(" ", 2)
             headers = {}
@@ -44,7 +51,7 @@ async def handle_http(reader, writer):
                 body = await reader.readexactly(int(headers["content-length"]))
             url = urllib.parse.urlsplit(target)
             q = dict(urllib.parse.parse_qsl(url.query))
-            keep = await respond(writer, method, url.path, q, headers, body)
+            keep = await respond(writer, method, url.path, q, headers, body, conn)
             await writer.drain()
             if not keep or headers.get("connection", "").lower() == "close":
                 break
@@ -75,7 +82,15 @@ def send_chunked(writer, parts):
     writer.write(b"0\r\nX-Trailer: t\r\n\r\n")
 
 
-async def respond(writer, method, path, q, headers, body):
+async def respond(writer, method, path, q, headers, body, conn):
+    if path == "/peer":
+        close = q.get("close") == "1"
+        conn["drop"] = q.get("drop") == "1"
+        send(writer, 200, str(conn["peer"]), {"Connection": "close"} if close else None)
+        return not close
+    if path == "/redirect":
+        send(writer, int(q.get("code", "302")), "moved", {"Location": q.get("to", "/echo")})
+        return True
     if path == "/delay":
         await asyncio.sleep(float(q.get("s", "0.05")))
         send(writer, 200, "slept")

@@ -86,3 +86,33 @@ describe("switchboard.testing: sb.http", function()
             "switchboard.testing: no t.http.on pattern matches GET http://nobody/")
     end)
 end)
+
+describe("switchboard.testing: sb.http redirects", function()
+    it("follows opts.redirects as the server does", function()
+        local seen = {}
+        t.http.on("^http://a%.local/old", function(req)
+            seen[#seen + 1] = req
+            return { status = 303, headers = { Location = "/new" } }
+        end)
+        t.http.on("^http://a%.local/new", function(req)
+            seen[#seen + 1] = req
+            return { status = 307, headers = { Location = "http://b.local/last" } }
+        end)
+        t.http.on("^http://b%.local/last", function(req)
+            seen[#seen + 1] = req
+            return { body = req.method .. " " .. tostring(req.headers.Authorization) }
+        end)
+        local sb = t.app(dir).module
+        local res = sb.http.request("http://a.local/old")
+        assert.are.equal(303, res.status) -- not followed by default
+        seen = {}
+        res = sb.http.request("http://a.local/old", { method = "POST", body = "x", redirects = 2,
+            headers = { Authorization = "Bearer t" } })
+        assert.are.equal(200, res.status)
+        assert.are.equal("GET nil", res.body) -- 303: a GET; another origin: no Authorization
+        assert.are.equal("Bearer t", seen[2].headers.Authorization)
+        assert.are.equal(301 + 6, sb.http.request("http://a.local/old", { redirects = 1 }).status)
+        assert.has_error(function() sb.http.request("http://a.local/old", { redirects = 21 }) end,
+            "bad argument #2 to 'request' (opts.redirects must be an integer 0..20)")
+    end)
+end)

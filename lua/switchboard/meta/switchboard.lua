@@ -212,12 +212,13 @@ local http = {}
 ---Options of `sb.http.request`.
 ---@class switchboard.http_opts
 ---@field method? string Default "GET".
----@field headers? table<string, string|number> Request header fields; Host, User-Agent, Connection: close and Content-Length are added unless given.
+---@field headers? table<string, string|number> Request header fields; Host, User-Agent and Content-Length are added unless given (Connection: close with --http-pool 0); a Connection field of your own gets a connection of its own.
 ---@field body? string Default "" (a Content-Length is sent for it, and for any method but GET and HEAD).
 ---@field timeout? number Seconds for the whole exchange (DNS, connect, TLS, request, response); default 10.
 ---@field verify? boolean https: check the certificate chain (system CAs + `ca`) and the host name; default true.
 ---@field ca? string https: a PEM file of CA certificates trusted besides the system's.
 ---@field max_body? integer Largest response body in bytes; default and upper bound --max-response-body (16 MiB).
+---@field redirects? integer Redirects (301, 302, 303, 307, 308 with a Location) to follow, 0..20; default 0 (a redirect is the answer).
 
 ---A response of `sb.http.request`.
 ---@class switchboard.http_response

@@ -6,6 +6,7 @@
 ---@class switchboard.testing
 ---@field clock switchboard.testing.clock The clock of the app created last.
 ---@field http switchboard.testing.http Answers for the scripts' `sb.http.request`.
+---@field tcp switchboard.testing.tcp Services for the scripts' `sb.tcp.connect`.
 local testing = {}
 
 ---A fresh app for the app folder `dir` (default "scripts"): its own topics, `shared`,
@@ -156,5 +157,34 @@ function http.on(pattern, fn) end
 
 ---Forgets every `t.http.on` answer (answers outlive apps: clear them in `before_each`).
 function http.clear() end
+
+---`t.tcp`: the fake's `sb.tcp.connect` never goes to the network; the spec plays the service.
+---@class switchboard.testing.tcp
+local tcp = {}
+
+---What `t.tcp.on`'s function is given: the connection as the service sees it.
+---@class switchboard.testing.tcp_peer
+---@field host string
+---@field port integer
+---@field tls boolean
+---@field received string[] Every `sock:send`, in order.
+---@field closed boolean
+local Peer = {}
+
+---Ends the connection from the service's side, after what it has sent.
+function Peer:close() end
+
+---Plays the service of `sb.tcp.connect` calls whose "host:port" matches the Lua
+---`pattern` (tried in the order added): `fn(nil, peer)` at connect returns what the
+---service sends first (nil: nothing) or `nil, err` to refuse; `fn(data, peer)` for
+---each `sock:send` returns the answer the script will receive, or `nil, err` to break
+---the connection. A `receive` that would wait returns `nil, "timeout", partial` at
+---once (`"closed"` after `peer:close()`). A connect nothing matches raises in the script.
+---@param pattern string
+---@param fn fun(data: string|nil, peer: switchboard.testing.tcp_peer): (string|nil), string?
+function tcp.on(pattern, fn) end
+
+---Forgets every `t.tcp.on` service (they outlive apps: clear them in `before_each`).
+function tcp.clear() end
 
 return testing
