@@ -537,6 +537,10 @@ static void on_message(struct sb_redis *r, const redisReply *chan, const redisRe
             return;
         }
     }
+    if ((uint64_t)len > r->srv->cfg.max_message) {
+        refuse(r, chan, "longer than --max-message");
+        return;
+    }
     if (!binary && utf8_validate(UTF8_ACCEPT, p, len) != UTF8_ACCEPT) {
         refuse(r, chan, "a text that is not UTF-8 (publish binary as 0xFF 'b' + bytes)");
         return;
