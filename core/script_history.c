@@ -235,7 +235,8 @@ static int hist_read(lua_State *L) {
     if (srv->redis && r)
         return read_redis(L, topic, tlen, (uint64_t)since, limit, given);
     lua_newtable(L);
-    struct history_stream *st = r ? history_stream(srv->history, topic, tlen, 1) : NULL;
+    /* a read makes nothing: a topic never published nor subscribed to has no epoch yet */
+    struct history_stream *st = r ? history_stream(srv->history, topic, tlen, 0) : NULL;
     if (!st)
         return 1;
     history_each(srv->history, st, (uint64_t)since, limit, given, push_item, L);

@@ -33,6 +33,7 @@ describe("history in process", function()
         assert.are.same({ 1, 2, 3 }, positions(c.frames))
         assert.are.same({ "m1", "m2", "m3" }, { got[1].msg, got[2].msg, got[3].msg })
         assert.are.equal(live.epoch, got[1].epoch)
+        assert.are.equal(cjson.null, read(c, "room:never").epoch) -- a read makes no stream
         local r = read(c, "room:b")
         assert.are.equal(1, r.items[1].pos)
         assert.are.equal("x1", r.items[1].msg)
@@ -69,7 +70,9 @@ describe("history in process", function()
         local p = client(s)
         pub(p, "room:t", "m", 12) -- size 5: positions 8..12 kept
         local e = read(p, "room:t").epoch
+        pub(p, "room:long:o", "o", 1)
         local other = read(p, "room:long:o").epoch
+        assert.is_string(other)
         local cases = {
             { "past the history", 3, e },
             { "another epoch", 10, e .. "x" },
@@ -168,6 +171,12 @@ describe("history in process", function()
         end
         table.sort(kept)
         assert.are.same(range(21 - #kept, 20), kept)
+        -- a flood of topics: their streams count and go with their history
+        for i = 1, 400 do pub(p, "plain:flood" .. i, "f") end
+        _, _, body = rawws.get(s.port, "/metrics")
+        bytes = tonumber(body:match("\nswitchboard_history_bytes (%d+)"))
+        assert.is_true(bytes <= 20000, "bytes " .. tostring(bytes))
+        assert.are.equal(1, #read(p, "plain:flood400").items)
         assert.is_true(#kept < 20)
         p:close()
     end)
