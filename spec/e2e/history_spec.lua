@@ -260,6 +260,12 @@ describe("history in process", function()
         pub(c, "bad:f", "nil")
         pub(c, "bad:f", "after")
         assert.are.same({ "ok:fine", "boom", "nil", "ok:after" }, c.frames)
+        -- a format that adds rules while it runs
+        send(c, { op = "live", topic = "grow:x" })
+        until_op(c, "subbed")
+        pub(c, "grow:x", "a")
+        pub(c, "grow:x", "b")
+        assert.are.same({ "g1:a", "g2:b" }, { c.frames[5], c.frames[6] })
         s:wait_log("history format of 'bad:' failed on bad:f at position 2: .*boom at 2")
         s:wait_log("history format of 'bad:' failed on bad:f at position 3: it returned nil")
         -- kept with their positions all the same
