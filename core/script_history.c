@@ -111,12 +111,15 @@ static struct outbuf *format_frame(struct script *s, lua_State *L, const struct 
 /* (script_int.h) The publish of a topic with a history rule: pushes the number
  * of local subscribers it was queued on. */
 int script__history_publish(lua_State *L, struct sb_server *srv, const struct history_rule *r,
-                            const char *topic, size_t tlen, const char *msg, size_t len,
-                            int binary, struct conn *except, const char *fn) {
+                            const char *topic, size_t tlen, const char *msg, size_t len, int binary,
+                            struct conn *except, const char *fn) {
     struct script *s = get_script(L);
     if (s->in_format)
-        return luaL_error(L, "%s: cannot publish to a history topic (%s) from a history format",
-                          fn, topic);
+        return luaL_error(L, "%s: cannot publish to a history topic (%s) from a history format", fn,
+                          topic);
+    /* a copy: the format may call sb.history.keep, which may move the rules */
+    struct history_rule rule = *r;
+    r = &rule;
     if (srv->redis) {
         redis_history_publish(srv->redis, topic, tlen, msg, len, binary, r->size, r->ttl,
                               except ? except->id : 0);
@@ -128,8 +131,8 @@ int script__history_publish(lua_State *L, struct sb_server *srv, const struct hi
         return luaL_error(L, "%s: out of memory", fn);
     uint64_t pos = history_next(st);
     int in_frame;
-    struct outbuf *f = format_frame(s, L, r, topic, tlen, msg, len, binary, pos,
-                                    history_epoch(st), &in_frame);
+    struct outbuf *f =
+        format_frame(s, L, r, topic, tlen, msg, len, binary, pos, history_epoch(st), &in_frame);
     if (!f)
         return luaL_error(L, "%s: out of memory", fn);
     history_append(srv->history, st, r, pos, f, msg, len, binary, in_frame);
@@ -206,7 +209,7 @@ static void push_item(void *ud, const struct history_item *it) {
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
 }
 
-/* (script_int.h) opts.limit of argument #n of fn: 0 when absent. */
+/* opts.limit of argument #n of fn: 0 when absent. */
 static size_t opt_limit(lua_State *L, int t, int n, const char *fn) {
     if (!script__opt_field(L, t, "limit", LUA_TNUMBER, n, fn))
         return 0;
@@ -235,7 +238,8 @@ static int hist_read(lua_State *L) {
     if (srv->redis && r)
         return read_redis(L, topic, tlen, (uint64_t)since, limit, given);
     lua_newtable(L);
-    struct history_stream *st = r ? history_stream(srv->history, topic, tlen, 1) : NULL;
+    /* a read makes nothing: a topic never published nor subscribed to has no epoch yet */
+    struct history_stream *st = r ? history_stream(srv->history, topic, tlen, 0) : NULL;
     if (!st)
         return 1;
     history_each(srv->history, st, (uint64_t)since, limit, given, push_item, L);
@@ -263,16 +267,17 @@ static int recovery_args(lua_State *L, int t, uint64_t *since, const char **epoc
     int given;
     long long v = opt_since(L, t, &given);
     *epoch = NULL;
+    size_t elen = 0;
     if (lua_getfield(L, t, "epoch") == LUA_TSTRING)
-        *epoch = lua_tostring(L, -1); /* stays on the stack for the call */
+        *epoch = lua_tolstring(L, -1, &elen); /* stays on the stack for the call */
     *since = v > 0 ? (uint64_t)v : 0;
-    return given && v >= 0 && *epoch;
+    /* an epoch is a short string without NUL: anything else cannot be one */
+    return given && v >= 0 && *epoch && elen < HISTORY_EPOCH_MAX && strlen(*epoch) == elen;
 }
 
 /* (script_int.h) ws:subscribe with an options table that has since or epoch:
  * pushes recovered, epoch. */
-int script__history_subscribe(lua_State *L, struct conn *c, const char *topic, size_t tlen,
-                              int t) {
+int script__history_subscribe(lua_State *L, struct conn *c, const char *topic, size_t tlen, int t) {
     struct script *s = get_script(L);
     struct sb_server *srv = s->srv;
     uint64_t since;
@@ -286,8 +291,7 @@ int script__history_subscribe(lua_State *L, struct conn *c, const char *topic, s
         return 1;
     }
     if (srv->redis)
-        return subscribe_redis(L, c, topic, tlen, valid ? since : 0,
-                                               valid ? epoch : NULL, valid);
+        return subscribe_redis(L, c, topic, tlen, valid ? since : 0, valid ? epoch : NULL, valid);
     struct history_stream *st = history_stream(srv->history, topic, tlen, 1);
     if (!st)
         return luaL_error(L, "subscribe: out of memory");
@@ -326,14 +330,45 @@ static void history_in(struct sb_server *srv, const char *topic, size_t tlen, ui
                        const char *epoch, uint64_t except_id, const void *msg, size_t len,
                        int binary) {
     struct script *s = srv->script;
-    const struct history_rule *r = history_match(srv->history, topic, tlen);
+    const struct history_rule *m = history_match(srv->history, topic, tlen);
+    struct history_rule rule = m ? *m : (struct history_rule){0}; /* the format may move them */
+    const struct history_rule *r = m ? &rule : NULL;
     int in_frame;
-    struct outbuf *f = format_frame(s, s->L, r, topic, tlen, msg, len, binary, pos, epoch,
-                                    &in_frame);
+    struct outbuf *f =
+        format_frame(s, s->L, r, topic, tlen, msg, len, binary, pos, epoch, &in_frame);
     if (!f)
         return;
+    /* kept here too, so that a recovery reuses the frame instead of formatting again */
+    struct history_stream *st = r ? history_stream(srv->history, topic, tlen, 1) : NULL;
+    if (st && history_adopt(srv->history, st, epoch, pos))
+        history_append(srv->history, st, r, pos, f, msg, len, binary, in_frame);
     pubsub_deliver_frame(srv->pubsub, topic, tlen, f, pos, msg, len, binary, NULL, except_id);
     outbuf_unref(f);
+}
+
+/* The frames this process formatted for a topic (its cache with --redis), by position. */
+struct cached {
+    struct {
+        uint64_t pos;
+        struct outbuf *f;
+    } * v;
+    size_t n, cap;
+};
+
+static void cache_collect(void *ud, const struct history_item *it) {
+    struct cached *c = ud;
+    if (c->n == c->cap) {
+        size_t nc = c->cap ? c->cap * 2 : 64;
+        void *nv = realloc(c->v, nc * sizeof *c->v);
+        if (!nv)
+            return;
+        c->v = nv;
+        c->cap = nc;
+    }
+    c->v[c->n].pos = it->pos;
+    c->v[c->n].f = it->frame;
+    it->frame->refs++; /* a format that runs meanwhile may trim the store */
+    c->n++;
 }
 
 void script__history_init(struct script *s) {
@@ -473,24 +508,54 @@ static void on_recovery_reply(void *ud, redisReply *rep, const char *err) {
         hw_live(h);
         return;
     }
-    const struct history_rule *r = history_match(srv->history, h->topic, h->tlen);
+    const struct history_rule *m = history_match(srv->history, h->topic, h->tlen);
+    struct history_rule rule = m ? *m : (struct history_rule){0}; /* the format may move them */
+    const struct history_rule *r = m ? &rule : NULL;
     const char *epoch = rep->element[1]->str;
+    /* the frames formatted here already (same epoch) are reused, and those formatted
+     * now are kept: a format runs once per publication per process, whatever the
+     * number of recoveries */
+    struct cached cache = {0};
+    struct history_stream *st = r ? history_stream(srv->history, h->topic, h->tlen, 1) : NULL;
+    if (st) {
+        history_adopt(srv->history, st, epoch, 0);
+        if (rep->elements > 3)
+            history_each(srv->history, st, (uint64_t)rep->element[3]->integer - 1, 0, 1,
+                         cache_collect, &cache);
+    }
+    size_t k = 0;
     for (size_t i = 3; i < rep->elements; i += 3) {
         redisReply **e = rep->element + i;
-        int binary = e[2]->len == 1 && e[2]->str[0] == '1';
-        int in_frame;
-        struct outbuf *f = format_frame(s, s->L, r, h->topic, h->tlen, e[1]->str, e[1]->len,
-                                        binary, (uint64_t)e[0]->integer, epoch, &in_frame);
+        uint64_t pos = (uint64_t)e[0]->integer;
+        while (k < cache.n && cache.v[k].pos < pos)
+            k++;
+        struct outbuf *f;
+        if (k < cache.n && cache.v[k].pos == pos) {
+            f = cache.v[k].f;
+            f->refs++;
+        } else {
+            int binary = e[2]->len == 1 && e[2]->str[0] == '1';
+            int in_frame;
+            f = format_frame(s, s->L, r, h->topic, h->tlen, e[1]->str, e[1]->len, binary, pos,
+                             epoch, &in_frame);
+            if (f && st) {
+                history_adopt(srv->history, st, epoch, pos);
+                history_append(srv->history, st, r, pos, f, e[1]->str, e[1]->len, binary, in_frame);
+            }
+        }
         if (!f)
             break;
-        pubsub_replay_add(srv->pubsub, h->c, h->topic, h->tlen, f, (uint64_t)e[0]->integer);
+        pubsub_replay_add(srv->pubsub, h->c, h->topic, h->tlen, f, pos);
         outbuf_unref(f);
     }
+    for (size_t i = 0; i < cache.n; i++)
+        outbuf_unref(cache.v[i].f);
+    free(cache.v);
     pubsub_replay_start(srv->pubsub, h->c, h->topic, h->tlen);
     lua_State *T = script__wait_thread(h->w);
     lua_checkstack(T, 4);
-    lua_pushboolean(T, rep->element[0]->type == REDIS_REPLY_INTEGER &&
-                           rep->element[0]->integer == 1);
+    lua_pushboolean(T,
+                    rep->element[0]->type == REDIS_REPLY_INTEGER && rep->element[0]->integer == 1);
     lua_pushlstring(T, epoch, rep->element[1]->len);
     hw_end(h, 2);
 }
@@ -500,9 +565,9 @@ static void on_barrier(void *ud, int ok) {
     struct sb_server *srv = h->s->srv;
     h->barrier = NULL;
     if (ok)
-        h->cmd = redis_history_read(srv->redis, h->topic, h->tlen, h->since,
-                                    h->valid ? h->epoch : "", h->valid ? h->elen : 0, 0, 1,
-                                    h->ttl, on_recovery_reply, h);
+        h->cmd =
+            redis_history_read(srv->redis, h->topic, h->tlen, h->since, h->valid ? h->epoch : "",
+                               h->valid ? h->elen : 0, 0, 1, h->ttl, on_recovery_reply, h);
     if (!h->cmd)
         hw_live(h);
 }

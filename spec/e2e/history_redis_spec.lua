@@ -114,6 +114,32 @@ describe("history with --redis", function()
         assert.are.same({ 50, 51 }, positions(c.frames))
     end)
 
+    it("formats a publication once per process, however many recoveries replay it", function()
+        local p = track(client(a))
+        local q = track(client(b))
+        pub(p, "room:long:k", "m", 20)
+        local e = read(p, "room:long:k").epoch
+        local before = h.formats(q)
+        local function recover(since)
+            local c = track(client(b))
+            assert.is_true(sub(c, "room:long:k", since, e).recovered)
+            until_n(c, #range(since + 1, 20))
+            return c
+        end
+        recover(0)
+        assert.are.equal(before + 20, h.formats(q)) -- not seen live here: formatted once
+        recover(0)
+        recover(7)
+        assert.are.equal(before + 20, h.formats(q))
+        pub(p, "room:long:k", "n", 5)
+        server.wait_for(function() return h.formats(q) == before + 25 end, 5, "5 live formats")
+        local c = track(client(b))
+        assert.is_true(sub(c, "room:long:k", 10, e).recovered)
+        until_n(c, 15)
+        assert.are.same(range(11, 25), positions(c.frames))
+        assert.are.equal(before + 25, h.formats(q))
+    end)
+
     it("says recovered=false past the history, for bad since/epoch, with the kept history", function()
         local p = track(client(a))
         pub(p, "room:f", "m", 12) -- size 5: 8..12 kept
@@ -124,6 +150,7 @@ describe("history with --redis", function()
             { "past the history", 3, e }, { "another epoch", 10, "nope" },
             { "another topic's epoch", 10, other }, { "from the future", 13, e },
             { "malformed since", "x", e }, { "no epoch", 10, nil },
+            { "a huge since", 1e15, e }, { "a long epoch", 10, string.rep("e", 200) },
         }) do
             local c = track(client(b))
             local m = sub(c, "room:f", case[2], case[3])
@@ -134,6 +161,7 @@ describe("history with --redis", function()
         end
         local c = track(client(b))
         assert.is_true(sub(c, "room:f", 7, e).recovered)
+        assert.is_nil(next(read(p, "room:f", 1e15).items))
     end)
 
     it("starts a new epoch when Redis loses the keys (FLUSHALL)", function()
@@ -212,6 +240,30 @@ describe("history with --redis", function()
         assert.are.same({ 1, "hello", m.epoch }, { got.pos, got.msg, got.epoch })
     end)
 
+    it("refuses a malformed history payload on the channel, and goes on", function()
+        local c = track(client(b))
+        sub(c, "room:long:z", 0, "-")
+        server.wait_for(function() return numsub(rport, "room:long:z") == 1 end, 10, "subscribed")
+        local bad = { "\255p", "\255pX1 e - m", "\255p0 e - m", "\255p01 - m",
+            "\255p01 " .. ("e"):rep(100) .. " - m", "\255p01 e abc m",
+            "\255p0" .. ("9"):rep(30) .. " e - m", "\255p01 e - \255\254", "\255p01 e -" }
+        local r = assert(redis_srv.client(rport))
+        for _, payload in ipairs(bad) do
+            local chan = "sb:room:long:z"
+            r:send(("*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n")
+                :format(#chan, chan, #payload, payload))
+            assert.are.equal(":1", r:receive("*l"))
+        end
+        r:close()
+        assert.truthy(b:wait_log("redis: refused a message on sb:room:long:z: a history "
+            .. "publication"))
+        local reply = redis_srv.cmd(rport, "FCALL sb_publish 1 room:long:z fine")
+        assert.truthy(reply:match(":1"), reply)
+        until_n(c, 1)
+        local got = cjson.decode(c.frames[1])
+        assert.are.same({ 1, "fine" }, { got.pos, got.msg })
+    end)
+
     it("keeps ws:publish's everyone-but-the-sender across processes", function()
         local sa, sb2 = track(client(a)), track(client(b))
         sub(sa, "room:w", 0, "-")
@@ -224,5 +276,36 @@ describe("history with --redis", function()
         pub(sb2, "room:w", "x")
         until_n(sa, 1)
         assert.are.same({ 2 }, positions(sa.frames)) -- not "hi": it was the sender
+    end)
+
+    it("recovers nothing while Redis is away, says so, and starts a new epoch after", function()
+        local port2 = redis_srv.free_port()
+        local r2 = redis_srv.start(port2)
+        local s = server.start{ app = APP, args = { "--redis", "redis://127.0.0.1:" .. port2 } }
+        local ok, err = pcall(function()
+            s:wait_log("redis: connected")
+            local p = client(s)
+            pub(p, "room:long:d", "m", 5)
+            local e = read(p, "room:long:d").epoch
+            redis_srv.stop(r2)
+            s:wait_log("redis: connection to .* lost")
+            local c = client(s)
+            local m = sub(c, "room:long:d", 2, e)
+            assert.is_false(m.recovered)
+            assert.is_nil(m.epoch)
+            assert.truthy(read(p, "room:long:d").err:match("^redis: "))
+            -- the connection is fine, and when Redis is back (empty) a new epoch starts
+            r2 = redis_srv.start(port2)
+            s:wait_log("redis: reconnected")
+            pub(p, "room:long:d", "n", 1)
+            until_n(c, 1)
+            local got = cjson.decode(c.frames[1])
+            assert.are.same({ 1, "n1" }, { got.pos, got.msg })
+            assert.are_not.equal(e, got.epoch)
+            p:close() c:close()
+        end)
+        s:stop()
+        redis_srv.stop(r2)
+        assert(ok, err)
     end)
 end)

@@ -2,6 +2,7 @@
 -- ws:subscribe{since, epoch}, trimming, the byte bound, paced replays, format errors.
 local server = require "server"
 local rawws = require "rawws"
+local wsframe = require "wsframe"
 local cjson = require "cjson"
 
 local APP = "spec/apps/history"
@@ -32,6 +33,7 @@ describe("history in process", function()
         assert.are.same({ 1, 2, 3 }, positions(c.frames))
         assert.are.same({ "m1", "m2", "m3" }, { got[1].msg, got[2].msg, got[3].msg })
         assert.are.equal(live.epoch, got[1].epoch)
+        assert.are.equal(cjson.null, read(c, "room:never").epoch) -- a read makes no stream
         local r = read(c, "room:b")
         assert.are.equal(1, r.items[1].pos)
         assert.are.equal("x1", r.items[1].msg)
@@ -58,6 +60,8 @@ describe("history in process", function()
         pub(p, "room:long:r", "c", 1)
         until_n(d, 1)
         assert.are.same({ 14 }, positions(d.frames))
+        -- one format per publication, replays included
+        assert.are.equal(14, h.formats(p))
         p:close() c:close() d:close()
     end)
 
@@ -66,7 +70,9 @@ describe("history in process", function()
         local p = client(s)
         pub(p, "room:t", "m", 12) -- size 5: positions 8..12 kept
         local e = read(p, "room:t").epoch
+        pub(p, "room:long:o", "o", 1)
         local other = read(p, "room:long:o").epoch
+        assert.is_string(other)
         local cases = {
             { "past the history", 3, e },
             { "another epoch", 10, e .. "x" },
@@ -76,6 +82,8 @@ describe("history in process", function()
             { "negative since", -1, e },
             { "fractional since", 9.5, e },
             { "no epoch", 10, nil },
+            { "a huge since", 1e15, e },
+            { "a long epoch", 10, string.rep("e", 200) },
         }
         for _, case in ipairs(cases) do
             local c = client(s)
@@ -89,6 +97,7 @@ describe("history in process", function()
         -- the edge: since = first kept - 1 recovers
         local c = client(s)
         assert.is_true(sub(c, "room:t", 7, e).recovered)
+        assert.is_nil(next(read(c, "room:t", 1e15).items))
         until_n(c, 5)
         assert.are.same(range(8, 12), positions(c.frames))
         c:close() p:close()
@@ -126,12 +135,19 @@ describe("history in process", function()
             read(p, "room:s", nil, 2).items[2].pos })
         assert.are.equal(5, read(p, "room:s", 4, 1).items[1].pos)
         pub(p, "short:t", "x", 3) -- ttl 1 s
-        assert.are.equal(3, #read(p, "short:t").items)
+        local r3 = read(p, "short:t")
+        assert.are.equal(3, #r3.items)
         server.wait_for(function() return next(read(p, "short:t").items) == nil end, 5,
             "the ttl to drop short:t")
-        -- positions go on after the ttl emptied the stream (it was used recently)
+        -- positions go on while the topic is known; once forgotten (nothing kept and no
+        -- publication for its ttl) it starts again at 1 in a new epoch
         pub(p, "short:t", "y", 1)
-        assert.are.equal(4, read(p, "short:t").items[1].pos)
+        local r4 = read(p, "short:t")
+        if r4.epoch == r3.epoch then
+            assert.are.equal(4, r4.items[1].pos)
+        else
+            assert.are.equal(1, r4.items[1].pos)
+        end
         p:close()
     end)
 
@@ -155,6 +171,12 @@ describe("history in process", function()
         end
         table.sort(kept)
         assert.are.same(range(21 - #kept, 20), kept)
+        -- a flood of topics: their streams count and go with their history
+        for i = 1, 400 do pub(p, "plain:flood" .. i, "f") end
+        _, _, body = rawws.get(s.port, "/metrics")
+        bytes = tonumber(body:match("\nswitchboard_history_bytes (%d+)"))
+        assert.is_true(bytes <= 20000, "bytes " .. tostring(bytes))
+        assert.are.equal(1, #read(p, "plain:flood400").items)
         assert.is_true(#kept < 20)
         p:close()
     end)
@@ -174,7 +196,9 @@ describe("history in process", function()
         socket.sleep(0.3) -- let the server's queue fill up against the small window
         local subbed
         while #c.frames < 2200 do
-            local f = assert(c:recv_frame())
+            local f, ferr = c:recv_frame()
+            assert(f, tostring(ferr) .. " after " .. #c.frames .. " publications, last "
+                .. tostring(c.frames[#c.frames]) .. (subbed and " (subbed)" or ""))
             assert.are.equal(1, f.opcode)
             local m = cjson.decode(f.payload)
             if m.op == "subbed" then subbed = m else c.frames[#c.frames + 1] = f.payload end
@@ -184,6 +208,44 @@ describe("history in process", function()
         assert.is_true(subbed.recovered)
         local log = s:log()
         assert.is_nil(log:find("out%-max"))
+        p:close() c:close()
+    end)
+
+    it("never drops a history publication for --out-high: it waits for the drain", function()
+        s = server.start{ app = APP, args = { "--out-high", "16k", "--out-low", "4k",
+            "--out-max", "1m", "--metrics-path", "/metrics" } }
+        local c = client(s, { rcvbuf = 4096 })
+        send(c, { op = "live", topic = "big:q" })
+        until_op(c, "subbed")
+        local p = client(s)
+        pub(p, "big:q", string.rep("q", 1000), 300) -- ~300 KB to a reader that does not read
+        until_n(c, 300)
+        assert.are.same(range(1, 300), positions(c.frames))
+        local _, _, body = rawws.get(s.port, "/metrics")
+        assert.are.equal("0", body:match("\nswitchboard_deliveries_dropped_total (%d+)"))
+        assert.truthy(tonumber(body:match("\nswitchboard_backpressure_events_total (%d+)")) > 0)
+        p:close() c:close()
+    end)
+
+    it("closes with 1008 a subscriber whose waiting publications pass --out-max", function()
+        s = server.start{ app = APP, args = { "--out-high", "16k", "--out-low", "4k",
+            "--out-max", "64k", "--metrics-path", "/metrics" } }
+        local c = client(s, { rcvbuf = 4096 })
+        send(c, { op = "live", topic = "big:m" })
+        until_op(c, "subbed")
+        local p = client(s)
+        pub(p, "big:m", string.rep("m", 1000), 300) -- ~300 KB, never read meanwhile
+        local code, reason, seen = c:recv_close()
+        assert.are.equal(1008, code)
+        assert.are.equal("too slow to read", reason)
+        -- what it got before the close has no gap
+        assert.are.same(range(1, #seen), positions((function()
+            local out = {}
+            for i, f in ipairs(seen) do out[i] = f.payload end
+            return out
+        end)()))
+        local _, _, body = rawws.get(s.port, "/metrics")
+        assert.are.equal("1", body:match("\nswitchboard_slow_consumers_closed_total (%d+)"))
         p:close() c:close()
     end)
 
@@ -198,6 +260,12 @@ describe("history in process", function()
         pub(c, "bad:f", "nil")
         pub(c, "bad:f", "after")
         assert.are.same({ "ok:fine", "boom", "nil", "ok:after" }, c.frames)
+        -- a format that adds rules while it runs
+        send(c, { op = "live", topic = "grow:x" })
+        until_op(c, "subbed")
+        pub(c, "grow:x", "a")
+        pub(c, "grow:x", "b")
+        assert.are.same({ "g1:a", "g2:b" }, { c.frames[5], c.frames[6] })
         s:wait_log("history format of 'bad:' failed on bad:f at position 2: .*boom at 2")
         s:wait_log("history format of 'bad:' failed on bad:f at position 3: it returned nil")
         -- kept with their positions all the same
@@ -205,6 +273,66 @@ describe("history in process", function()
         assert.are.same({ 1, 2, 3, 4 }, { r.items[1].pos, r.items[2].pos, r.items[3].pos,
             r.items[4].pos })
         c:close()
+    end)
+
+    it("takes the new format from a reload, and keeps the positions", function()
+        local dir = server.tmpname("-app")
+        assert(os.execute("mkdir -p '" .. dir .. "'"))
+        local src = [[
+local sb = require "switchboard"
+sb.history.keep("r:", { format = function(msg, pos) return "%s" .. pos .. ":" .. msg end })
+return { message = function(ws, msg)
+    if msg == "sub" then ws:subscribe("r:x") ws:send("subbed") else sb.publish("r:x", msg) end
+end }
+]]
+        server.write_file(dir .. "/f.lua", src:format("v1 "))
+        s = server.start{ app = dir }
+        s:wait_log("reload: watching")
+        local c = rawws.open(s.port, "/f")
+        assert(c:send(wsframe.text("sub")))
+        assert.are.equal("subbed", c:recv_frame().payload)
+        assert(c:send(wsframe.text("a")))
+        assert.are.equal("v1 1:a", c:recv_frame().payload)
+        server.write_file(dir .. "/f.lua", src:format("v2 "))
+        s:wait_log("reloaded %S*/f%.lua %(route /f, version 2%)")
+        assert(c:send(wsframe.text("b")))
+        assert.are.equal("v2 2:b", c:recv_frame().payload)
+        c:close()
+        os.execute("rm -rf '" .. dir .. "'")
+    end)
+
+    it("recovers over permessage-deflate (Python websockets)", function()
+        s = server.start{ app = APP, args = { "--deflate-min-size", "0" } }
+        local p = client(s)
+        pub(p, "room:long:z", string.rep("z", 200), 10)
+        local e = read(p, "room:long:z").epoch
+        local res = server.python([=[
+port, epoch = int(sys.argv[1]), sys.argv[2]
+async def main():
+    async with websockets.connect("ws://127.0.0.1:%d/h" % port) as ws:
+        ext = ws.response_headers.get("Sec-WebSocket-Extensions", "")
+        await ws.send(json.dumps({"op": "sub", "topic": "room:long:z", "since": 4,
+                                  "epoch": epoch}))
+        got, subbed = [], None
+        while len(got) < 8 or subbed is None:
+            m = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if m.get("op") == "subbed":
+                subbed = m
+                await ws.send(json.dumps({"op": "pub", "topic": "room:long:z", "msg": "live",
+                                          "n": 2}))
+            elif m.get("op") != "pubbed":
+                got.append([m["pos"], m["msg"][:4]])
+        print(json.dumps({"ext": ext, "recovered": subbed["recovered"], "got": got}))
+asyncio.run(main())
+]=], s.port, e)
+        assert.truthy(res.ext:find("permessage-deflate", 1, true))
+        assert.is_true(res.recovered)
+        local want = {}
+        for i = 5, 10 do want[#want + 1] = { i, "zzzz" } end
+        want[#want + 1] = { 11, "live" }
+        want[#want + 1] = { 12, "live" }
+        assert.are.same(want, res.got)
+        p:close()
     end)
 
     it("ws:publish on a history topic reaches every subscriber but the sender", function()
