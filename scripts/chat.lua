@@ -12,7 +12,9 @@ local json = sb.json
 local HISTORY = 100          -- messages a room keeps and replays on join
 local MAX_FRAME = 4096       -- bytes of one client message
 local BURST, RATE = 10, 5    -- rate limit: a burst of 10 messages, then 5 per second
+local TYPING_BURST, TYPING_RATE = 5, 1 -- typing flags have their own budget; past it they are dropped
 local MAX_JOINED = 10        -- rooms one connection may be in at once
+local MAX_PER_CLIENT = 20    -- distinct rooms the connections of one source address may be in
 local MAX_ROOMS = 100        -- rooms the server keeps (empty ones are evicted first)
 local LOBBY = "lobby"
 local ROOMS_TOPIC = "rooms"  -- every connection: room list updates
@@ -27,6 +29,7 @@ if not state then
     state = { rooms = {}, seq = 0, online = 0 }
     sb.shared.chat = state
 end
+state.clients = state.clients or {} -- source address -> rooms its connections are in
 
 local function room_topic(name) return "room:" .. name end
 -- ws.id is unique within one process; with --workers or --redis the topic
@@ -35,8 +38,42 @@ local function user_topic(id, node) return "user:" .. (node or sb.node) .. ":" .
 
 local function send(ws, msg) ws:send(json.encode(msg)) end
 
+-- An error answers the request being handled: its `ref` (ws.data.ref, set by
+-- chat.message) comes back with it, so a page knows which of its messages failed.
 local function fail(ws, code, message, request)
-    send(ws, { type = "error", code = code, message = message, request = request })
+    send(ws, { type = "error", code = code, message = message, request = request, ref = ws.data.ref })
+end
+
+-- The address part of ws.remote ("addr:port", "[v6]:port").
+local function address(remote)
+    return remote:match("^%[(.*)%]:%d+$") or remote:match("^(.*):%d+$") or remote
+end
+
+-- Room slots one source address holds: how many of its connections are in each room.
+local function client_rooms(addr)
+    local c = state.clients[addr]
+    if not c then
+        c = { rooms = {}, count = 0 }
+        state.clients[addr] = c
+    end
+    return c
+end
+
+local function client_enter(addr, name)
+    local c = client_rooms(addr)
+    local n = c.rooms[name]
+    if not n then c.count = c.count + 1 end
+    c.rooms[name] = (n or 0) + 1
+end
+
+local function client_leave(addr, name)
+    local c = state.clients[addr]
+    local n = c and c.rooms[name]
+    if not n then return end
+    if n > 1 then c.rooms[name] = n - 1 return end
+    c.rooms[name] = nil
+    c.count = c.count - 1
+    if c.count == 0 then state.clients[addr] = nil end
 end
 
 local function get_room(name)
@@ -105,6 +142,7 @@ local function leave_room(ws, room)
     room.active = sb.now()
     data.rooms[room.name] = nil
     data.joined = data.joined - 1
+    client_leave(data.addr, room.name)
     sb.publish(room_topic(room.name), json.encode({ type = "leave", room = room.name, nick = data.nick,
         ts = os.time() }))
     rooms_changed()
@@ -146,6 +184,10 @@ function handle.join(ws, msg)
     if data.joined >= MAX_JOINED then
         return fail(ws, "too_many_rooms", ("you can be in at most %d rooms"):format(MAX_JOINED), "join")
     end
+    local client = client_rooms(data.addr)
+    if not client.rooms[name] and client.count >= MAX_PER_CLIENT then
+        return fail(ws, "too_many_rooms", ("your address is in %d rooms already"):format(MAX_PER_CLIENT), "join")
+    end
     local existing = get_room(name)
     if existing and existing.members[data.nick:lower()] then
         return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(data.nick, name), "join")
@@ -157,6 +199,7 @@ function handle.join(ws, msg)
     room.active = sb.now()
     data.rooms[name] = true
     data.joined = data.joined + 1
+    client_enter(data.addr, name)
     ws:subscribe(room_topic(name))
     send(ws, { type = "joined", room = name, members = member_list(room), history = json.array(room.history) })
     -- node and id let members served by other processes (--workers, --redis)
@@ -267,28 +310,53 @@ function chat.open(ws)
     local data = ws.data
     data.rooms, data.joined = {}, 0
     data.bucket = bucket.new(BURST, sb.now())
+    data.typing_bucket = bucket.new(TYPING_BURST, sb.now())
+    data.addr = address(ws.remote)
     state.online = state.online + 1
     ws:subscribe(ROOMS_TOPIC)
     ws:subscribe(user_topic(ws.id))
     send(ws, { type = "welcome", id = ws.id, node = sb.node, rooms = room_list(), limits = {
         nick = validate.NICK_MAX, room = validate.ROOM_MAX, text = validate.TEXT_MAX, history = HISTORY,
-        burst = BURST, rate = RATE } })
+        burst = BURST, rate = RATE, rooms = MAX_JOINED, rooms_per_client = MAX_PER_CLIENT } })
 end
 
+-- A request's `ref` (the page's own tag, echoed in errors): a short string or an integer.
+local function ref_of(msg)
+    local r = msg.ref
+    if type(r) == "string" and #r <= 64 then return r end
+    if type(r) == "number" and math.tointeger(r) then return math.tointeger(r) end
+end
+
+-- Every message spends the connection's budget, garbage included, except typing flags:
+-- they have a budget of their own, and one past it is dropped without an answer (the
+-- next one says the same thing), so a page's typing never costs it a chat message.
 function chat.message(ws, raw, binary)
-    local ok, retry = bucket.take(ws.data.bucket, BURST, RATE, sb.now())
-    if not ok then
-        return send(ws, { type = "error", code = "rate_limited",
-            message = "slow down: you are sending messages too fast", retry_after = retry })
+    local data = ws.data
+    data.ref = nil
+    -- connections opened before a reload to this version lack these
+    data.addr = data.addr or address(ws.remote)
+    data.typing_bucket = data.typing_bucket or bucket.new(TYPING_BURST, sb.now())
+    local msg
+    if not binary and #raw <= MAX_FRAME then
+        local decoded_ok, m = pcall(json.decode, raw)
+        if decoded_ok and type(m) == "table" then msg = m end
+    end
+    if msg and msg.type == "typing" then
+        if not bucket.take(data.typing_bucket, TYPING_BURST, TYPING_RATE, sb.now()) then return end
+    else
+        if msg then data.ref = ref_of(msg) end
+        local ok, retry = bucket.take(data.bucket, BURST, RATE, sb.now())
+        if not ok then
+            return send(ws, { type = "error", code = "rate_limited",
+                message = "slow down: you are sending messages too fast", retry_after = retry,
+                request = msg and type(msg.type) == "string" and msg.type:sub(1, 40) or nil, ref = data.ref })
+        end
     end
     if binary then return fail(ws, "bad_message", "send JSON text messages, not binary") end
     if #raw > MAX_FRAME then
         return fail(ws, "too_large", ("messages must be at most %d bytes"):format(MAX_FRAME))
     end
-    local decoded_ok, msg = pcall(json.decode, raw)
-    if not decoded_ok or type(msg) ~= "table" then
-        return fail(ws, "bad_message", "messages must be JSON objects")
-    end
+    if not msg then return fail(ws, "bad_message", "messages must be JSON objects") end
     if type(msg.type) ~= "string" then return fail(ws, "bad_message", "a message needs a \"type\"") end
     local fn = handle[msg.type]
     if not fn then
@@ -300,6 +368,7 @@ end
 function chat.close(ws)
     local data = ws.data
     if not data.rooms then return end -- open never ran
+    data.addr = data.addr or address(ws.remote)
     state.online = state.online - 1
     for name in pairs(data.rooms) do
         leave_room(ws, get_room(name))

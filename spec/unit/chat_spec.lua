@@ -33,8 +33,8 @@ local function rest()
     t.clock:advance(2)
 end
 
-local function user(nick, room)
-    local c = assert(route:connect())
+local function user(nick, room, remote)
+    local c = assert(route:connect({ remote = remote }))
     send(c, { type = "nick", nick = nick })
     if room then send(c, { type = "join", room = room }) end
     rest()
@@ -75,7 +75,8 @@ describe("chat: connecting", function()
         assert.equal("welcome", m.type)
         assert.equal(c.id, m.id)
         assert.same({ { name = "lobby", members = 0 } }, m.rooms)
-        assert.same({ nick = 24, room = 32, text = 500, history = 100, burst = 10, rate = 5 }, m.limits)
+        assert.same({ nick = 24, room = 32, text = 500, history = 100, burst = 10, rate = 5, rooms = 10,
+            rooms_per_client = 20 }, m.limits)
     end)
 
     it("picks the chat.v1 subprotocol when the client offers it", function()
@@ -316,7 +317,7 @@ describe("chat: rooms", function()
 
     it("refuses a new room when all 100 rooms are in use", function()
         for u = 1, 10 do
-            local c = user("u" .. u)
+            local c = user("u" .. u, nil, ("10.0.0.%d:5000"):format(u))
             for r = 1, 10 do
                 local n = (u - 1) * 10 + r
                 if n < 100 then join(c, "r" .. n) end
@@ -326,6 +327,37 @@ describe("chat: rooms", function()
         send(c, { type = "join", room = "one-more" })
         assert_error(c, "rooms_full")
         assert.equal("joined", join(c, "r50")[1].type)
+    end)
+end)
+
+describe("chat: rooms per client", function()
+    it("keeps the connections of one address to 20 rooms, so one client cannot take every room", function()
+        local a = {}
+        for i = 1, 3 do a[i] = user("a" .. i, nil, "10.1.1.1:100" .. i) end
+        for r = 1, 10 do assert.equal("joined", join(a[1], "r" .. r)[1].type) end
+        for r = 11, 20 do assert.equal("joined", join(a[2], "r" .. r)[1].type) end
+        -- a room the address is already in costs no slot; a 21st room is refused
+        assert.equal("joined", join(a[3], "r5")[1].type)
+        local m = join(a[3], "r21")[1]
+        assert.same({ "error", "too_many_rooms", "join" }, { m.type, m.code, m.request })
+        assert.equal("your address is in 20 rooms already", m.message)
+        -- another address is not held back
+        assert.equal("joined", join(user("b1", nil, "10.2.2.2:1001"), "r21")[1].type)
+        -- leaving (or closing) frees the slot: r1..r10 had only a1 from this address
+        send(a[1], { type = "leave", room = "r1" })
+        rest()
+        assert.equal("joined", join(a[3], "r21")[1].type)
+        a[2]:close()
+        rest()
+        assert.equal("joined", join(a[3], "r22")[1].type)
+    end)
+
+    it("counts IPv6 clients by address, not by port", function()
+        local c1 = user("x1", nil, "[::1]:1001")
+        local c2 = user("x2", nil, "[::1]:1002")
+        for r = 1, 10 do join(c1, "r" .. r) end
+        for r = 11, 20 do join(c2, "r" .. r) end
+        assert.equal("too_many_rooms", join(user("x3", nil, "[::1]:1003"), "r21")[1].code)
     end)
 end)
 
@@ -602,6 +634,43 @@ describe("chat: rate limit", function()
         assert_error(ann, "rate_limited")
         send(bob, { type = "ping" })
         assert.equal("pong", last(bob).type)
+    end)
+
+    it("names the refused request and its ref, so a page knows which text to send again", function()
+        local ann = user("ann", "lobby")
+        for i = 1, 10 do send(ann, { type = "say", room = "lobby", text = "m" .. i, ref = i }) end
+        ann:clear()
+        send(ann, { type = "say", room = "lobby", text = "one too many", ref = "m11" })
+        local err = assert_error(ann, "rate_limited")
+        assert.same({ "say", "m11" }, { err.request, err.ref })
+        assert.truthy(err.retry_after > 0)
+    end)
+
+    it("echoes a request's ref in its other errors, and ignores a ref that is not short", function()
+        local ann = user("ann", "lobby")
+        send(ann, { type = "say", room = "dev", text = "x", ref = 7 })
+        assert.equal(7, assert_error(ann, "not_in_room").ref)
+        rest()
+        send(ann, { type = "say", room = "lobby", text = "", ref = ("r"):rep(65) })
+        assert.is_nil(assert_error(ann, "text_empty").ref)
+        rest()
+        send(ann, { type = "say", room = "lobby", text = "", ref = 1.5 })
+        assert.is_nil(assert_error(ann, "text_empty").ref)
+    end)
+
+    it("gives typing flags a budget of their own: they never spend the message budget", function()
+        local ann = user("ann", "lobby")
+        local bob = user("bob", "lobby")
+        ann:clear()
+        for _ = 1, 30 do send(ann, { type = "typing", room = "lobby", typing = true }) end
+        -- past their own budget (5, then 1 a second) typing flags are dropped without an answer
+        assert.same({}, take(ann))
+        assert.equal(5, #of_type(take(bob), "typing"))
+        for i = 1, 10 do send(ann, { type = "say", room = "lobby", text = "m" .. i }) end
+        assert.equal(10, #of_type(take(ann), "message"))
+        t.clock:advance(1)
+        send(ann, { type = "typing", room = "lobby", typing = false })
+        assert.equal(1, #of_type(take(bob), "typing"))
     end)
 
     it("counts refused messages too, so a flood cannot get through", function()
