@@ -80,4 +80,34 @@ describe("the chat page in a browser", function()
         assert.equal(0, report.dialogs)
         assert.is_true(exists(shot), "no screenshot at " .. shot)
     end)
+
+    -- Runs a driver (spec/support/NAME.mjs BASE SHOT ...) to its end; returns its report.
+    local function drive(name, base, shot, extra)
+        out_file = server.tmpname(".browser")
+        local argv = { NODE, root .. "/spec/support/" .. name .. ".mjs", base, shot }
+        for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
+        node_pid = assert(proc.spawn(argv, { stdout = out_file, stderr = out_file .. ".err",
+            env = { SB_CHROMIUM = CHROMIUM, LD_PRELOAD = "" } }))
+        local done = server.wait_for(function()
+            local how, code = proc.wait(node_pid, true)
+            if how then node_pid = nil return { how = how, code = code } end
+        end, 180, "the browser script to finish")
+        local output = server.read_file(out_file)
+        local ok, report = pcall(cjson.decode, output:match("([^\n]+)\n?$") or "")
+        assert(ok and type(report) == "table",
+            "no report from the browser script:\n" .. output .. server.read_file(out_file .. ".err"))
+        assert(report.ok, (report.error or "") .. "\n" .. server.read_file(out_file .. ".err"))
+        assert.equal(0, done.code)
+        for _, c in ipairs(report.checks) do assert.is_true(c.ok, c.name) end
+        return report
+    end
+
+    it("keeps each tab's nick, keeps text over the rate limit, links safely, dates and marks new messages",
+        function()
+        assert(exists(CHROMIUM), "chromium is not installed (./dev deps installs it)")
+        s = server.start{ app = "scripts" }
+        local report = drive("chat_page", ("http://127.0.0.1:%d"):format(s.port), build .. "/chat-page.png")
+        assert.truthy(#report.checks >= 20)
+        assert.falsy(s:log():find("handler failed", 1, true))
+    end)
 end)
