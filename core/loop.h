@@ -26,6 +26,7 @@ struct conn;
 struct script;
 struct reload;
 struct pubsub;
+struct history;
 struct tls_ctx;
 struct sb_redis;
 struct outbound_ctx;
@@ -73,6 +74,7 @@ struct sb_config {
     const char *redis_url;    /* --redis redis://host:port[/db]; NULL = in-process pub/sub */
     int redis_optional;       /* --redis-optional: start local-only when Redis is down */
     size_t redis_out_max;     /* --redis-out-max: publishes Redis has not answered yet */
+    size_t history_max_bytes; /* --history-max-bytes: every topic's kept history, in process */
     unsigned redis_pool;      /* --redis-pool: idle switchboard.redis connections kept per URL */
     unsigned redis_max_calls; /* --redis-max-calls: its calls and connects in flight */
     const char *allowed_origins; /* --allowed-origins LIST (router.c); NULL = any Origin */
@@ -104,6 +106,7 @@ struct sb_server {
     struct script *script;
     struct reload *reload; /* owned; NULL with --no-watch */
     struct pubsub *pubsub;
+    struct history *history; /* owned; made by the first sb.history.keep, else NULL */
     struct tls_ctx *tls;                   /* owned; NULL without --listen-tls */
     struct deflate_shared *deflate_shared; /* owned; compress-once contexts for publish */
     struct sb_redis *redis; /* --redis: set up and freed by main.c; NULL when off */

@@ -326,6 +326,10 @@ static const struct opt options[] = {
      "bytes of publishes Redis has not answered yet; past it\n"
      "publishes stay local (counted, logged)",
      "16m"},
+    {"history-max-bytes", "N", set_count, F(cfg.history_max_bytes), 0, 64 * GIB,
+     "bytes of topic history kept in the process (every\n"
+     "topic; the oldest go first), without --redis",
+     "64m"},
     {"max-outbound", "N", set_count, F(cfg.max_outbound), 1, 1000000,
      "sb.http and sb.tcp connections open at once; past it\n"
      "they return nil, \"too many outbound connections\"",

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "conn.h"
+#include "history.h"
 #include "log.h"
 #include "outbound.h"
 #include "redis.h"
@@ -217,6 +218,16 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
     gauge(&b, "switchboard_outbound_connections_open",
           "Outbound connections open now (sb.http, sb.tcp; --max-outbound).",
           (double)outbound_open_count(srv->outbound));
+
+    gauge(&b, "switchboard_history_bytes",
+          "Bytes of topic history kept in this process (--history-max-bytes).",
+          (double)history_bytes(srv->history));
+    counter(&b, "switchboard_history_evictions_total",
+            "Kept publications dropped for --history-max-bytes (the oldest first).",
+            history_evictions(srv->history));
+    counter(&b, "switchboard_history_format_errors_total",
+            "History format functions that raised or returned no string.",
+            st->history_format_errors);
 
     if (srv->cfg.redis_url) {
         counter(&b, "switchboard_redis_reconnects_total", "Reconnections to Redis (--redis).",

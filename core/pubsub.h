@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 struct conn;
+struct outbuf;
 struct pubsub;
 
 /* One topic a connection is subscribed to (array owned by the conn). */
@@ -42,6 +43,33 @@ size_t pubsub_publish(struct pubsub *ps, const char *topic, size_t tlen, const v
  * a publish that came from elsewhere. Returns the number queued on. */
 size_t pubsub_deliver(struct pubsub *ps, const char *topic, size_t tlen, const void *msg,
                       size_t len, int binary, struct conn *except);
+/* The same with the publication already framed (a whole plain frame, shared: a
+ * reference is taken per queue) and its position in the topic's history (0:
+ * none): how history topics deliver. Subscribers whose id is except_id (when
+ * not 0) are skipped too. */
+size_t pubsub_deliver_frame(struct pubsub *ps, const char *topic, size_t tlen,
+                            struct outbuf *frame, uint64_t pos, struct conn *except,
+                            uint64_t except_id);
+
+/* Recovery (ws:subscribe with `since`). pubsub_subscribe_replay subscribes c
+ * (same return as pubsub_subscribe) with a replay that is waiting: what is
+ * published meanwhile is held for c (not sent). pubsub_replay_add queues a kept
+ * publication for c, in position order (one at or below the last queued is
+ * skipped; returns 1 queued, 0 skipped or no replay, -1 out of memory).
+ * pubsub_replay_start ends the wait: the publications held meanwhile follow
+ * the replay, those it already had (by position) left out, and sending starts.
+ * From then on c is sent its replay while its queue is below --out-high and
+ * the rest at each drain (pubsub_replay_pump, which the drain calls), live
+ * publications queued behind it; when it is empty the subscription is live.
+ * Live publications held for c past --out-max bytes close it with 1008. */
+int pubsub_subscribe_replay(struct pubsub *ps, struct conn *c, const char *topic, size_t len);
+int pubsub_replay_add(struct pubsub *ps, struct conn *c, const char *topic, size_t len,
+                      struct outbuf *frame, uint64_t pos);
+int pubsub_replay_start(struct pubsub *ps, struct conn *c, const char *topic, size_t len);
+void pubsub_replay_pump(struct pubsub *ps, struct conn *c);
+/* 1 while one of c's subscriptions still replays. */
+int pubsub_replaying(struct pubsub *ps, struct conn *c);
+
 size_t pubsub_count(struct pubsub *ps, const char *topic, size_t len);
 /* Calls cb for every topic with at least one subscriber. */
 void pubsub_each_topic(struct pubsub *ps, void (*cb)(void *ud, const char *t, size_t len),

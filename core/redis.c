@@ -543,3 +543,9 @@ void redis_free(struct sb_redis *r) {
 uint64_t redis_dropped(const struct sb_redis *r) {
     return r ? r->dropped : 0;
 }
+
+void redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
+                           size_t len, int binary, uint32_t size, double ttl, uint64_t except_id) {
+    (void)r, (void)topic, (void)tlen, (void)msg, (void)len, (void)binary, (void)size, (void)ttl;
+    (void)except_id;
+}

@@ -38,6 +38,14 @@ void redis_free(struct sb_redis *r);
 void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
                    size_t len, int binary);
 
+/* The publish of a history topic (see README "History with --redis"): Redis
+ * assigns the position, keeps the message (size, ttl) and publishes it on the
+ * channel with its position and epoch; every process delivers it from there.
+ * except_id: the id of this process's connection that must not receive it (0:
+ * none). */
+void redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
+                           size_t len, int binary, uint32_t size, double ttl, uint64_t except_id);
+
 /* Publishes kept local because --redis-out-max was reached (0 for NULL). */
 uint64_t redis_dropped(const struct sb_redis *r);
 

@@ -180,6 +180,12 @@ static void on_message(void *ud, struct conn *c, const uint8_t *data, size_t len
 
 static void on_drain(void *ud, struct conn *c) {
     struct sb_server *srv = ud;
+    /* a recovering subscription's replay goes on first (ws:subscribe since) */
+    if (c->nsubs) {
+        pubsub_replay_pump(srv->pubsub, c);
+        if (c->over_high)
+            return; /* the app's drain comes when it is all out */
+    }
     script_drain(srv->script, c);
 }
 

@@ -75,6 +75,7 @@ struct script {
     int npool, pool_cap;
     struct script_task *tasks;  /* calls that wait (owned; script_task.c) */
     struct script_redis *redis; /* switchboard.redis's client (script_redis.c); owned */
+    int in_format;              /* a history format runs (script_history.c) */
 };
 
 /* A timer is owned by the app module whose top level (or whose timer) made
@@ -301,6 +302,25 @@ void script__redis_open(lua_State *L);
 void script__redis_free(struct script *s);
 /* After lua_close: free the client. */
 void script__redis_release(struct script *s);
+
+/* ---- script_history.c ---- */
+
+struct history_rule;
+/* Set `history` (keep, read) on the module table at the top of the stack. */
+void script__history_open(lua_State *L);
+/* The publish of a topic with history rule r (positions, format, store or
+ * Redis): pushes the count of local subscribers queued on (0 with --redis:
+ * delivery comes back through Redis). */
+int script__history_publish(lua_State *L, struct sb_server *srv, const struct history_rule *r,
+                            const char *topic, size_t tlen, const char *msg, size_t len,
+                            int binary, struct conn *except, const char *fn);
+/* ws:subscribe(topic, opts) when opts has since or epoch (opts at index t):
+ * pushes recovered (and the stream's epoch). May wait (with --redis). */
+int script__history_subscribe(lua_State *L, struct conn *c, const char *topic, size_t tlen,
+                              int t);
+/* With --redis: hook the channel's history publications to the format and the
+ * local subscribers (script_new). */
+void script__history_init(struct script *s);
 
 /* ---- script_route.c ---- */
 

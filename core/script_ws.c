@@ -10,6 +10,7 @@
 #include <lua.h>
 
 #include "conn.h"
+#include "history.h"
 #include "http.h"
 #include "pubsub.h"
 #include "script_int.h"
@@ -114,9 +115,19 @@ static int ws_subscribe(lua_State *L) {
     struct conn *c = ws_conn(L, "subscribe");
     size_t len;
     const char *t = script__arg_topic(L, 2, 1, "subscribe", &len);
+    if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3))
+        return script__type_error(L, 3, 2, "subscribe", "table");
     if (!ws_is_open(c)) { /* it would leave the topic at once */
         lua_pushboolean(L, 0);
         return 1;
+    }
+    if (lua_istable(L, 3)) {
+        lua_getfield(L, 3, "since");
+        lua_getfield(L, 3, "epoch");
+        int recover = !lua_isnil(L, -1) || !lua_isnil(L, -2);
+        lua_pop(L, 2);
+        if (recover)
+            return script__history_subscribe(L, c, t, len, 3);
     }
     int r = pubsub_subscribe(c->srv->pubsub, c, t, len);
     if (r < 0)
@@ -144,6 +155,9 @@ int script__publish(lua_State *L, int first, struct sb_server *srv, struct conn 
     if ((uint64_t)len > srv->cfg.max_message)
         return script__arg_error(L, 2, fn, "message longer than --max-message");
     srv->stats.publishes++;
+    const struct history_rule *hr = history_match(srv->history, t, tlen);
+    if (hr)
+        return script__history_publish(L, srv, hr, t, tlen, msg, len, binary, except, fn);
     size_t n = pubsub_publish(srv->pubsub, t, tlen, msg, len, binary, except);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;

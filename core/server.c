@@ -22,6 +22,7 @@
 #include "http.h"
 #include "log.h"
 #include "outbound.h"
+#include "history.h"
 #include "pubsub.h"
 #include "reload.h"
 #include "router.h"
@@ -70,6 +71,7 @@ void config_defaults(struct sb_config *cfg) {
     cfg->watch = 1;
     cfg->reload_debounce = 0.05;
     cfg->redis_out_max = 16u << 20;
+    cfg->history_max_bytes = 64u << 20;
     cfg->max_outbound = 4096;
     cfg->max_response_body = 16u << 20;
     cfg->redis_pool = 32;
@@ -472,6 +474,8 @@ void server_free(struct sb_server *srv) {
         script_free(srv->script);
     outbound_ctx_free(srv->outbound);
     srv->outbound = NULL;
+    history_free(srv->history);
+    srv->history = NULL;
     if (srv->pubsub)
         pubsub_free(srv->pubsub);
     if (srv->deflate_shared) {

@@ -38,6 +38,7 @@ struct sb_stats {
     uint64_t handler_waits;    /* calls that waited (went on after their first resume) */
     uint64_t handler_timeouts; /* calls ended by --handler-timeout */
     uint64_t redis_reconnects, redis_published, redis_received, redis_errors; /* --redis */
+    uint64_t history_format_errors; /* a history format raised or returned no string */
     /* switchboard.redis calls by outcome: a reply, an error reply, a timeout, a lost
      * or refused connection, refused for --redis-max-calls */
     uint64_t redis_calls_ok, redis_calls_error, redis_calls_timeout, redis_calls_failed;

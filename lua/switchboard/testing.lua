@@ -19,6 +19,7 @@ local cjson = require "cjson"
 local fake_crypto = require "switchboard.testing.crypto"
 local fake_json = require "switchboard.testing.json"
 local fake_redis = require "switchboard.testing.redis"
+local fake_history = require "switchboard.testing.history"
 
 local testing = {}
 
@@ -271,10 +272,17 @@ function ws_methods.ping(ws, data)
     return true
 end
 
-function ws_methods.subscribe(ws, topic)
+function ws_methods.subscribe(ws, topic, opts)
     local conn = check_ws("subscribe", ws)
     topic = check_topic("subscribe", 1, topic)
+    if opts ~= nil and type(opts) ~= "table" then
+        argerror("subscribe", 2, "table expected, got " .. typename(opts))
+    end
     if conn.state ~= "open" then return false end
+    if opts and (opts.since ~= nil or opts.epoch ~= nil) then
+        return conn.app.history:subscribe(conn, topic, opts,
+            function() return conn.app:_subscribe(conn, topic) end)
+    end
     return conn.app:_subscribe(conn, topic)
 end
 
@@ -751,6 +759,10 @@ function App:_publish(topic, msg, binary, sender)
     self.published[#self.published + 1] = { topic = topic, data = msg, binary = binary,
         sender = sender and sender.fields.id or nil }
     local subs = self.topics[topic]
+    local rule = self.history:match(topic)
+    if rule then
+        return self.history:publish(rule, topic, msg, binary, sender, subs and copy(subs.list) or {})
+    end
     local n = 0
     for _, conn in ipairs(subs and copy(subs.list) or {}) do
         if conn ~= sender and conn.state == "open" then
@@ -978,6 +990,7 @@ function App:_module()
     sb.jwt = fake_crypto.jwt(sb.json)
     sb.http = { request = fake_http_request }
     sb.redis = fake_redis.new(app.redis_url, app.redis)
+    sb.history = app.history.api
     sb.node = app.node
     sb.log = {}
     for _, level in ipairs({ "info", "warn", "error" }) do
@@ -1041,7 +1054,8 @@ end
 -- raising handler fail the spec at once instead of only closing its connection;
 -- opts.max_message is the server's --max-message (default 16 MiB); opts.redis is its
 -- --redis URL (sb.redis.url; nil by default). sb.redis is an in-memory Redis of strings
--- (switchboard.testing.redis); app.redis[url] holds each URL's keys.
+-- (switchboard.testing.redis); app.redis[url] holds each URL's keys. sb.history keeps
+-- topic history as the server does in process (switchboard.testing.history).
 function testing.app(dir, opts)
     dir = (opt_string("app", 1, dir, "scripts")):gsub("/$", "")
     opts = opts or {}
@@ -1053,6 +1067,7 @@ function testing.app(dir, opts)
         max_message = opts.max_message or MAX_MESSAGE,
         redis_url = opts.redis, redis = {},
     }, App)
+    app.history = fake_history.new(app)
     app.module = app:_module()
     current_clock = app.clock
     return app

@@ -25,7 +25,41 @@ local function try(f, ...)
     return (ok and "ok " or "error ") .. show(res)
 end
 
+sb.history.keep("hc:", { size = 3, format = function(msg, pos) return pos .. ":" .. msg end })
+sb.history.keep("hcbad:", { format = function() error("no") end })
+
 local cases = {
+    hist_read = function()
+        for i = 1, 4 do sb.publish("hc:r", "m" .. i) end
+        local items, epoch = sb.history.read("hc:r")
+        local out = {}
+        for _, it in ipairs(items) do
+            out[#out + 1] = it.pos .. "=" .. it.msg .. "/" .. tostring(it.binary)
+        end
+        local last = sb.history.read("hc:r", { limit = 1 })
+        local after = sb.history.read("hc:r", { since = 2, limit = 1 })
+        return table.concat(out, ",") .. " " .. type(epoch) .. " " .. last[1].pos .. " "
+            .. after[1].pos .. " " .. #sb.history.read("nohist")
+    end,
+    hist_recover = function(ws)
+        for i = 1, 3 do sb.publish("hc:c", "m" .. i) end
+        local _, epoch = sb.history.read("hc:c")
+        local out = {}
+        for _, opts in ipairs({ { since = 2, epoch = epoch }, { since = 2, epoch = epoch .. "x" },
+                { since = 4, epoch = epoch }, { since = "x", epoch = epoch }, { since = 0 } }) do
+            local ok, e = ws:subscribe("hc:c", opts)
+            out[#out + 1] = tostring(ok) .. "/" .. tostring(e == epoch)
+            ws:unsubscribe("hc:c")
+        end
+        out[#out + 1] = tostring(ws:subscribe("nohist", { since = 0, epoch = epoch }))
+        ws:unsubscribe("nohist")
+        return table.concat(out, " ")
+    end,
+    hist_format_error = function() return try(sb.publish, "hcbad:a", "z") end,
+    hist_keep_bad_size = function() return try(sb.history.keep, "x", { size = 0 }) end,
+    hist_keep_bad_opts = function() return try(sb.history.keep, "x", 5) end,
+    hist_read_bad_since = function() return try(sb.history.read, "hc:r", { since = -1 }) end,
+    hist_subscribe_bad_opts = function(ws) return try(ws.subscribe, ws, "hc:r", 5) end,
     tostring = function(ws) return show(tostring(ws)) end,
     tostring_closed = function() return show(tostring(sb.shared.closed_ws)) end,
     closed_send = function() return try(sb.shared.closed_ws.send, sb.shared.closed_ws, "x") end,
@@ -200,6 +234,13 @@ end
 
 -- case -> the answer every side must give
 local EXPECT = {
+    hist_read = "2=m2/false,3=m3/false,4=m4/false string 4 3 0",
+    hist_recover = "true/true false/true false/true false/true false/true false",
+    hist_format_error = "ok 0",
+    hist_keep_bad_size = "error bad argument #2 to 'keep' (opts.size must be an integer from 1 to 1e6)",
+    hist_keep_bad_opts = "error bad argument #2 to 'keep' (table expected, got number)",
+    hist_read_bad_since = "error bad argument #2 to 'read' (opts.since must be an integer >= 0)",
+    hist_subscribe_bad_opts = "error bad argument #2 to 'subscribe' (table expected, got number)",
     tostring = "ws N",
     close_1001 = "error bad argument #1 to 'close' (close code must be 1000 or 3000-4999)",
     close_1012 = "error bad argument #1 to 'close' (close code must be 1000 or 3000-4999)",

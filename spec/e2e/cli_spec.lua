@@ -103,6 +103,7 @@ describe("command line", function()
         { "--deflate-min-size", 0, 2 * G, "0..2g" },
         { "--workers", 1, 256, "1..256" },
         { "--redis-out-max", 64 * K, G, "64k..1g" },
+        { "--history-max-bytes", 0, 64 * G, "0..64g" },
         { "--max-outbound", 1, 1000000, "1..1000000" },
         { "--max-response-body", 0, G, "0..1g" },
     }

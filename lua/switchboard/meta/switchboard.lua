@@ -13,6 +13,7 @@
 ---@field http switchboard.http Outbound HTTP/1.1 and HTTPS requests that the handler waits on.
 ---@field tcp switchboard.tcp Outbound TCP (and TLS) sockets that the handler waits on.
 ---@field redis switchboard.redis A pooled Redis client that handlers wait on.
+---@field history switchboard.history Topic history: positions, replay, recovery.
 ---@field node string This process's id: 16 random hex digits, new at every start.
 ---@field version string The server's version.
 local sb = {}
@@ -296,6 +297,49 @@ function connection:close() end
 ---The timeout of each following call, in seconds (> 0).
 ---@param seconds number
 function connection:settimeout(seconds) end
+
+---`sb.history`: topics that keep their last publications, each with a position (an
+---integer increasing by one per publication in the topic, the same in every process)
+---and an epoch (a string that changes when the topic's history was lost). In process
+---without --redis; in Redis with it.
+---@class switchboard.history
+local history = {}
+
+---Options of `sb.history.keep`.
+---@class switchboard.history_opts
+---@field size? integer Publications kept per topic (1..1e6, default 100).
+---@field ttl? number Seconds each is kept (default 3600); a topic unused this long vanishes.
+---@field format? fun(msg: string, pos: integer, epoch: string, binary: boolean): string?, boolean?
+---What subscribers are sent for a publication (and for its replays): run once per
+---publication per process; its result is framed once. A second result says binary
+---(default: as published). One that raises or returns no string is logged and the
+---message goes out as it was published.
+
+---Topics starting with `prefix` keep their history (the longest prefix wins). Call it at
+---a route's top level; a reload runs it again (the new format replaces the old).
+---@param prefix string
+---@param opts? switchboard.history_opts
+function history.keep(prefix, opts) end
+
+---Options of `sb.history.read`.
+---@class switchboard.history_read_opts
+---@field since? integer Only publications after this position.
+---@field limit? integer At most this many: the first after `since`, else the latest.
+
+---One kept publication, as published (before the format).
+---@class switchboard.history_item
+---@field pos integer
+---@field msg string
+---@field binary boolean
+
+---The kept publications of `topic`, oldest first, and the topic's epoch (nil when no
+---rule covers the topic). With --redis it waits (a handler or timer only) and returns
+---nil, err when Redis cannot answer.
+---@param topic string
+---@param opts? switchboard.history_read_opts
+---@return switchboard.history_item[]|nil items
+---@return string|nil epoch
+function history.read(topic, opts) end
 
 ---What `sb.stats()` returns: counters since start, and labelled counts.
 ---@class switchboard.stats

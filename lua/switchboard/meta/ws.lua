@@ -31,10 +31,23 @@ function ws:close(code, reason) end
 ---@return boolean ok `false` when closing.
 function ws:ping(data) end
 
----Joins a topic.
+---Options of `ws:subscribe` that recover what the client missed.
+---@class switchboard.subscribe_opts
+---@field since? integer The last position the client saw.
+---@field epoch? string The epoch it saw it in.
+
+---Joins a topic. With `opts.since`/`opts.epoch` on a topic with history
+---(`sb.history.keep`): first sends this ws, in order, every kept publication after
+---`since`, then the live ones, with no gap and no duplicate; returns whether that was
+---complete (`false` when `since` is older than the history, the epoch differs, or they
+---are malformed: then the whole kept history is sent) and the topic's epoch. A replay
+---past --out-high is sent as the client reads (drain). With --redis it waits.
 ---@param topic string
----@return boolean ok `false` if already subscribed (or closing).
-function ws:subscribe(topic) end
+---@param opts? switchboard.subscribe_opts
+---@return boolean ok Without opts: `false` if already subscribed (or closing). With
+---since/epoch: recovered.
+---@return string|nil epoch With since/epoch on a history topic: the topic's epoch.
+function ws:subscribe(topic, opts) end
 
 ---Leaves a topic.
 ---@param topic string

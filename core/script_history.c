@@ -1,0 +1,334 @@
+/* script_history.c — switchboard.history (keep, read), the publish of a
+ * history topic (a position, the format, the store) and ws:subscribe's
+ * recovery (`since`, `epoch`). In process the store is history.c; with --redis
+ * the positions, the epoch and the kept publications live in Redis (redis.c)
+ * and every process formats a publication when it comes back from the channel. */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "conn.h"
+#include "history.h"
+#include "log.h"
+#include "loop.h"
+#include "outq.h"
+#include "pubsub.h"
+#include "redis.h"
+#include "script_int.h"
+
+static int read_redis(lua_State *L, const char *topic, size_t tlen, uint64_t since, size_t limit,
+                      int first_n);
+static int subscribe_redis(lua_State *L, struct conn *c, const char *topic, size_t tlen,
+                           uint64_t since, const char *epoch, int valid);
+
+/* ---- the format ------------------------------------------------------------------ */
+
+/* Log a format failure (the error or a bad result on top of L, popped). */
+static void format_failed(struct script *s, lua_State *L, const struct history_rule *r,
+                          const char *topic, size_t tlen, uint64_t pos, const char *why) {
+    struct log_fields lf = {0};
+    char rb[64];
+    script__log_fields(s, &lf, rb, sizeof rb);
+    log_with(LOG_ERROR, &lf,
+             "history format of '%s' failed on %.*s at position %llu: %s; "
+             "the message is sent as it was published",
+             r->prefix, (int)tlen, topic, (unsigned long long)pos, why);
+    s->srv->stats.history_format_errors++;
+    (void)L;
+}
+
+/* The frame of a publication at pos: format(msg, pos, epoch, binary) of rule r
+ * when it has one (the result framed), else the message itself. *in_frame
+ * says the frame's payload is the message (nothing else to keep). L is the
+ * running thread (a handler's coroutine, a script's top level) or, from the
+ * loop (a publication back from Redis), s->L. NULL out of memory. */
+static struct outbuf *format_frame(struct script *s, lua_State *L, const struct history_rule *r,
+                                   const char *topic, size_t tlen, const char *msg, size_t len,
+                                   int binary, uint64_t pos, const char *epoch, int *in_frame) {
+    *in_frame = 1;
+    if (!r || r->ref == LUA_NOREF || r->ref < 0)
+        return outbuf_frame(binary ? WS_OP_BINARY : WS_OP_TEXT, msg, len);
+    int top = lua_gettop(L);
+    lua_checkstack(L, 8);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ref);
+    lua_pushlstring(L, msg, len);
+    lua_pushinteger(L, (lua_Integer)pos);
+    lua_pushstring(L, epoch);
+    lua_pushboolean(L, binary);
+    int from_loop = !s->in_handler;
+    s->in_format++;
+    int rc;
+    if (from_loop) {
+        char what[160];
+        snprintf(what, sizeof what, "history format of '%.64s' on %.*s", r->prefix,
+                 (int)(tlen > 64 ? 64 : tlen), topic);
+        rc = script__pcall(s, 4, 2, what, NULL, NULL);
+    } else {
+        rc = lua_pcall(L, 4, 2, 0);
+        if (rc != LUA_OK && s->budget_hit) {
+            s->in_format--;
+            lua_error(L); /* the budget is not the format's to catch */
+        }
+    }
+    s->in_format--;
+    const char *why = NULL;
+    if (rc != LUA_OK) {
+        if (!from_loop) /* script__pcall logged it */
+            why = lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object is not a string)";
+        else
+            s->srv->stats.history_format_errors++;
+    } else if (lua_type(L, -2) != LUA_TSTRING) {
+        why = lua_pushfstring(L, "it returned %s (string expected)", luaL_typename(L, -2));
+    } else {
+        size_t flen;
+        const char *f = lua_tolstring(L, -2, &flen);
+        int fbin = lua_isnoneornil(L, -1) ? binary : lua_toboolean(L, -1);
+        if (!fbin && !script__is_utf8(f, flen))
+            why = "it returned text that is not valid UTF-8 (return it with true as binary)";
+        else if ((uint64_t)flen > s->srv->cfg.max_message)
+            why = "it returned more than --max-message bytes";
+        else {
+            struct outbuf *b = outbuf_frame(fbin ? WS_OP_BINARY : WS_OP_TEXT, f, flen);
+            lua_settop(L, top);
+            *in_frame = 0;
+            return b;
+        }
+    }
+    if (why)
+        format_failed(s, L, r, topic, tlen, pos, why);
+    lua_settop(L, top);
+    return outbuf_frame(binary ? WS_OP_BINARY : WS_OP_TEXT, msg, len);
+}
+
+/* ---- publish ------------------------------------------------------------------------ */
+
+/* (script_int.h) The publish of a topic with a history rule: pushes the number
+ * of local subscribers it was queued on. */
+int script__history_publish(lua_State *L, struct sb_server *srv, const struct history_rule *r,
+                            const char *topic, size_t tlen, const char *msg, size_t len,
+                            int binary, struct conn *except, const char *fn) {
+    struct script *s = get_script(L);
+    if (s->in_format)
+        return luaL_error(L, "%s: cannot publish to a history topic (%s) from a history format",
+                          fn, topic);
+    if (srv->redis) {
+        redis_history_publish(srv->redis, topic, tlen, msg, len, binary, r->size, r->ttl,
+                              except ? except->id : 0);
+        lua_pushinteger(L, 0);
+        return 1;
+    }
+    struct history_stream *st = history_stream(srv->history, topic, tlen, 1);
+    if (!st)
+        return luaL_error(L, "%s: out of memory", fn);
+    uint64_t pos = history_next(st);
+    int in_frame;
+    struct outbuf *f = format_frame(s, L, r, topic, tlen, msg, len, binary, pos,
+                                    history_epoch(st), &in_frame);
+    if (!f)
+        return luaL_error(L, "%s: out of memory", fn);
+    history_append(srv->history, st, r, pos, f, msg, len, binary, in_frame);
+    size_t n = pubsub_deliver_frame(srv->pubsub, topic, tlen, f, pos, except, 0);
+    outbuf_unref(f);
+    lua_pushinteger(L, (lua_Integer)n);
+    return 1;
+}
+
+/* ---- switchboard.history.keep --------------------------------------------------- */
+
+static int hist_keep(lua_State *L) {
+    struct script *s = get_script(L);
+    struct sb_server *srv = s->srv;
+    size_t plen;
+    const char *prefix = script__arg_string(L, 1, 1, "keep", &plen);
+    if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
+        return script__type_error(L, 2, 2, "keep", "table");
+    int t = lua_istable(L, 2) ? 2 : 0;
+    lua_Integer size = 100;
+    if (script__opt_field(L, t, "size", LUA_TNUMBER, 2, "keep")) {
+        int isint;
+        size = lua_tointegerx(L, -1, &isint);
+        lua_pop(L, 1);
+        if (!isint || size < 1 || size > 1000000)
+            return script__arg_error(L, 2, "keep", "opts.size must be an integer from 1 to 1e6");
+    }
+    double ttl = script__opt_seconds(L, t, "ttl", 3600, 2, "keep");
+    int ref = LUA_NOREF;
+    if (script__opt_field(L, t, "format", LUA_TFUNCTION, 2, "keep"))
+        ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (!srv->history && !(srv->history = history_new(srv, srv->cfg.history_max_bytes))) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return luaL_error(L, "keep: out of memory");
+    }
+    int old;
+    if (history_keep(srv->history, prefix, plen, (uint32_t)size, ttl, ref, &old) < 0) {
+        luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        return luaL_error(L, "keep: out of memory");
+    }
+    if (old != LUA_NOREF && old >= 0)
+        luaL_unref(L, LUA_REGISTRYINDEX, old);
+    return 0;
+}
+
+/* ---- switchboard.history.read -------------------------------------------------- */
+
+/* opts.since: an integer >= 0, or (malformed) -1; absent: 0 and *given 0. */
+static long long opt_since(lua_State *L, int t, int *given) {
+    *given = 0;
+    if (!t)
+        return 0;
+    int ty = lua_getfield(L, t, "since");
+    long long v = 0;
+    if (ty != LUA_TNIL) {
+        *given = 1;
+        int isint = 0;
+        lua_Integer i = ty == LUA_TNUMBER || ty == LUA_TSTRING ? lua_tointegerx(L, -1, &isint) : 0;
+        v = isint && i >= 0 ? (long long)i : -1;
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static void push_item(void *ud, const struct history_item *it) {
+    lua_State *L = ud;
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, (lua_Integer)it->pos);
+    lua_setfield(L, -2, "pos");
+    lua_pushlstring(L, it->msg, it->len);
+    lua_setfield(L, -2, "msg");
+    lua_pushboolean(L, it->binary);
+    lua_setfield(L, -2, "binary");
+    lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+}
+
+/* (script_int.h) opts.limit of argument #n of fn: 0 when absent. */
+static size_t opt_limit(lua_State *L, int t, int n, const char *fn) {
+    if (!script__opt_field(L, t, "limit", LUA_TNUMBER, n, fn))
+        return 0;
+    int isint;
+    lua_Integer v = lua_tointegerx(L, -1, &isint);
+    lua_pop(L, 1);
+    if (!isint || v < 1)
+        script__arg_error(L, n, fn, "opts.limit must be an integer >= 1");
+    return (size_t)v;
+}
+
+static int hist_read(lua_State *L) {
+    struct script *s = get_script(L);
+    struct sb_server *srv = s->srv;
+    size_t tlen;
+    const char *topic = script__arg_topic(L, 1, 1, "read", &tlen);
+    if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
+        return script__type_error(L, 2, 2, "read", "table");
+    int t = lua_istable(L, 2) ? 2 : 0;
+    int given;
+    long long since = opt_since(L, t, &given);
+    if (since < 0)
+        return script__arg_error(L, 2, "read", "opts.since must be an integer >= 0");
+    size_t limit = opt_limit(L, t, 2, "read");
+    const struct history_rule *r = history_match(srv->history, topic, tlen);
+    if (srv->redis && r)
+        return read_redis(L, topic, tlen, (uint64_t)since, limit, given);
+    lua_newtable(L);
+    struct history_stream *st = r ? history_stream(srv->history, topic, tlen, 1) : NULL;
+    if (!st)
+        return 1;
+    history_each(srv->history, st, (uint64_t)since, limit, given, push_item, L);
+    lua_pushstring(L, history_epoch(st));
+    return 2;
+}
+
+/* ---- recovery: ws:subscribe(topic, { since = pos, epoch = e }) ---------------------- */
+
+struct add_ctx {
+    struct pubsub *ps;
+    struct conn *c;
+    const char *topic;
+    size_t tlen;
+};
+
+static void add_item(void *ud, const struct history_item *it) {
+    struct add_ctx *a = ud;
+    pubsub_replay_add(a->ps, a->c, a->topic, a->tlen, it->frame, it->pos);
+}
+
+/* Whether `since`/`epoch` (argument t's fields) can be trusted: since >= 0 and
+ * epoch a string equal to the stream's. *since is set (0 when it cannot). */
+static int recovery_args(lua_State *L, int t, uint64_t *since, const char **epoch) {
+    int given;
+    long long v = opt_since(L, t, &given);
+    *epoch = NULL;
+    if (lua_getfield(L, t, "epoch") == LUA_TSTRING)
+        *epoch = lua_tostring(L, -1); /* stays on the stack for the call */
+    *since = v > 0 ? (uint64_t)v : 0;
+    return given && v >= 0 && *epoch;
+}
+
+/* (script_int.h) ws:subscribe with an options table that has since or epoch:
+ * pushes recovered, epoch. */
+int script__history_subscribe(lua_State *L, struct conn *c, const char *topic, size_t tlen,
+                              int t) {
+    struct script *s = get_script(L);
+    struct sb_server *srv = s->srv;
+    uint64_t since;
+    const char *epoch;
+    int valid = recovery_args(L, t, &since, &epoch);
+    const struct history_rule *r = history_match(srv->history, topic, tlen);
+    if (!r) { /* no history here: a plain subscribe that did not recover */
+        if (pubsub_subscribe(srv->pubsub, c, topic, tlen) < 0)
+            return luaL_error(L, "subscribe: out of memory");
+        lua_pushboolean(L, 0);
+        return 1;
+    }
+    if (srv->redis)
+        return subscribe_redis(L, c, topic, tlen, valid ? since : 0,
+                                               valid ? epoch : NULL, valid);
+    struct history_stream *st = history_stream(srv->history, topic, tlen, 1);
+    if (!st)
+        return luaL_error(L, "subscribe: out of memory");
+    int sr = pubsub_subscribe_replay(srv->pubsub, c, topic, tlen);
+    if (sr < 0)
+        return luaL_error(L, "subscribe: out of memory");
+    if (sr == 0) { /* already subscribed: nothing is replayed twice */
+        lua_pushboolean(L, 0);
+        lua_pushstring(L, history_epoch(st));
+        return 2;
+    }
+    uint64_t last = history_last(st), first = history_first(srv->history, st);
+    int ok = valid && strcmp(epoch, history_epoch(st)) == 0 && since <= last && since + 1 >= first;
+    struct add_ctx a = {srv->pubsub, c, topic, tlen};
+    history_each(srv->history, st, ok ? since : 0, 0, 1, add_item, &a);
+    if (pubsub_replay_start(srv->pubsub, c, topic, tlen) < 0)
+        return luaL_error(L, "subscribe: out of memory");
+    lua_pushboolean(L, ok);
+    lua_pushstring(L, history_epoch(st));
+    return 2;
+}
+
+/* Set `history` on the module table at the top of the stack. */
+void script__history_open(lua_State *L) {
+    static const luaL_Reg fns[] = {{"keep", hist_keep}, {"read", hist_read}, {NULL, NULL}};
+    luaL_newlib(L, fns);
+    lua_setfield(L, -2, "history");
+}
+
+/* ---- with --redis ------------------------------------------------------------------ */
+
+static int read_redis(lua_State *L, const char *topic, size_t tlen, uint64_t since, size_t limit,
+                      int first_n) {
+    (void)topic, (void)tlen, (void)since, (void)limit, (void)first_n;
+    return luaL_error(L, "read: not yet with --redis");
+}
+
+static int subscribe_redis(lua_State *L, struct conn *c, const char *topic, size_t tlen,
+                           uint64_t since, const char *epoch, int valid) {
+    (void)c, (void)topic, (void)tlen, (void)since, (void)epoch, (void)valid;
+    return luaL_error(L, "subscribe: not yet with --redis");
+}
+
+void script__history_init(struct script *s) {
+    (void)s;
+}
