@@ -1,7 +1,11 @@
 -- The sample chat: nicknames, rooms with history, presence, typing, private messages.
 -- Protocol: JSON text messages with a "type" (see README, "Chat: JSON protocol").
--- Every piece of state lives in switchboard.shared or ws.data, so a hot reload of
--- this file keeps rooms, history and who is where.
+-- A room's messages are the publications of its topic "chat:<room>", kept by the
+-- server (switchboard.history): a message's id is its position there, the same in every
+-- process, and a page that comes back asks for what it missed since the last id it saw.
+-- Joins, leaves, renames and typing go to "room:<room>", which keeps nothing.
+-- Everything else lives in switchboard.shared or ws.data, so a hot reload of this file
+-- keeps rooms and who is where.
 local sb = require "switchboard"
 local validate = require "chat.validate"
 local bucket = require "chat.bucket"
@@ -10,6 +14,7 @@ local origin = require "chat.origin"
 local json = sb.json
 
 local HISTORY = 100          -- messages a room keeps and replays on join
+local HISTORY_TTL = 24 * 3600 -- seconds a message is kept
 local MAX_FRAME = 4096       -- bytes of one client message
 local BURST, RATE = 10, 5    -- rate limit: a burst of 10 messages, then 5 per second
 local TYPING_BURST, TYPING_RATE = 5, 1 -- typing flags have their own budget; past it they are dropped
@@ -26,12 +31,27 @@ local ALLOWED_ORIGINS = {}
 
 local state = sb.shared.chat
 if not state then
-    state = { rooms = {}, seq = 0, online = 0 }
+    state = { rooms = {}, online = 0 }
     sb.shared.chat = state
 end
 state.clients = state.clients or {} -- source address -> rooms its connections are in
 
 local function room_topic(name) return "room:" .. name end
+local KEPT = "chat:"
+local function kept_topic(name) return KEPT .. name end
+
+-- What a room message looks like on the wire, built once per message per process from
+-- what `say` published ({"room":…,"nick":…,"text":…,"ts":…}): the position is its id,
+-- the epoch says which history the id belongs to. Joins replay the same frames.
+local function message_frame(msg, pos, epoch)
+    return '{"type":"message","id":' .. math.tointeger(pos) .. ',"epoch":' .. json.encode(epoch) .. ","
+        .. msg:sub(2)
+end
+
+sb.history.keep(KEPT, { size = HISTORY, ttl = HISTORY_TTL, format = function(msg, pos, epoch)
+    if msg:sub(1, 1) ~= "{" or #msg < 3 then return msg end -- not ours (a backend's): as it was published
+    return message_frame(msg, pos, epoch)
+end })
 -- ws.id is unique within one process; with --workers or --redis the topic
 -- must also name the process, or a private message could reach a namesake id.
 local function user_topic(id, node) return "user:" .. (node or sb.node) .. ":" .. id end
@@ -94,7 +114,7 @@ local function ensure_room(name)
         if not stalest then return nil end
         state.rooms[stalest.name] = nil
     end
-    room = { name = name, members = {}, count = 0, history = {}, active = sb.now() }
+    room = { name = name, members = {}, count = 0, active = sb.now() }
     state.rooms[name] = room
     return room
 end
@@ -175,10 +195,45 @@ function handle.nick(ws, msg)
     end
 end
 
+-- What a joiner gets of a room's history: the frames of the messages after `since` when
+-- the page saw everything up to it in this `epoch` (recovered), else the last HISTORY;
+-- then the joiner is subscribed from the last of them on, so a message published in the
+-- meantime comes next, live: no gap, no duplicate. Returns frames, recovered, epoch.
+local function recover(ws, name, since, want_epoch)
+    local topic = kept_topic(name)
+    local latest, epoch = sb.history.read(topic, { limit = 1 })
+    if not latest then latest, epoch = {}, nil end -- history unreachable: go live from now
+    local last = latest[1] and latest[1].pos or 0
+    local items
+    local recovered = since ~= nil and epoch ~= nil and want_epoch == epoch and since <= last
+    if recovered and since < last then
+        items = sb.history.read(topic, { since = since, limit = HISTORY })
+        recovered = items ~= nil and items[1] ~= nil and items[1].pos == since + 1
+    end
+    if not recovered then items = sb.history.read(topic, { limit = HISTORY }) end
+    items = items or {}
+    local frames, upto = {}, recovered and since or last
+    for i, it in ipairs(items) do
+        frames[i] = message_frame(it.msg, it.pos, epoch)
+        upto = it.pos
+    end
+    if epoch then
+        ws:subscribe(topic, { since = upto, epoch = epoch })
+    else
+        ws:subscribe(topic)
+    end
+    return frames, recovered, epoch
+end
+
 function handle.join(ws, msg)
     local data = ws.data
     local name, code, err = validate.room(msg.room)
     if not name then return fail(ws, code, err, "join") end
+    -- since and epoch: what the page saw of this room before; anything malformed is
+    -- ignored (the page gets the last messages), never an error
+    local since = type(msg.since) == "number" and math.tointeger(msg.since) or nil
+    if since and since < 0 then since = nil end
+    local want_epoch = type(msg.epoch) == "string" and #msg.epoch <= 64 and msg.epoch or nil
     if not data.nick then return fail(ws, "nick_required", "choose a nick before joining a room", "join") end
     if data.rooms[name] then return fail(ws, "already_joined", ("you are already in #%s"):format(name), "join") end
     if data.joined >= MAX_JOINED then
@@ -201,7 +256,12 @@ function handle.join(ws, msg)
     data.joined = data.joined + 1
     client_enter(data.addr, name)
     ws:subscribe(room_topic(name))
-    send(ws, { type = "joined", room = name, members = member_list(room), history = json.array(room.history) })
+    local history, recovered, epoch = recover(ws, name, since, want_epoch)
+    -- The frame is put together as text: the history's frames are the ones live
+    -- subscribers got, byte for byte.
+    ws:send('{"type":"joined","room":' .. json.encode(name) .. ',"members":' .. json.encode(member_list(room))
+        .. ',"recovered":' .. tostring(recovered) .. ',"epoch":' .. json.encode(epoch or json.null)
+        .. ',"history":[' .. table.concat(history, ",") .. "]}")
     -- node and id let members served by other processes (--workers, --redis)
     -- introduce themselves to the newcomer: see handle.here
     ws:publish(room_topic(name), json.encode({ type = "join", room = name, nick = data.nick, ts = os.time(),
@@ -223,6 +283,7 @@ function handle.leave(ws, msg)
     local room = my_room(ws, msg, "leave")
     if not room then return end
     ws:unsubscribe(room_topic(room.name))
+    ws:unsubscribe(kept_topic(room.name))
     leave_room(ws, room)
     send(ws, { type = "left", room = room.name })
 end
@@ -232,14 +293,9 @@ function handle.say(ws, msg)
     if not room then return end
     local text, code, err = validate.text(msg.text)
     if not text then return fail(ws, code, err, "say") end
-    state.seq = state.seq + 1
-    local entry = { type = "message", id = state.seq, room = room.name, nick = ws.data.nick, text = text,
-        ts = os.time() }
-    local history = room.history
-    history[#history + 1] = entry
-    if #history > HISTORY then table.remove(history, 1) end
     room.active = sb.now()
-    sb.publish(room_topic(room.name), json.encode(entry))
+    sb.publish(kept_topic(room.name), json.encode({ room = room.name, nick = ws.data.nick, text = text,
+        ts = os.time() }))
 end
 
 function handle.typing(ws, msg)

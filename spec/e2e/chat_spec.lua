@@ -213,9 +213,14 @@ print(json.dumps(asyncio.run(globals()[sys.argv[2]]())), flush=True)
 
 local function strip(msgs)
     for _, m in ipairs(msgs) do
-        m.ts, m.id = nil, nil
+        if m.type == "message" or m.type == "joined" then
+            assert(type(m.epoch) == "string", "no epoch in a " .. m.type)
+        end
+        m.ts, m.id, m.epoch = nil, nil, nil
         if m.type == "joined" then
-            for _, h in ipairs(type(m.history) == "table" and m.history or {}) do h.ts, h.id = nil, nil end
+            for _, h in ipairs(type(m.history) == "table" and m.history or {}) do
+                h.ts, h.id, h.epoch = nil, nil, nil
+            end
         end
     end
     return msgs
@@ -260,9 +265,9 @@ describe("the chat on the real server", function()
         local r = run("three_users")
         assert.same({
             { type = "nick", nick = "ann" },
-            { type = "joined", room = "lobby", members = { "ann" }, history = {} },
+            { type = "joined", room = "lobby", members = { "ann" }, history = {}, recovered = false },
             { type = "join", room = "lobby", nick = "bob" },
-            { type = "joined", room = "dev", members = { "ann", "cy" }, history = {} },
+            { type = "joined", room = "dev", members = { "ann", "cy" }, history = {}, recovered = false },
             { type = "message", room = "lobby", nick = "ann", text = "hello lobby" },
             { type = "message", room = "dev", nick = "cy", text = "hello dev <b>" },
             { type = "pm", room = "lobby", from = "bob", to = "ann", text = "psst" },
@@ -272,7 +277,7 @@ describe("the chat on the real server", function()
         }, strip(r.ann))
         assert.same({
             { type = "nick", nick = "bob" },
-            { type = "joined", room = "lobby", members = { "ann", "bob" }, history = {} },
+            { type = "joined", room = "lobby", members = { "ann", "bob" }, history = {}, recovered = false },
             { type = "message", room = "lobby", nick = "ann", text = "hello lobby" },
             { type = "pm", room = "lobby", from = "bob", to = "ann", text = "psst" },
             { type = "left", room = "lobby" },
@@ -282,7 +287,7 @@ describe("the chat on the real server", function()
         cy[5] = nil
         assert.same({
             { type = "nick", nick = "cy" },
-            { type = "joined", room = "dev", members = { "cy" }, history = {} },
+            { type = "joined", room = "dev", members = { "cy" }, history = {}, recovered = false },
             { type = "join", room = "dev", nick = "ann" },
             { type = "message", room = "dev", nick = "cy", text = "hello dev <b>" },
         }, cy)

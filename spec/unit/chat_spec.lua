@@ -221,7 +221,10 @@ describe("chat: rooms", function()
     it("creates a room by joining it and lists it with its member count", function()
         local ann = user("ann")
         local msgs = join(ann, "Dev-Talk_2")
-        assert.same({ type = "joined", room = "dev-talk_2", members = { "ann" }, history = {} }, msgs[1])
+        assert.is_string(msgs[1].epoch)
+        msgs[1].epoch = nil
+        assert.same({ type = "joined", room = "dev-talk_2", members = { "ann" }, history = {}, recovered = false },
+            msgs[1])
         local rooms = of_type(msgs, "rooms")
         assert.same({ { name = "dev-talk_2", members = 1 }, { name = "lobby", members = 0 } }, rooms[#rooms].rooms)
     end)
@@ -300,7 +303,7 @@ describe("chat: rooms", function()
         assert.same({ { name = "lobby", members = 0 } }, lists[#lists].rooms)
     end)
 
-    it("keeps at most 100 rooms, evicting the stalest empty one with its history", function()
+    it("keeps at most 100 rooms, evicting the stalest empty one (the server keeps its history)", function()
         local c = user("ann")
         for i = 1, 99 do -- with the lobby, 100 rooms
             join(c, "r" .. i)
@@ -310,9 +313,9 @@ describe("chat: rooms", function()
         end
         join(user("bob"), "r1") -- r1 is in use: r2 is now the stalest empty room
         assert.equal("joined", join(c, "new")[1].type)
-        assert.same({}, join(user("cy"), "r2")[1].history)
-        -- Re-creating r2 evicted r3 in turn; r4 still has its history.
-        assert.equal("in r4", join(user("dee"), "r4")[1].history[1].text)
+        -- r2 is made again (evicting r3): its messages were kept by sb.history
+        assert.equal("in r2", join(user("cy"), "r2")[1].history[1].text)
+        assert.equal("in r3", join(user("dee"), "r3")[1].history[1].text)
     end)
 
     it("refuses a new room when all 100 rooms are in use", function()
@@ -456,6 +459,90 @@ describe("chat: messages and history", function()
         assert.equal(2, #joined.history)
         bob:close(1000)
         assert.equal("leave", last(ann).type)
+    end)
+end)
+
+describe("chat: ids and recovery", function()
+    local function texts(list)
+        local r = {}
+        for _, m in ipairs(list) do r[#r + 1] = m.text end
+        return r
+    end
+
+    local function say_n(c, room, from, to)
+        for i = from, to do
+            if i % 8 == 0 then rest() end
+            send(c, { type = "say", room = room, text = "m" .. i })
+        end
+        rest()
+    end
+
+    it("numbers a room's messages by their position in its history: 1, 2, 3 …", function()
+        local ann = user("ann", "lobby")
+        say_n(ann, "lobby", 1, 3)
+        local msgs = of_type(take(ann), "message")
+        assert.same({ 1, 2, 3 }, { msgs[1].id, msgs[2].id, msgs[3].id })
+        assert.is_string(msgs[1].epoch)
+        assert.equal(msgs[1].epoch, msgs[3].epoch)
+        send(ann, { type = "join", room = "dev" })
+        send(ann, { type = "say", room = "dev", text = "first in dev" })
+        assert.equal(1, last(ann).id)
+    end)
+
+    it("gives a page that comes back only what it missed, and recovered = true", function()
+        local ann = user("ann", "lobby")
+        say_n(ann, "lobby", 1, 3)
+        local epoch = of_type(take(ann), "message")[1].epoch
+        local bob = user("bob")
+        local j = join(bob, "lobby")[1]
+        assert.same({ "m1", "m2", "m3" }, texts(j.history))
+        assert.is_false(j.recovered) -- a first join asks for nothing
+        bob:close(1000)
+        say_n(ann, "lobby", 4, 6)
+        -- since = 3: exactly 4, 5, 6, then live
+        local back = user("bob")
+        send(back, { type = "join", room = "lobby", since = 3, epoch = epoch })
+        rest()
+        j = of_type(take(back), "joined")[1]
+        assert.is_true(j.recovered)
+        assert.same({ "m4", "m5", "m6" }, texts(j.history))
+        assert.same({ 4, 5, 6 }, { j.history[1].id, j.history[2].id, j.history[3].id })
+        send(ann, { type = "say", room = "lobby", text = "m7" })
+        local m = last(back)
+        assert.same({ 7, "m7" }, { m.id, m.text })
+    end)
+
+    it("says recovered = true with no history when nothing was missed", function()
+        local ann = user("ann", "lobby")
+        say_n(ann, "lobby", 1, 2)
+        local epoch = last(ann).epoch
+        local bob = user("bob")
+        send(bob, { type = "join", room = "lobby", since = 2, epoch = epoch })
+        local j = last(bob)
+        assert.same({ true, {} }, { j.recovered, j.history })
+    end)
+
+    it("sends the last 100 and recovered = false past the history, for another epoch or a bad since", function()
+        local ann = user("ann", "lobby")
+        say_n(ann, "lobby", 1, 105)
+        local epoch = last(ann).epoch
+        local cases = {
+            { since = 2, epoch = epoch },       -- 3..5 are no longer kept
+            { since = 104, epoch = "other" },   -- another history
+            { since = 500, epoch = epoch },     -- from the future
+            { since = -1, epoch = epoch }, { since = 1.5, epoch = epoch }, { since = "7", epoch = epoch },
+            { since = 104, epoch = 12 }, { since = 104 }, {},
+        }
+        for i, case in ipairs(cases) do
+            local c = user("u" .. i)
+            send(c, { type = "join", room = "lobby", since = case.since, epoch = case.epoch })
+            local j = last(c)
+            assert.equal("joined", j.type)
+            assert.is_false(j.recovered, i)
+            assert.equal(100, #j.history)
+            assert.same({ "m6", "m105" }, { j.history[1].text, j.history[100].text })
+            rest()
+        end
     end)
 end)
 
