@@ -110,4 +110,34 @@ describe("the chat page in a browser", function()
         assert.truthy(#report.checks >= 20)
         assert.falsy(s:log():find("handler failed", 1, true))
     end)
+
+    it("keeps three pages on one process identical when one page's network is cut and restored", function()
+        assert(exists(CHROMIUM), "chromium is not installed (./dev deps installs it)")
+        s = server.start{ app = "scripts" }
+        local base = ("http://127.0.0.1:%d"):format(s.port)
+        drive("chat_cluster", base, build .. "/chat-cluster-1.png", { base })
+        assert.falsy(s:log():find("handler failed", 1, true))
+    end)
+
+    it("keeps three pages on two processes with --redis identical when one page's network is cut", function()
+        assert(exists(CHROMIUM), "chromium is not installed (./dev deps installs it)")
+        local redis_srv = require "redis"
+        local redis = redis_srv.start()
+        local ok, err = pcall(function()
+            local url = "redis://127.0.0.1:" .. redis.port
+            s = server.start{ app = "scripts", args = { "--redis", url } }
+            local b = server.start{ app = "scripts", args = { "--redis", url } }
+            local ok2, err2 = pcall(function()
+                s:wait_log("redis: connected")
+                b:wait_log("redis: connected")
+                drive("chat_cluster", ("http://127.0.0.1:%d"):format(s.port), build .. "/chat-cluster-2.png",
+                    { ("http://127.0.0.1:%d"):format(b.port) })
+            end)
+            local log = b:stop()
+            assert(ok2, err2)
+            assert.falsy(log:find("handler failed", 1, true))
+        end)
+        redis_srv.stop(redis)
+        assert(ok, err)
+    end)
 end)

@@ -49,6 +49,18 @@ export async function browser(name, viewport) {
   return ctx;
 }
 
+// A context of one shared browser: cheaper than a browser per person.
+let shared = null;
+export async function context(viewport) {
+  if (!shared) {
+    shared = await chromium.launch({ executablePath: process.env.SB_CHROMIUM || '/usr/bin/chromium',
+      headless: true, args: ARGS, timeout: 60000 });
+  }
+  const ctx = await shared.newContext({ viewport: viewport || { width: 1000, height: 640 }, deviceScaleFactor: 1 });
+  contexts.push(ctx);
+  return ctx;
+}
+
 // A tab of `ctx` on `url`, once the page says it is online. `before(page)` runs first.
 export async function tab(ctx, name, url, before) {
   const page = ctx.pages().find((p) => p.url() === 'about:blank') || await ctx.newPage();
@@ -98,6 +110,7 @@ export async function run(main, shot) {
     }
   }
   for (const ctx of contexts) { try { await ctx.close(); } catch { /* already gone */ } }
+  if (shared) { try { await shared.close(); } catch { /* already gone */ } }
   for (const dir of profiles) rmSync(dir, { recursive: true, force: true });
   process.stdout.write(`${JSON.stringify(report)}\n`);
   process.exit(code);

@@ -1,0 +1,95 @@
+-- The sample chat as one chat across processes: Python clients (spec/support/
+-- chat_cluster.py) on two switchboard processes sharing a real redis-server, and on one
+-- process alone. Message ids are the positions of the room's history: the same
+-- messages, in the same order, with the same ids, for everyone.
+local server = require "server"
+local redis_srv = require "redis"
+local cjson = require "cjson"
+
+local function clients(scenario, pa, pb)
+    local p = io.popen(("env -u LD_PRELOAD timeout 90 %s %s/spec/support/chat_cluster.py %s %d %d 2>&1")
+        :format(server.PYTHON, server.root, scenario, pa, pb))
+    local out = p:read("a")
+    p:close()
+    local ok, res = pcall(cjson.decode, out:match("([^\n]*)\n?$") or "")
+    assert(ok and type(res) == "table", "python clients failed:\n" .. out)
+    return res
+end
+
+local function texts(list)
+    local r = {}
+    for _, m in ipairs(list) do r[#r + 1] = m[4] end
+    return r
+end
+
+local function check_order(r)
+    -- the finding: every one of b1, a1, a2, b2, a3 shown everywhere, in that order
+    assert.same({ "b1", "a1", "a2", "b2", "a3" }, { table.unpack(texts(r.ann), 1, 5) })
+    assert.equal(21, #r.ann)
+    assert.same(r.ann, r.bob)
+    assert.same(r.ann, r.cy)
+    for i, m in ipairs(r.ann) do
+        assert.equal(i, m[1]) -- ids: the positions, 1, 2, 3 … in a new room
+        assert.equal(r.ann[1][2], m[2])
+    end
+end
+
+local function check_recover(r)
+    assert.is_true(r.joined.recovered)
+    assert.equal(r.last[2], r.joined.epoch)
+    local missed = {}
+    for i, m in ipairs(r.joined.history) do missed[i] = { m.id, m.text } end
+    local id = r.last[1]
+    assert.same({ { id + 1, "missed 1" }, { id + 2, "missed 2" }, { id + 3, "missed 3" } }, missed)
+    -- then live, once each, in order: exactly what ann saw after bob's last
+    local tail = {}
+    for _, m in ipairs(r.ann) do if m[1] > id then tail[#tail + 1] = m end end
+    assert.same(tail, r.after)
+    assert.same({ false, #r.ann }, r.stale)
+    assert.same({ false, #r.ann }, r.other)
+end
+
+describe("the chat on one process", function()
+    local s
+    lazy_setup(function() s = server.start { app = "scripts" } end)
+    lazy_teardown(function() if s then s:stop() end end)
+
+    it("shows every message everywhere, in one order, with the history's positions as ids", function()
+        check_order(clients("order", s.port, s.port))
+    end)
+
+    it("gives a client that comes back exactly the messages it missed", function()
+        check_recover(clients("recover", s.port, s.port))
+    end)
+end)
+
+describe("the chat on two processes with --redis", function()
+    local redis, a, b
+
+    lazy_setup(function()
+        redis = redis_srv.start()
+        local url = "redis://127.0.0.1:" .. redis.port
+        a = server.start { app = "scripts", args = { "--redis", url } }
+        b = server.start { app = "scripts", args = { "--redis", url } }
+        a:wait_log("redis: connected")
+        b:wait_log("redis: connected")
+    end)
+
+    lazy_teardown(function()
+        local errs = {}
+        for _, s in ipairs { a, b } do
+            local ok, e = pcall(s.stop, s)
+            if not ok then errs[#errs + 1] = e end
+        end
+        redis_srv.stop(redis)
+        assert(#errs == 0, table.concat(errs, "\n"))
+    end)
+
+    it("shows every message everywhere, in one order, with the same ids (b1 a1 a2 b2 a3)", function()
+        check_order(clients("order", a.port, b.port))
+    end)
+
+    it("gives a client that comes back on the other process exactly the messages it missed", function()
+        check_recover(clients("recover", a.port, b.port))
+    end)
+end)
