@@ -80,6 +80,7 @@ struct sb_config {
     const char *allowed_origins; /* --allowed-origins LIST (router.c); NULL = any Origin */
     unsigned max_outbound;       /* --max-outbound: sb.http/sb.tcp connections open at once */
     size_t max_response_body;    /* --max-response-body: sb.http body, sock:receive result */
+    size_t subscribe_queue_max;  /* --subscribe-queue-max: bytes waiting for sb.subscribe fns */
 };
 
 void config_defaults(struct sb_config *cfg);
@@ -123,6 +124,12 @@ struct sb_server {
     struct sb_stats stats;
     double origin_log_at; /* --allowed-origins refusals (router.c): this second's start, */
     uint64_t origin_log_n, origin_log_skipped; /* how many in it, how many not logged */
+    /* --redis: a history publication back from the channel (redis.c calls it, the
+     * script layer sets it): its topic, position, epoch (NUL-terminated), the id of
+     * the connection that must not get it (0: none) and the message as published */
+    void (*history_in)(struct sb_server *srv, const char *topic, size_t tlen, uint64_t pos,
+                       const char *epoch, uint64_t except_id, const void *msg, size_t len,
+                       int binary);
     /* how conn.c reaches the application (router.c installs them) */
     const struct conn_callbacks *conn_cb;
     void *conn_ud;

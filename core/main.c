@@ -346,6 +346,11 @@ static const struct opt options[] = {
      "switchboard.redis: calls and connects in flight; past\n"
      "it they return nil, \"too many calls\"",
      "10000"},
+    {"subscribe-queue-max", "N", set_count, F(cfg.subscribe_queue_max), 64 * KIB, GIB,
+     "bytes of messages waiting for switchboard.subscribe\n"
+     "functions that are busy; past it they are dropped\n"
+     "(counted, logged)",
+     "16m"},
     {"allowed-origins", "LIST", set_origins, F(cfg.allowed_origins), 0, 0,
      "refuse (403) a browser's upgrade whose Origin is not\n"
      "listed: https://chat.example.com,*.example.com (an\n"

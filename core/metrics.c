@@ -215,6 +215,14 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
         put(&b, "switchboard_outbound_duration_seconds_count{kind=\"%s\"} %llu\n", kind,
             (unsigned long long)n);
     }
+    gauge(&b, "switchboard_script_subscriptions",
+          "switchboard.subscribe subscriptions live now.",
+          (double)script_subscriptions(srv->script));
+    counter(&b, "switchboard_script_subscription_calls_total",
+            "Calls of switchboard.subscribe functions (one per message).", st->sub_runs);
+    counter(&b, "switchboard_script_subscription_dropped_total",
+            "Messages dropped for a switchboard.subscribe function past --subscribe-queue-max.",
+            st->sub_dropped);
     gauge(&b, "switchboard_outbound_connections_open",
           "Outbound connections open now (sb.http, sb.tcp; --max-outbound).",
           (double)outbound_open_count(srv->outbound));
@@ -238,6 +246,9 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
                 st->redis_received);
         counter(&b, "switchboard_redis_errors_total", "Redis errors (lost connection, bad reply).",
                 st->redis_errors);
+        counter(&b, "switchboard_redis_refused_total",
+                "Messages on sb:<topic> not delivered: a text that is not UTF-8, an unknown tag.",
+                st->redis_refused);
         counter(&b, "switchboard_redis_dropped_total",
                 "Publishes kept local because --redis-out-max bytes were unanswered by Redis.",
                 redis_dropped(srv->redis));

@@ -40,6 +40,7 @@ struct topic {
     uint64_t hash;
     struct sub_ref *subs;
     uint32_t n, cap;
+    uint32_t watches; /* pubsub_watch count: live while n + watches > 0 */
     size_t len;
     char name[];
 };
@@ -54,7 +55,14 @@ struct pubsub {
     struct replay **replays; /* slots, index + 1 in sub_ref.replay; NULL when free */
     uint32_t nreplays, replays_cap;
     uint32_t free_replay; /* no free slot below this index */
+    pubsub_watch_hook watch; /* script-level subscribers */
+    void *watch_ud;
 };
+
+void pubsub_set_watch_hook(struct pubsub *ps, pubsub_watch_hook fn, void *ud) {
+    ps->watch = fn;
+    ps->watch_ud = ud;
+}
 
 void pubsub_set_publish_hook(struct pubsub *ps, pubsub_publish_hook fn, void *ud) {
     ps->out = fn;
@@ -144,6 +152,42 @@ static void topic_remove(struct pubsub *ps, struct topic *t) {
     free(t);
 }
 
+static struct topic *topic_add(struct pubsub *ps, const char *name, size_t len, uint64_t h) {
+    struct topic *t = calloc(1, sizeof *t + len + 1);
+    if (!t)
+        return NULL;
+    t->hash = h;
+    t->len = len;
+    memcpy(t->name, name, len);
+    if (ps->ntopics >= ps->nbuckets)
+        grow(ps);
+    t->next = ps->buckets[h & (ps->nbuckets - 1)];
+    ps->buckets[h & (ps->nbuckets - 1)] = t;
+    ps->ntopics++;
+    return t;
+}
+
+int pubsub_watch(struct pubsub *ps, const char *name, size_t len) {
+    uint64_t h = hash_name(name, len);
+    struct topic *t = find(ps, name, len, h);
+    if (!t && !(t = topic_add(ps, name, len, h)))
+        return -1;
+    if (++t->watches == 1 && t->n == 0 && ps->hook)
+        ps->hook(ps->hook_ud, t->name, t->len, 1);
+    return 0;
+}
+
+void pubsub_unwatch(struct pubsub *ps, const char *name, size_t len) {
+    struct topic *t = find(ps, name, len, hash_name(name, len));
+    if (!t || !t->watches)
+        return;
+    if (--t->watches == 0 && t->n == 0) {
+        if (ps->hook)
+            ps->hook(ps->hook_ud, t->name, t->len, 0);
+        topic_remove(ps, t);
+    }
+}
+
 int pubsub_subscribe(struct pubsub *ps, struct conn *c, const char *name, size_t len) {
     uint64_t h = hash_name(name, len);
     struct topic *t = find(ps, name, len, h);
@@ -151,18 +195,8 @@ int pubsub_subscribe(struct pubsub *ps, struct conn *c, const char *name, size_t
         for (uint32_t i = 0; i < c->nsubs; i++)
             if (c->subs[i].topic == t)
                 return 0;
-    } else {
-        t = calloc(1, sizeof *t + len + 1);
-        if (!t)
-            return -1;
-        t->hash = h;
-        t->len = len;
-        memcpy(t->name, name, len);
-        if (ps->ntopics >= ps->nbuckets)
-            grow(ps);
-        t->next = ps->buckets[h & (ps->nbuckets - 1)];
-        ps->buckets[h & (ps->nbuckets - 1)] = t;
-        ps->ntopics++;
+    } else if (!(t = topic_add(ps, name, len, h))) {
+        return -1;
     }
     if (t->n == t->cap) {
         uint32_t nc = t->cap ? t->cap * 2 : 4;
@@ -184,11 +218,11 @@ int pubsub_subscribe(struct pubsub *ps, struct conn *c, const char *name, size_t
     t->subs[t->n] = (struct sub_ref){c, c->nsubs, 0};
     c->nsubs++;
     t->n++;
-    if (t->n == 1 && ps->hook)
+    if (t->n == 1 && !t->watches && ps->hook)
         ps->hook(ps->hook_ud, t->name, t->len, 1);
     return 1;
 oom:
-    if (t->n == 0)
+    if (t->n == 0 && !t->watches)
         topic_remove(ps, t);
     return -1;
 }
@@ -213,7 +247,7 @@ static void drop(struct pubsub *ps, struct conn *c, uint32_t i) {
         struct subscription *m = &c->subs[i];
         m->topic->subs[m->slot].idx = i;
     }
-    if (t->n == 0) {
+    if (t->n == 0 && !t->watches) {
         if (ps->hook)
             ps->hook(ps->hook_ud, t->name, t->len, 0);
         topic_remove(ps, t);
@@ -511,15 +545,24 @@ static size_t deliver(struct pubsub *ps, struct topic *t, const void *msg, size_
 size_t pubsub_deliver(struct pubsub *ps, const char *name, size_t tlen, const void *msg,
                       size_t len, int binary, struct conn *except) {
     struct topic *t = find(ps, name, tlen, hash_name(name, tlen));
-    if (!t || (t->n == 1 && t->subs[0].c == except))
+    if (!t)
+        return 0;
+    if (t->watches && ps->watch)
+        ps->watch(ps->watch_ud, name, tlen, msg, len, binary);
+    if (t->n == 0 || (t->n == 1 && t->subs[0].c == except))
         return 0;
     return deliver(ps, t, msg, len, binary, NULL, 0, except, 0);
 }
 
 size_t pubsub_deliver_frame(struct pubsub *ps, const char *name, size_t tlen, struct outbuf *frame,
-                            uint64_t pos, struct conn *except, uint64_t except_id) {
+                            uint64_t pos, const void *raw, size_t rawlen, int rawbin,
+                            struct conn *except, uint64_t except_id) {
     struct topic *t = find(ps, name, tlen, hash_name(name, tlen));
     if (!t)
+        return 0;
+    if (t->watches && ps->watch)
+        ps->watch(ps->watch_ud, name, tlen, raw, rawlen, rawbin);
+    if (t->n == 0)
         return 0;
     size_t len;
     int binary;

@@ -27,6 +27,16 @@ void pubsub_set_hook(struct pubsub *ps, pubsub_topic_hook fn, void *ud);
 typedef void (*pubsub_publish_hook)(void *ud, const char *topic, size_t tlen, const void *msg,
                                     size_t len, int binary);
 void pubsub_set_publish_hook(struct pubsub *ps, pubsub_publish_hook fn, void *ud);
+/* A watch is a subscriber that is no connection (a script's switchboard.subscribe):
+ * it keeps its topic live (for the topic hook, so --redis subscribes the channel) and
+ * makes pubsub_deliver hand every message on the topic to the watch hook first. The
+ * hook must not run Lua or change subscriptions (it queues). Watches are counted:
+ * pubsub_watch returns 0 (-1 out of memory), each pubsub_unwatch undoes one. */
+typedef void (*pubsub_watch_hook)(void *ud, const char *topic, size_t tlen, const void *msg,
+                                  size_t len, int binary);
+void pubsub_set_watch_hook(struct pubsub *ps, pubsub_watch_hook fn, void *ud);
+int pubsub_watch(struct pubsub *ps, const char *topic, size_t len);
+void pubsub_unwatch(struct pubsub *ps, const char *topic, size_t len);
 void pubsub_free(struct pubsub *ps);
 
 /* Returns 1 subscribed, 0 already subscribed, -1 out of memory. */
@@ -45,11 +55,12 @@ size_t pubsub_deliver(struct pubsub *ps, const char *topic, size_t tlen, const v
                       size_t len, int binary, struct conn *except);
 /* The same with the publication already framed (a whole plain frame, shared: a
  * reference is taken per queue) and its position in the topic's history (0:
- * none): how history topics deliver. Subscribers whose id is except_id (when
- * not 0) are skipped too. */
+ * none): how history topics deliver. raw/rawlen/rawbin: the message as it was
+ * published, for the watch hook. Subscribers whose id is except_id (when not 0)
+ * are skipped too. */
 size_t pubsub_deliver_frame(struct pubsub *ps, const char *topic, size_t tlen,
-                            struct outbuf *frame, uint64_t pos, struct conn *except,
-                            uint64_t except_id);
+                            struct outbuf *frame, uint64_t pos, const void *raw, size_t rawlen,
+                            int rawbin, struct conn *except, uint64_t except_id);
 
 /* Recovery (ws:subscribe with `since`). pubsub_subscribe_replay subscribes c
  * (same return as pubsub_subscribe) with a replay that is waiting: what is
@@ -70,8 +81,9 @@ void pubsub_replay_pump(struct pubsub *ps, struct conn *c);
 /* 1 while one of c's subscriptions still replays. */
 int pubsub_replaying(struct pubsub *ps, struct conn *c);
 
+/* The topic's connection subscribers (watches not counted). */
 size_t pubsub_count(struct pubsub *ps, const char *topic, size_t len);
-/* Calls cb for every topic with at least one subscriber. */
+/* Calls cb for every live topic: with a connection subscriber or a watch. */
 void pubsub_each_topic(struct pubsub *ps, void (*cb)(void *ud, const char *t, size_t len),
                        void *ud);
 

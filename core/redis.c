@@ -6,8 +6,15 @@
  * when a channel is unsubscribed and subscribed again before Redis has answered, which
  * is what a topic whose last subscriber leaves and comes back does.)
  *
- * Wire format of a message on "sb:<topic>": 8 bytes origin id (big-endian), 1 byte of
- * flags (bit 0: binary), then the message bytes. */
+ * Wire format of a payload on "sb:<topic>" (README, "Publishing from a backend"): a
+ * payload whose first byte is not 0xFF is a text from a backend, delivered as it is
+ * (refused unless it is UTF-8). 0xFF, which never occurs in UTF-8, starts a tag; the
+ * byte after it is the kind:
+ *   'b'  binary from a backend: the message follows;
+ *   'm'  a switchboard process's publish: 8 bytes origin id (big-endian), 1 byte of
+ *        flags (bit 0: binary), then the message.
+ * Any other kind, or a tag cut short, is refused (counted, logged at most once a
+ * second): a process never delivers a kind it does not know, mangled. */
 #define _GNU_SOURCE
 #include "redis.h"
 
@@ -30,7 +37,11 @@
 #include "utf8.h"
 
 #define CHAN_PREFIX "sb:"
-#define HDR 9
+#define TAG 0xFF
+#define KIND_BINARY 'b'
+#define KIND_MSG 'm'
+#define KIND_POS 'p' /* a history publication: see "---- history" below */
+#define MSG_HDR 11 /* tag, kind, origin, flags */
 #define BACKOFF_MIN 0.1
 #define BACKOFF_MAX 5.0
 #define HEALTH_EVERY 1.0 /* seconds between health checks */
@@ -64,6 +75,28 @@ struct sb_redis {
     double last_heard;   /* when it last answered (or a wait began) */
     char *scratch; /* channel name and message for PUBLISH, reused */
     size_t scratch_cap;
+    uint64_t refused_unlogged; /* refused since the last "refused" line */
+    double refuse_logged;
+    struct {
+        redis_up_fn fn;
+        void *ud;
+    } up_hooks[REDIS_UP_HOOKS];
+    struct redis_barrier *bar_head, *bar_tail; /* PINGs sent on the subscriber connection */
+};
+
+static void barriers_fail(struct sb_redis *r);
+static void barrier_pong(struct sb_redis *r);
+static void on_positioned(struct sb_redis *r, const redisReply *chan, const unsigned char *p,
+                          size_t len);
+static void load_functions(struct sb_redis *r);
+
+/* A redis_command in flight: the privdata of its hiredis callback (owned; freed
+ * after its reply or the connection's end). */
+struct redis_cmd {
+    struct sb_redis *r;
+    redis_reply_fn cb; /* NULL once cancelled */
+    void *ud;
+    size_t bytes; /* counted in out_bytes */
 };
 
 int redis_parse_url(const char *url, char *host, size_t cap, int *port, int *db, char *err,
@@ -162,6 +195,7 @@ static void teardown(struct sb_redis *r) {
     r->pub_ok = r->sub_ok = 0;
     r->pending = 0;
     r->out_bytes = 0; /* what was owed went with the connection */
+    barriers_fail(r);
 }
 
 /* Either connection failed or broke: drop both and retry after the backoff. */
@@ -197,6 +231,9 @@ static void maybe_up(struct sb_redis *r) {
     } else {
         log_info("redis: connected to %s:%d", r->host, r->port);
     }
+    for (int i = 0; i < REDIS_UP_HOOKS; i++)
+        if (r->up_hooks[i].fn)
+            r->up_hooks[i].fn(r->up_hooks[i].ud);
 }
 
 /* Say how many publishes stayed local for --redis-out-max, at most once a second. */
@@ -307,7 +344,7 @@ void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const voi
     }
     size_t clen = sizeof CHAN_PREFIX - 1 + tlen;
     /* the command's size on the wire, give or take its few length digits */
-    size_t bytes = clen + HDR + len + 64;
+    size_t bytes = clen + MSG_HDR + len + 64;
     if (r->out_bytes + bytes > r->out_max) {
         /* Redis is not keeping up (or is stopped): keep this one local rather
          * than buffer without bound until the stall detector gives up */
@@ -316,20 +353,22 @@ void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const voi
         log_drops(r, server_clock());
         return;
     }
-    if (scratch(r, clen + HDR + len) < 0) {
+    if (scratch(r, clen + MSG_HDR + len) < 0) {
         r->srv->stats.redis_errors++;
         return;
     }
     char *chan = r->scratch, *payload = r->scratch + clen;
     memcpy(chan, CHAN_PREFIX, sizeof CHAN_PREFIX - 1);
     memcpy(chan + sizeof CHAN_PREFIX - 1, topic, tlen);
+    payload[0] = (char)TAG;
+    payload[1] = KIND_MSG;
     for (int i = 0; i < 8; i++)
-        payload[i] = (char)(r->origin >> (56 - 8 * i));
-    payload[8] = binary ? 1 : 0;
+        payload[2 + i] = (char)(r->origin >> (56 - 8 * i));
+    payload[10] = binary ? 1 : 0;
     if (len)
-        memcpy(payload + HDR, msg, len);
+        memcpy(payload + MSG_HDR, msg, len);
     const char *argv[3] = {"PUBLISH", chan, payload};
-    size_t argvlen[3] = {7, clen, HDR + len};
+    size_t argvlen[3] = {7, clen, MSG_HDR + len};
     if (redisAsyncCommandArgv(r->pub, on_pub_reply, (void *)(uintptr_t)bytes, 3, argv, argvlen) !=
         REDIS_OK) {
         r->srv->stats.redis_errors++;
@@ -338,6 +377,78 @@ void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const voi
     owe(r);
     r->out_bytes += bytes;
     r->srv->stats.redis_published++;
+}
+
+/* ---- commands for the app's side (presence, history) ------------------------------ */
+
+static void on_cmd_reply(redisAsyncContext *ac, void *reply, void *priv) {
+    struct redis_cmd *c = priv;
+    struct sb_redis *r = c->r;
+    redisReply *rep = reply;
+    if (!r->freeing && rep && ac == r->pub) {
+        if (r->pending > 0)
+            r->pending--;
+        r->out_bytes = r->out_bytes > c->bytes ? r->out_bytes - c->bytes : 0;
+        r->last_heard = server_clock();
+        if (rep->type == REDIS_REPLY_ERROR)
+            r->srv->stats.redis_errors++;
+    }
+    if (c->cb)
+        c->cb(c->ud, rep, rep ? NULL : "connection to Redis lost");
+    free(c);
+}
+
+struct redis_cmd *redis_command(struct sb_redis *r, int argc, const char **argv,
+                                const size_t *argvlen, redis_reply_fn cb, void *ud) {
+    if (!r || !r->pub || r->freeing)
+        return NULL;
+    size_t bytes = 16;
+    for (int i = 0; i < argc; i++)
+        bytes += argvlen[i] + 16;
+    if (r->out_bytes + bytes > r->out_max) {
+        r->dropped++;
+        r->drops_unlogged++;
+        log_drops(r, server_clock());
+        return NULL;
+    }
+    struct redis_cmd *c = malloc(sizeof *c);
+    if (!c)
+        return NULL;
+    *c = (struct redis_cmd){.r = r, .cb = cb, .ud = ud, .bytes = bytes};
+    if (redisAsyncCommandArgv(r->pub, on_cmd_reply, c, argc, argv, argvlen) != REDIS_OK) {
+        free(c);
+        r->srv->stats.redis_errors++;
+        return NULL;
+    }
+    owe(r);
+    r->out_bytes += bytes;
+    return c;
+}
+
+void redis_command_cancel(struct redis_cmd *c) {
+    if (c)
+        c->cb = NULL;
+}
+
+int redis_on_up(struct sb_redis *r, redis_up_fn fn, void *ud) {
+    for (int i = 0; i < REDIS_UP_HOOKS; i++) {
+        if (!r->up_hooks[i].fn) {
+            r->up_hooks[i].fn = fn;
+            r->up_hooks[i].ud = ud;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+void redis_off_up(struct sb_redis *r, redis_up_fn fn, void *ud) {
+    for (int i = 0; i < REDIS_UP_HOOKS; i++)
+        if (r->up_hooks[i].fn == fn && r->up_hooks[i].ud == ud)
+            r->up_hooks[i].fn = NULL;
+}
+
+int redis_is_up(const struct sb_redis *r) {
+    return r && r->state == R_UP;
 }
 
 /* ---- the subscriber: our own events on a non-blocking redisContext ------------- */
@@ -370,30 +481,68 @@ static void sub_command(struct sb_redis *r, const char *cmd, const char *topic, 
     sub_flush(r);
 }
 
+/* A payload on chan that is not delivered: counted, and said at most once a second
+ * (with how many went unsaid since). */
+static void refuse(struct sb_redis *r, const redisReply *chan, const char *why) {
+    r->srv->stats.redis_refused++;
+    double now = server_clock();
+    if (r->refuse_logged > 0 && now - r->refuse_logged < 1.0) {
+        r->refused_unlogged++;
+        return;
+    }
+    int clen = chan->len > 200 ? 200 : (int)chan->len;
+    if (r->refused_unlogged)
+        log_warn("redis: refused a message on %.*s: %s (and %llu more refused since the last "
+                 "line; see README, \"Publishing from a backend\")",
+                 clen, chan->str, why, (unsigned long long)r->refused_unlogged);
+    else
+        log_warn("redis: refused a message on %.*s: %s (see README, \"Publishing from a "
+                 "backend\")",
+                 clen, chan->str, why);
+    r->refused_unlogged = 0;
+    r->refuse_logged = now;
+}
+
 static void on_message(struct sb_redis *r, const redisReply *chan, const redisReply *msg) {
     size_t plen = sizeof CHAN_PREFIX - 1;
-    if (chan->type != REDIS_REPLY_STRING || msg->type != REDIS_REPLY_STRING || chan->len < plen ||
-        msg->len < HDR) {
+    if (chan->type != REDIS_REPLY_STRING || msg->type != REDIS_REPLY_STRING || chan->len < plen) {
         r->srv->stats.redis_errors++;
         return;
     }
     const unsigned char *p = (const unsigned char *)msg->str;
-    uint64_t origin = 0;
-    for (int i = 0; i < 8; i++)
-        origin = origin << 8 | p[i];
-    if (origin == r->origin)
-        return; /* ours: delivered locally when it was published */
-    int binary = p[8] & 1;
-    size_t len = msg->len - HDR;
-    if (!binary && utf8_validate(UTF8_ACCEPT, p + HDR, len) != UTF8_ACCEPT) {
-        r->srv->stats.redis_errors++;
-        log_warn("redis: dropped a text message on %.*s that is not UTF-8", (int)chan->len,
-                 chan->str);
+    size_t len = msg->len;
+    int binary = 0;
+    if (len && p[0] == TAG) {
+        int kind = len > 1 ? p[1] : -1;
+        if (kind == KIND_MSG && len >= MSG_HDR) {
+            uint64_t origin = 0;
+            for (int i = 0; i < 8; i++)
+                origin = origin << 8 | p[2 + i];
+            if (origin == r->origin)
+                return; /* ours: delivered locally when it was published */
+            binary = p[10] & 1;
+            p += MSG_HDR;
+            len -= MSG_HDR;
+        } else if (kind == KIND_BINARY) {
+            binary = 1;
+            p += 2;
+            len -= 2;
+        } else if (kind == KIND_POS) {
+            on_positioned(r, chan, p, len);
+            return;
+        } else {
+            refuse(r, chan, kind < 0 ? "a tag (0xFF) without its kind"
+                            : kind == KIND_MSG ? "a tagged message cut short"
+                                               : "a tag (0xFF) of an unknown kind");
+            return;
+        }
+    }
+    if (!binary && utf8_validate(UTF8_ACCEPT, p, len) != UTF8_ACCEPT) {
+        refuse(r, chan, "a text that is not UTF-8 (publish binary as 0xFF 'b' + bytes)");
         return;
     }
     r->srv->stats.redis_received++;
-    pubsub_deliver(r->srv->pubsub, chan->str + plen, chan->len - plen, p + HDR, len, binary,
-                   NULL);
+    pubsub_deliver(r->srv->pubsub, chan->str + plen, chan->len - plen, p, len, binary, NULL);
 }
 
 static void on_sub_read(evutil_socket_t fd, short what, void *arg) {
@@ -417,6 +566,11 @@ static void on_sub_read(evutil_socket_t fd, short what, void *arg) {
             rep->element[0]->type == REDIS_REPLY_STRING &&
             strcasecmp(rep->element[0]->str, "message") == 0)
             on_message(r, rep->element[1], rep->element[2]);
+        else if ((rep->type == REDIS_REPLY_ARRAY && rep->elements >= 1 &&
+                  rep->element[0]->type == REDIS_REPLY_STRING &&
+                  strcasecmp(rep->element[0]->str, "pong") == 0) ||
+                 (rep->type == REDIS_REPLY_STATUS && strcasecmp(rep->str, "PONG") == 0))
+            barrier_pong(r); /* redis_sub_barrier's */
         else if (rep->type == REDIS_REPLY_ERROR) {
             r->srv->stats.redis_errors++;
             log_warn("redis: subscriber connection: %s", rep->str);
@@ -473,6 +627,7 @@ static void connect_both(struct sb_redis *r) {
     /* queued ahead of every PUBLISH */
     if (r->db && redisAsyncCommand(r->pub, on_pub_reply, NULL, "SELECT %d", r->db) == REDIS_OK)
         owe(r);
+    load_functions(r); /* ahead of every FCALL of history */
 
     r->sub = redisConnectNonBlock(r->host, r->port);
     if (!r->sub || r->sub->err) {
@@ -544,8 +699,267 @@ uint64_t redis_dropped(const struct sb_redis *r) {
     return r ? r->dropped : 0;
 }
 
+/* ---- history ------------------------------------------------------------------------
+ *
+ * Topic history lives in Redis beside the channel, written by one server-side function
+ * so that the position, the append and the PUBLISH are one atomic step: the order of
+ * positions is the order in which every process receives the publications. Keys of a
+ * topic T: "sb:history-meta:T" (hash: e = epoch, s = last position, n = size, t = ttl)
+ * and "sb:history:T" (stream, ids "<pos>-0", fields d = the message, b = "1" binary);
+ * both expire ttl seconds after the topic's last publication. The epoch is made with
+ * the meta hash (from TIME and the topic), so when Redis loses the keys (FLUSHALL,
+ * expiry, a restart without persistence) the next publication or read starts a new
+ * epoch at position 1.
+ *
+ * The payload on "sb:T": 0xFF 'p' <flag '0'|'1' binary> <pos> ' ' <epoch> ' ' <tag> ' '
+ * <message>; tag is "-", or 32 hex digits (the publishing process's origin and the id
+ * of its connection that must not receive it: ws:publish). Backends publish with
+ * FCALL sb_publish 1 <topic> <message> [<binary 0|1> [<size> [<ttl>]]] (size and ttl
+ * default to the topic's last ones, else 100 and 3600). */
+
+static const char functions[] =
+    "#!lua name=switchboard\n"
+    "local function new_epoch(mk, sk, topic, ttl)\n"
+    "  local t = redis.call('TIME')\n"
+    "  local e = string.sub(redis.sha1hex(topic .. ' ' .. t[1] .. ' ' .. t[2]), 1, 12)\n"
+    "  redis.call('DEL', sk)\n"
+    "  redis.call('HSET', mk, 'e', e, 's', 0)\n"
+    "  redis.call('PEXPIRE', mk, math.max(1, math.floor(ttl * 1000)))\n"
+    "  return e\n"
+    "end\n"
+    "local function publish(keys, args)\n"
+    "  local topic, msg = keys[1], args[1]\n"
+    "  local bin = args[2] == '1' and '1' or '0'\n"
+    "  local mk, sk = 'sb:history-meta:' .. topic, 'sb:history:' .. topic\n"
+    "  local m = redis.call('HMGET', mk, 'e', 'n', 't')\n"
+    "  local size = tonumber(args[3]) or tonumber(m[2]) or 100\n"
+    "  local ttl = tonumber(args[4]) or tonumber(m[3]) or 3600\n"
+    "  size = math.max(1, math.floor(size))\n"
+    "  local epoch = m[1] or new_epoch(mk, sk, topic, ttl)\n"
+    "  local pos = redis.call('HINCRBY', mk, 's', 1)\n"
+    "  redis.call('HSET', mk, 'n', size, 't', ttl)\n"
+    "  redis.call('XADD', sk, 'MAXLEN', size, pos .. '-0', 'd', msg, 'b', bin)\n"
+    "  local ms = math.max(1, math.floor(ttl * 1000))\n"
+    "  redis.call('PEXPIRE', mk, ms)\n"
+    "  redis.call('PEXPIRE', sk, ms)\n"
+    "  local tag = args[5]\n"
+    "  if not tag or tag == '' then tag = '-' end\n"
+    "  redis.call('PUBLISH', 'sb:' .. topic,\n"
+    "    '\\255p' .. bin .. pos .. ' ' .. epoch .. ' ' .. tag .. ' ' .. msg)\n"
+    "  return {pos, epoch}\n"
+    "end\n"
+    "local function history(keys, args)\n"
+    "  local topic = keys[1]\n"
+    "  local since = tonumber(args[1]) or 0\n"
+    "  local want, limit, first_n = args[2] or '*', tonumber(args[3]) or 0, args[4] == '1'\n"
+    "  local ttl = tonumber(args[5]) or 3600\n"
+    "  local mk, sk = 'sb:history-meta:' .. topic, 'sb:history:' .. topic\n"
+    "  local m = redis.call('HMGET', mk, 'e', 's')\n"
+    "  local epoch, seq = m[1], tonumber(m[2]) or 0\n"
+    "  if not epoch then epoch, seq = new_epoch(mk, sk, topic, ttl), 0 end\n"
+    "  local first = seq + 1\n"
+    "  local head = redis.call('XRANGE', sk, '-', '+', 'COUNT', 1)\n"
+    "  if head[1] then first = tonumber(string.match(head[1][1], '^(%d+)')) end\n"
+    "  local ok, from = 0, since\n"
+    "  if want ~= '*' then\n"
+    "    if want == epoch and since <= seq and since + 1 >= first then ok = 1 else from = 0 end\n"
+    "  end\n"
+    "  local out = {ok, epoch, seq}\n"
+    "  local list\n"
+    "  if limit > 0 and not first_n then\n"
+    "    list = redis.call('XREVRANGE', sk, '+', (from + 1) .. '-0', 'COUNT', limit)\n"
+    "    for i = #list, 1, -1 do\n"
+    "      local e = list[i]\n"
+    "      out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))\n"
+    "      out[#out + 1] = e[2][2]\n"
+    "      out[#out + 1] = e[2][4]\n"
+    "    end\n"
+    "    return out\n"
+    "  end\n"
+    "  if limit > 0 then\n"
+    "    list = redis.call('XRANGE', sk, (from + 1) .. '-0', '+', 'COUNT', limit)\n"
+    "  else\n"
+    "    list = redis.call('XRANGE', sk, (from + 1) .. '-0', '+')\n"
+    "  end\n"
+    "  for _, e in ipairs(list) do\n"
+    "    out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))\n"
+    "    out[#out + 1] = e[2][2]\n"
+    "    out[#out + 1] = e[2][4]\n"
+    "  end\n"
+    "  return out\n"
+    "end\n"
+    "redis.register_function('sb_publish', publish)\n"
+    "redis.register_function('sb_history', history)\n";
+
+static void on_functions(void *ud, redisReply *rep, const char *err) {
+    struct sb_redis *r = ud;
+    if (rep && rep->type == REDIS_REPLY_ERROR)
+        log_error("redis: cannot load switchboard's history functions (Redis 7 or later is "
+                  "needed for topic history with --redis): %s", rep->str);
+    (void)r;
+    (void)err;
+}
+
+static void load_functions(struct sb_redis *r) {
+    const char *argv[4] = {"FUNCTION", "LOAD", "REPLACE", functions};
+    size_t argvlen[4] = {8, 4, 7, sizeof functions - 1};
+    redis_command(r, 4, argv, argvlen, on_functions, r);
+}
+
+static void on_history_published(void *ud, redisReply *rep, const char *err) {
+    struct sb_redis *r = ud;
+    if (rep && rep->type == REDIS_REPLY_ERROR)
+        log_warn("redis: history publish failed: %s", rep->str);
+    else if (!rep)
+        log_warn("redis: history publish failed: %s", err ? err : "no reply");
+    (void)r;
+}
+
+static void hex64(char *out, uint64_t v) {
+    static const char digits[] = "0123456789abcdef";
+    for (int i = 15; i >= 0; i--, v >>= 4)
+        out[i] = digits[v & 15];
+}
+
 void redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
                            size_t len, int binary, uint32_t size, double ttl, uint64_t except_id) {
-    (void)r, (void)topic, (void)tlen, (void)msg, (void)len, (void)binary, (void)size, (void)ttl;
-    (void)except_id;
+    char sz[16], tt[32], tag[33] = "-";
+    snprintf(sz, sizeof sz, "%u", size);
+    snprintf(tt, sizeof tt, "%.3f", ttl);
+    if (except_id) {
+        hex64(tag, r->origin);
+        hex64(tag + 16, except_id);
+        tag[32] = 0;
+    }
+    const char *argv[9] = {"FCALL", "sb_publish", "1", topic, msg, binary ? "1" : "0", sz, tt, tag};
+    size_t argvlen[9] = {5, 10, 1, tlen, len, 1, strlen(sz), strlen(tt), strlen(tag)};
+    if (!redis_command(r, 9, argv, argvlen, on_history_published, r)) {
+        r->srv->stats.redis_errors++; /* down, or past --redis-out-max (counted there) */
+        return;
+    }
+    r->srv->stats.redis_published++;
+}
+
+struct redis_cmd *redis_history_read(struct sb_redis *r, const char *topic, size_t tlen,
+                                     uint64_t since, const char *epoch, size_t elen,
+                                     size_t limit, int first_n, double ttl, redis_reply_fn cb,
+                                     void *ud) {
+    char sn[24], lim[24], tt[32];
+    snprintf(sn, sizeof sn, "%llu", (unsigned long long)since);
+    snprintf(lim, sizeof lim, "%zu", limit);
+    snprintf(tt, sizeof tt, "%.3f", ttl);
+    const char *argv[9] = {"FCALL", "sb_history", "1", topic, sn, epoch, lim, first_n ? "1" : "0",
+                           tt};
+    size_t argvlen[9] = {5, 10, 1, tlen, strlen(sn), elen, strlen(lim), 1, strlen(tt)};
+    return redis_command(r, 9, argv, argvlen, cb, ud);
+}
+
+/* A PING on the subscriber connection: its answer comes after every SUBSCRIBE sent
+ * before it took effect. Owned by r's list until it is answered or failed. */
+struct redis_barrier {
+    struct redis_barrier *next;
+    redis_barrier_fn cb; /* NULL once cancelled */
+    void *ud;
+};
+
+struct redis_barrier *redis_sub_barrier(struct sb_redis *r, redis_barrier_fn cb, void *ud) {
+    if (!r || !r->sub || r->freeing || r->state == R_DOWN)
+        return NULL;
+    struct redis_barrier *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->cb = cb;
+    b->ud = ud;
+    if (r->bar_tail)
+        r->bar_tail->next = b;
+    else
+        r->bar_head = b;
+    r->bar_tail = b;
+    redisAppendCommand(r->sub, "PING");
+    sub_flush(r);
+    return b;
+}
+
+void redis_barrier_cancel(struct redis_barrier *b) {
+    if (b)
+        b->cb = NULL;
+}
+
+static void barrier_pong(struct sb_redis *r) {
+    struct redis_barrier *b = r->bar_head;
+    if (!b)
+        return;
+    r->bar_head = b->next;
+    if (!r->bar_head)
+        r->bar_tail = NULL;
+    if (b->cb)
+        b->cb(b->ud, 1);
+    free(b);
+}
+
+static void barriers_fail(struct sb_redis *r) {
+    while (r->bar_head) {
+        struct redis_barrier *b = r->bar_head;
+        r->bar_head = b->next;
+        if (!r->bar_head)
+            r->bar_tail = NULL;
+        if (b->cb)
+            b->cb(b->ud, 0);
+        free(b);
+    }
+}
+
+/* A history publication back from the channel: parse, then hand it to the app side. */
+static void on_positioned(struct sb_redis *r, const redisReply *chan, const unsigned char *p,
+                          size_t len) {
+    const unsigned char *end = p + len, *q = p + 3;
+    uint64_t pos = 0;
+    int ok = len > 3 && (p[2] == '0' || p[2] == '1');
+    while (ok && q < end && *q >= '0' && *q <= '9' && pos < (UINT64_MAX - 9) / 10)
+        pos = pos * 10 + (uint64_t)(*q++ - '0');
+    ok = ok && pos > 0 && q < end && *q == ' ';
+    const unsigned char *ep = ++q;
+    while (ok && q < end && *q != ' ')
+        q++;
+    size_t elen = (size_t)(q - ep);
+    ok = ok && q < end && elen > 0 && elen < 64;
+    const unsigned char *tag = ++q;
+    while (ok && q < end && *q != ' ')
+        q++;
+    size_t taglen = (size_t)(q - tag);
+    ok = ok && q < end && (taglen == 1 || taglen == 32);
+    if (!ok) {
+        refuse(r, chan, "a history publication (0xFF 'p') that is malformed");
+        return;
+    }
+    q++;
+    int binary = p[2] == '1';
+    uint64_t except = 0;
+    if (taglen == 32) {
+        uint64_t origin = 0, id = 0;
+        for (int i = 0; i < 32; i++) {
+            int c = tag[i], d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : 0;
+            if (i < 16)
+                origin = origin << 4 | (uint64_t)d;
+            else
+                id = id << 4 | (uint64_t)d;
+        }
+        if (origin == r->origin)
+            except = id;
+    }
+    size_t mlen = (size_t)(end - q);
+    if (!binary && utf8_validate(UTF8_ACCEPT, q, mlen) != UTF8_ACCEPT) {
+        refuse(r, chan, "a history publication whose text is not UTF-8");
+        return;
+    }
+    r->srv->stats.redis_received++;
+    size_t plen = sizeof CHAN_PREFIX - 1;
+    char epoch[64];
+    memcpy(epoch, ep, elen);
+    epoch[elen] = 0;
+    if (r->srv->history_in)
+        r->srv->history_in(r->srv, chan->str + plen, chan->len - plen, pos, epoch, except, q, mlen,
+                           binary);
+    else
+        pubsub_deliver(r->srv->pubsub, chan->str + plen, chan->len - plen, q, mlen, binary, NULL);
 }

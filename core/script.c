@@ -968,7 +968,8 @@ struct script *script__state_new(struct sb_server *srv, const char *app_dir, int
     script__module_init(s);
     script__ws_init(s);
     script__task_init(s);
-    if (script__redis_init(s) < 0) {
+    script__history_init(s);
+    if (script__redis_init(s) < 0 || script__sub_init(s) < 0) {
         script_free(s);
         return NULL;
     }
@@ -998,6 +999,7 @@ struct script *script_new(struct sb_server *srv, const char *app_dir) {
 void script_free(struct script *s) {
     script__task_free(s);
     script__cancel_route_timers(s, NULL, 0, 0);
+    script__sub_free(s);
     script__redis_free(s);
     lua_close(s->L);
     script__redis_release(s);
@@ -1018,6 +1020,10 @@ void script_free(struct script *s) {
 
 size_t script_memory(struct script *s) {
     return s->mem;
+}
+
+size_t script_subscriptions(struct script *s) {
+    return s ? script__sub_count(s) : 0;
 }
 
 struct route *script_routes(struct script *s) {

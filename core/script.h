@@ -113,6 +113,8 @@ int script_lua_dir(char *out, size_t cap);
 
 /* Lua memory in use (bytes). */
 size_t script_memory(struct script *s);
+/* switchboard.subscribe subscriptions live now (0 for NULL). */
+size_t script_subscriptions(struct script *s);
 /* Every route ever seen (a list through route->next; version 0: never loaded). */
 struct route *script_routes(struct script *s);
 

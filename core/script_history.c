@@ -20,6 +20,8 @@
 #include "redis.h"
 #include "script_int.h"
 
+#include <hiredis/hiredis.h>
+
 static int read_redis(lua_State *L, const char *topic, size_t tlen, uint64_t since, size_t limit,
                       int first_n);
 static int subscribe_redis(lua_State *L, struct conn *c, const char *topic, size_t tlen,
@@ -131,7 +133,7 @@ int script__history_publish(lua_State *L, struct sb_server *srv, const struct hi
     if (!f)
         return luaL_error(L, "%s: out of memory", fn);
     history_append(srv->history, st, r, pos, f, msg, len, binary, in_frame);
-    size_t n = pubsub_deliver_frame(srv->pubsub, topic, tlen, f, pos, except, 0);
+    size_t n = pubsub_deliver_frame(srv->pubsub, topic, tlen, f, pos, msg, len, binary, except, 0);
     outbuf_unref(f);
     lua_pushinteger(L, (lua_Integer)n);
     return 1;
@@ -317,18 +319,229 @@ void script__history_open(lua_State *L) {
 
 /* ---- with --redis ------------------------------------------------------------------ */
 
+/* A publication of a history topic back from the Redis channel (srv->history_in):
+ * formatted once here, delivered to the local subscribers (and held for those that
+ * recover). Runs from the loop. */
+static void history_in(struct sb_server *srv, const char *topic, size_t tlen, uint64_t pos,
+                       const char *epoch, uint64_t except_id, const void *msg, size_t len,
+                       int binary) {
+    struct script *s = srv->script;
+    const struct history_rule *r = history_match(srv->history, topic, tlen);
+    int in_frame;
+    struct outbuf *f = format_frame(s, s->L, r, topic, tlen, msg, len, binary, pos, epoch,
+                                    &in_frame);
+    if (!f)
+        return;
+    pubsub_deliver_frame(srv->pubsub, topic, tlen, f, pos, msg, len, binary, NULL, except_id);
+    outbuf_unref(f);
+}
+
+void script__history_init(struct script *s) {
+    s->srv->history_in = history_in;
+}
+
+/* A read or a recovery waiting for Redis: a userdata on the waiting coroutine's
+ * stack (it lives as long as the wait). */
+struct hwait {
+    struct script *s;
+    struct script_wait *w;
+    struct conn *c;                /* recovery: the subscriber; NULL for a read */
+    struct redis_barrier *barrier; /* in flight, or NULL */
+    struct redis_cmd *cmd;         /* in flight, or NULL */
+    int held;                      /* c is held by this wait (not by its handler call) */
+    int valid;                     /* since/epoch are well formed */
+    uint64_t since;
+    double ttl;
+    size_t elen, tlen;
+    char epoch[HISTORY_EPOCH_MAX * 2]; /* the client's, when valid */
+    char topic[];
+};
+
+/* The wait is over (its nres results are pushed): release what it holds. */
+static void hw_end(struct hwait *h, int nres) {
+    struct conn *held = h->held ? h->c : NULL;
+    h->held = 0;
+    h->barrier = NULL;
+    h->cmd = NULL;
+    script__wait_done(h->w, nres);
+    if (held)
+        conn_release(held);
+}
+
+/* A recovery that could not read Redis: live from now on, not recovered. */
+static void hw_live(struct hwait *h) {
+    lua_State *T = script__wait_thread(h->w);
+    pubsub_replay_start(h->s->srv->pubsub, h->c, h->topic, h->tlen);
+    lua_pushboolean(T, 0);
+    lua_pushnil(T);
+    hw_end(h, 2);
+}
+
+static void hw_cancel(void *ud) {
+    struct hwait *h = ud;
+    redis_barrier_cancel(h->barrier);
+    redis_command_cancel(h->cmd);
+    if (h->c)
+        pubsub_replay_start(h->s->srv->pubsub, h->c, h->topic, h->tlen);
+    if (h->held)
+        conn_release(h->c);
+    h->held = 0;
+}
+
+/* What is wrong with a reply to FCALL sb_history (an array of 3 + 3n, the epoch a
+ * string), or NULL. */
+static const char *reply_problem(const redisReply *rep, const char *err) {
+    if (!rep)
+        return err ? err : "connection to Redis lost";
+    if (rep->type == REDIS_REPLY_ERROR)
+        return rep->str;
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3 || (rep->elements - 3) % 3 ||
+        rep->element[1]->type != REDIS_REPLY_STRING)
+        return "unexpected reply to FCALL sb_history";
+    for (size_t i = 3; i < rep->elements; i += 3)
+        if (rep->element[i]->type != REDIS_REPLY_INTEGER ||
+            rep->element[i + 1]->type != REDIS_REPLY_STRING ||
+            rep->element[i + 2]->type != REDIS_REPLY_STRING)
+            return "unexpected entry in the reply to FCALL sb_history";
+    return NULL;
+}
+
+static void on_read_reply(void *ud, redisReply *rep, const char *err) {
+    struct hwait *h = ud;
+    h->cmd = NULL;
+    lua_State *T = script__wait_thread(h->w);
+    const char *why = reply_problem(rep, err);
+    lua_checkstack(T, 6);
+    if (why) {
+        lua_pushnil(T);
+        lua_pushfstring(T, "redis: %s", why);
+        hw_end(h, 2);
+        return;
+    }
+    size_t n = (rep->elements - 3) / 3;
+    lua_createtable(T, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        redisReply **e = rep->element + 3 + 3 * i;
+        lua_createtable(T, 0, 3);
+        lua_pushinteger(T, (lua_Integer)e[0]->integer);
+        lua_setfield(T, -2, "pos");
+        lua_pushlstring(T, e[1]->str, e[1]->len);
+        lua_setfield(T, -2, "msg");
+        lua_pushboolean(T, e[2]->len == 1 && e[2]->str[0] == '1');
+        lua_setfield(T, -2, "binary");
+        lua_rawseti(T, -2, (lua_Integer)i + 1);
+    }
+    lua_pushlstring(T, rep->element[1]->str, rep->element[1]->len);
+    hw_end(h, 2);
+}
+
+static struct hwait *hw_new(lua_State *L, const char *topic, size_t tlen) {
+    struct hwait *h = lua_newuserdatauv(L, sizeof *h + tlen + 1, 0);
+    memset(h, 0, sizeof *h);
+    h->s = get_script(L);
+    h->tlen = tlen;
+    memcpy(h->topic, topic, tlen);
+    h->topic[tlen] = 0;
+    return h;
+}
+
 static int read_redis(lua_State *L, const char *topic, size_t tlen, uint64_t since, size_t limit,
                       int first_n) {
-    (void)topic, (void)tlen, (void)since, (void)limit, (void)first_n;
-    return luaL_error(L, "read: not yet with --redis");
+    struct script *s = get_script(L);
+    const struct history_rule *r = history_match(s->srv->history, topic, tlen);
+    struct hwait *h = hw_new(L, topic, tlen);
+    h->w = script__wait_begin(L, hw_cancel, h);
+    h->cmd = redis_history_read(s->srv->redis, topic, tlen, since, "*", 1, limit, first_n,
+                                r ? r->ttl : 3600, on_read_reply, h);
+    if (!h->cmd) {
+        lua_State *T = script__wait_thread(h->w);
+        lua_pushnil(T);
+        lua_pushliteral(T, "redis: not connected (or --redis-out-max reached)");
+        hw_end(h, 2);
+    }
+    return script__wait_yield(L, h->w);
+}
+
+static void on_recovery_reply(void *ud, redisReply *rep, const char *err) {
+    struct hwait *h = ud;
+    struct script *s = h->s;
+    struct sb_server *srv = s->srv;
+    h->cmd = NULL;
+    const char *why = reply_problem(rep, err);
+    if (why) {
+        log_warn("history: recovery of %s failed: %s; it goes on live", h->topic, why);
+        hw_live(h);
+        return;
+    }
+    const struct history_rule *r = history_match(srv->history, h->topic, h->tlen);
+    const char *epoch = rep->element[1]->str;
+    for (size_t i = 3; i < rep->elements; i += 3) {
+        redisReply **e = rep->element + i;
+        int binary = e[2]->len == 1 && e[2]->str[0] == '1';
+        int in_frame;
+        struct outbuf *f = format_frame(s, s->L, r, h->topic, h->tlen, e[1]->str, e[1]->len,
+                                        binary, (uint64_t)e[0]->integer, epoch, &in_frame);
+        if (!f)
+            break;
+        pubsub_replay_add(srv->pubsub, h->c, h->topic, h->tlen, f, (uint64_t)e[0]->integer);
+        outbuf_unref(f);
+    }
+    pubsub_replay_start(srv->pubsub, h->c, h->topic, h->tlen);
+    lua_State *T = script__wait_thread(h->w);
+    lua_checkstack(T, 4);
+    lua_pushboolean(T, rep->element[0]->type == REDIS_REPLY_INTEGER &&
+                           rep->element[0]->integer == 1);
+    lua_pushlstring(T, epoch, rep->element[1]->len);
+    hw_end(h, 2);
+}
+
+static void on_barrier(void *ud, int ok) {
+    struct hwait *h = ud;
+    struct sb_server *srv = h->s->srv;
+    h->barrier = NULL;
+    if (ok)
+        h->cmd = redis_history_read(srv->redis, h->topic, h->tlen, h->since,
+                                    h->valid ? h->epoch : "", h->valid ? h->elen : 0, 0, 1,
+                                    h->ttl, on_recovery_reply, h);
+    if (!h->cmd)
+        hw_live(h);
 }
 
 static int subscribe_redis(lua_State *L, struct conn *c, const char *topic, size_t tlen,
                            uint64_t since, const char *epoch, int valid) {
-    (void)c, (void)topic, (void)tlen, (void)since, (void)epoch, (void)valid;
-    return luaL_error(L, "subscribe: not yet with --redis");
-}
-
-void script__history_init(struct script *s) {
-    (void)s;
+    struct script *s = get_script(L);
+    struct sb_server *srv = s->srv;
+    const struct history_rule *r = history_match(srv->history, topic, tlen);
+    size_t elen = epoch ? strlen(epoch) : 0;
+    struct hwait *h = hw_new(L, topic, tlen);
+    h->c = c;
+    h->since = since;
+    h->valid = valid && elen < sizeof h->epoch;
+    h->ttl = r ? r->ttl : 3600;
+    if (h->valid) {
+        memcpy(h->epoch, epoch, elen + 1);
+        h->elen = elen;
+    }
+    h->w = script__wait_begin(L, hw_cancel, h); /* raises where no wait is possible */
+    lua_State *T = script__wait_thread(h->w);
+    int sr = pubsub_subscribe_replay(srv->pubsub, c, topic, tlen);
+    if (sr <= 0) { /* already subscribed (nothing is replayed twice), or out of memory */
+        h->c = NULL;
+        lua_pushboolean(T, 0);
+        lua_pushnil(T);
+        hw_end(h, 2);
+        return script__wait_yield(L, h->w);
+    }
+    /* the channel's SUBSCRIBE (sent when c became the topic's first subscriber here)
+     * takes effect before the read: what the read misses comes through the channel */
+    h->barrier = redis_sub_barrier(srv->redis, on_barrier, h);
+    if (!h->barrier) {
+        hw_live(h);
+        return script__wait_yield(L, h->w);
+    }
+    if (!(s->cur_call && s->cur_call->conn == c)) {
+        conn_hold(c); /* a timer's (or another connection's) call: keep c until the end */
+        h->held = 1;
+    }
+    return script__wait_yield(L, h->w);
 }

@@ -76,6 +76,7 @@ struct script {
     struct script_task *tasks;  /* calls that wait (owned; script_task.c) */
     struct script_redis *redis; /* switchboard.redis's client (script_redis.c); owned */
     int in_format;              /* a history format runs (script_history.c) */
+    struct subs *subs;          /* switchboard.subscribe's subscriptions (script_sub.c); owned */
 };
 
 /* A timer is owned by the app module whose top level (or whose timer) made
@@ -321,6 +322,19 @@ int script__history_subscribe(lua_State *L, struct conn *c, const char *topic, s
 /* With --redis: hook the channel's history publications to the format and the
  * local subscribers (script_new). */
 void script__history_init(struct script *s);
+/* ---- script_sub.c: switchboard.subscribe ---- */
+
+/* The subscriptions' state, and the pubsub watch hook: 0, or -1 out of memory. */
+int script__sub_init(struct script *s);
+/* Set subscribe and unsubscribe on the module table at the top of the stack. */
+void script__sub_open(lua_State *L);
+/* Before lua_close, after the waiting calls ended: every subscription goes. */
+void script__sub_free(struct script *s);
+/* As script__cancel_route_timers / script__cancel_module_timers, for subscriptions. */
+void script__cancel_route_subs(struct script *s, struct route *r, uint32_t version, int same);
+void script__cancel_module_subs(struct script *s, const char *mod, uint32_t gen, int same);
+/* Subscriptions live now. */
+size_t script__sub_count(struct script *s);
 
 /* ---- script_route.c ---- */
 

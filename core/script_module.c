@@ -175,6 +175,8 @@ static int sb_subscribers(lua_State *L) {
 
 static void topic_cb(void *ud, const char *t, size_t len) {
     lua_State *L = ud;
+    if (!pubsub_count(get_script(L)->srv->pubsub, t, len))
+        return; /* only switchboard.subscribe's */
     lua_pushlstring(L, t, len);
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
 }
@@ -382,6 +384,7 @@ static int luaopen_switchboard(lua_State *L) {
     script__task_open(L);
     script__redis_open(L);
     script__history_open(L);
+    script__sub_open(L);
     lua_pushliteral(L, SB_VERSION);
     lua_setfield(L, -2, "version");
     /* this process's name among many (workers, --redis hosts): ws.id is unique

@@ -283,8 +283,10 @@ static int sb_require(lua_State *L) {
     int rc = lua_pcall(L, 1, 2, 0);
     s->loading_mod = prev;
     s->loading_gen = prev_gen;
-    if (fresh) /* success: the older generations' timers go; failure: this one's */
+    if (fresh) { /* success: the older generations' timers go; failure: this one's */
         script__cancel_module_timers(s, name, gen, rc == LUA_OK ? 0 : 1);
+        script__cancel_module_subs(s, name, gen, rc == LUA_OK ? 0 : 1);
+    }
     if (rc != LUA_OK)
         return lua_error(L);
     return 2;
@@ -392,6 +394,7 @@ static int route_load(struct script *s, struct route *r) {
     r->version = version;
     /* the old version's timers go with it */
     script__cancel_route_timers(s, r, version, 0);
+    script__cancel_route_subs(s, r, version, 0);
     if (s->started) {
         s->srv->stats.reloads_ok++;
         log_info("reloaded %s (route %s, version %u%s) in %.1f ms", r->file, r->path, r->version,
@@ -402,6 +405,7 @@ static int route_load(struct script *s, struct route *r) {
 fail:
     /* timers created by a failed top level die with it */
     script__cancel_route_timers(s, r, version, 1);
+    script__cancel_route_subs(s, r, version, 1);
     s->srv->stats.route_load_failures++; /* at start-up too */
     if (s->started) {
         s->srv->stats.reloads_failed++;
@@ -423,6 +427,7 @@ static void route_delete(struct script *s, struct route *r) {
     size_t n = 0;
     r->gone = 1;
     script__cancel_route_timers(s, r, 0, 0);
+    script__cancel_route_subs(s, r, 0, 0);
     for (struct conn *c = s->srv->all; c; c = c->next) {
         if (c->route == r && c->state == CONN_WS) {
             conn_close(c, WS_CLOSE_GOING_AWAY, "route removed", 13);

@@ -76,6 +76,7 @@ void config_defaults(struct sb_config *cfg) {
     cfg->max_response_body = 16u << 20;
     cfg->redis_pool = 32;
     cfg->redis_max_calls = 10000;
+    cfg->subscribe_queue_max = 16u << 20;
     deflate_config_default(&cfg->deflate);
 }
 

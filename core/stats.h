@@ -39,6 +39,8 @@ struct sb_stats {
     uint64_t handler_timeouts; /* calls ended by --handler-timeout */
     uint64_t redis_reconnects, redis_published, redis_received, redis_errors; /* --redis */
     uint64_t history_format_errors; /* a history format raised or returned no string */
+    uint64_t redis_refused; /* payloads on sb:<topic> not delivered: not UTF-8, unknown tag */
+    uint64_t sub_runs, sub_dropped; /* switchboard.subscribe: calls; past --subscribe-queue-max */
     /* switchboard.redis calls by outcome: a reply, an error reply, a timeout, a lost
      * or refused connection, refused for --redis-max-calls */
     uint64_t redis_calls_ok, redis_calls_error, redis_calls_timeout, redis_calls_failed;

@@ -2,69 +2,13 @@
 -- ws:subscribe{since, epoch}, trimming, the byte bound, paced replays, format errors.
 local server = require "server"
 local rawws = require "rawws"
-local wsframe = require "wsframe"
 local cjson = require "cjson"
 
 local APP = "spec/apps/history"
 
--- A client of spec/apps/history/h.lua: JSON commands, frames kept in order.
-local function client(s, opts)
-    local c = rawws.open(s.port, "/h", nil, opts)
-    c.frames = {}
-    return c
-end
-
-local function send(c, t)
-    assert(c:send(wsframe.text(cjson.encode(t))))
-end
-
--- Read frames until one decodes to a table with op == want; returns it. The
--- publications seen before it are appended to c.frames.
-local function until_op(c, want)
-    while true do
-        local f = assert(c:recv_frame())
-        assert(f.opcode == 1, "text frame expected, got opcode " .. f.opcode)
-        local ok, m = pcall(cjson.decode, f.payload)
-        if ok and type(m) == "table" and m.op == want then return m end
-        c.frames[#c.frames + 1] = f.payload
-    end
-end
-
--- Read publications until n are in c.frames.
-local function until_n(c, n)
-    while #c.frames < n do
-        local f = assert(c:recv_frame())
-        c.frames[#c.frames + 1] = f.payload
-    end
-    return c.frames
-end
-
-local function pub(c, topic, msg, n)
-    send(c, { op = "pub", topic = topic, msg = msg, n = n })
-    until_op(c, "pubbed")
-end
-
-local function sub(c, topic, since, epoch)
-    send(c, { op = "sub", topic = topic, since = since, epoch = epoch })
-    return until_op(c, "subbed")
-end
-
-local function read(c, topic, since, limit)
-    send(c, { op = "read", topic = topic, since = since, limit = limit })
-    return until_op(c, "items")
-end
-
-local function positions(frames)
-    local out = {}
-    for i, p in ipairs(frames) do out[i] = cjson.decode(p).pos end
-    return out
-end
-
-local function range(a, b)
-    local out = {}
-    for i = a, b do out[#out + 1] = i end
-    return out
-end
+local h = require "hclient"
+local client, send, until_op, until_n = h.client, h.send, h.until_op, h.until_n
+local pub, sub, read, positions, range = h.pub, h.sub, h.read, h.positions, h.range
 
 describe("history in process", function()
     local s

@@ -5,7 +5,8 @@
 --   {op="pub", topic=, msg=, n=}         -> n publications (msg .. i; msg when n is absent),
 --                                          then {op="pubbed"}
 --   {op="wspub", topic=, msg=}           -> ws:publish (not to this ws), then {op="pubbed"}
---   {op="spam", topic=, n=, every=}      -> a timer publishes "s1".."sN" every `every` s
+--   {op="spam", topic=, n=, every=, msg=} -> a timer publishes "s1".."sN" (msg instead of
+--                                          "s") every `every` s
 --   {op="read", topic=, since=, limit=}  -> {op="items", items=, epoch=}
 -- Every publication on a history topic arrives as {pos=, epoch=, msg=} (room:, big:),
 -- as the message itself (plain:, short:), or through the failing format (bad:).
@@ -52,7 +53,7 @@ function h.message(ws, msg)
         local t
         t = sb.every(m.every or 0.001, function()
             i = i + 1
-            sb.publish(m.topic, "s" .. i)
+            sb.publish(m.topic, (m.msg or "s") .. i)
             if i >= m.n then t:cancel() end
         end)
         ws:send(json.encode({ op = "spamming" }))

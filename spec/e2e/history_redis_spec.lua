@@ -1,0 +1,228 @@
+-- Topic history with --redis: positions assigned by Redis (one order for every
+-- process), recovery from Redis with no gap or duplicate while publications go on,
+-- epochs that change when Redis loses the keys, trimming, paced replays, a backend
+-- publishing with positions. Two switchboard processes, one real redis-server.
+local server = require "server"
+local cjson = require "cjson"
+local redis_srv = require "redis"
+local socket = require "socket"
+local h = require "hclient"
+local client, send, until_op, until_n = h.client, h.send, h.until_op, h.until_n
+local pub, sub, read, positions, range = h.pub, h.sub, h.read, h.positions, h.range
+
+local APP = "spec/apps/history"
+
+local function numsub(port, topic)
+    local reply = redis_srv.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
+    return tonumber(reply:match(":(%d+)$"))
+end
+
+local function decode_all(frames)
+    local out = {}
+    for i, p in ipairs(frames) do out[i] = cjson.decode(p) end
+    return out
+end
+
+describe("history with --redis", function()
+    local rport, redis, a, b
+    local clients = {}
+
+    local function track(c)
+        clients[#clients + 1] = c
+        return c
+    end
+
+    local function start(extra)
+        local args = { "--redis", "redis://127.0.0.1:" .. rport }
+        for _, x in ipairs(extra or {}) do args[#args + 1] = x end
+        local s = server.start{ app = APP, args = args }
+        s:wait_log("redis: connected")
+        return s
+    end
+
+    lazy_setup(function()
+        rport = redis_srv.free_port()
+        redis = redis_srv.start(rport)
+        a = start()
+        b = start()
+    end)
+
+    lazy_teardown(function()
+        for _, c in ipairs(clients) do c:close() end
+        local errs = {}
+        for _, s in ipairs { a, b } do
+            local ok, e = pcall(s.stop, s)
+            if not ok then errs[#errs + 1] = e end
+        end
+        redis_srv.stop(redis)
+        assert(#errs == 0, table.concat(errs, "\n"))
+    end)
+
+    it("gives the same increasing positions in both processes under concurrent publishers",
+        function()
+        local sa, sb = track(client(a)), track(client(b))
+        sub(sa, "big:p", 0, "-")
+        sub(sb, "big:p", 0, "-")
+        server.wait_for(function() return numsub(rport, "big:p") == 2 end, 10, "both subscribed")
+        local pa, pb = track(client(a)), track(client(b))
+        send(pa, { op = "spam", topic = "big:p", n = 150, every = 0.001, msg = "A" })
+        send(pb, { op = "spam", topic = "big:p", n = 150, every = 0.001, msg = "B" })
+        until_n(sa, 300)
+        until_n(sb, 300)
+        assert.are.same(range(1, 300), positions(sa.frames))
+        -- same messages, same positions, same order
+        assert.are.same(decode_all(sa.frames), decode_all(sb.frames))
+        -- each publisher's messages in its order, both there
+        local next_of = { A = 1, B = 1 }
+        for _, m in ipairs(decode_all(sa.frames)) do
+            local who, n = m.msg:match("^([AB])(%d+)$")
+            assert.are.equal(next_of[who], tonumber(n))
+            next_of[who] = next_of[who] + 1
+        end
+        assert.are.same({ A = 151, B = 151 }, next_of)
+        local r = read(pa, "big:p", 290)
+        assert.are.same(range(291, 300), (function()
+            local out = {}
+            for i, it in ipairs(r.items) do out[i] = it.pos end
+            return out
+        end)())
+        assert.are.equal(decode_all(sa.frames)[1].epoch, r.epoch)
+    end)
+
+    it("recovers from Redis without gap or duplicate while publications continue", function()
+        local p = track(client(a))
+        pub(p, "room:long:r", "early", 20)
+        local e = read(p, "room:long:r").epoch
+        send(p, { op = "spam", topic = "room:long:r", n = 30, every = 0.003 })
+        until_op(p, "spamming")
+        socket.sleep(0.02)
+        -- recoveries on the other process while the spam goes on, from several points
+        for _, since in ipairs({ 5, 12, 20 }) do
+            local c = track(client(b))
+            send(c, { op = "sub", topic = "room:long:r", since = since, epoch = e })
+            local m = until_op(c, "subbed")
+            assert.is_true(m.recovered, "since " .. since)
+            assert.are.equal(e, m.epoch)
+            until_n(c, 50 - since)
+            assert.are.same(range(since + 1, 50), positions(c.frames), "since " .. since)
+        end
+        -- and one on the publishing process itself
+        local c = track(client(a))
+        assert.is_true(sub(c, "room:long:r", 49, e).recovered)
+        pub(p, "room:long:r", "last")
+        until_n(c, 2)
+        assert.are.same({ 50, 51 }, positions(c.frames))
+    end)
+
+    it("says recovered=false past the history, for bad since/epoch, with the kept history", function()
+        local p = track(client(a))
+        pub(p, "room:f", "m", 12) -- size 5: 8..12 kept
+        local e = read(p, "room:f").epoch
+        local other = read(p, "room:other").epoch
+        assert.are_not.equal(e, other)
+        for _, case in ipairs({
+            { "past the history", 3, e }, { "another epoch", 10, "nope" },
+            { "another topic's epoch", 10, other }, { "from the future", 13, e },
+            { "malformed since", "x", e }, { "no epoch", 10, nil },
+        }) do
+            local c = track(client(b))
+            local m = sub(c, "room:f", case[2], case[3])
+            assert.is_false(m.recovered, case[1])
+            assert.are.equal(e, m.epoch, case[1])
+            until_n(c, 5)
+            assert.are.same(range(8, 12), positions(c.frames), case[1])
+        end
+        local c = track(client(b))
+        assert.is_true(sub(c, "room:f", 7, e).recovered)
+    end)
+
+    it("starts a new epoch when Redis loses the keys (FLUSHALL)", function()
+        local p = track(client(a))
+        pub(p, "room:x", "m", 3)
+        local e = read(p, "room:x").epoch
+        assert.are.equal("+OK", redis_srv.cmd(rport, "FLUSHALL"))
+        pub(p, "room:x", "n", 2)
+        local c = track(client(b))
+        local m = sub(c, "room:x", 3, e)
+        assert.is_false(m.recovered)
+        assert.are_not.equal(e, m.epoch)
+        until_n(c, 2)
+        local got = decode_all(c.frames)
+        assert.are.same({ 1, 2 }, { got[1].pos, got[2].pos })
+        assert.are.same({ "n1", "n2" }, { got[1].msg, got[2].msg })
+    end)
+
+    it("trims to the size, and the keys expire with the ttl", function()
+        local p = track(client(a))
+        pub(p, "room:s", "m", 8)
+        local r = read(p, "room:s")
+        assert.are.equal(5, #r.items)
+        assert.are.same({ 4, "m4", 8, "m8" }, { r.items[1].pos, r.items[1].msg, r.items[5].pos,
+            r.items[5].msg })
+        assert.are.equal(7, read(p, "room:s", nil, 2).items[1].pos)
+        assert.are.equal(5, read(p, "room:s", 4, 1).items[1].pos)
+        local pttl = tonumber(redis_srv.cmd(rport, "PTTL sb:history:room:s"):match(":(%d+)"))
+        assert.is_true(pttl > 3590000 and pttl <= 3600000, tostring(pttl))
+        pub(p, "short:t", "x", 3) -- ttl 1 s
+        local e = read(p, "short:t").epoch
+        assert.are.equal(3, #read(p, "short:t").items)
+        server.wait_for(function()
+            return redis_srv.cmd(rport, "EXISTS sb:history:short:t") == ":0"
+                and redis_srv.cmd(rport, "EXISTS sb:history-meta:short:t") == ":0"
+        end, 5, "the ttl to expire short:t's keys")
+        local r2 = read(p, "short:t")
+        assert.is_nil(next(r2.items))
+        assert.are_not.equal(e, r2.epoch)
+    end)
+
+    it("paces a replay from Redis bigger than --out-high by drain", function()
+        local s = start{ "--out-high", "16k", "--out-low", "4k", "--out-max", "64k" }
+        local ok, err = pcall(function()
+            local p = client(s)
+            local pad = string.rep("p", 1000)
+            for _ = 1, 3 do pub(p, "big:d", pad, 400) end -- 1200 publications
+            local e = read(p, "big:d", nil, 1).epoch
+            local c = client(s, { rcvbuf = 4096 })
+            send(c, { op = "sub", topic = "big:d", since = 0, epoch = e })
+            send(p, { op = "spam", topic = "big:d", n = 100, every = 0.002 })
+            socket.sleep(0.3)
+            local subbed
+            while #c.frames < 1300 do
+                local f = assert(c:recv_frame())
+                local m = cjson.decode(f.payload)
+                if m.op == "subbed" then subbed = m else c.frames[#c.frames + 1] = f.payload end
+            end
+            assert.are.same(range(1, 1300), positions(c.frames))
+            if not subbed then subbed = until_op(c, "subbed") end
+            assert.is_true(subbed.recovered)
+            p:close() c:close()
+        end)
+        s:stop()
+        assert(ok, err)
+    end)
+
+    it("gives a backend's FCALL sb_publish a position and delivers it formatted", function()
+        local c = track(client(b))
+        local m = sub(c, "room:long:be", 0, "-")
+        server.wait_for(function() return numsub(rport, "room:long:be") == 1 end, 10, "subscribed")
+        local reply = redis_srv.cmd(rport, "FCALL sb_publish 1 room:long:be hello")
+        assert.truthy(reply:match(":1"), reply)
+        until_n(c, 1)
+        local got = cjson.decode(c.frames[1])
+        assert.are.same({ 1, "hello", m.epoch }, { got.pos, got.msg, got.epoch })
+    end)
+
+    it("keeps ws:publish's everyone-but-the-sender across processes", function()
+        local sa, sb2 = track(client(a)), track(client(b))
+        sub(sa, "room:w", 0, "-")
+        sub(sb2, "room:w", 0, "-")
+        server.wait_for(function() return numsub(rport, "room:w") == 2 end, 10, "both subscribed")
+        send(sa, { op = "wspub", topic = "room:w", msg = "hi" })
+        until_op(sa, "pubbed")
+        until_n(sb2, 1)
+        assert.are.same({ 1 }, positions(sb2.frames))
+        pub(sb2, "room:w", "x")
+        until_n(sa, 1)
+        assert.are.same({ 2 }, positions(sa.frames)) -- not "hi": it was the sender
+    end)
+end)
