@@ -81,6 +81,7 @@ struct sb_config {
     unsigned max_outbound;       /* --max-outbound: sb.http/sb.tcp connections open at once */
     size_t max_response_body;    /* --max-response-body: sb.http body, sock:receive result */
     size_t subscribe_queue_max;  /* --subscribe-queue-max: bytes waiting for sb.subscribe fns */
+    double presence_ttl;         /* --presence-ttl: a dead process's presence ages out in this */
 };
 
 void config_defaults(struct sb_config *cfg);

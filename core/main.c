@@ -351,6 +351,11 @@ static const struct opt options[] = {
      "functions that are busy; past it they are dropped\n"
      "(counted, logged)",
      "16m"},
+    {"presence-ttl", "SECONDS", set_seconds, F(cfg.presence_ttl), 1, 3600,
+     "with --redis: each process writes its presence\n"
+     "entries again every third of this; a dead process's\n"
+     "entries are gone from sb.presence after it",
+     "15"},
     {"allowed-origins", "LIST", set_origins, F(cfg.allowed_origins), 0, 0,
      "refuse (403) a browser's upgrade whose Origin is not\n"
      "listed: https://chat.example.com,*.example.com (an\n"

@@ -215,6 +215,9 @@ char *metrics_format(struct sb_server *srv, size_t *len) {
         put(&b, "switchboard_outbound_duration_seconds_count{kind=\"%s\"} %llu\n", kind,
             (unsigned long long)n);
     }
+    gauge(&b, "switchboard_presence_entries",
+          "Presence entries of this process's connections (ws:subscribe with presence).",
+          (double)script_presence_entries(srv->script));
     gauge(&b, "switchboard_script_subscriptions",
           "switchboard.subscribe subscriptions live now.",
           (double)script_subscriptions(srv->script));

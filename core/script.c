@@ -916,6 +916,7 @@ static void close_done(struct script *s, const struct script_call *call, int ok)
 
 void script_close(struct script *s, struct conn *c, unsigned code, const char *reason) {
     lua_State *L = s->L;
+    script__presence_leave_all(s, c); /* before the handler: it is gone from its topics */
     if (push_handler(s, c->route, "close")) {
         script__push_ws(s, c);
         lua_pushinteger(L, code);
@@ -969,7 +970,7 @@ struct script *script__state_new(struct sb_server *srv, const char *app_dir, int
     script__ws_init(s);
     script__task_init(s);
     script__history_init(s);
-    if (script__redis_init(s) < 0 || script__sub_init(s) < 0) {
+    if (script__redis_init(s) < 0 || script__sub_init(s) < 0 || script__presence_init(s) < 0) {
         script_free(s);
         return NULL;
     }
@@ -1000,6 +1001,7 @@ void script_free(struct script *s) {
     script__task_free(s);
     script__cancel_route_timers(s, NULL, 0, 0);
     script__sub_free(s);
+    script__presence_free(s);
     script__redis_free(s);
     lua_close(s->L);
     script__redis_release(s);
@@ -1024,6 +1026,10 @@ size_t script_memory(struct script *s) {
 
 size_t script_subscriptions(struct script *s) {
     return s ? script__sub_count(s) : 0;
+}
+
+size_t script_presence_entries(struct script *s) {
+    return s ? script__presence_entries(s) : 0;
 }
 
 struct route *script_routes(struct script *s) {

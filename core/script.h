@@ -115,6 +115,8 @@ int script_lua_dir(char *out, size_t cap);
 size_t script_memory(struct script *s);
 /* switchboard.subscribe subscriptions live now (0 for NULL). */
 size_t script_subscriptions(struct script *s);
+/* Presence entries of this process's connections, all topics (0 for NULL). */
+size_t script_presence_entries(struct script *s);
 /* Every route ever seen (a list through route->next; version 0: never loaded). */
 struct route *script_routes(struct script *s);
 

@@ -77,6 +77,7 @@ struct script {
     struct script_redis *redis; /* switchboard.redis's client (script_redis.c); owned */
     int in_format;              /* a history format runs (script_history.c) */
     struct subs *subs;          /* switchboard.subscribe's subscriptions (script_sub.c); owned */
+    struct presence *presence;  /* presence entries (script_presence.c); owned */
 };
 
 /* A timer is owned by the app module whose top level (or whose timer) made
@@ -335,6 +336,28 @@ void script__cancel_route_subs(struct script *s, struct route *r, uint32_t versi
 void script__cancel_module_subs(struct script *s, const char *mod, uint32_t gen, int same);
 /* Subscriptions live now. */
 size_t script__sub_count(struct script *s);
+
+/* ---- script_presence.c: ws:subscribe(topic, { presence = info }), sb.presence ---- */
+
+int script__presence_init(struct script *s);
+/* Set presence on the module table at the top of the stack. */
+void script__presence_open(lua_State *L);
+/* Before lua_close. */
+void script__presence_free(struct script *s);
+/* The options table at index opts (absolute) of argument #n of fn: when it has
+ * `presence`, push that table as JSON and return 1 (raises when it is no table, does
+ * not encode or is longer than 1024 bytes); 0 with nothing pushed without it. */
+int script__presence_encode(lua_State *L, int opts, int n, const char *fn);
+/* c (subscribed to topic) is present there with the JSON at json_idx of L (the
+ * running thread). */
+void script__presence_join(lua_State *L, struct conn *c, const char *topic, size_t tlen,
+                           int json_idx);
+/* c left topic / every topic (unsubscribe, close): its entries go. Cheap when no
+ * connection uses presence. */
+void script__presence_leave(lua_State *L, struct conn *c, const char *topic, size_t tlen);
+void script__presence_leave_all(struct script *s, struct conn *c);
+/* This process's entries, all topics. */
+size_t script__presence_entries(struct script *s);
 
 /* ---- script_route.c ---- */
 

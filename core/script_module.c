@@ -385,6 +385,7 @@ static int luaopen_switchboard(lua_State *L) {
     script__redis_open(L);
     script__history_open(L);
     script__sub_open(L);
+    script__presence_open(L);
     lua_pushliteral(L, SB_VERSION);
     lua_setfield(L, -2, "version");
     /* this process's name among many (workers, --redis hosts): ws.id is unique

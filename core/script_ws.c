@@ -111,16 +111,25 @@ static int ws_ping(lua_State *L) {
     return 1;
 }
 
+/* ws:subscribe(topic [, opts]): opts.presence (script_presence.c), opts.since and
+ * opts.epoch (script_history.c). */
 static int ws_subscribe(lua_State *L) {
     struct conn *c = ws_conn(L, "subscribe");
     size_t len;
     const char *t = script__arg_topic(L, 2, 1, "subscribe", &len);
-    if (!lua_isnoneornil(L, 3) && !lua_istable(L, 3))
-        return script__type_error(L, 3, 2, "subscribe", "table");
+    int presence = 0;
+    if (!lua_isnoneornil(L, 3)) {
+        if (!lua_istable(L, 3))
+            return script__type_error(L, 3, 2, "subscribe", "table");
+        presence = script__presence_encode(L, 3, 2, "subscribe");
+    }
     if (!ws_is_open(c)) { /* it would leave the topic at once */
         lua_pushboolean(L, 0);
         return 1;
     }
+    /* before the subscribe, which may wait (a recovery with --redis) */
+    if (presence)
+        script__presence_join(L, c, t, len, -1);
     if (lua_istable(L, 3)) {
         lua_getfield(L, 3, "since");
         lua_getfield(L, 3, "epoch");
@@ -140,7 +149,10 @@ static int ws_unsubscribe(lua_State *L) {
     struct conn *c = ws_conn(L, "unsubscribe");
     size_t len;
     const char *t = script__arg_topic(L, 2, 1, "unsubscribe", &len);
-    lua_pushboolean(L, pubsub_unsubscribe(c->srv->pubsub, c, t, len) == 1);
+    int r = pubsub_unsubscribe(c->srv->pubsub, c, t, len);
+    if (r == 1)
+        script__presence_leave(L, c, t, len);
+    lua_pushboolean(L, r == 1);
     return 1;
 }
 

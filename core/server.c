@@ -77,6 +77,7 @@ void config_defaults(struct sb_config *cfg) {
     cfg->redis_pool = 32;
     cfg->redis_max_calls = 10000;
     cfg->subscribe_queue_max = 16u << 20;
+    cfg->presence_ttl = 15;
     deflate_config_default(&cfg->deflate);
 }
 

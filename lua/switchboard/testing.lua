@@ -272,13 +272,34 @@ function ws_methods.ping(ws, data)
     return true
 end
 
+-- The largest presence info, as JSON (script_presence.c).
+local PRESENCE_MAX = 1024
+
 function ws_methods.subscribe(ws, topic, opts)
     local conn = check_ws("subscribe", ws)
     topic = check_topic("subscribe", 1, topic)
     if opts ~= nil and type(opts) ~= "table" then
         argerror("subscribe", 2, "table expected, got " .. typename(opts))
     end
+    local info = opts and opts.presence
+    local json
+    if info ~= nil then
+        if type(info) ~= "table" then argerror("subscribe", 2, "presence must be a table") end
+        local ok, res = pcall(conn.app.module.json.encode, info)
+        if not ok then
+            argerror("subscribe", 2, "presence does not encode as JSON: "
+                .. tostring(res):gsub("^[^\n]-:%d+: ", ""))
+        end
+        if #res > PRESENCE_MAX then
+            argerror("subscribe", 2, "presence longer than 1024 bytes as JSON")
+        end
+        json = res
+    end
     if conn.state ~= "open" then return false end
+    if json then
+        conn.app.presence[topic] = conn.app.presence[topic] or {}
+        conn.app.presence[topic][conn] = json
+    end
     if opts and (opts.since ~= nil or opts.epoch ~= nil) then
         return conn.app.history:subscribe(conn, topic, opts,
             function() return conn.app:_subscribe(conn, topic) end)
@@ -588,9 +609,10 @@ function Route:_run()
     app.current = version
     local ok, res = xpcall(chunk, debug.traceback)
     app.current = prev
-    if not ok then return nil, res end
+    -- what a failed top level made (timers, subscriptions) dies with it
+    if not ok then app:_cancel_timers(version) return nil, res end
     local handlers, herr = check_handlers(res, self.file)
-    if not handlers then return nil, herr end
+    if not handlers then app:_cancel_timers(version) return nil, herr end
     return handlers, version
 end
 
@@ -745,6 +767,11 @@ end
 function App:_unsubscribe(conn, topic)
     if not conn.topics[topic] then return false end
     conn.topics[topic] = nil
+    local present = self.presence[topic]
+    if present then
+        present[conn] = nil
+        if next(present) == nil then self.presence[topic] = nil end
+    end
     local subs = self.topics[topic]
     for i, c in ipairs(subs.list) do
         if c == conn then table.remove(subs.list, i) break end
@@ -770,12 +797,48 @@ function App:_publish(topic, msg, binary, sender)
             n = n + 1
         end
     end
+    -- sb.subscribe functions run after the event, as the server runs them from the loop
+    for _, sub in ipairs(copy(self.script_subs[topic])) do
+        self.sub_queue[#self.sub_queue + 1] = { sub = sub, msg = msg, binary = binary }
+    end
     return n
+end
+
+-- Runs the sb.subscribe functions queued by publishes, in order (a call that waits
+-- runs to its end on the fake clock before the next one starts, as one subscription's
+-- messages do on the server). An error is logged; the next message runs all the same.
+function App:_run_subs()
+    while #self.sub_queue > 0 do
+        local q = table.remove(self.sub_queue, 1)
+        local sub = q.sub
+        if not sub.dead then
+            local route = sub.version and sub.version.route
+            if route then
+                local prev = route.version
+                route.version = sub.version
+                route:_call("subscription", sub.fn, q.msg, q.binary)
+                route.version = prev
+            else
+                local ok, err = run_call(self.clock, sub.fn, q.msg, q.binary)
+                if not ok then self:_log("error", "?", "subscription failed: " .. err) end
+            end
+        end
+    end
+end
+
+function App:_unsubscribe_script(sub)
+    local list = self.script_subs[sub.topic]
+    sub.dead = true
+    for i, x in ipairs(list or {}) do
+        if x == sub then table.remove(list, i) break end
+    end
+    if list and #list == 0 then self.script_subs[sub.topic] = nil end
 end
 
 -- Completes the closes queued during the last event, as the loop does after it:
 -- the connection leaves its topics, then close(ws, code, reason) runs exactly once.
 function App:_settle()
+    self:_run_subs()
     while #self.pending_closes > 0 do
         local conn = table.remove(self.pending_closes, 1)
         if conn.state ~= "closed" then
@@ -786,12 +849,18 @@ function App:_settle()
             conn.state = "closed"
             self.conns[conn] = nil
         end
+        self:_run_subs()
     end
 end
 
 function App:_cancel_timers(version)
     for tm in pairs(copy(self.clock.timers)) do
         if tm.version == version then self.clock.timers[tm] = nil end
+    end
+    for _, list in pairs(copy(self.script_subs)) do
+        for _, sub in ipairs(copy(list)) do
+            if sub.version == version then self:_unsubscribe_script(sub) end
+        end
     end
 end
 
@@ -941,6 +1010,35 @@ function App:_module()
         table.sort(r)
         return r
     end
+    function sb.subscribe(topic, fn)
+        topic = check_topic("subscribe", 1, topic)
+        check_function("subscribe", 2, fn, fn ~= nil)
+        local list = app.script_subs[topic] or {}
+        for _, sub in ipairs(list) do
+            if sub.fn == fn then return false end
+        end
+        list[#list + 1] = { topic = topic, fn = fn, version = app.current }
+        app.script_subs[topic] = list
+        return true
+    end
+    function sb.unsubscribe(topic, fn)
+        topic = check_topic("unsubscribe", 1, topic)
+        if fn ~= nil then check_function("unsubscribe", 2, fn) end
+        local n = 0
+        for _, sub in ipairs(copy(app.script_subs[topic])) do
+            if fn == nil or sub.fn == fn then
+                app:_unsubscribe_script(sub)
+                n = n + 1
+            end
+        end
+        return n > 0
+    end
+    function sb.presence(topic)
+        topic = check_topic("presence", 1, topic)
+        local r = {}
+        for _, json in pairs(app.presence[topic] or {}) do r[#r + 1] = sb.json.decode(json) end
+        return r
+    end
     function sb.after(...)
         local seconds, fn = ...
         return app:_timer("after", seconds, fn, false, select("#", ...))
@@ -1045,6 +1143,18 @@ function App:advance(seconds)
     return self.clock:advance(seconds)
 end
 
+-- A publication from elsewhere (another process, a backend's PUBLISH sb:<topic>):
+-- delivered to the topic's connections and sb.subscribe functions, as the server
+-- delivers one that came through Redis. Returns the number of connections.
+function App:publish(topic, msg, binary)
+    topic = check_topic("publish", 1, topic)
+    msg = check_text("publish", 2, msg, binary)
+    local n = self:_publish(topic, msg, binary, nil)
+    table.remove(self.published) -- not the app's own publish
+    self:_settle()
+    return n
+end
+
 -- Returns the number of subscribers of `topic`, as switchboard.subscribers does.
 function App:subscribers(topic)
     return self.module.subscribers(topic)
@@ -1062,6 +1172,7 @@ function testing.app(dir, opts)
     local app = setmetatable({
         dir = dir, lib_path = dir .. "/lib/?.lua;" .. dir .. "/lib/?/init.lua",
         routes = {}, topics = {}, conns = {}, pending_closes = {}, loaded = {},
+        script_subs = {}, sub_queue = {}, presence = {},
         shared = {}, published = {}, logs = {}, clock = new_clock(), strict = opts.strict or false,
         node = opts.node or "0000000000000001",
         max_message = opts.max_message or MAX_MESSAGE,

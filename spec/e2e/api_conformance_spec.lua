@@ -155,6 +155,40 @@ local cases = {
         return table.concat(log, ",")
     end,
     spawn_no_function = function() return try(sb.spawn) end,
+    sub_a_publish = function()
+        local function record(msg, binary)
+            sb.shared.sub_seen = (sb.shared.sub_seen or "") .. msg .. (binary and "b" or "t") .. ","
+        end
+        local first, again = sb.subscribe("sub", record), sb.subscribe("sub", record)
+        sb.publish("sub", "one")
+        sb.publish("sub", "\0", true)
+        -- the functions run after the publish returns, never inside it
+        return tostring(first) .. " " .. tostring(again) .. " " .. tostring(sb.shared.sub_seen)
+    end,
+    sub_b_seen = function(ws)
+        ws:publish("sub", "two")
+        return sb.shared.sub_seen:gsub("%%z", "0")
+    end,
+    sub_c_unsubscribe = function()
+        return tostring(sb.unsubscribe("sub")) .. " " .. tostring(sb.unsubscribe("sub"))
+            .. " " .. #sb.topics()
+    end,
+    sub_misuse = function()
+        return try(sb.subscribe, "") .. "; " .. try(sb.subscribe, "x", "f") .. "; "
+            .. try(sb.unsubscribe, "x", 1)
+    end,
+    presence_self = function(ws)
+        ws:subscribe("pres", { presence = { nick = "me" } })
+        local list = sb.presence("pres")
+        local r = #list .. " " .. list[1].nick
+        ws:unsubscribe("pres")
+        return r .. " " .. #sb.presence("pres")
+    end,
+    presence_misuse = function(ws)
+        return try(ws.subscribe, ws, "pm", { presence = "me" }) .. "; "
+            .. try(ws.subscribe, ws, "pm", { presence = { n = ("x"):rep(1100) } }) .. "; "
+            .. try(ws.subscribe, ws, "pm", 5) .. "; " .. try(sb.presence, {})
+    end,
     wait_not_thread = function() return try(sb.wait, {}) end,
 }
 
@@ -299,6 +333,17 @@ local EXPECT = {
     spawn_order = "main,b,a",
     spawn_no_function = "error bad argument #1 to 'spawn' (function expected, got no value)",
     wait_not_thread = "error bad argument #1 to 'wait' (thread from sb.spawn expected, got table)",
+    sub_a_publish = "true false nil",
+    sub_b_seen = "onet,0b,",
+    sub_c_unsubscribe = "true false 0",
+    sub_misuse = "error bad argument #1 to 'subscribe' (topic must not be empty); "
+        .. "error bad argument #2 to 'subscribe' (function expected, got string); "
+        .. "error bad argument #2 to 'unsubscribe' (function expected, got number)",
+    presence_self = "1 me 0",
+    presence_misuse = "error bad argument #2 to 'subscribe' (presence must be a table); "
+        .. "error bad argument #2 to 'subscribe' (presence longer than 1024 bytes as JSON); "
+        .. "error bad argument #2 to 'subscribe' (table expected, got number); "
+        .. "error bad argument #1 to 'presence' (string expected, got table)",
 }
 
 local ORDER = {}

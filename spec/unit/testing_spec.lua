@@ -353,6 +353,69 @@ describe("switchboard.testing: messages and closing", function()
     end)
 end)
 
+describe("switchboard.testing: sb.subscribe and presence", function()
+    it("runs sb.subscribe functions after the event, for the app's and others' publishes", function()
+        write("feed.lua", [[
+local sb = require "switchboard"
+local seen = {}
+sb.shared.seen = seen
+sb.subscribe("news", function(msg, binary) seen[#seen + 1] = msg .. (binary and "!" or "") end)
+return { message = function(ws, msg)
+    sb.publish("news", msg)
+    ws:send(tostring(#seen))  -- not yet: the subscriber runs after this handler
+end }
+]])
+        local app = t.app(dir)
+        local route = app:load("feed")
+        local c = route:connect()
+        c:message("one")
+        assert.equal("0", c.sent[1].data)
+        assert.same({ "one" }, app.shared.seen)
+        assert.equal(0, app:publish("news", "from a backend"))
+        app:publish("news", "\1", true)
+        assert.same({ "one", "from a backend", "\1!" }, app.shared.seen)
+        assert.equal(1, #app.published) -- app:publish is not the app's own
+    end)
+
+    it("replaces a version's subscriptions on reload, and keeps them when the reload fails", function()
+        local src = [[
+local sb = require "switchboard"
+sb.shared.seen = sb.shared.seen or {}
+sb.subscribe("t", function(msg) table.insert(sb.shared.seen, "%s " .. msg) end)
+%s
+return {}
+]]
+        write("r.lua", src:format("v1", ""))
+        local app = t.app(dir)
+        local route = app:load("r")
+        app:publish("t", "a")
+        write("r.lua", src:format("v2", ""))
+        assert.is_true(route:reload())
+        app:publish("t", "b")
+        write("r.lua", src:format("v3", "error('broken')"))
+        assert.is_nil(route:reload())
+        app:publish("t", "c")
+        assert.same({ "v1 a", "v2 b", "v2 c" }, app.shared.seen)
+    end)
+
+    it("lists presence until the connection unsubscribes or closes", function()
+        local app, route = probe{
+            open = function(ws) ws:subscribe("room", { presence = { nick = ws.query.nick } }) end,
+            message = function(ws) ws:unsubscribe("room") end,
+        }
+        local sb = sb_of(app)
+        local ann, bob = route:connect{ query = { nick = "ann" } }, route:connect{ query = { nick = "bob" } }
+        local nicks = {}
+        for i, info in ipairs(sb.presence("room")) do nicks[i] = info.nick end
+        table.sort(nicks)
+        assert.same({ "ann", "bob" }, nicks)
+        ann:message("leave")
+        assert.same({ { nick = "bob" } }, sb.presence("room"))
+        bob:close(1000)
+        assert.same({}, sb.presence("room"))
+    end)
+end)
+
 describe("switchboard.testing: pub/sub", function()
     it("publishes to every subscriber; ws:publish skips the sender", function()
         local app, route

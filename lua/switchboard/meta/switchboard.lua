@@ -36,6 +36,28 @@ function sb.subscribers(topic) end
 ---@return string[]
 function sb.topics() end
 
+---The script's own subscriber: `fn(msg, binary)` runs for every publication on `topic`,
+---from this process, another process (`--redis`) or a backend's `PUBLISH sb:<topic>`.
+---It runs on the loop after the publish returns, may wait, one message at a time per
+---subscription. Owned by the script version that made it (a reload replaces it).
+---@param topic string
+---@param fn fun(msg: string, binary: boolean)
+---@return boolean ok `false` if `fn` already is subscribed to `topic`.
+function sb.subscribe(topic, fn) end
+
+---Ends `fn`'s subscription to `topic`; without `fn`, every script subscription to it.
+---@param topic string
+---@param fn? fun(msg: string, binary: boolean)
+---@return boolean ok `true` if one ended.
+function sb.unsubscribe(topic, fn) end
+
+---The `info` of every connection present in `topic` (`ws:subscribe(topic, { presence =
+---info })`), in every process with `--redis` (then it waits: only in a handler or timer).
+---@param topic string
+---@return table[]|nil members Decoded copies, in no particular order.
+---@return string? err When Redis is away.
+function sb.presence(topic) end
+
 ---Runs `fn(timer)` once, `seconds` from now (0 <= seconds <= 1e9), on the server's loop.
 ---The timer belongs to the script version (or lib/ module) that made it.
 ---@param seconds number

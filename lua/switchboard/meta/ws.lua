@@ -35,6 +35,8 @@ function ws:ping(data) end
 ---@class switchboard.subscribe_opts
 ---@field since? integer The last position the client saw.
 ---@field epoch? string The epoch it saw it in.
+---@field presence? table This connection's info in the topic (at most 1024 bytes as JSON),
+---listed by `switchboard.presence(topic)`.
 
 ---Joins a topic. With `opts.since`/`opts.epoch` on a topic with history
 ---(`sb.history.keep`): first sends this ws, in order, every kept publication after
@@ -49,7 +51,7 @@ function ws:ping(data) end
 ---@return string|nil epoch With since/epoch on a history topic: the topic's epoch.
 function ws:subscribe(topic, opts) end
 
----Leaves a topic.
+---Leaves a topic (and its presence).
 ---@param topic string
 ---@return boolean ok `false` if it was not subscribed.
 function ws:unsubscribe(topic) end
