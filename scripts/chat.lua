@@ -134,9 +134,18 @@ local function room_list()
     return json.array(list)
 end
 
-local function member_list(room)
-    local list = {}
-    for _, m in pairs(room.members) do list[#list + 1] = m.nick end
+-- The nicks in a room: its presence in every process (`infos`, from sb.presence), or
+-- only this process's members when that is nil (Redis away).
+local function member_list(room, infos)
+    local list, seen = {}, {}
+    local function add(nick)
+        if type(nick) == "string" and not seen[nick:lower()] then
+            seen[nick:lower()] = true
+            list[#list + 1] = nick
+        end
+    end
+    for _, m in pairs(room.members) do add(m.nick) end
+    for _, p in ipairs(infos or {}) do add(p.nick) end
     table.sort(list, function(a, b) return a:lower() < b:lower() end)
     return json.array(list)
 end
@@ -172,12 +181,41 @@ end
 -- with messages or with fail(); none may raise on bad input.
 local handle = {}
 
+-- The presence of `nick` (any case) in room `name`, in every process, other than ws:
+-- its info ({ nick, node, id }), or nil. With --redis this waits; when Redis is away
+-- only this process's members are known.
+local function someone(ws, name, nick)
+    local lower = nick:lower()
+    local local_member = get_room(name) and get_room(name).members[lower]
+    if local_member and local_member.id ~= ws.id then
+        return { nick = local_member.nick, node = sb.node, id = local_member.id }
+    end
+    local infos = sb.presence(room_topic(name))
+    for _, p in ipairs(infos or {}) do
+        if type(p.nick) == "string" and p.nick:lower() == lower and not (p.node == sb.node and p.id == ws.id) then
+            return p
+        end
+    end
+end
+
+-- What ws shows of itself in a room's presence (its nick, and where a private message
+-- finds it).
+local function presence_of(ws)
+    return { presence = { nick = ws.data.nick, node = sb.node, id = ws.id } }
+end
+
 function handle.nick(ws, msg)
     local nick, code, err = validate.nick(msg.nick)
     if not nick then return fail(ws, code, err, "nick") end
     local data = ws.data
     local old = data.nick
     if old == nick then return send(ws, { type = "nick", nick = nick }) end
+    for name in pairs(data.rooms) do
+        if someone(ws, name, nick) then
+            return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(nick, name), "nick")
+        end
+    end
+    -- checked again after the waits: a member of this process may have taken it meanwhile
     for name in pairs(data.rooms) do
         local m = get_room(name).members[nick:lower()]
         if m and m.id ~= ws.id then
@@ -190,6 +228,7 @@ function handle.nick(ws, msg)
         local room = get_room(name)
         room.members[old:lower()] = nil
         room.members[nick:lower()] = { nick = nick, id = ws.id }
+        ws:subscribe(room_topic(name), presence_of(ws))
         sb.publish(room_topic(name), json.encode({ type = "rename", room = name, from = old, to = nick,
             ts = os.time() }))
     end
@@ -243,6 +282,11 @@ function handle.join(ws, msg)
     if not client.rooms[name] and client.count >= MAX_PER_CLIENT then
         return fail(ws, "too_many_rooms", ("your address is in %d rooms already"):format(MAX_PER_CLIENT), "join")
     end
+    -- the nick is unique in the room across every process (presence; this waits with
+    -- --redis), and checked again in this process after the wait
+    if someone(ws, name, data.nick) then
+        return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(data.nick, name), "join")
+    end
     local existing = get_room(name)
     if existing and existing.members[data.nick:lower()] then
         return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(data.nick, name), "join")
@@ -255,17 +299,15 @@ function handle.join(ws, msg)
     data.rooms[name] = true
     data.joined = data.joined + 1
     client_enter(data.addr, name)
-    ws:subscribe(room_topic(name))
+    ws:subscribe(room_topic(name), presence_of(ws))
+    local members = member_list(room, sb.presence(room_topic(name)))
     local history, recovered, epoch = recover(ws, name, since, want_epoch)
     -- The frame is put together as text: the history's frames are the ones live
     -- subscribers got, byte for byte.
-    ws:send('{"type":"joined","room":' .. json.encode(name) .. ',"members":' .. json.encode(member_list(room))
+    ws:send('{"type":"joined","room":' .. json.encode(name) .. ',"members":' .. json.encode(members)
         .. ',"recovered":' .. tostring(recovered) .. ',"epoch":' .. json.encode(epoch or json.null)
         .. ',"history":[' .. table.concat(history, ",") .. "]}")
-    -- node and id let members served by other processes (--workers, --redis)
-    -- introduce themselves to the newcomer: see handle.here
-    ws:publish(room_topic(name), json.encode({ type = "join", room = name, nick = data.nick, ts = os.time(),
-        node = sb.node, id = ws.id }))
+    ws:publish(room_topic(name), json.encode({ type = "join", room = name, nick = data.nick, ts = os.time() }))
     rooms_changed()
 end
 
@@ -313,31 +355,19 @@ function handle.pm(ws, msg)
     if not to then return fail(ws, "bad_field", "to: " .. why, "pm") end
     local text, code, err = validate.text(msg.text)
     if not text then return fail(ws, code, err, "pm") end
-    local target = room.members[to:lower()]
-    if not target then return fail(ws, "no_such_user", ("nobody called %s is in #%s"):format(to, room.name), "pm") end
-    if target.id == ws.id then return fail(ws, "bad_field", "you cannot send a private message to yourself", "pm") end
+    if to:lower() == ws.data.nick:lower() then
+        return fail(ws, "bad_field", "you cannot send a private message to yourself", "pm")
+    end
+    -- whoever has that nick in the room, on any process: its own topic reaches it there
+    local target = someone(ws, room.name, to)
+    local id = target and math.tointeger(target.id)
+    if not id or type(target.node) ~= "string" then
+        return fail(ws, "no_such_user", ("nobody called %s is in #%s"):format(to, room.name), "pm")
+    end
     local out = json.encode({ type = "pm", room = room.name, from = ws.data.nick, to = target.nick, text = text,
         ts = os.time() })
-    sb.publish(user_topic(target.id), out)
+    sb.publish(user_topic(id, target.node), out)
     ws:send(out)
-end
-
--- A member answers someone's join from another process: "I am here too".
--- The newcomer's own process only knows its local members, so the page sends
--- this for a join whose node is not its own; it goes to the newcomer alone.
-function handle.here(ws, msg)
-    local room = my_room(ws, msg, "here")
-    if not room then return end
-    if type(msg.node) ~= "string" or not msg.node:match("^%x+$") or #msg.node > 32 then
-        return fail(ws, "bad_field", "node must be the joiner's node id", "here")
-    end
-    local id = type(msg.id) == "number" and math.tointeger(msg.id) -- JSON numbers decode as floats
-    if not id or id < 1 then
-        return fail(ws, "bad_field", "id must be the joiner's connection id", "here")
-    end
-    if msg.node == sb.node then return end -- same process: the joiner's list has us already
-    sb.publish(user_topic(id, msg.node), json.encode({ type = "present", room = room.name,
-        nick = ws.data.nick }))
 end
 
 function handle.rooms(ws)

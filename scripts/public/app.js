@@ -220,8 +220,6 @@ const handlers = {
   welcome(msg) {
     client.connected();
     setStatus('online', 'Connected');
-    state.node = msg.node;
-    state.globalPresence = msg.presence === 'global';
     setAllRooms(list(msg.rooms));
     if (msg.limits) {
       if (msg.limits.text) $('message').maxLength = msg.limits.text;
@@ -315,18 +313,6 @@ const handlers = {
     if (!room) return;
     room.members.add(msg.nick);
     addItem(msg.room, { type: 'notice', text: `${msg.nick} joined`, ts: msg.ts }, true);
-    if (msg.room === state.current) renderMembers();
-    // Served by another process (--workers, --redis) of a server without global
-    // presence: its member list lacks us.
-    if (msg.node && state.node && msg.node !== state.node && !state.globalPresence) {
-      send({ type: 'here', room: msg.room, node: msg.node, id: msg.id });
-    }
-  },
-
-  present(msg) {
-    const room = state.rooms.get(msg.room);
-    if (!room) return;
-    room.members.add(msg.nick);
     if (msg.room === state.current) renderMembers();
   },
 

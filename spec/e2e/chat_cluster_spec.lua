@@ -49,6 +49,20 @@ local function check_recover(r)
     assert.same({ false, #r.ann }, r.other)
 end
 
+local function check_people(r)
+    assert.same({ "ann" }, r.members.ann)
+    assert.same({ "ann", "bob" }, r.members.bob)
+    assert.same({ "ann", "bob", "cy" }, r.members.cy)
+    assert.equal("nick_taken", r.twin)
+    assert.equal("nick_taken", r.rename)
+    assert.equal("no_such_user", r.nobody)
+    assert.same({
+        ann = { { "bob", "ann", "from b to a" }, { "ann", "bob", "from a to b" } },
+        bob = { { "bob", "ann", "from b to a" }, { "ann", "bob", "from a to b" } },
+        cy = {}, twin = {},
+    }, r.pms)
+end
+
 describe("the chat on one process", function()
     local s
     lazy_setup(function() s = server.start { app = "scripts" } end)
@@ -60,6 +74,10 @@ describe("the chat on one process", function()
 
     it("gives a client that comes back exactly the messages it missed", function()
         check_recover(clients("recover", s.port, s.port))
+    end)
+
+    it("keeps nicks unique per room, lists every member and delivers private messages", function()
+        check_people(clients("people", s.port, s.port))
     end)
 end)
 
@@ -91,5 +109,9 @@ describe("the chat on two processes with --redis", function()
 
     it("gives a client that comes back on the other process exactly the messages it missed", function()
         check_recover(clients("recover", a.port, b.port))
+    end)
+
+    it("keeps nicks unique per room across processes, lists every member, delivers private messages", function()
+        check_people(clients("people", a.port, b.port))
     end)
 end)

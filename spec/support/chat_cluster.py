@@ -140,6 +140,41 @@ async def recover(pa, pb):
     return out
 
 
+async def people(pa, pb):
+    room = "z"
+    ann = await user("ann", pa, room)
+    bob = await user("bob", pb, room)
+    cy = await user("cy", pa, room)
+    out = {"members": {c.name: sorted((await c.wait("joined", room=room))["members"]) for c in (ann, bob, cy)}}
+    # a nick is unique in the room on every process, in any case
+    twin = await Client("twin", pb).connect()
+    await twin.send(type="nick", nick="ANN")
+    await twin.wait("nick")
+    await twin.send(type="join", room=room)
+    out["twin"] = (await twin.wait("error"))["code"]
+    await twin.send(type="nick", nick="dee")
+    await twin.wait("nick", nick="dee")
+    await twin.send(type="join", room=room)
+    await twin.wait("joined", room=room)
+    await bob.send(type="nick", nick="Cy")
+    out["rename"] = (await bob.wait("error"))["code"]
+    # private messages reach their target on either process, and only it
+    await bob.send(type="pm", room=room, to="ann", text="from b to a")
+    await ann.wait("pm", text="from b to a")
+    await ann.send(type="pm", room=room, to="BOB", text="from a to b")
+    await bob.wait("pm", text="from a to b")
+    await cy.send(type="pm", room=room, to="nobody", text="?")
+    out["nobody"] = (await cy.wait("error"))["code"]
+    for c in (ann, bob, cy, twin):
+        await c.send(type="ping")
+        await c.wait("pong")
+    out["pms"] = {c.name: [[m["from"], m["to"], m["text"]] for m in c.got if m.get("type") == "pm"]
+                  for c in (ann, bob, cy, twin)}
+    for c in (ann, bob, cy, twin):
+        await c.close()
+    return out
+
+
 async def main():
     scenario, pa, pb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     print(json.dumps(await globals()[scenario](pa, pb)), flush=True)

@@ -577,44 +577,22 @@ describe("chat: presence", function()
         assert.equal("joined", join(user("bob"), "lobby")[1].type)
     end)
 
-    it("names the joiner's process and connection in the join, so other processes can answer", function()
+    it("is present in the room's topic with its nick, and leaves it when it leaves", function()
         local ann = user("ann", "lobby")
         local bob = user("bob", "lobby")
-        local m = of_type(take(ann), "join")[1]
-        assert.equal(app.node, m.node)
-        assert.equal(bob.id, m.id)
-    end)
-
-    it("introduces a member to a joiner served by another process, and only to them", function()
-        local ann = user("ann", "lobby")
-        local bob = user("bob", "lobby")
-        ann:clear()
-        bob:clear()
-        -- "cy" joined #lobby on process ffff0000ffff0000 as connection 7
-        send(ann, { type = "here", room = "lobby", node = "ffff0000ffff0000", id = 7 })
-        local p = app.published[#app.published]
-        assert.equal("user:ffff0000ffff0000:7", p.topic)
-        assert.same({ type = "present", room = "lobby", nick = "ann" }, cjson.decode(p.data))
-        assert.same({}, take(ann))
-        assert.same({}, take(bob))
-        -- a joiner on this very process already has everyone: nothing is sent
-        local before = #app.published
-        send(ann, { type = "here", room = "lobby", node = app.node, id = bob.id })
-        assert.equal(before, #app.published)
-        assert.same({}, take(ann))
-    end)
-
-    it("refuses a here with a bad node or id, or outside my rooms", function()
-        local ann = user("ann", "lobby")
-        send(ann, { type = "here", room = "lobby", node = "not hex!", id = 7 })
-        assert_error(ann, "bad_field")
-        send(ann, { type = "here", room = "lobby", node = "ffff", id = 0 })
-        assert_error(ann, "bad_field")
-        rest()
-        send(ann, { type = "here", room = "lobby", node = "ffff", id = 1.5 })
-        assert_error(ann, "bad_field")
-        send(ann, { type = "here", room = "dev", node = "ffff", id = 7 })
-        assert_error(ann, "not_in_room")
+        local function nicks()
+            local r = {}
+            for _, p in pairs(app.presence["room:lobby"] or {}) do r[#r + 1] = cjson.decode(p).nick end
+            table.sort(r)
+            return r
+        end
+        assert.same({ "ann", "bob" }, nicks())
+        send(bob, { type = "nick", nick = "bobby" })
+        assert.same({ "ann", "bobby" }, nicks())
+        send(bob, { type = "leave", room = "lobby" })
+        assert.same({ "ann" }, nicks())
+        ann:close(1000)
+        assert.same({}, nicks())
     end)
 
     it("relays typing to the others in the room", function()
