@@ -6,9 +6,11 @@ local server = require "server"
 local redis_srv = require "redis"
 local cjson = require "cjson"
 
-local function clients(scenario, pa, pb)
-    local p = io.popen(("env -u LD_PRELOAD timeout 90 %s %s/spec/support/chat_cluster.py %s %d %d 2>&1")
-        :format(server.PYTHON, server.root, scenario, pa, pb))
+local function clients(scenario, pa, pb, ...)
+    local extra = {}
+    for i, a in ipairs({ ... }) do extra[i] = "'" .. tostring(a) .. "'" end
+    local p = io.popen(("env -u LD_PRELOAD timeout 90 %s %s/spec/support/chat_cluster.py %s %d %d %s 2>&1")
+        :format(server.PYTHON, server.root, scenario, pa, pb, table.concat(extra, " ")))
     local out = p:read("a")
     p:close()
     local ok, res = pcall(cjson.decode, out:match("([^\n]*)\n?$") or "")
@@ -79,6 +81,17 @@ describe("the chat on one process", function()
     it("keeps nicks unique per room, lists every member and delivers private messages", function()
         check_people(clients("people", s.port, s.port))
     end)
+
+    it("starts a new epoch after a restart: a page that comes back is told its history is gone", function()
+        local said = clients("restart1", s.port, s.port).said
+        s:stop()
+        s = server.start { app = "scripts" }
+        local r = clients("restart2", s.port, s.port, said[2][1], said[2][2])
+        assert.is_false(r.back.recovered)
+        assert.are_not.equal(said[2][2], r.back.epoch)
+        assert.same({}, r.back.history)
+        assert.same({}, r.fresh)
+    end)
 end)
 
 describe("the chat on two processes with --redis", function()
@@ -113,5 +126,22 @@ describe("the chat on two processes with --redis", function()
 
     it("keeps nicks unique per room across processes, lists every member, delivers private messages", function()
         check_people(clients("people", a.port, b.port))
+    end)
+
+    it("keeps the history and its ids in Redis across a restart of every process", function()
+        local said = clients("restart1", a.port, b.port).said
+        local url = "redis://127.0.0.1:" .. redis.port
+        a:stop()
+        b:stop()
+        a = server.start { app = "scripts", args = { "--redis", url } }
+        b = server.start { app = "scripts", args = { "--redis", url } }
+        a:wait_log("redis: connected")
+        b:wait_log("redis: connected")
+        local r = clients("restart2", a.port, b.port, said[2][1], said[2][2])
+        assert.is_true(r.back.recovered)
+        assert.equal(said[2][2], r.back.epoch)
+        assert.equal(1, #r.back.history)
+        assert.same({ said[3][1], "m3" }, { r.back.history[1].id, r.back.history[1].text })
+        assert.same(said, r.fresh)
     end)
 end)

@@ -175,8 +175,26 @@ async def people(pa, pb):
     return out
 
 
+async def restart1(pa, pb):
+    ann = await user("ann", pa, "w")
+    await says(ann, "w", ["m1", "m2", "m3"])
+    await ann.wait("message", room="w", text="m3")
+    await ann.close()
+    return {"said": summary(ann, "w")}
+
+
+# After every process restarted: a page that saw up to `since` comes back, a new one joins.
+async def restart2(pa, pb, since, epoch):
+    bob = await user("bob", pb, "w", since=int(float(since)), epoch=epoch)
+    cy = await user("cy", pa, "w")
+    out = {"back": await bob.wait("joined", room="w"), "fresh": summary(cy, "w")}
+    await bob.close()
+    await cy.close()
+    return out
+
+
 async def main():
     scenario, pa, pb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    print(json.dumps(await globals()[scenario](pa, pb)), flush=True)
+    print(json.dumps(await globals()[scenario](pa, pb, *sys.argv[4:])), flush=True)
 
 asyncio.run(main())
