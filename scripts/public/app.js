@@ -251,10 +251,10 @@ const handlers = {
     const epoch = typeof msg.epoch === 'string' ? msg.epoch : undefined;
     const before = client.position(msg.room);
     let notice = fresh ? `You joined #${msg.room}` : `Back in #${msg.room}`;
-    if (!fresh && before.epoch !== undefined && epoch !== undefined && before.epoch !== epoch) {
+    const known = room.epoch ?? before.epoch;
+    if (!fresh && known !== undefined && epoch !== undefined && known !== epoch) {
       // The server lost the room's history (a restart without Redis): start over.
-      room.items = room.items.filter((it) => it.type !== 'message');
-      client.forget(msg.room);
+      resetRoom(msg.room);
       notice = `The history of #${msg.room} was reset`;
     } else if (!fresh && epoch === undefined && (history.length ? history[history.length - 1].id : 0) < (before.since || 0)) {
       client.forget(msg.room); // a server without epochs restarted: ids start over
@@ -390,9 +390,24 @@ function ensureRoom(name) {
   return room;
 }
 
+// The room's history was lost on the server: its old ids mean nothing any more.
+function resetRoom(roomName) {
+  const room = state.rooms.get(roomName);
+  room.items = room.items.filter((it) => it.type !== 'message');
+  client.forget(roomName);
+  if (roomName === state.current) renderMessages();
+}
+
 // A room message: shown once, whatever way it came (live, or in a join's history).
 function addMessage(roomName, msg, live) {
-  if (typeof msg.id === 'number' && !client.seen(roomName, msg.id, state.rooms.get(roomName).epoch)) return;
+  const room = state.rooms.get(roomName);
+  if (typeof msg.epoch === 'string' && room.epoch !== undefined && msg.epoch !== room.epoch) {
+    // A new history while we were connected (Redis lost its data): start the room over.
+    resetRoom(roomName);
+    room.epoch = msg.epoch;
+    addItem(roomName, { type: 'notice', text: `The history of #${roomName} was reset`, ts: Date.now() / 1000 }, live);
+  }
+  if (typeof msg.id === 'number' && !client.seen(roomName, msg.id, room.epoch)) return;
   if (msg.nick === state.nick) delivered('say', roomName, msg.text);
   addItem(roomName, msg, live);
 }
