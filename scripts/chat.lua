@@ -184,18 +184,21 @@ local handle = {}
 -- The presence of `nick` (any case) in room `name`, in every process, other than ws:
 -- its info ({ nick, node, id }), or nil. With --redis this waits; when Redis is away
 -- only this process's members are known.
-local function someone(ws, name, nick)
+local function present(infos, ws, nick)
     local lower = nick:lower()
-    local local_member = get_room(name) and get_room(name).members[lower]
-    if local_member and local_member.id ~= ws.id then
-        return { nick = local_member.nick, node = sb.node, id = local_member.id }
-    end
-    local infos = sb.presence(room_topic(name))
     for _, p in ipairs(infos or {}) do
         if type(p.nick) == "string" and p.nick:lower() == lower and not (p.node == sb.node and p.id == ws.id) then
             return p
         end
     end
+end
+
+local function someone(ws, name, nick)
+    local local_member = get_room(name) and get_room(name).members[nick:lower()]
+    if local_member and local_member.id ~= ws.id then
+        return { nick = local_member.nick, node = sb.node, id = local_member.id }
+    end
+    return present(sb.presence(room_topic(name)), ws, nick)
 end
 
 -- What ws shows of itself in a room's presence (its nick, and where a private message
@@ -240,18 +243,21 @@ end
 -- meantime comes next, live: no gap, no duplicate. Returns frames, recovered, epoch.
 local function recover(ws, name, since, want_epoch)
     local topic = kept_topic(name)
-    local latest, epoch = sb.history.read(topic, { limit = 1 })
-    if not latest then latest, epoch = {}, nil end -- history unreachable: go live from now
-    local last = latest[1] and latest[1].pos or 0
-    local items
-    local recovered = since ~= nil and epoch ~= nil and want_epoch == epoch and since <= last
-    if recovered and since < last then
-        items = sb.history.read(topic, { since = since, limit = HISTORY })
-        recovered = items ~= nil and items[1] ~= nil and items[1].pos == since + 1
+    local items, epoch, recovered = nil, nil, false
+    if since and want_epoch then
+        items, epoch = sb.history.read(topic, { since = since, limit = HISTORY })
+        if items and epoch == want_epoch then
+            if items[1] then
+                recovered = items[1].pos == since + 1
+            else -- nothing after since: is since the latest position, or from the future?
+                local latest = sb.history.read(topic, { limit = 1 })
+                recovered = latest ~= nil and (latest[1] and latest[1].pos or 0) == since
+            end
+        end
     end
-    if not recovered then items = sb.history.read(topic, { limit = HISTORY }) end
-    items = items or {}
-    local frames, upto = {}, recovered and since or last
+    if not recovered then items, epoch = sb.history.read(topic, { limit = HISTORY }) end
+    if not items then items, epoch = {}, nil end -- history unreachable (Redis away): live only
+    local frames, upto = {}, recovered and since or 0
     for i, it in ipairs(items) do
         frames[i] = message_frame(it.msg, it.pos, epoch)
         upto = it.pos
@@ -284,7 +290,8 @@ function handle.join(ws, msg)
     end
     -- the nick is unique in the room across every process (presence; this waits with
     -- --redis), and checked again in this process after the wait
-    if someone(ws, name, data.nick) then
+    local infos = sb.presence(room_topic(name)) -- nil when Redis is away: this process's members only
+    if present(infos, ws, data.nick) then
         return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(data.nick, name), "join")
     end
     local existing = get_room(name)
@@ -300,7 +307,7 @@ function handle.join(ws, msg)
     data.joined = data.joined + 1
     client_enter(data.addr, name)
     ws:subscribe(room_topic(name), presence_of(ws))
-    local members = member_list(room, sb.presence(room_topic(name)))
+    local members = member_list(room, infos)
     local history, recovered, epoch = recover(ws, name, since, want_epoch)
     -- The frame is put together as text: the history's frames are the ones live
     -- subscribers got, byte for byte.
