@@ -1,9 +1,9 @@
 /* history.c — the in-process store of topic history (see history.h).
  *
  * Streams live in a hash by topic name. Entries are on two lists: their
- * stream's (oldest first, singly linked with a tail) and the store's age list
- * (doubly linked, oldest first), so the byte bound drops the oldest entry of
- * the whole store in O(1); that entry is always its stream's oldest too. */
+ * stream's (by position) and the store's age list (oldest first), so the byte
+ * bound drops the entry kept longest in O(1). In process that is its stream's
+ * lowest position too; the cache of --redis may put an older position later. */
 #define _GNU_SOURCE
 #include "history.h"
 
@@ -19,7 +19,7 @@
 
 struct hentry {
     struct hentry *gprev, *gnext; /* the store's age list */
-    struct hentry *tnext;         /* the stream's list, oldest first */
+    struct hentry *tprev, *tnext; /* the stream's list, by position */
     struct history_stream *st;
     uint64_t pos;
     double expires;
@@ -68,10 +68,14 @@ static uint64_t hash_name(const char *s, size_t len) {
 
 static void entry_unlink(struct history *h, struct hentry *e) {
     struct history_stream *st = e->st;
-    /* always the stream's oldest */
-    st->head = e->tnext;
-    if (!st->head)
-        st->tail = NULL;
+    if (e->tprev)
+        e->tprev->tnext = e->tnext;
+    else
+        st->head = e->tnext;
+    if (e->tnext)
+        e->tnext->tprev = e->tprev;
+    else
+        st->tail = e->tprev;
     st->n--;
     if (e->gprev)
         e->gprev->gnext = e->gnext;
@@ -259,8 +263,40 @@ uint64_t history_first(struct history *h, struct history_stream *st) {
     return st->head ? st->head->pos : st->seq + 1;
 }
 
+int history_adopt(struct history *h, struct history_stream *st, const char *epoch,
+                  uint64_t pos) {
+    if (strcmp(st->epoch, epoch) != 0) {
+        while (st->head)
+            entry_unlink(h, st->head);
+        snprintf(st->epoch, sizeof st->epoch, "%s", epoch);
+        st->seq = 0;
+    }
+    if (pos <= st->seq)
+        return 0;
+    st->seq = pos;
+    return 1;
+}
+
 uint64_t history_next(struct history_stream *st) {
     return ++st->seq;
+}
+
+/* Insert e into st's list by position (at the tail when it is the newest). */
+static void stream_insert(struct history_stream *st, struct hentry *e) {
+    struct hentry *after = st->tail;
+    while (after && after->pos > e->pos)
+        after = after->tprev;
+    e->tprev = after;
+    e->tnext = after ? after->tnext : st->head;
+    if (e->tnext)
+        e->tnext->tprev = e;
+    else
+        st->tail = e;
+    if (after)
+        after->tnext = e;
+    else
+        st->head = e;
+    st->n++;
 }
 
 int history_append(struct history *h, struct history_stream *st, const struct history_rule *rule,
@@ -269,6 +305,9 @@ int history_append(struct history *h, struct history_stream *st, const struct hi
     double now = server_clock();
     st->last_used = now;
     st->ttl = rule->ttl;
+    for (struct hentry *x = st->tail; x && x->pos >= pos; x = x->tprev)
+        if (x->pos == pos)
+            return 0; /* kept already */
     struct hentry *e = malloc(sizeof *e + (msg_in_frame ? 0 : len));
     if (!e)
         return -1;
@@ -283,13 +322,7 @@ int history_append(struct history *h, struct history_stream *st, const struct hi
     if (!msg_in_frame && len)
         memcpy(e->msg, msg, len);
     e->bytes = sizeof *e + (msg_in_frame ? 0 : len) + frame->len;
-    e->tnext = NULL;
-    if (st->tail)
-        st->tail->tnext = e;
-    else
-        st->head = e;
-    st->tail = e;
-    st->n++;
+    stream_insert(st, e);
     e->gnext = NULL;
     e->gprev = h->newest;
     if (h->newest)

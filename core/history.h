@@ -14,6 +14,9 @@
  * ttl is dropped by the once-a-second sweep (a later publication starts a new
  * epoch at position 1).
  *
+ * With --redis the store caches the frames this process formatted (history_adopt):
+ * a recovery reuses them rather than format again.
+ *
  * Ownership: the store owns its rules, streams and entries, and one reference
  * to each entry's frame. A stream pointer stays valid until the sweep (which
  * runs from the loop, never inside a history_* call). */
@@ -67,12 +70,19 @@ const char *history_epoch(const struct history_stream *st);
 uint64_t history_last(const struct history_stream *st);
 /* The oldest kept position (after dropping what expired), or last + 1 when none. */
 uint64_t history_first(struct history *h, struct history_stream *st);
+/* With --redis the store is a cache of the frames formatted here: make st's epoch
+ * `epoch` (dropping what it kept under another one) and set its last position to pos
+ * when pos is newer. Returns 1 when pos is newer than what st kept (append it), else 0. */
+int history_adopt(struct history *h, struct history_stream *st, const char *epoch,
+                  uint64_t pos);
 /* Take the next position of the stream (for the publication being made). */
 uint64_t history_next(struct history_stream *st);
-/* Keep the publication at pos (from history_next) with its frame (a reference
- * is taken) and its message (copied, unless msg_in_frame says the frame's
- * payload is the message). Trims to the rule's size and the store's bound.
- * Returns 0, or -1 out of memory (the publication is then not kept). */
+/* Keep the publication at pos (from history_next; with --redis any position, put in
+ * its place, nothing done when it is kept already) with its frame (a reference is
+ * taken) and its message (copied, unless msg_in_frame says the frame's payload is
+ * the message). Trims to the rule's size (the lowest positions go) and the store's
+ * bound (the entries kept longest go). Returns 0, or -1 out of memory (the
+ * publication is then not kept). */
 int history_append(struct history *h, struct history_stream *st, const struct history_rule *rule,
                    uint64_t pos, struct outbuf *frame, const void *msg, size_t len, int binary,
                    int msg_in_frame);

@@ -375,22 +375,30 @@ static int q_push(struct replay *rp, struct outbuf *f, uint64_t pos, int live) {
     return 0;
 }
 
-int pubsub_subscribe_replay(struct pubsub *ps, struct conn *c, const char *name, size_t len) {
-    int r = pubsub_subscribe(ps, c, name, len);
-    if (r != 1)
-        return r;
+/* Give subscription sr (of conn c) a replay. Returns it, or NULL out of memory. */
+static struct replay *replay_attach(struct pubsub *ps, struct sub_ref *sr, int waiting) {
     struct replay *rp = calloc(1, sizeof *rp);
     uint32_t id = rp ? replay_slot(ps) : 0;
     if (!id) {
         free(rp);
+        return NULL;
+    }
+    rp->c = sr->c;
+    rp->waiting = (uint8_t)waiting;
+    ps->replays[id - 1] = rp;
+    sr->replay = id;
+    return rp;
+}
+
+int pubsub_subscribe_replay(struct pubsub *ps, struct conn *c, const char *name, size_t len) {
+    int r = pubsub_subscribe(ps, c, name, len);
+    if (r != 1)
+        return r;
+    struct topic *t = find(ps, name, len, hash_name(name, len));
+    if (!replay_attach(ps, sub_of(c, t), 1)) {
         pubsub_unsubscribe(ps, c, name, len);
         return -1;
     }
-    rp->c = c;
-    rp->waiting = 1;
-    ps->replays[id - 1] = rp;
-    struct topic *t = find(ps, name, len, hash_name(name, len));
-    sub_of(c, t)->replay = id;
     return 1;
 }
 
@@ -518,7 +526,9 @@ static size_t deliver(struct pubsub *ps, struct topic *t, const void *msg, size_
         struct conn *c = t->subs[i].c;
         if (c == except || (except_id && c->id == except_id))
             continue;
-        if (t->subs[i].replay) {
+        /* a history publication is never dropped for --out-high: it waits behind
+         * what the subscriber has not taken yet, sent at its drains (no gap) */
+        if (t->subs[i].replay || (pos && c->over_high && replay_attach(ps, &t->subs[i], 0))) {
             if (!frames[0])
                 frames[0] = outbuf_frame(opcode, msg, len);
             if (frames[0])

@@ -537,6 +537,10 @@ static void on_message(struct sb_redis *r, const redisReply *chan, const redisRe
             return;
         }
     }
+    if ((uint64_t)len > r->srv->cfg.max_message) {
+        refuse(r, chan, "longer than --max-message");
+        return;
+    }
     if (!binary && utf8_validate(UTF8_ACCEPT, p, len) != UTF8_ACCEPT) {
         refuse(r, chan, "a text that is not UTF-8 (publish binary as 0xFF 'b' + bytes)");
         return;
@@ -764,10 +768,12 @@ static const char functions[] =
     "  if want ~= '*' then\n"
     "    if want == epoch and since <= seq and since + 1 >= first then ok = 1 else from = 0 end\n"
     "  end\n"
+    "  if from > seq then from = seq end\n"
+    "  local start = string.format('%d-0', from + 1)\n"
     "  local out = {ok, epoch, seq}\n"
     "  local list\n"
     "  if limit > 0 and not first_n then\n"
-    "    list = redis.call('XREVRANGE', sk, '+', (from + 1) .. '-0', 'COUNT', limit)\n"
+    "    list = redis.call('XREVRANGE', sk, '+', start, 'COUNT', limit)\n"
     "    for i = #list, 1, -1 do\n"
     "      local e = list[i]\n"
     "      out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))\n"
@@ -777,9 +783,9 @@ static const char functions[] =
     "    return out\n"
     "  end\n"
     "  if limit > 0 then\n"
-    "    list = redis.call('XRANGE', sk, (from + 1) .. '-0', '+', 'COUNT', limit)\n"
+    "    list = redis.call('XRANGE', sk, start, '+', 'COUNT', limit)\n"
     "  else\n"
-    "    list = redis.call('XRANGE', sk, (from + 1) .. '-0', '+')\n"
+    "    list = redis.call('XRANGE', sk, start, '+')\n"
     "  end\n"
     "  for _, e in ipairs(list) do\n"
     "    out[#out + 1] = tonumber(string.match(e[1], '^(%d+)'))\n"

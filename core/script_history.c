@@ -263,10 +263,12 @@ static int recovery_args(lua_State *L, int t, uint64_t *since, const char **epoc
     int given;
     long long v = opt_since(L, t, &given);
     *epoch = NULL;
+    size_t elen = 0;
     if (lua_getfield(L, t, "epoch") == LUA_TSTRING)
-        *epoch = lua_tostring(L, -1); /* stays on the stack for the call */
+        *epoch = lua_tolstring(L, -1, &elen); /* stays on the stack for the call */
     *since = v > 0 ? (uint64_t)v : 0;
-    return given && v >= 0 && *epoch;
+    /* an epoch is a short string without NUL: anything else cannot be one */
+    return given && v >= 0 && *epoch && elen < HISTORY_EPOCH_MAX && strlen(*epoch) == elen;
 }
 
 /* (script_int.h) ws:subscribe with an options table that has since or epoch:
@@ -332,8 +334,37 @@ static void history_in(struct sb_server *srv, const char *topic, size_t tlen, ui
                                     &in_frame);
     if (!f)
         return;
+    /* kept here too, so that a recovery reuses the frame instead of formatting again */
+    struct history_stream *st = r ? history_stream(srv->history, topic, tlen, 1) : NULL;
+    if (st && history_adopt(srv->history, st, epoch, pos))
+        history_append(srv->history, st, r, pos, f, msg, len, binary, in_frame);
     pubsub_deliver_frame(srv->pubsub, topic, tlen, f, pos, msg, len, binary, NULL, except_id);
     outbuf_unref(f);
+}
+
+/* The frames this process formatted for a topic (its cache with --redis), by position. */
+struct cached {
+    struct {
+        uint64_t pos;
+        struct outbuf *f;
+    } *v;
+    size_t n, cap;
+};
+
+static void cache_collect(void *ud, const struct history_item *it) {
+    struct cached *c = ud;
+    if (c->n == c->cap) {
+        size_t nc = c->cap ? c->cap * 2 : 64;
+        void *nv = realloc(c->v, nc * sizeof *c->v);
+        if (!nv)
+            return;
+        c->v = nv;
+        c->cap = nc;
+    }
+    c->v[c->n].pos = it->pos;
+    c->v[c->n].f = it->frame;
+    it->frame->refs++; /* a format that runs meanwhile may trim the store */
+    c->n++;
 }
 
 void script__history_init(struct script *s) {
@@ -475,17 +506,46 @@ static void on_recovery_reply(void *ud, redisReply *rep, const char *err) {
     }
     const struct history_rule *r = history_match(srv->history, h->topic, h->tlen);
     const char *epoch = rep->element[1]->str;
+    /* the frames formatted here already (same epoch) are reused, and those formatted
+     * now are kept: a format runs once per publication per process, whatever the
+     * number of recoveries */
+    struct cached cache = {0};
+    struct history_stream *st = r ? history_stream(srv->history, h->topic, h->tlen, 1) : NULL;
+    if (st) {
+        history_adopt(srv->history, st, epoch, 0);
+        if (rep->elements > 3)
+            history_each(srv->history, st, (uint64_t)rep->element[3]->integer - 1, 0, 1,
+                         cache_collect, &cache);
+    }
+    size_t k = 0;
     for (size_t i = 3; i < rep->elements; i += 3) {
         redisReply **e = rep->element + i;
-        int binary = e[2]->len == 1 && e[2]->str[0] == '1';
-        int in_frame;
-        struct outbuf *f = format_frame(s, s->L, r, h->topic, h->tlen, e[1]->str, e[1]->len,
-                                        binary, (uint64_t)e[0]->integer, epoch, &in_frame);
+        uint64_t pos = (uint64_t)e[0]->integer;
+        while (k < cache.n && cache.v[k].pos < pos)
+            k++;
+        struct outbuf *f;
+        if (k < cache.n && cache.v[k].pos == pos) {
+            f = cache.v[k].f;
+            f->refs++;
+        } else {
+            int binary = e[2]->len == 1 && e[2]->str[0] == '1';
+            int in_frame;
+            f = format_frame(s, s->L, r, h->topic, h->tlen, e[1]->str, e[1]->len, binary, pos,
+                             epoch, &in_frame);
+            if (f && st) {
+                history_adopt(srv->history, st, epoch, pos);
+                history_append(srv->history, st, r, pos, f, e[1]->str, e[1]->len, binary,
+                               in_frame);
+            }
+        }
         if (!f)
             break;
-        pubsub_replay_add(srv->pubsub, h->c, h->topic, h->tlen, f, (uint64_t)e[0]->integer);
+        pubsub_replay_add(srv->pubsub, h->c, h->topic, h->tlen, f, pos);
         outbuf_unref(f);
     }
+    for (size_t i = 0; i < cache.n; i++)
+        outbuf_unref(cache.v[i].f);
+    free(cache.v);
     pubsub_replay_start(srv->pubsub, h->c, h->topic, h->tlen);
     lua_State *T = script__wait_thread(h->w);
     lua_checkstack(T, 4);

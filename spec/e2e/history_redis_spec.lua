@@ -114,6 +114,32 @@ describe("history with --redis", function()
         assert.are.same({ 50, 51 }, positions(c.frames))
     end)
 
+    it("formats a publication once per process, however many recoveries replay it", function()
+        local p = track(client(a))
+        local q = track(client(b))
+        pub(p, "room:long:k", "m", 20)
+        local e = read(p, "room:long:k").epoch
+        local before = h.formats(q)
+        local function recover(since)
+            local c = track(client(b))
+            assert.is_true(sub(c, "room:long:k", since, e).recovered)
+            until_n(c, #range(since + 1, 20))
+            return c
+        end
+        recover(0)
+        assert.are.equal(before + 20, h.formats(q)) -- not seen live here: formatted once
+        recover(0)
+        recover(7)
+        assert.are.equal(before + 20, h.formats(q))
+        pub(p, "room:long:k", "n", 5)
+        server.wait_for(function() return h.formats(q) == before + 25 end, 5, "5 live formats")
+        local c = track(client(b))
+        assert.is_true(sub(c, "room:long:k", 10, e).recovered)
+        until_n(c, 15)
+        assert.are.same(range(11, 25), positions(c.frames))
+        assert.are.equal(before + 25, h.formats(q))
+    end)
+
     it("says recovered=false past the history, for bad since/epoch, with the kept history", function()
         local p = track(client(a))
         pub(p, "room:f", "m", 12) -- size 5: 8..12 kept
@@ -124,6 +150,7 @@ describe("history with --redis", function()
             { "past the history", 3, e }, { "another epoch", 10, "nope" },
             { "another topic's epoch", 10, other }, { "from the future", 13, e },
             { "malformed since", "x", e }, { "no epoch", 10, nil },
+            { "a huge since", 1e15, e }, { "a long epoch", 10, string.rep("e", 200) },
         }) do
             local c = track(client(b))
             local m = sub(c, "room:f", case[2], case[3])
@@ -134,6 +161,7 @@ describe("history with --redis", function()
         end
         local c = track(client(b))
         assert.is_true(sub(c, "room:f", 7, e).recovered)
+        assert.is_nil(next(read(p, "room:f", 1e15).items))
     end)
 
     it("starts a new epoch when Redis loses the keys (FLUSHALL)", function()

@@ -58,6 +58,8 @@ describe("history in process", function()
         pub(p, "room:long:r", "c", 1)
         until_n(d, 1)
         assert.are.same({ 14 }, positions(d.frames))
+        -- one format per publication, replays included
+        assert.are.equal(14, h.formats(p))
         p:close() c:close() d:close()
     end)
 
@@ -76,6 +78,8 @@ describe("history in process", function()
             { "negative since", -1, e },
             { "fractional since", 9.5, e },
             { "no epoch", 10, nil },
+            { "a huge since", 1e15, e },
+            { "a long epoch", 10, string.rep("e", 200) },
         }
         for _, case in ipairs(cases) do
             local c = client(s)
@@ -89,6 +93,7 @@ describe("history in process", function()
         -- the edge: since = first kept - 1 recovers
         local c = client(s)
         assert.is_true(sub(c, "room:t", 7, e).recovered)
+        assert.is_nil(next(read(c, "room:t", 1e15).items))
         until_n(c, 5)
         assert.are.same(range(8, 12), positions(c.frames))
         c:close() p:close()
@@ -126,12 +131,19 @@ describe("history in process", function()
             read(p, "room:s", nil, 2).items[2].pos })
         assert.are.equal(5, read(p, "room:s", 4, 1).items[1].pos)
         pub(p, "short:t", "x", 3) -- ttl 1 s
-        assert.are.equal(3, #read(p, "short:t").items)
+        local r3 = read(p, "short:t")
+        assert.are.equal(3, #r3.items)
         server.wait_for(function() return next(read(p, "short:t").items) == nil end, 5,
             "the ttl to drop short:t")
-        -- positions go on after the ttl emptied the stream (it was used recently)
+        -- positions go on while the topic is known; once forgotten (nothing kept and no
+        -- publication for its ttl) it starts again at 1 in a new epoch
         pub(p, "short:t", "y", 1)
-        assert.are.equal(4, read(p, "short:t").items[1].pos)
+        local r4 = read(p, "short:t")
+        if r4.epoch == r3.epoch then
+            assert.are.equal(4, r4.items[1].pos)
+        else
+            assert.are.equal(1, r4.items[1].pos)
+        end
         p:close()
     end)
 
@@ -174,7 +186,9 @@ describe("history in process", function()
         socket.sleep(0.3) -- let the server's queue fill up against the small window
         local subbed
         while #c.frames < 2200 do
-            local f = assert(c:recv_frame())
+            local f, ferr = c:recv_frame()
+            assert(f, tostring(ferr) .. " after " .. #c.frames .. " publications, last "
+                .. tostring(c.frames[#c.frames]) .. (subbed and " (subbed)" or ""))
             assert.are.equal(1, f.opcode)
             local m = cjson.decode(f.payload)
             if m.op == "subbed" then subbed = m else c.frames[#c.frames + 1] = f.payload end
@@ -184,6 +198,22 @@ describe("history in process", function()
         assert.is_true(subbed.recovered)
         local log = s:log()
         assert.is_nil(log:find("out%-max"))
+        p:close() c:close()
+    end)
+
+    it("never drops a history publication for --out-high: it waits for the drain", function()
+        s = server.start{ app = APP, args = { "--out-high", "16k", "--out-low", "4k",
+            "--out-max", "1m", "--metrics-path", "/metrics" } }
+        local c = client(s, { rcvbuf = 4096 })
+        send(c, { op = "live", topic = "big:q" })
+        until_op(c, "subbed")
+        local p = client(s)
+        pub(p, "big:q", string.rep("q", 1000), 300) -- ~300 KB to a reader that does not read
+        until_n(c, 300)
+        assert.are.same(range(1, 300), positions(c.frames))
+        local _, _, body = rawws.get(s.port, "/metrics")
+        assert.are.equal("0", body:match("\nswitchboard_deliveries_dropped_total (%d+)"))
+        assert.truthy(tonumber(body:match("\nswitchboard_backpressure_events_total (%d+)")) > 0)
         p:close() c:close()
     end)
 

@@ -150,6 +150,19 @@ describe("presence with --redis", function()
         eve:close()
     end)
 
+    it("writes every entry again when Redis comes back empty", function()
+        track(join(a, "again", "ann"))
+        track(join(b, "again", "bob"))
+        wait_who(a, "again", "ann,bob")
+        redis_srv.stop(redis)
+        redis = nil
+        assert.equal("err:redis: not connected", who(a, "again"))
+        redis = redis_srv.start(rport) -- a new server: no keys
+        for _, s in ipairs { a, b } do s:wait_log("redis: reconnected") end
+        wait_who(a, "again", "ann,bob", 0.8) -- at once, not at the next refresh (1 s)
+        wait_who(b, "again", "ann,bob", 0.8)
+    end)
+
     it("ages out the members of a process killed with SIGKILL within --presence-ttl", function()
         track(join(a, "crash", "ann"))
         track(join(c, "crash", "carl"))

@@ -57,8 +57,9 @@ describe("a backend publishing through Redis", function()
         rport = redis_srv.free_port()
         redis = redis_srv.start(rport)
         local url = "redis://127.0.0.1:" .. rport
-        a = server.start { app = APP, args = { "--redis", url, "--metrics-path", "/metrics" } }
-        b = server.start { app = APP, args = { "--redis", url, "--metrics-path", "/metrics" } }
+        local args = { "--redis", url, "--metrics-path", "/metrics", "--max-message", "100000" }
+        a = server.start { app = APP, args = args }
+        b = server.start { app = APP, args = args }
         a:wait_log("redis: connected")
         b:wait_log("redis: connected")
     end)
@@ -113,12 +114,15 @@ describe("a backend publishing through Redis", function()
         end
         resp(rport, "PUBLISH", "sb:bad", "\255z future kind")
         resp(rport, "PUBLISH", "sb:bad", "\255") -- a tag without its kind
-        assert.equal(":1", resp(rport, "PUBLISH", "sb:bad", "after"))
+        resp(rport, "PUBLISH", "sb:bad", "\255m1234") -- a switchboard tag cut short
+        resp(rport, "PUBLISH", "sb:bad", ("x"):rep(100001)) -- past --max-message
+        resp(rport, "PUBLISH", "sb:bad", "\255b" .. ("\0"):rep(100001))
+        assert.equal(":1", resp(rport, "PUBLISH", "sb:bad", ("y"):rep(100000)))
         local f = assert(ca:recv_frame())
-        assert.equal("after", f.payload) -- nothing mangled reached it first
+        assert.equal(("y"):rep(100000), f.payload) -- nothing mangled reached it first
         server.wait_for(function()
-            return metric(a, "switchboard_redis_refused_total") == before + 22
-        end, 5, "22 refused")
+            return metric(a, "switchboard_redis_refused_total") == before + 25
+        end, 5, "25 refused")
         a:wait_log("redis: refused a message on sb:bad")
         -- one line per second at most, however many were refused
         local _, lines = a:log():gsub("redis: refused a message on", "")

@@ -53,6 +53,12 @@ function h.read(c, topic, since, limit)
     return h.until_op(c, "items")
 end
 
+-- How many times the app's format ran in this client's process.
+function h.formats(c)
+    h.send(c, { op = "count" })
+    return h.until_op(c, "count").n
+end
+
 function h.positions(frames)
     local out = {}
     for i, p in ipairs(frames) do out[i] = cjson.decode(p).pos end

@@ -724,3 +724,59 @@ describe("switchboard.testing: handlers that wait", function()
         assert.matches("attempt to yield from a handler", route.errors[1].message)
     end)
 end)
+
+describe("switchboard.testing: topic history", function()
+    local ROOM = [[
+local sb = require "switchboard"
+sb.history.keep("room:", { size = 3, ttl = 10, format = function(msg, pos, epoch)
+    return pos .. "@" .. epoch .. ":" .. msg
+end })
+return {
+    message = function(ws, msg)
+        local cmd, a, b = msg:match("^(%w+) ?(%S*) ?(%S*)$")
+        if cmd == "pub" then sb.publish("room:x", a)
+        elseif cmd == "sub" then
+            local ok, epoch = ws:subscribe("room:x", { since = tonumber(a), epoch = b })
+            ws:send("=" .. tostring(ok) .. " " .. tostring(epoch))
+        elseif cmd == "read" then
+            local items, epoch = sb.history.read("room:x")
+            local out = {}
+            for _, it in ipairs(items) do out[#out + 1] = it.pos .. "=" .. it.msg end
+            ws:send("=" .. table.concat(out, ",") .. " " .. tostring(epoch))
+        end
+    end,
+}
+]]
+
+    local function data(c)
+        local out = {}
+        for _, m in ipairs(c.sent) do out[#out + 1] = m.data end
+        return out
+    end
+
+    it("numbers, formats and keeps publications; recovers with since and epoch", function()
+        write("room.lua", ROOM)
+        local app = t.app(dir)
+        local route = app:load("room")
+        local p = route:connect()
+        for i = 1, 4 do p:message("pub m" .. i) end
+        p:clear()
+        p:message("read")
+        local epoch = data(p)[1]:match(" (%S+)$")
+        assert.are.equal("=2=m2,3=m3,4=m4 " .. epoch, data(p)[1])
+        local c = route:connect()
+        c:message("sub 2 " .. epoch)
+        assert.are.same({ "3@" .. epoch .. ":m3", "4@" .. epoch .. ":m4", "=true " .. epoch },
+            data(c))
+        p:message("pub m5")
+        assert.are.equal("5@" .. epoch .. ":m5", data(c)[4])
+        local d = route:connect()
+        d:message("sub 0 " .. epoch) -- 1 is no longer kept: not recovered, the kept ones
+        assert.are.same({ "3@" .. epoch .. ":m3", "4@" .. epoch .. ":m4",
+            "5@" .. epoch .. ":m5", "=false " .. epoch }, data(d))
+        app:advance(11) -- past the ttl
+        p:clear()
+        p:message("read")
+        assert.are.equal("= " .. epoch, data(p)[1])
+    end)
+end)

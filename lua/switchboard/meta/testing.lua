@@ -48,6 +48,14 @@ function App:advance(seconds) end
 ---@return integer
 function App:subscribers(topic) end
 
+---A publication from elsewhere (another process, a backend's `PUBLISH sb:<topic>`): to
+---the topic's connections and `sb.subscribe` functions; not in `app.published`.
+---@param topic string
+---@param msg string
+---@param binary? boolean
+---@return integer queued How many connections it was queued to.
+function App:publish(topic, msg, binary) end
+
 ---@class switchboard.testing.route
 ---@field app switchboard.testing.app
 ---@field name string "chat"

@@ -8,12 +8,14 @@
 --   {op="spam", topic=, n=, every=, msg=} -> a timer publishes "s1".."sN" (msg instead of
 --                                          "s") every `every` s
 --   {op="read", topic=, since=, limit=}  -> {op="items", items=, epoch=}
+--   {op="count"}                         -> {op="count", n=} format calls in this process
 -- Every publication on a history topic arrives as {pos=, epoch=, msg=} (room:, big:),
 -- as the message itself (plain:, short:), or through the failing format (bad:).
 local sb = require "switchboard"
 local json = sb.json
 
 local function fmt(msg, pos, epoch)
+    sb.shared.formats = (sb.shared.formats or 0) + 1
     return json.encode({ pos = pos, epoch = epoch, msg = msg })
 end
 
@@ -57,6 +59,8 @@ function h.message(ws, msg)
             if i >= m.n then t:cancel() end
         end)
         ws:send(json.encode({ op = "spamming" }))
+    elseif m.op == "count" then
+        ws:send(json.encode({ op = "count", n = sb.shared.formats or 0 }))
     elseif m.op == "read" then
         local items, epoch = sb.history.read(m.topic, { since = m.since, limit = m.limit })
         ws:send(json.encode({ op = "items", items = items, epoch = epoch or json.null }))
