@@ -31,6 +31,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "history.h"
 #include "log.h"
 #include "pubsub.h"
 #include "loop.h"
@@ -539,6 +540,11 @@ static void on_message(struct sb_redis *r, const redisReply *chan, const redisRe
     }
     if ((uint64_t)len > r->srv->cfg.max_message) {
         refuse(r, chan, "longer than --max-message");
+        return;
+    }
+    if (r->srv->history && history_match(r->srv->history, chan->str + plen, chan->len - plen)) {
+        /* a message without a position would break its subscribers' recovery */
+        refuse(r, chan, "the topic keeps history: publish with FCALL sb_publish");
         return;
     }
     if (!binary && utf8_validate(UTF8_ACCEPT, p, len) != UTF8_ACCEPT) {

@@ -72,6 +72,7 @@ static const char GET_LUA[] =
 struct presence {
     struct script *s;
     size_t entries;          /* this process's, all topics */
+    double err_logged;       /* when a failed write was last logged */
     struct event *refresh;   /* --redis: every third of --presence-ttl */
     struct sb_redis *hooked; /* the Redis whose up hook is ours, or NULL */
 };
@@ -90,6 +91,22 @@ static void keys_for(const char *topic, size_t tlen, char *buf, const char **arg
     argvlen[0] = sizeof HASH_PREFIX - 1 + tlen;
     argv[1] = z;
     argvlen[1] = sizeof ZSET_PREFIX - 1 + tlen;
+}
+
+/* A write's reply: an error (a Redis without scripting, a full memory) is logged at
+ * most once a minute; it is counted in redis_errors by redis.c. ud is the presence
+ * state, which outlives every reply: main.c frees the Redis client (whose pending
+ * callbacks run then) before the server and its script. */
+static void on_write(void *ud, struct redisReply *reply, const char *err) {
+    struct presence *P = ud;
+    (void)err; /* a lost connection is logged by redis.c; on_up writes everything again */
+    if (!reply || reply->type != REDIS_REPLY_ERROR)
+        return;
+    double now = server_clock();
+    if (P->err_logged > 0 && now - P->err_logged < 60)
+        return;
+    P->err_logged = now;
+    log_warn("presence: Redis refused a write: %s", reply->str);
 }
 
 /* EVAL script 2 keys(topic) args...: nobody waits for the reply. */
@@ -113,7 +130,7 @@ static void eval(struct presence *P, const char *script, const char *topic, size
             argv[5 + i] = args[i];
             argvlen[5 + i] = arglens[i];
         }
-        redis_command(r, nargs + 5, argv, argvlen, NULL, NULL);
+        redis_command(r, nargs + 5, argv, argvlen, on_write, P);
     }
     free(keys);
     free(argv);

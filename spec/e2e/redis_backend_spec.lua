@@ -129,6 +129,19 @@ describe("a backend publishing through Redis", function()
         assert.is_true(lines <= 3, a:log())
     end)
 
+    it("refuses a plain PUBLISH on a topic that keeps history (it has no position)", function()
+        local c = track(rawws.open(a.port, "/room?topic=kept:b"))
+        assert.equal("ready", assert(c:recv_frame()).payload)
+        server.wait_for(function() return numsub(rport, "kept:b") == 1 end, 10, "a subscriber")
+        local before = metric(a, "switchboard_redis_refused_total") or 0
+        resp(rport, "PUBLISH", "sb:kept:b", "no position")
+        resp(rport, "PUBLISH", "sb:kept:b", "\255bno position")
+        server.wait_for(function()
+            return metric(a, "switchboard_redis_refused_total") == before + 2
+        end, 5, "2 refused")
+        assert.truthy(quiet(c, 0.2))
+    end)
+
     it("delivers a switchboard process's publish to the other process unchanged", function()
         local ca, cb = track(open(a, "x")), track(open(b, "x"))
         server.wait_for(function() return numsub(rport, "x") == 2 end, 10, "2 subscribers")

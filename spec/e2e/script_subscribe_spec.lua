@@ -110,6 +110,19 @@ describe("switchboard.subscribe in one process", function()
         assert.equal(0, metric(s, "switchboard_script_subscriptions"))
     end)
 
+    it("sees a history topic's publications as published (not as formatted)", function()
+        assert.equal("true", get(s, "add=kept:1"))
+        local c = rawws.open(s.port, "/room?topic=kept:1")
+        assert.equal("ready", assert(c:recv_frame()).payload)
+        get(s, "pub=kept:1&msg=first")
+        assert(c:send(wsframe.text("pub:second")))
+        assert.equal("1:first", assert(c:recv_frame()).payload) -- the subscribers' frame
+        assert.equal("2:second", assert(c:recv_frame()).payload)
+        wait_seen(s, "kept:1", { "t:first", "t:second" })
+        c:close()
+        get(s, "del=kept:1")
+    end)
+
     it("raises on misuse, naming the function and argument", function()
         assert.matches("bad argument #1 to 'subscribe' %(string expected, got nil%)",
             get(s, "misuse=notopic"))
@@ -206,6 +219,26 @@ describe("switchboard.subscribe with --redis", function()
         local want = { "t:from-a", "t:from-b", "t:from-backend", "b:0102" }
         wait_seen(a, "g", want)
         wait_seen(b, "g", want)
+    end)
+
+    it("sees a history topic's publications from every process once, as published", function()
+        assert.equal("true", get(a, "add=kept:r"))
+        assert.equal("true", get(b, "add=kept:r"))
+        server.wait_for(function() return numsub(rport, "kept:r") == 2 end, 5, "both subscribed")
+        get(a, "pub=kept:r&msg=x1")
+        get(b, "pub=kept:r&msg=x2")
+        get(a, "pub=kept:r&msg=x3")
+        -- positions come from Redis: every process sees one order
+        local want = seen(a, "kept:r")
+        server.wait_for(function()
+            want = seen(a, "kept:r")
+            return #want == 3
+        end, 5, "a to see 3")
+        wait_seen(b, "kept:r", want)
+        table.sort(want)
+        assert.same({ "t:x1", "t:x2", "t:x3" }, want)
+        get(a, "del=kept:r")
+        get(b, "del=kept:r")
     end)
 
     it("unsubscribes the Redis channel when the last script subscriber leaves", function()

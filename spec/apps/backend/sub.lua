@@ -10,6 +10,10 @@
 -- A recorder raises on the message "boom" (after recording "boom?").
 local sb = require "switchboard"
 
+-- topics under "kept:" keep a history (positions; with --redis, Redis assigns them)
+sb.history.keep("kept:", { size = 10,
+    format = function(msg, pos) return ("%d:%s"):format(pos, msg) end })
+
 local seen = {}
 local recorders = {}
 
