@@ -2,10 +2,41 @@
 //
 //   node spec/support/chat_cluster.mjs BASE_A SCREENSHOT.png BASE_B
 //
-// ada and cy are served by A, bob by B. They chat; cy's network is cut (the browser goes
-// offline) while the others go on and cy writes something; the network comes back; every
+// ada and cy are served by A, bob by B. cy's page goes through a TCP proxy that this
+// script can cut: its connections are reset on both sides and new ones refused. While
+// cy is cut off the others go on and cy writes something; the network comes back; every
 // page ends with the same messages, ids and order, each message once.
+import net from 'node:net';
 import { STEP, report, check, context, tab, login, say, messageText, run } from './browser_kit.mjs';
+
+// A TCP proxy to `base`'s port on a free port of its own: { url, cut(), restore(), close() }.
+async function proxy(base) {
+  const target = Number(new URL(base).port);
+  const live = new Set();
+  let down = false;
+  const srv = net.createServer((inbound) => {
+    if (down) { inbound.resetAndDestroy(); return; }
+    const outbound = net.connect(target, '127.0.0.1');
+    const pair = [inbound, outbound];
+    live.add(pair);
+    const end = () => { live.delete(pair); inbound.destroy(); outbound.destroy(); };
+    inbound.on('error', end).on('close', end);
+    outbound.on('error', end).on('close', end);
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${srv.address().port}`,
+    cut() {
+      down = true;
+      for (const [a, b] of live) { a.resetAndDestroy(); b.resetAndDestroy(); }
+      live.clear();
+    },
+    restore() { down = false; },
+    close() { srv.close(); },
+  };
+}
 
 const [baseA, shot, baseB] = process.argv.slice(2);
 const ROOM = 'net';
@@ -29,10 +60,10 @@ async function sameEverywhere(pages, count) {
 }
 
 async function main() {
-  const cyCtx = await context();
+  const cyNet = await proxy(baseA);
   const ada = await tab(await context(), 'ada', `${baseA}/`);
   const bob = await tab(await context(), 'bob', `${baseB}/`);
-  const cy = await tab(cyCtx, 'cy', `${baseA}/`);
+  const cy = await tab(await context(), 'cy', `${cyNet.url}/`);
   await login(ada, 'ada', ROOM);
   await login(bob, 'bob', ROOM);
   await login(cy, 'cy', ROOM);
@@ -48,17 +79,9 @@ async function main() {
   check('b1 a1 a2 b2 a3: every page shows all five, in one order', r.ok
     && JSON.stringify(r.lists[0].map((m) => m[2])) === '["b1","a1","a2","b2","a3"]', JSON.stringify(r.lists));
 
-  // cy's network goes away: the page notices (offline emulation, or its socket dropped
-  // when the browser keeps it), the others go on, cy writes something meanwhile.
-  await cyCtx.setOffline(true);
-  try {
-    await cy.locator('#status[data-state="offline"]').waitFor({ timeout: 3000 });
-    report.cut = 'offline';
-  } catch {
-    report.cut = 'dropped';
-    await cy.evaluate(() => window.sbChat.client.drop());
-    await cy.locator('#status[data-state="offline"]').waitFor();
-  }
+  // cy's network goes away: both ends of its connection are reset.
+  cyNet.cut();
+  await cy.locator('#status[data-state="offline"]').waitFor();
   check('the cut page shows it is offline', true);
   for (const [page, text] of [[bob, 'while cy was away 1'], [ada, 'while cy was away 2'], [bob, 'while cy was away 3']]) {
     await say(page, text);
@@ -68,7 +91,7 @@ async function main() {
   await say(cy, 'written offline');
   await cy.locator('#send-notice', { hasText: 'Offline' }).waitFor();
   check('text written offline waits', await cy.locator('#messages .msg.pending').count() === 1);
-  await cyCtx.setOffline(false);
+  cyNet.restore();
   await cy.locator('#status[data-state="online"]').waitFor({ timeout: 30000 });
   await messageText(cy, 'while cy was away 3').waitFor();
   await messageText(ada, 'written offline').waitFor();
@@ -83,6 +106,7 @@ async function main() {
   await cy.screenshot({ path: shot });
   check('no alert dialog was opened', report.dialogs === 0);
   check('no errors in the console', report.console.length === 0, report.console.join('; '));
+  cyNet.close();
 }
 
 run(main, shot);
