@@ -42,15 +42,19 @@ local function kept_topic(name) return KEPT .. name end
 
 -- What a room message looks like on the wire, built once per message per process from
 -- what `say` published ({"room":…,"nick":…,"text":…,"ts":…}): the position is its id,
--- the epoch says which history the id belongs to. Joins replay the same frames.
+-- the epoch says which history the id belongs to. Joins send the same frames. nil for a
+-- publication that is not a JSON object with a first key (a backend's plain text), which
+-- then goes out as it was published and is left out of joins.
 local function message_frame(msg, pos, epoch)
+    if not msg:find('^{%s*"') then return nil end
+    local ok, t = pcall(json.decode, msg)
+    if not ok or type(t) ~= "table" then return nil end
     return '{"type":"message","id":' .. math.tointeger(pos) .. ',"epoch":' .. json.encode(epoch) .. ","
         .. msg:sub(2)
 end
 
 sb.history.keep(KEPT, { size = HISTORY, ttl = HISTORY_TTL, format = function(msg, pos, epoch)
-    if msg:sub(1, 1) ~= "{" or #msg < 3 then return msg end -- not ours (a backend's): as it was published
-    return message_frame(msg, pos, epoch)
+    return message_frame(msg, pos, epoch) or msg
 end })
 -- ws.id is unique within one process; with --workers or --redis the topic
 -- must also name the process, or a private message could reach a namesake id.
@@ -258,8 +262,8 @@ local function recover(ws, name, since, want_epoch)
     if not recovered then items, epoch = sb.history.read(topic, { limit = HISTORY }) end
     if not items then items, epoch = {}, nil end -- history unreachable (Redis away): live only
     local frames, upto = {}, recovered and since or 0
-    for i, it in ipairs(items) do
-        frames[i] = message_frame(it.msg, it.pos, epoch)
+    for _, it in ipairs(items) do
+        frames[#frames + 1] = message_frame(it.msg, it.pos, epoch)
         upto = it.pos
     end
     if epoch then

@@ -512,6 +512,19 @@ describe("chat: ids and recovery", function()
         assert.same({ 7, "m7" }, { m.id, m.text })
     end)
 
+    it("leaves a backend's publication that is not a message out of joins, and passes it on as it was", function()
+        local ann = user("ann", "lobby")
+        send(ann, { type = "say", room = "lobby", text = "m1" })
+        ann:clear()
+        for _, raw in ipairs { "plain text", "{oops", "[1]", "{}", '{ "x" }' } do app:publish("chat:lobby", raw) end
+        local got = {}
+        for _, m in ipairs(ann:clear()) do got[#got + 1] = m.data end
+        assert.same({ "plain text", "{oops", "[1]", "{}", '{ "x" }' }, got)
+        local j = join(user("bob"), "lobby")[1] -- the joined frame is valid JSON
+        assert.equal(1, #j.history)
+        assert.equal("m1", j.history[1].text)
+    end)
+
     it("says recovered = true with no history when nothing was missed", function()
         local ann = user("ann", "lobby")
         say_n(ann, "lobby", 1, 2)
