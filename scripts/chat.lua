@@ -62,10 +62,13 @@ local function user_topic(id, node) return "user:" .. (node or sb.node) .. ":" .
 
 local function send(ws, msg) ws:send(json.encode(msg)) end
 
--- An error answers the request being handled: its `ref` (ws.data.ref, set by
--- chat.message) comes back with it, so a page knows which of its messages failed.
+-- An error answers the request being handled: its `ref` and `room` (ws.data.ref and
+-- ws.data.req_room, set by chat.message) come back with it, so a page knows which of its
+-- messages failed and where.
 local function fail(ws, code, message, request)
-    send(ws, { type = "error", code = code, message = message, request = request, ref = ws.data.ref })
+    local data = ws.data
+    send(ws, { type = "error", code = code, message = message, request = request, ref = data.ref,
+        room = data.req_room })
 end
 
 -- The address part of ws.remote ("addr:port", "[v6]:port").
@@ -185,9 +188,8 @@ end
 -- with messages or with fail(); none may raise on bad input.
 local handle = {}
 
--- The presence of `nick` (any case) in room `name`, in every process, other than ws:
--- its info ({ nick, node, id }), or nil. With --redis this waits; when Redis is away
--- only this process's members are known.
+-- The info ({ nick, node, id }) of whoever but ws has `nick` (any case) in `infos`
+-- (what sb.presence returned), or nil.
 local function present(infos, ws, nick)
     local lower = nick:lower()
     for _, p in ipairs(infos or {}) do
@@ -197,6 +199,8 @@ local function present(infos, ws, nick)
     end
 end
 
+-- The same for room `name`: this process's members, then every process's presence
+-- (with --redis this waits; when Redis is away only this process's members are known).
 local function someone(ws, name, nick)
     local local_member = get_room(name) and get_room(name).members[nick:lower()]
     if local_member and local_member.id ~= ws.id then
@@ -288,15 +292,15 @@ function handle.join(ws, msg)
     if data.joined >= MAX_JOINED then
         return fail(ws, "too_many_rooms", ("you can be in at most %d rooms"):format(MAX_JOINED), "join")
     end
-    local client = client_rooms(data.addr)
-    if not client.rooms[name] and client.count >= MAX_PER_CLIENT then
-        return fail(ws, "too_many_rooms", ("your address is in %d rooms already"):format(MAX_PER_CLIENT), "join")
-    end
     -- the nick is unique in the room across every process (presence; this waits with
-    -- --redis), and checked again in this process after the wait
+    -- --redis); what this process knows is checked after the wait
     local infos = sb.presence(room_topic(name)) -- nil when Redis is away: this process's members only
     if present(infos, ws, data.nick) then
         return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(data.nick, name), "join")
+    end
+    local client = client_rooms(data.addr)
+    if not client.rooms[name] and client.count >= MAX_PER_CLIENT then
+        return fail(ws, "too_many_rooms", ("your address is in %d rooms already"):format(MAX_PER_CLIENT), "join")
     end
     local existing = get_room(name)
     if existing and existing.members[data.nick:lower()] then
@@ -429,7 +433,7 @@ end
 -- next one says the same thing), so a page's typing never costs it a chat message.
 function chat.message(ws, raw, binary)
     local data = ws.data
-    data.ref = nil
+    data.ref, data.req_room = nil, nil
     -- connections opened before a reload to this version lack these
     data.addr = data.addr or address(ws.remote)
     data.typing_bucket = data.typing_bucket or bucket.new(TYPING_BURST, sb.now())
@@ -441,12 +445,16 @@ function chat.message(ws, raw, binary)
     if msg and msg.type == "typing" then
         if not bucket.take(data.typing_bucket, TYPING_BURST, TYPING_RATE, sb.now()) then return end
     else
-        if msg then data.ref = ref_of(msg) end
+        if msg then
+            data.ref = ref_of(msg)
+            data.req_room = validate.room(msg.room) or nil
+        end
         local ok, retry = bucket.take(data.bucket, BURST, RATE, sb.now())
         if not ok then
             return send(ws, { type = "error", code = "rate_limited",
                 message = "slow down: you are sending messages too fast", retry_after = retry,
-                request = msg and type(msg.type) == "string" and msg.type:sub(1, 40) or nil, ref = data.ref })
+                request = msg and type(msg.type) == "string" and msg.type:sub(1, 40) or nil, ref = data.ref,
+                room = data.req_room })
         end
     end
     if binary then return fail(ws, "bad_message", "send JSON text messages, not binary") end

@@ -277,18 +277,7 @@ const handlers = {
   },
 
   left(msg) {
-    state.rooms.delete(msg.room);
-    client.forget(msg.room);
-    state.outbox = state.outbox.filter((it) => it.room !== msg.room);
-    saveRooms();
-    if (state.current === msg.room) selectRoom(state.rooms.keys().next().value || null);
-    renderRooms();
-    renderNotice();
-    if (state.rooms.size === 0) {
-      showView('login');
-      $('room').value = '';
-      $('room').focus();
-    }
+    if (state.rooms.has(msg.room)) dropRoom(msg.room);
   },
 
   message(msg) {
@@ -361,25 +350,42 @@ const handlers = {
     }
     const text = typeof msg.message === 'string' ? msg.message : 'Something went wrong';
     const fromLogin = $('app').dataset.view === 'login';
-    if (msg.request === 'nick' || msg.request === 'join') {
-      if (fromLogin || msg.code === 'nick_taken') {
-        // A nick another tab or person took while we were away: choose again.
-        $('login-error').textContent = capitalize(text);
-        $('join-btn').disabled = false;
-        if (msg.code === 'nick_taken' || msg.code === 'nick_invalid') {
-          state.nick = null;
-          if (!fromLogin && msg.request === 'join') { state.rooms.delete(msg.room); saveRooms(); }
-          if (state.rooms.size === 0) showView('login');
-          $('nick').focus();
-        }
-        if (fromLogin) return;
+    if (fromLogin && (msg.request === 'nick' || msg.request === 'join')) {
+      $('login-error').textContent = capitalize(text);
+      $('join-btn').disabled = false;
+      if (msg.code === 'nick_taken' || msg.code === 'nick_invalid') {
+        state.nick = null;
+        $('nick').focus();
       }
+      return;
     }
+    if (msg.request === 'join' && msg.code === 'nick_taken' && state.rooms.has(msg.room)) {
+      // A rejoin after a reconnect: someone took our nick in that room meanwhile.
+      dropRoom(msg.room);
+      if (state.rooms.size === 0) { $('login-error').textContent = capitalize(text); return; }
+    }
+    if (msg.request === 'nick') state.wantNick = state.nick || state.wantNick;
     toast(capitalize(text), 'error');
   },
 
   pong() {},
 };
+
+// We are out of a room (we left it, or could not rejoin it).
+function dropRoom(name) {
+  state.rooms.delete(name);
+  client.forget(name);
+  state.outbox = state.outbox.filter((it) => it.room !== name);
+  saveRooms();
+  if (state.current === name) selectRoom(state.rooms.keys().next().value || null);
+  renderRooms();
+  renderNotice();
+  if (state.rooms.size === 0) {
+    showView('login');
+    $('room').value = '';
+    $('room').focus();
+  }
+}
 
 function ensureRoom(name) {
   let room = state.rooms.get(name);
