@@ -117,6 +117,46 @@ async function main() {
     const box = document.getElementById('messages');
     return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
   }));
+  // sbclient.js on its own, against the echo route: the outbox before the first
+  // connection and while one is down, later(), the reconnect, positions.
+  const sbc = await grace.evaluate(async () => {
+    const { SbClient } = await import('./sbclient.js');
+    const got = [];
+    const statuses = [];
+    const until = (n) => new Promise((resolve, reject) => {
+      const deadline = Date.now() + 10000;
+      const t = setInterval(() => {
+        if (got.length >= n) { clearInterval(t); resolve(); }
+        if (Date.now() > deadline) { clearInterval(t); reject(new Error(`echo: ${JSON.stringify(got)}`)); }
+      }, 10);
+    });
+    const c = new SbClient('/echo', { minDelay: 50, maxDelay: 100,
+      onmessage: (m) => got.push(m.n), onstatus: (st) => statuses.push(st) });
+    const first = c.send({ n: 1 });
+    c.start();
+    await until(1);
+    const online = c.send({ n: 2 });
+    c.later({ n: 3 }, 0.05);
+    await until(3);
+    const generation = c.generation;
+    c.drop();
+    const offline = c.send({ n: 4 });
+    await until(4);
+    const seen = [c.seen('t', 1, 'e1'), c.seen('t', 1, 'e1'), c.seen('t', 3, 'e1'), c.seen('t', 2, 'e1'),
+      c.position('t'), c.seen('t', 1, 'e2'), c.position('t')];
+    const reconnected = c.generation === generation + 1;
+    c.stop();
+    return { first, online, offline, got, statuses: [...new Set(statuses)], seen, reconnected };
+  });
+  check('sbclient.js keeps what is sent before and between connections, in order', JSON.stringify(sbc.got)
+    === '[1,2,3,4]' && sbc.first === 'queued' && sbc.online === 'sent' && sbc.offline === 'queued'
+    && sbc.reconnected, JSON.stringify(sbc));
+  check('sbclient.js reports connecting, online and offline',
+    JSON.stringify(sbc.statuses) === '["connecting","online","offline"]', JSON.stringify(sbc.statuses));
+  check('sbclient.js tells new positions from duplicates, and starts a topic over for a new epoch',
+    JSON.stringify(sbc.seen) === JSON.stringify([true, false, true, false, { since: 3, epoch: 'e1' }, true,
+      { since: 1, epoch: 'e2' }]), JSON.stringify(sbc.seen));
+
   await grace.screenshot({ path: shot });
   check('no alert dialog was opened', report.dialogs === 0);
   check('no errors in the console', report.console.length === 0, report.console.join('; '));
