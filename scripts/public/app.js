@@ -303,6 +303,7 @@ const handlers = {
     room.members.add(msg.nick);
     addItem(msg.room, { type: 'notice', text: `${msg.nick} joined`, ts: msg.ts }, true);
     if (msg.room === state.current) renderMembers();
+    renderRooms();
   },
 
   leave(msg) {
@@ -312,6 +313,7 @@ const handlers = {
     room.typing.delete(msg.nick);
     addItem(msg.room, { type: 'notice', text: `${msg.nick} left`, ts: msg.ts }, true);
     if (msg.room === state.current) { renderMembers(); renderTyping(); }
+    renderRooms();
     if (state.pmTarget === msg.nick && msg.room === state.current) setPmTarget(null);
   },
 
@@ -632,8 +634,11 @@ function roomButton(name, count, { joined, unread }) {
 function renderRooms() {
   const counts = new Map(state.allRooms.map((r) => [r.name, r.members]));
   const joined = $('joined-rooms');
-  joined.replaceChildren(...[...state.rooms.keys()].sort().map((name) =>
-    roomButton(name, counts.get(name), { joined: true, unread: state.rooms.get(name).unread })));
+  // In our own rooms we know everyone, on every process; the server's counts are its own.
+  joined.replaceChildren(...[...state.rooms.keys()].sort().map((name) => {
+    const room = state.rooms.get(name);
+    return roomButton(name, room.members.size || counts.get(name), { joined: true, unread: room.unread });
+  }));
   const others = state.allRooms.filter((r) => !state.rooms.has(r.name));
   const all = $('all-rooms');
   all.replaceChildren(...others.map((r) => roomButton(r.name, r.members, { joined: false })));

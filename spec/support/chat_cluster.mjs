@@ -69,6 +69,8 @@ async function main() {
   await login(cy, 'cy', ROOM);
   await cy.locator('#member-list .member-nick', { hasText: 'bob' }).waitFor();
   check('members served by the other process are listed', true);
+  for (const page of [ada, bob, cy]) await page.locator('#joined-rooms .room .count', { hasText: '3' }).waitFor();
+  check('every page counts the room\'s members on every process', true);
 
   await say(bob, 'b1');
   await say(ada, 'a1');
