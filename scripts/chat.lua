@@ -21,6 +21,7 @@ local TYPING_BURST, TYPING_RATE = 5, 1 -- typing flags have their own budget; pa
 local MAX_JOINED = 10        -- rooms one connection may be in at once
 local MAX_PER_CLIENT = 20    -- distinct rooms the connections of one source address may be in
 local MAX_ROOMS = 100        -- rooms the server keeps (empty ones are evicted first)
+local MEMBERS_EVERY = 5      -- seconds between checks of each room's members on every process
 local LOBBY = "lobby"
 local ROOMS_TOPIC = "rooms"  -- every connection: room list updates
 -- Pages on other origins that may open the chat (lower-case, exact), e.g.
@@ -37,6 +38,8 @@ end
 state.clients = state.clients or {} -- source address -> rooms its connections are in
 
 local function room_topic(name) return "room:" .. name end
+-- This process's members of a room: a member list goes to them alone.
+local function local_topic(name) return "room:" .. name .. "@" .. sb.node end
 local KEPT = "chat:"
 local function kept_topic(name) return KEPT .. name end
 
@@ -184,6 +187,28 @@ local function leave_room(ws, room)
     rooms_changed()
 end
 
+-- A process that dies sends no `leave` for its members; they leave the room's presence
+-- (--presence-ttl). Every few seconds each process reads the presence of the rooms it has
+-- members in, and when a list changed since the last look, sends it to them as `members`.
+sb.every(MEMBERS_EVERY, function()
+    local names = {}
+    for name, room in pairs(state.rooms) do
+        if room.count > 0 then names[#names + 1] = name end
+    end
+    for _, name in ipairs(names) do
+        local infos = sb.presence(room_topic(name)) -- waits with --redis
+        local room = state.rooms[name]
+        if infos and room and room.count > 0 then
+            local list = member_list(room, infos)
+            local key = table.concat(list, " ")
+            if key ~= room.seen_members then
+                room.seen_members = key
+                sb.publish(local_topic(name), json.encode({ type = "members", room = name, members = list }))
+            end
+        end
+    end
+end)
+
 -- Client requests, by type. Each gets the ws, the decoded message, and answers
 -- with messages or with fail(); none may raise on bad input.
 local handle = {}
@@ -315,6 +340,7 @@ function handle.join(ws, msg)
     data.joined = data.joined + 1
     client_enter(data.addr, name)
     ws:subscribe(room_topic(name), presence_of(ws))
+    ws:subscribe(local_topic(name))
     local members = member_list(room, infos)
     local history, recovered, epoch = recover(ws, name, since, want_epoch)
     -- The frame is put together as text: the history's frames are the ones live
@@ -341,6 +367,7 @@ function handle.leave(ws, msg)
     if not room then return end
     ws:unsubscribe(room_topic(room.name))
     ws:unsubscribe(kept_topic(room.name))
+    ws:unsubscribe(local_topic(room.name))
     leave_room(ws, room)
     send(ws, { type = "left", room = room.name })
 end

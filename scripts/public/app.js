@@ -317,6 +317,16 @@ const handlers = {
     if (state.pmTarget === msg.nick && msg.room === state.current) setPmTarget(null);
   },
 
+  // The room's members on every process, when they changed in a way no join or leave
+  // said (a server process died).
+  members(msg) {
+    const room = state.rooms.get(msg.room);
+    if (!room) return;
+    room.members = new Set(list(msg.members));
+    if (msg.room === state.current) renderMembers();
+    renderRooms();
+  },
+
   rename(msg) {
     const room = state.rooms.get(msg.room);
     if (!room) return;

@@ -3,6 +3,7 @@
 -- process alone. Message ids are the positions of the room's history: the same
 -- messages, in the same order, with the same ids, for everyone.
 local server = require "server"
+local proc = require "sbt_proc"
 local redis_srv = require "redis"
 local cjson = require "cjson"
 
@@ -143,5 +144,43 @@ describe("the chat on two processes with --redis", function()
         assert.equal(1, #r.back.history)
         assert.same({ said[3][1], "m3" }, { r.back.history[1].id, r.back.history[1].text })
         assert.same(said, r.fresh)
+    end)
+end)
+
+describe("the chat when a process dies", function()
+    local redis, a, b, pid, out
+
+    after_each(function()
+        if pid then
+            proc.kill(pid, proc.SIGKILL)
+            proc.wait(pid)
+        end
+        if a then a:stop() end
+        if b then pcall(b.stop, b) end -- killed on purpose
+        redis_srv.stop(redis)
+        if out then os.remove(out) os.remove(out .. ".err") end
+    end)
+
+    it("tells the members on the other processes who is left, once its presence ages out", function()
+        redis = redis_srv.start()
+        local args = { "--redis", "redis://127.0.0.1:" .. redis.port, "--presence-ttl", "2" }
+        a = server.start { app = "scripts", args = args }
+        b = server.start { app = "scripts", args = args }
+        a:wait_log("redis: connected")
+        b:wait_log("redis: connected")
+        out = server.tmpname(".death")
+        pid = assert(proc.spawn({ server.PYTHON, server.root .. "/spec/support/chat_cluster.py", "death",
+            tostring(a.port), tostring(b.port) }, { stdout = out, stderr = out .. ".err", env = { LD_PRELOAD = "" } }))
+        server.wait_for(function()
+            if server.read_file(out):find("DEAD_NOW", 1, true) then return true end
+            assert(not proc.wait(pid, true), "client failed:\n" .. server.read_file(out .. ".err"))
+        end, 30, "both users in the room")
+        b:signal(proc.SIGKILL)
+        server.wait_for(function() return proc.wait(pid, true) end, 40, "the client to finish")
+        pid = nil
+        local ok, r = pcall(cjson.decode, server.read_file(out):match("([^\n]*)\n?$"))
+        assert(ok and type(r) == "table",
+            "client failed:\n" .. server.read_file(out) .. server.read_file(out .. ".err"))
+        assert.same({}, r.leaves) -- nobody said bob left: the member list did
     end)
 end)

@@ -80,8 +80,8 @@ class Client:
         await self.wait("pong")
 
     def seen(self):
-        # Room list pushes arrive on a timer; the welcome was checked on connect.
-        return [m for m in self.got if m.get("type") not in ("rooms", "welcome", "pong")]
+        # Room lists and member lists are pushed on timers; the welcome was checked on connect.
+        return [m for m in self.got if m.get("type") not in ("rooms", "members", "welcome", "pong")]
 
 async def user(name, room=None):
     c = await Client(name).connect()

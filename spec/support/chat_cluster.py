@@ -34,9 +34,9 @@ class Client:
     async def send(self, **msg):
         await self.ws.send(json.dumps(msg))
 
-    async def until(self, pred):
+    async def until(self, pred, timeout=STEP):
         async with self.cond:
-            await asyncio.wait_for(self.cond.wait_for(pred), STEP)
+            await asyncio.wait_for(self.cond.wait_for(pred), timeout)
 
     async def wait(self, type_, **fields):
         def match():
@@ -49,6 +49,13 @@ class Client:
     async def close(self):
         await self.ws.close()
         await self.task
+
+    # A member list for room equal to `members`, received after the first `since` messages.
+    async def wait_members(self, room, members, since):
+        def match():
+            return any(m.get("type") == "members" and m.get("room") == room and sorted(m["members"]) == members
+                       for m in self.got[since:])
+        await self.until(match, 30)
 
     # The room's messages this client has seen: from joined histories and live, in order.
     def messages(self, room):
@@ -191,6 +198,20 @@ async def restart2(pa, pb, since, epoch):
     await bob.close()
     await cy.close()
     return out
+
+
+# bob's process is killed by the spec after DEAD_NOW: ann (on the other) is told the
+# room's members without him, with no leave for him.
+async def death(pa, pb):
+    ann = await user("ann", pa, "d")
+    bob = await user("bob", pb, "d")
+    await ann.wait("join", room="d", nick="bob")
+    mark = len(ann.got)
+    print("DEAD_NOW", flush=True)
+    await ann.wait_members("d", ["ann"], mark)
+    leaves = [m for m in ann.got if m.get("type") == "leave"]
+    await ann.close()
+    return {"leaves": leaves}
 
 
 async def main():

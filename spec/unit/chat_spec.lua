@@ -608,6 +608,16 @@ describe("chat: presence", function()
         assert.same({}, nicks())
     end)
 
+    it("sends a room's members to its members of this process when the list changed, every 5 s", function()
+        local ann = user("ann", "lobby")
+        local bob = user("bob", "lobby")
+        t.clock:advance(5)
+        assert.same({ { type = "members", room = "lobby", members = { "ann", "bob" } } }, of_type(take(bob), "members"))
+        assert.equal(1, #of_type(take(ann), "members"))
+        t.clock:advance(5)
+        assert.same({}, of_type(take(bob), "members")) -- nothing changed
+    end)
+
     it("relays typing to the others in the room", function()
         local ann = user("ann", "lobby")
         local bob = user("bob", "lobby")
