@@ -271,9 +271,10 @@ function handle.nick(ws, msg)
 end
 
 -- What a joiner gets of a room's history: the frames of the messages after `since` when
--- the page saw everything up to it in this `epoch` (recovered), else the last HISTORY;
--- then the joiner is subscribed from the last of them on, so a message published in the
--- meantime comes next, live: no gap, no duplicate. Returns frames, recovered, epoch.
+-- the page saw everything up to it in this `epoch` (recovered), else the last HISTORY.
+-- Returns frames, recovered, epoch, and a function that subscribes ws from the last of
+-- them on (call it once `joined` is sent): a message published in the meantime comes
+-- next, live, after `joined`: no gap, no duplicate.
 local function recover(ws, name, since, want_epoch)
     local topic = kept_topic(name)
     local items, epoch, recovered = nil, nil, false
@@ -295,12 +296,14 @@ local function recover(ws, name, since, want_epoch)
         frames[#frames + 1] = message_frame(it.msg, it.pos, epoch)
         upto = it.pos
     end
-    if epoch then
-        ws:subscribe(topic, { since = upto, epoch = epoch })
-    else
-        ws:subscribe(topic)
+    local function go_live()
+        if epoch then
+            ws:subscribe(topic, { since = upto, epoch = epoch })
+        else
+            ws:subscribe(topic)
+        end
     end
-    return frames, recovered, epoch
+    return frames, recovered, epoch, go_live
 end
 
 function handle.join(ws, msg)
@@ -342,12 +345,13 @@ function handle.join(ws, msg)
     ws:subscribe(room_topic(name), presence_of(ws))
     ws:subscribe(local_topic(name))
     local members = member_list(room, infos)
-    local history, recovered, epoch = recover(ws, name, since, want_epoch)
+    local history, recovered, epoch, go_live = recover(ws, name, since, want_epoch)
     -- The frame is put together as text: the history's frames are the ones live
     -- subscribers got, byte for byte.
     ws:send('{"type":"joined","room":' .. json.encode(name) .. ',"members":' .. json.encode(members)
         .. ',"recovered":' .. tostring(recovered) .. ',"epoch":' .. json.encode(epoch or json.null)
         .. ',"history":[' .. table.concat(history, ",") .. "]}")
+    go_live()
     ws:publish(room_topic(name), json.encode({ type = "join", room = name, nick = data.nick, ts = os.time() }))
     rooms_changed()
 end

@@ -139,8 +139,9 @@ function pump() {
   state.pumpTimer = 0;
   for (const item of state.outbox) {
     if (item.state !== 'queued') continue;
+    if (!client.online) break;
     const room = state.rooms.get(item.room);
-    if (!client.online || !room || !room.live) break;
+    if (!room || !room.live) continue; // its room is not rejoined yet: the others go on
     refill();
     const wait = Math.max(state.holdUntil - Date.now(), state.tokens >= 1 ? 0 : (1 - state.tokens) / state.limits.rate * 1000);
     if (wait > 0) { state.pumpTimer = setTimeout(pump, wait + 20); break; }

@@ -52,6 +52,15 @@ local function check_recover(r)
     assert.same({ false, #r.ann }, r.other)
 end
 
+local function check_storm(r)
+    for _, round in ipairs(r) do
+        assert.equal("joined", round.first)
+        local want = {}
+        for id = round.since + 1, round.ids[#round.ids] do want[#want + 1] = id end
+        assert.same(want, round.ids)
+    end
+end
+
 local function check_people(r)
     assert.same({ "ann" }, r.members.ann)
     assert.same({ "ann", "bob" }, r.members.bob)
@@ -81,6 +90,10 @@ describe("the chat on one process", function()
 
     it("keeps nicks unique per room, lists every member and delivers private messages", function()
         check_people(clients("people", s.port, s.port))
+    end)
+
+    it("sends a client coming back while others talk its joined first, then every id once", function()
+        check_storm(clients("storm", s.port, s.port))
     end)
 
     it("starts a new epoch after a restart: a page that comes back is told its history is gone", function()
@@ -127,6 +140,11 @@ describe("the chat on two processes with --redis", function()
 
     it("keeps nicks unique per room across processes, lists every member, delivers private messages", function()
         check_people(clients("people", a.port, b.port))
+    end)
+
+    it("sends a client coming back on either process while others talk its joined first, then every id once",
+        function()
+        check_storm(clients("storm", a.port, b.port))
     end)
 
     it("keeps the history and its ids in Redis across a restart of every process", function()

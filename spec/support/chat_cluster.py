@@ -200,6 +200,36 @@ async def restart2(pa, pb, since, epoch):
     return out
 
 
+# bob comes back (on the other process) while ann keeps talking, three times: each time
+# his `joined` comes before any message of the room, and from his last id on he gets
+# every id once, in order.
+async def storm(pa, pb):
+    room = "s"
+    ann = await user("ann", pa, room)
+    bob = await user("bob", pb, room)
+    await ann.send(type="say", room=room, text="first")
+    await bob.wait("message", room=room, text="first")
+    out = []
+    for round_ in range(3):
+        last = bob.messages(room)[-1]
+        await bob.close()
+        talk = asyncio.create_task(says(ann, room, ["r%d m%d" % (round_, i) for i in range(6)]))
+        await asyncio.sleep(0.02 * round_)
+        bob = await Client("bob", pb if round_ % 2 else pa).connect()
+        await bob.send(type="nick", nick="bob")
+        await bob.send(type="join", room=room, since=last["id"], epoch=last["epoch"])
+        await talk
+        final = "r%d m5" % round_
+        await bob.wait("message", room=room, text=final)
+        frames = [m["type"] for m in bob.got if m.get("room") == room and m["type"] in ("joined", "message")]
+        ids = [m["id"] for m in bob.messages(room)]
+        out.append({"first": frames[0], "since": last["id"], "ids": ids})
+        await asyncio.sleep(1.2)  # ann's budget refills
+    await bob.close()
+    await ann.close()
+    return out
+
+
 # bob's process is killed by the spec after DEAD_NOW: ann (on the other) is told the
 # room's members without him, with no leave for him.
 async def death(pa, pb):
