@@ -104,6 +104,7 @@ static void stream_remove(struct history *h, struct history_stream *st) {
         pp = &(*pp)->next;
     *pp = st->next;
     h->nstreams--;
+    h->bytes -= sizeof *st + st->len + 1;
     free(st);
 }
 
@@ -247,6 +248,7 @@ struct history_stream *history_stream(struct history *h, const char *topic, size
     st->next = h->buckets[x & (h->nbuckets - 1)];
     h->buckets[x & (h->nbuckets - 1)] = st;
     h->nstreams++;
+    h->bytes += sizeof *st + tlen + 1; /* counted: a flood of topics is bounded too */
     return st;
 }
 
@@ -335,8 +337,13 @@ int history_append(struct history *h, struct history_stream *st, const struct hi
     while (st->n > rule->size)
         entry_unlink(h, st->head);
     while (h->bytes > h->max_bytes && h->oldest) {
+        struct history_stream *of = h->oldest->st;
         entry_unlink(h, h->oldest);
         h->evictions++;
+        /* a stream whose history is all gone goes too (its next publication starts a
+         * new epoch): what the bound frees must include the streams */
+        if (!of->head && of != st)
+            stream_remove(h, of);
     }
     return 0;
 }

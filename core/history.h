@@ -9,10 +9,11 @@
  * reference with every queue it is on) and the message as published.
  *
  * Bounds: per topic `size` and `ttl`; over every topic, max_bytes
- * (--history-max-bytes): past it the oldest entries of any topic go first,
- * counted as evictions. A stream with nothing kept and no publication for its
+ * (--history-max-bytes, streams counted too): past it the oldest entries of any
+ * topic go first, counted as evictions, with the streams they leave empty. A stream with nothing kept and no publication for its
  * ttl is dropped by the once-a-second sweep (a later publication starts a new
- * epoch at position 1).
+ * epoch at position 1). history_append may drop other streams (never the one it
+ * appends to): hold no stream pointer across it but that one.
  *
  * With --redis the store caches the frames this process formatted (history_adopt):
  * a recovery reuses them rather than format again.

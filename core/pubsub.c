@@ -456,23 +456,17 @@ int pubsub_replay_start(struct pubsub *ps, struct conn *c, const char *name, siz
     return rc;
 }
 
-int pubsub_replaying(struct pubsub *ps, struct conn *c) {
-    for (uint32_t i = 0; i < c->nsubs; i++)
-        if (c->subs[i].topic->subs[c->subs[i].slot].replay)
-            return 1;
-    (void)ps;
-    return 0;
-}
-
-/* A publication for a subscriber that recovers: queued behind its replay. */
-static void replay_arrival(struct pubsub *ps, struct replay *rp, struct outbuf *f, uint64_t pos) {
+/* A publication for subscription sr, which has a replay: queued behind it (and sent
+ * at once when the connection takes it; then the replay ends). */
+static void replay_arrival(struct pubsub *ps, struct sub_ref *sr, struct outbuf *f, uint64_t pos) {
+    struct replay *rp = ps->replays[sr->replay - 1];
     struct conn *c = rp->c;
     if (c->state != CONN_WS || c->close_sent)
         return;
     if (rp->held + f->len > c->srv->cfg.out_max) {
         /* it reads slower than the topic is published: as past --out-max */
         c->srv->stats.slow_closed++;
-        conn_close(c, 1008, "too slow to read", 16);
+        conn_close(c, WS_CLOSE_POLICY, "too slow to read", 16);
         return;
     }
     if (rp->waiting) {
@@ -493,8 +487,10 @@ static void replay_arrival(struct pubsub *ps, struct replay *rp, struct outbuf *
         return; /* the replay had it */
     if (q_push(rp, f, pos, 1) < 0)
         return;
-    (void)ps;
-    replay_pump(rp); /* ends at the next pubsub_replay_pump (drain) when empty */
+    if (replay_pump(rp)) { /* all out: live again */
+        replay_free(ps, sr->replay);
+        sr->replay = 0;
+    }
 }
 
 /* ---- delivery ------------------------------------------------------------------------ */
@@ -532,7 +528,7 @@ static size_t deliver(struct pubsub *ps, struct topic *t, const void *msg, size_
             if (!frames[0])
                 frames[0] = outbuf_frame(opcode, msg, len);
             if (frames[0])
-                replay_arrival(ps, ps->replays[t->subs[i].replay - 1], frames[0], pos);
+                replay_arrival(ps, &t->subs[i], frames[0], pos);
             continue;
         }
         int bits = c->defl && deflate_wants(c->defl, len) ? deflate_shared_bits(c->defl) : 0;

@@ -78,8 +78,6 @@ int pubsub_replay_add(struct pubsub *ps, struct conn *c, const char *topic, size
                       struct outbuf *frame, uint64_t pos);
 int pubsub_replay_start(struct pubsub *ps, struct conn *c, const char *topic, size_t len);
 void pubsub_replay_pump(struct pubsub *ps, struct conn *c);
-/* 1 while one of c's subscriptions still replays. */
-int pubsub_replaying(struct pubsub *ps, struct conn *c);
 
 /* The topic's connection subscribers (watches not counted). */
 size_t pubsub_count(struct pubsub *ps, const char *topic, size_t len);

@@ -117,6 +117,9 @@ int script__history_publish(lua_State *L, struct sb_server *srv, const struct hi
     if (s->in_format)
         return luaL_error(L, "%s: cannot publish to a history topic (%s) from a history format",
                           fn, topic);
+    /* a copy: the format may call sb.history.keep, which may move the rules */
+    struct history_rule rule = *r;
+    r = &rule;
     if (srv->redis) {
         redis_history_publish(srv->redis, topic, tlen, msg, len, binary, r->size, r->ttl,
                               except ? except->id : 0);
@@ -235,7 +238,8 @@ static int hist_read(lua_State *L) {
     if (srv->redis && r)
         return read_redis(L, topic, tlen, (uint64_t)since, limit, given);
     lua_newtable(L);
-    struct history_stream *st = r ? history_stream(srv->history, topic, tlen, 1) : NULL;
+    /* a read makes nothing: a topic never published nor subscribed to has no epoch yet */
+    struct history_stream *st = r ? history_stream(srv->history, topic, tlen, 0) : NULL;
     if (!st)
         return 1;
     history_each(srv->history, st, (uint64_t)since, limit, given, push_item, L);
@@ -328,7 +332,9 @@ static void history_in(struct sb_server *srv, const char *topic, size_t tlen, ui
                        const char *epoch, uint64_t except_id, const void *msg, size_t len,
                        int binary) {
     struct script *s = srv->script;
-    const struct history_rule *r = history_match(srv->history, topic, tlen);
+    const struct history_rule *m = history_match(srv->history, topic, tlen);
+    struct history_rule rule = m ? *m : (struct history_rule){0}; /* the format may move them */
+    const struct history_rule *r = m ? &rule : NULL;
     int in_frame;
     struct outbuf *f = format_frame(s, s->L, r, topic, tlen, msg, len, binary, pos, epoch,
                                     &in_frame);
@@ -504,7 +510,9 @@ static void on_recovery_reply(void *ud, redisReply *rep, const char *err) {
         hw_live(h);
         return;
     }
-    const struct history_rule *r = history_match(srv->history, h->topic, h->tlen);
+    const struct history_rule *m = history_match(srv->history, h->topic, h->tlen);
+    struct history_rule rule = m ? *m : (struct history_rule){0}; /* the format may move them */
+    const struct history_rule *r = m ? &rule : NULL;
     const char *epoch = rep->element[1]->str;
     /* the frames formatted here already (same epoch) are reused, and those formatted
      * now are kept: a format runs once per publication per process, whatever the

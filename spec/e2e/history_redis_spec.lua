@@ -240,6 +240,30 @@ describe("history with --redis", function()
         assert.are.same({ 1, "hello", m.epoch }, { got.pos, got.msg, got.epoch })
     end)
 
+    it("refuses a malformed history payload on the channel, and goes on", function()
+        local c = track(client(b))
+        sub(c, "room:long:z", 0, "-")
+        server.wait_for(function() return numsub(rport, "room:long:z") == 1 end, 10, "subscribed")
+        local bad = { "\255p", "\255pX1 e - m", "\255p0 e - m", "\255p01 - m",
+            "\255p01 " .. ("e"):rep(100) .. " - m", "\255p01 e abc m",
+            "\255p0" .. ("9"):rep(30) .. " e - m", "\255p01 e - \255\254", "\255p01 e -" }
+        local r = assert(redis_srv.client(rport))
+        for _, payload in ipairs(bad) do
+            local chan = "sb:room:long:z"
+            r:send(("*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n")
+                :format(#chan, chan, #payload, payload))
+            assert.are.equal(":1", r:receive("*l"))
+        end
+        r:close()
+        assert.truthy(b:wait_log("redis: refused a message on sb:room:long:z: a history "
+            .. "publication"))
+        local reply = redis_srv.cmd(rport, "FCALL sb_publish 1 room:long:z fine")
+        assert.truthy(reply:match(":1"), reply)
+        until_n(c, 1)
+        local got = cjson.decode(c.frames[1])
+        assert.are.same({ 1, "fine" }, { got.pos, got.msg })
+    end)
+
     it("keeps ws:publish's everyone-but-the-sender across processes", function()
         local sa, sb2 = track(client(a)), track(client(b))
         sub(sa, "room:w", 0, "-")

@@ -2,6 +2,7 @@
 -- ws:subscribe{since, epoch}, trimming, the byte bound, paced replays, format errors.
 local server = require "server"
 local rawws = require "rawws"
+local wsframe = require "wsframe"
 local cjson = require "cjson"
 
 local APP = "spec/apps/history"
@@ -32,6 +33,7 @@ describe("history in process", function()
         assert.are.same({ 1, 2, 3 }, positions(c.frames))
         assert.are.same({ "m1", "m2", "m3" }, { got[1].msg, got[2].msg, got[3].msg })
         assert.are.equal(live.epoch, got[1].epoch)
+        assert.are.equal(cjson.null, read(c, "room:never").epoch) -- a read makes no stream
         local r = read(c, "room:b")
         assert.are.equal(1, r.items[1].pos)
         assert.are.equal("x1", r.items[1].msg)
@@ -68,7 +70,9 @@ describe("history in process", function()
         local p = client(s)
         pub(p, "room:t", "m", 12) -- size 5: positions 8..12 kept
         local e = read(p, "room:t").epoch
+        pub(p, "room:long:o", "o", 1)
         local other = read(p, "room:long:o").epoch
+        assert.is_string(other)
         local cases = {
             { "past the history", 3, e },
             { "another epoch", 10, e .. "x" },
@@ -167,6 +171,12 @@ describe("history in process", function()
         end
         table.sort(kept)
         assert.are.same(range(21 - #kept, 20), kept)
+        -- a flood of topics: their streams count and go with their history
+        for i = 1, 400 do pub(p, "plain:flood" .. i, "f") end
+        _, _, body = rawws.get(s.port, "/metrics")
+        bytes = tonumber(body:match("\nswitchboard_history_bytes (%d+)"))
+        assert.is_true(bytes <= 20000, "bytes " .. tostring(bytes))
+        assert.are.equal(1, #read(p, "plain:flood400").items)
         assert.is_true(#kept < 20)
         p:close()
     end)
@@ -217,6 +227,28 @@ describe("history in process", function()
         p:close() c:close()
     end)
 
+    it("closes with 1008 a subscriber whose waiting publications pass --out-max", function()
+        s = server.start{ app = APP, args = { "--out-high", "16k", "--out-low", "4k",
+            "--out-max", "64k", "--metrics-path", "/metrics" } }
+        local c = client(s, { rcvbuf = 4096 })
+        send(c, { op = "live", topic = "big:m" })
+        until_op(c, "subbed")
+        local p = client(s)
+        pub(p, "big:m", string.rep("m", 1000), 300) -- ~300 KB, never read meanwhile
+        local code, reason, seen = c:recv_close()
+        assert.are.equal(1008, code)
+        assert.are.equal("too slow to read", reason)
+        -- what it got before the close has no gap
+        assert.are.same(range(1, #seen), positions((function()
+            local out = {}
+            for i, f in ipairs(seen) do out[i] = f.payload end
+            return out
+        end)()))
+        local _, _, body = rawws.get(s.port, "/metrics")
+        assert.are.equal("1", body:match("\nswitchboard_slow_consumers_closed_total (%d+)"))
+        p:close() c:close()
+    end)
+
     it("logs a format that raises or returns no string and sends the message as published",
         function()
         s = server.start{ app = APP }
@@ -228,6 +260,12 @@ describe("history in process", function()
         pub(c, "bad:f", "nil")
         pub(c, "bad:f", "after")
         assert.are.same({ "ok:fine", "boom", "nil", "ok:after" }, c.frames)
+        -- a format that adds rules while it runs
+        send(c, { op = "live", topic = "grow:x" })
+        until_op(c, "subbed")
+        pub(c, "grow:x", "a")
+        pub(c, "grow:x", "b")
+        assert.are.same({ "g1:a", "g2:b" }, { c.frames[5], c.frames[6] })
         s:wait_log("history format of 'bad:' failed on bad:f at position 2: .*boom at 2")
         s:wait_log("history format of 'bad:' failed on bad:f at position 3: it returned nil")
         -- kept with their positions all the same
@@ -235,6 +273,32 @@ describe("history in process", function()
         assert.are.same({ 1, 2, 3, 4 }, { r.items[1].pos, r.items[2].pos, r.items[3].pos,
             r.items[4].pos })
         c:close()
+    end)
+
+    it("takes the new format from a reload, and keeps the positions", function()
+        local dir = server.tmpname("-app")
+        assert(os.execute("mkdir -p '" .. dir .. "'"))
+        local src = [[
+local sb = require "switchboard"
+sb.history.keep("r:", { format = function(msg, pos) return "%s" .. pos .. ":" .. msg end })
+return { message = function(ws, msg)
+    if msg == "sub" then ws:subscribe("r:x") ws:send("subbed") else sb.publish("r:x", msg) end
+end }
+]]
+        server.write_file(dir .. "/f.lua", src:format("v1 "))
+        s = server.start{ app = dir }
+        s:wait_log("reload: watching")
+        local c = rawws.open(s.port, "/f")
+        assert(c:send(wsframe.text("sub")))
+        assert.are.equal("subbed", c:recv_frame().payload)
+        assert(c:send(wsframe.text("a")))
+        assert.are.equal("v1 1:a", c:recv_frame().payload)
+        server.write_file(dir .. "/f.lua", src:format("v2 "))
+        s:wait_log("reloaded %S*/f%.lua %(route /f, version 2%)")
+        assert(c:send(wsframe.text("b")))
+        assert.are.equal("v2 2:b", c:recv_frame().payload)
+        c:close()
+        os.execute("rm -rf '" .. dir .. "'")
     end)
 
     it("ws:publish on a history topic reaches every subscriber but the sender", function()

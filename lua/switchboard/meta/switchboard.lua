@@ -355,7 +355,7 @@ function history.keep(prefix, opts) end
 ---@field binary boolean
 
 ---The kept publications of `topic`, oldest first, and the topic's epoch (nil when no
----rule covers the topic). With --redis it waits (a handler or timer only) and returns
+---rule covers the topic, or in process when it was never published nor subscribed to). With --redis it waits (a handler or timer only) and returns
 ---nil, err when Redis cannot answer.
 ---@param topic string
 ---@param opts? switchboard.history_read_opts

@@ -143,7 +143,7 @@ function H:read(topic, opts)
         argerror("read", 2, "opts.limit must be an integer >= 1")
     end
     local rule = self:match(topic)
-    if not rule then return {} end
+    if not rule or not self.streams[topic] then return {} end -- a read makes no stream
     local st = self:_stream(topic, rule)
     local after = math.tointeger(tonumber(since or 0))
     local list = {}

@@ -30,6 +30,16 @@ sb.history.keep("bad:", { size = 100, format = function(msg, pos)
     return "ok:" .. msg
 end })
 
+-- a format that adds rules (the rule table may move while it runs)
+local grown = 0
+sb.history.keep("grow:", { size = 10, format = function(msg, pos)
+    for _ = 1, 40 do
+        grown = grown + 1
+        sb.history.keep("grown" .. grown .. ":", { size = 1 })
+    end
+    return "g" .. pos .. ":" .. msg
+end })
+
 local h = {}
 
 function h.message(ws, msg)
