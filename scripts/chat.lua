@@ -290,7 +290,14 @@ local function recover(ws, name, since, want_epoch)
         end
     end
     if not recovered then items, epoch = sb.history.read(topic, { limit = HISTORY }) end
-    if not items then items, epoch = {}, nil end -- history unreachable (Redis away): live only
+    if not items then -- history unreachable (Redis away): live only
+        items, epoch = {}, nil
+    elseif not epoch then
+        -- a room nobody ever wrote in or joined (in process): subscribing starts its history,
+        -- and nothing can be published before joined goes out (nothing here waits)
+        local _, e = ws:subscribe(topic, { since = 0, epoch = "" })
+        return {}, false, e, function() end
+    end
     local frames, upto = {}, recovered and since or 0
     for _, it in ipairs(items) do
         frames[#frames + 1] = message_frame(it.msg, it.pos, epoch)
