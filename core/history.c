@@ -191,8 +191,7 @@ int history_keep(struct history *h, const char *prefix, size_t plen, uint32_t si
     return 0;
 }
 
-const struct history_rule *history_match(const struct history *h, const char *topic,
-                                         size_t tlen) {
+const struct history_rule *history_match(const struct history *h, const char *topic, size_t tlen) {
     if (!h)
         return NULL;
     const struct history_rule *best = NULL;
@@ -241,8 +240,7 @@ struct history_stream *history_stream(struct history *h, const char *topic, size
     st->last_used = server_clock();
     const struct history_rule *r = history_match(h, topic, tlen);
     st->ttl = r ? r->ttl : 60;
-    snprintf(st->epoch, sizeof st->epoch, "%08x.%llx", h->node,
-             (unsigned long long)++h->streams);
+    snprintf(st->epoch, sizeof st->epoch, "%08x.%llx", h->node, (unsigned long long)++h->streams);
     if (h->nstreams >= h->nbuckets)
         grow(h);
     st->next = h->buckets[x & (h->nbuckets - 1)];
@@ -265,8 +263,7 @@ uint64_t history_first(struct history *h, struct history_stream *st) {
     return st->head ? st->head->pos : st->seq + 1;
 }
 
-int history_adopt(struct history *h, struct history_stream *st, const char *epoch,
-                  uint64_t pos) {
+int history_adopt(struct history *h, struct history_stream *st, const char *epoch, uint64_t pos) {
     if (strcmp(st->epoch, epoch) != 0) {
         while (st->head)
             entry_unlink(h, st->head);

@@ -10,9 +10,9 @@
  *
  * Bounds: per topic `size` and `ttl`; over every topic, max_bytes
  * (--history-max-bytes, streams counted too): past it the oldest entries of any
- * topic go first, counted as evictions, with the streams they leave empty. A stream with nothing kept and no publication for its
- * ttl is dropped by the once-a-second sweep (a later publication starts a new
- * epoch at position 1). history_append may drop other streams (never the one it
+ * topic go first, counted as evictions, with the streams they leave empty. A stream with nothing
+ * kept and no publication for its ttl is dropped by the once-a-second sweep (a later publication
+ * starts a new epoch at position 1). history_append may drop other streams (never the one it
  * appends to): hold no stream pointer across it but that one.
  *
  * With --redis the store caches the frames this process formatted (history_adopt):
@@ -74,8 +74,7 @@ uint64_t history_first(struct history *h, struct history_stream *st);
 /* With --redis the store is a cache of the frames formatted here: make st's epoch
  * `epoch` (dropping what it kept under another one) and set its last position to pos
  * when pos is newer. Returns 1 when pos is newer than what st kept (append it), else 0. */
-int history_adopt(struct history *h, struct history_stream *st, const char *epoch,
-                  uint64_t pos);
+int history_adopt(struct history *h, struct history_stream *st, const char *epoch, uint64_t pos);
 /* Take the next position of the stream (for the publication being made). */
 uint64_t history_next(struct history_stream *st);
 /* Keep the publication at pos (from history_next; with --redis any position, put in

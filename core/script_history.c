@@ -111,12 +111,12 @@ static struct outbuf *format_frame(struct script *s, lua_State *L, const struct 
 /* (script_int.h) The publish of a topic with a history rule: pushes the number
  * of local subscribers it was queued on. */
 int script__history_publish(lua_State *L, struct sb_server *srv, const struct history_rule *r,
-                            const char *topic, size_t tlen, const char *msg, size_t len,
-                            int binary, struct conn *except, const char *fn) {
+                            const char *topic, size_t tlen, const char *msg, size_t len, int binary,
+                            struct conn *except, const char *fn) {
     struct script *s = get_script(L);
     if (s->in_format)
-        return luaL_error(L, "%s: cannot publish to a history topic (%s) from a history format",
-                          fn, topic);
+        return luaL_error(L, "%s: cannot publish to a history topic (%s) from a history format", fn,
+                          topic);
     /* a copy: the format may call sb.history.keep, which may move the rules */
     struct history_rule rule = *r;
     r = &rule;
@@ -131,8 +131,8 @@ int script__history_publish(lua_State *L, struct sb_server *srv, const struct hi
         return luaL_error(L, "%s: out of memory", fn);
     uint64_t pos = history_next(st);
     int in_frame;
-    struct outbuf *f = format_frame(s, L, r, topic, tlen, msg, len, binary, pos,
-                                    history_epoch(st), &in_frame);
+    struct outbuf *f =
+        format_frame(s, L, r, topic, tlen, msg, len, binary, pos, history_epoch(st), &in_frame);
     if (!f)
         return luaL_error(L, "%s: out of memory", fn);
     history_append(srv->history, st, r, pos, f, msg, len, binary, in_frame);
@@ -209,7 +209,7 @@ static void push_item(void *ud, const struct history_item *it) {
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
 }
 
-/* (script_int.h) opts.limit of argument #n of fn: 0 when absent. */
+/* opts.limit of argument #n of fn: 0 when absent. */
 static size_t opt_limit(lua_State *L, int t, int n, const char *fn) {
     if (!script__opt_field(L, t, "limit", LUA_TNUMBER, n, fn))
         return 0;
@@ -277,8 +277,7 @@ static int recovery_args(lua_State *L, int t, uint64_t *since, const char **epoc
 
 /* (script_int.h) ws:subscribe with an options table that has since or epoch:
  * pushes recovered, epoch. */
-int script__history_subscribe(lua_State *L, struct conn *c, const char *topic, size_t tlen,
-                              int t) {
+int script__history_subscribe(lua_State *L, struct conn *c, const char *topic, size_t tlen, int t) {
     struct script *s = get_script(L);
     struct sb_server *srv = s->srv;
     uint64_t since;
@@ -292,8 +291,7 @@ int script__history_subscribe(lua_State *L, struct conn *c, const char *topic, s
         return 1;
     }
     if (srv->redis)
-        return subscribe_redis(L, c, topic, tlen, valid ? since : 0,
-                                               valid ? epoch : NULL, valid);
+        return subscribe_redis(L, c, topic, tlen, valid ? since : 0, valid ? epoch : NULL, valid);
     struct history_stream *st = history_stream(srv->history, topic, tlen, 1);
     if (!st)
         return luaL_error(L, "subscribe: out of memory");
@@ -336,8 +334,8 @@ static void history_in(struct sb_server *srv, const char *topic, size_t tlen, ui
     struct history_rule rule = m ? *m : (struct history_rule){0}; /* the format may move them */
     const struct history_rule *r = m ? &rule : NULL;
     int in_frame;
-    struct outbuf *f = format_frame(s, s->L, r, topic, tlen, msg, len, binary, pos, epoch,
-                                    &in_frame);
+    struct outbuf *f =
+        format_frame(s, s->L, r, topic, tlen, msg, len, binary, pos, epoch, &in_frame);
     if (!f)
         return;
     /* kept here too, so that a recovery reuses the frame instead of formatting again */
@@ -353,7 +351,7 @@ struct cached {
     struct {
         uint64_t pos;
         struct outbuf *f;
-    } *v;
+    } * v;
     size_t n, cap;
 };
 
@@ -542,8 +540,7 @@ static void on_recovery_reply(void *ud, redisReply *rep, const char *err) {
                              epoch, &in_frame);
             if (f && st) {
                 history_adopt(srv->history, st, epoch, pos);
-                history_append(srv->history, st, r, pos, f, e[1]->str, e[1]->len, binary,
-                               in_frame);
+                history_append(srv->history, st, r, pos, f, e[1]->str, e[1]->len, binary, in_frame);
             }
         }
         if (!f)
@@ -557,8 +554,8 @@ static void on_recovery_reply(void *ud, redisReply *rep, const char *err) {
     pubsub_replay_start(srv->pubsub, h->c, h->topic, h->tlen);
     lua_State *T = script__wait_thread(h->w);
     lua_checkstack(T, 4);
-    lua_pushboolean(T, rep->element[0]->type == REDIS_REPLY_INTEGER &&
-                           rep->element[0]->integer == 1);
+    lua_pushboolean(T,
+                    rep->element[0]->type == REDIS_REPLY_INTEGER && rep->element[0]->integer == 1);
     lua_pushlstring(T, epoch, rep->element[1]->len);
     hw_end(h, 2);
 }
@@ -568,9 +565,9 @@ static void on_barrier(void *ud, int ok) {
     struct sb_server *srv = h->s->srv;
     h->barrier = NULL;
     if (ok)
-        h->cmd = redis_history_read(srv->redis, h->topic, h->tlen, h->since,
-                                    h->valid ? h->epoch : "", h->valid ? h->elen : 0, 0, 1,
-                                    h->ttl, on_recovery_reply, h);
+        h->cmd =
+            redis_history_read(srv->redis, h->topic, h->tlen, h->since, h->valid ? h->epoch : "",
+                               h->valid ? h->elen : 0, 0, 1, h->ttl, on_recovery_reply, h);
     if (!h->cmd)
         hw_live(h);
 }

@@ -301,6 +301,40 @@ end }
         os.execute("rm -rf '" .. dir .. "'")
     end)
 
+    it("recovers over permessage-deflate (Python websockets)", function()
+        s = server.start{ app = APP, args = { "--deflate-min-size", "0" } }
+        local p = client(s)
+        pub(p, "room:long:z", string.rep("z", 200), 10)
+        local e = read(p, "room:long:z").epoch
+        local res = server.python([=[
+port, epoch = int(sys.argv[1]), sys.argv[2]
+async def main():
+    async with websockets.connect("ws://127.0.0.1:%d/h" % port) as ws:
+        ext = ws.response_headers.get("Sec-WebSocket-Extensions", "")
+        await ws.send(json.dumps({"op": "sub", "topic": "room:long:z", "since": 4,
+                                  "epoch": epoch}))
+        got, subbed = [], None
+        while len(got) < 8 or subbed is None:
+            m = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if m.get("op") == "subbed":
+                subbed = m
+                await ws.send(json.dumps({"op": "pub", "topic": "room:long:z", "msg": "live",
+                                          "n": 2}))
+            elif m.get("op") != "pubbed":
+                got.append([m["pos"], m["msg"][:4]])
+        print(json.dumps({"ext": ext, "recovered": subbed["recovered"], "got": got}))
+asyncio.run(main())
+]=], s.port, e)
+        assert.truthy(res.ext:find("permessage-deflate", 1, true))
+        assert.is_true(res.recovered)
+        local want = {}
+        for i = 5, 10 do want[#want + 1] = { i, "zzzz" } end
+        want[#want + 1] = { 11, "live" }
+        want[#want + 1] = { 12, "live" }
+        assert.are.same(want, res.got)
+        p:close()
+    end)
+
     it("ws:publish on a history topic reaches every subscriber but the sender", function()
         s = server.start{ app = APP }
         local a, b = client(s), client(s)

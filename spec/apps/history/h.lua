@@ -73,7 +73,11 @@ function h.message(ws, msg)
         ws:send(json.encode({ op = "count", n = sb.shared.formats or 0 }))
     elseif m.op == "read" then
         local items, epoch = sb.history.read(m.topic, { since = m.since, limit = m.limit })
-        ws:send(json.encode({ op = "items", items = items, epoch = epoch or json.null }))
+        if items then
+            ws:send(json.encode({ op = "items", items = items, epoch = epoch or json.null }))
+        else -- with --redis: nil, err
+            ws:send(json.encode({ op = "items", err = epoch }))
+        end
     end
 end
 
