@@ -525,6 +525,27 @@ describe("chat: ids and recovery", function()
         assert.equal("m1", j.history[1].text)
     end)
 
+    it("sends joined before a message published while the joiner's history was read", function()
+        local ann = user("ann", "lobby")
+        send(ann, { type = "say", room = "lobby", text = "m1" })
+        local api = app.history.api
+        local read = api.read
+        api.read = function(topic, opts) -- a publication lands right after the read (as over Redis)
+            local items, epoch = read(topic, opts)
+            api.read = read
+            app:publish("chat:lobby", cjson.encode({ room = "lobby", nick = "ann", text = "meanwhile", ts = 1 }))
+            return items, epoch
+        end
+        local bob = user("bob")
+        bob:clear()
+        send(bob, { type = "join", room = "lobby" })
+        local got = {}
+        for _, m in ipairs(take(bob)) do
+            if m.type == "joined" or m.type == "message" then got[#got + 1] = { m.type, m.history and #m.history } end
+        end
+        assert.same({ { "joined", 1 }, { "message" } }, got)
+    end)
+
     it("says recovered = true with no history when nothing was missed", function()
         local ann = user("ann", "lobby")
         say_n(ann, "lobby", 1, 2)
