@@ -1,96 +1,108 @@
 // switchboard chat: the browser side of scripts/chat.lua.
-// Everything the server or another user sent is put on the page with textContent,
-// never as HTML.
+// Everything the server or another user sent is put on the page with textContent (links
+// are built with DOM calls from checked http(s) URLs), never as HTML.
+import { SbClient } from './sbclient.js';
 
 const $ = (id) => document.getElementById(id);
 const list = (x) => (Array.isArray(x) ? x : []); // a list, whatever an older server sent
 
+// Who this tab is lives in sessionStorage: two tabs of one browser are two people.
+// localStorage only remembers the last nick used, to fill in a new tab's login form.
 const STORE_NICK = 'sb.chat.nick';
 const STORE_ROOMS = 'sb.chat.rooms';
+const STORE_LAST_NICK = 'sb.chat.last-nick';
 const TYPING_SEND_EVERY = 3000; // ms between "typing: true" while typing
 const TYPING_IDLE = 4000;       // ms without a key before "typing: false"
 const TYPING_SHOW = 6000;       // ms a typing indicator stays without an update
 const GROUP_WINDOW = 5 * 60;    // s: consecutive messages from one nick are grouped
 
+function load(store, key) {
+  try { return store.getItem(key); } catch { return null; }
+}
+
+function save(store, key, value) {
+  try { store.setItem(key, value); } catch { /* private mode, full: the tab still works */ }
+}
+
 const state = {
-  ws: null,
   status: 'connecting',
-  attempt: 0,
-  retryTimer: 0,
-  countdownTimer: 0,
   nick: null,            // acknowledged by the server
-  wantNick: localStorage.getItem(STORE_NICK) || '',
-  rooms: new Map(),      // name -> { members: Set, items: [], lastId, unread, typing: Map }
+  wantNick: load(sessionStorage, STORE_NICK) || '',
+  rooms: new Map(),      // name -> { members: Set, items: [], unread, typing: Map, live, epoch }
   current: null,
   allRooms: [],
   pmTarget: null,
   pendingJoin: null,     // room the login form asked for
-  node: null,            // the server process serving us (switchboard.node)
   typingSentAt: 0,
   typingIdleTimer: 0,
+  limits: { burst: 10, rate: 5 },
+  // What the user wrote that the server has not shown back yet, in order:
+  // { ref, room, kind: 'say'|'pm', to, text, state: 'queued'|'sent' }.
+  outbox: [],
+  nextRef: 1,
+  tokens: 10,            // a mirror of the server's rate limit bucket
+  tokensAt: 0,
+  holdUntil: 0,          // rate-limited by the server until then (ms)
+  pumpTimer: 0,
+  noticeTimer: 0,
 };
 
 function savedRooms() {
-  try { return list(JSON.parse(localStorage.getItem(STORE_ROOMS) || '[]')); } catch { return []; }
+  try { return list(JSON.parse(load(sessionStorage, STORE_ROOMS) || '[]')); } catch { return []; }
 }
 
 function saveRooms() {
-  localStorage.setItem(STORE_ROOMS, JSON.stringify([...state.rooms.keys()]));
+  save(sessionStorage, STORE_ROOMS, JSON.stringify([...state.rooms.keys()]));
 }
 
 // ---- connection -----------------------------------------------------------------
 
-function url() {
-  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  return `${scheme}://${location.host}/chat`;
-}
+const client = new SbClient('/chat', {
+  protocols: ['chat.v1'],
+  onopen: resubscribe,
+  onmessage(msg) {
+    if (typeof msg.type === 'string' && Object.hasOwn(handlers, msg.type)) handlers[msg.type](msg);
+  },
+  onstatus(kind, detail) {
+    clearInterval(state.countdownTimer);
+    if (kind === 'connecting') setStatus('connecting', detail.attempt ? 'Reconnecting…' : 'Connecting…');
+    else if (kind === 'online') setStatus('connecting', 'Connecting…');
+    else {
+      connectionLost();
+      const tick = () => {
+        const left = Math.max(0, Math.ceil((detail.until - Date.now()) / 1000));
+        setStatus('offline', left > 0 ? `Offline · retrying in ${left}s` : 'Offline · retrying…');
+      };
+      tick();
+      state.countdownTimer = setInterval(tick, 250);
+    }
+  },
+});
 
-function connect() {
-  clearTimeout(state.retryTimer);
-  clearInterval(state.countdownTimer);
-  setStatus('connecting', state.attempt ? 'Reconnecting…' : 'Connecting…');
-  let ws;
-  try {
-    ws = new WebSocket(url(), ['chat.v1']);
-  } catch {
-    scheduleReconnect();
-    return;
+// A new connection: say who we are and rejoin every room, each with the last message
+// id seen there, so the server sends only what was missed.
+function resubscribe() {
+  state.tokens = state.limits.burst;
+  state.tokensAt = Date.now();
+  const nick = state.wantNick;
+  const rooms = new Set([...state.rooms.keys(), ...(state.rooms.size ? [] : savedRooms())]);
+  if (!nick || (rooms.size === 0 && !state.pendingJoin)) return;
+  spend(); client.sendNow({ type: 'nick', nick });
+  for (const name of rooms) {
+    spend(); client.sendNow({ type: 'join', room: name, ...client.position(name) });
   }
-  state.ws = ws;
-  ws.addEventListener('message', (ev) => {
-    let msg;
-    try { msg = JSON.parse(ev.data); } catch { return; }
-    if (msg && typeof msg.type === 'string' && handlers[msg.type]) handlers[msg.type](msg);
-  });
-  ws.addEventListener('close', () => {
-    if (state.ws !== ws) return;
-    state.ws = null;
-    state.nick = null;
-    for (const room of state.rooms.values()) room.typing.clear();
-    renderTyping();
-    scheduleReconnect();
-  });
 }
 
-// Exponential backoff with jitter: 0.5 s, 1 s, 2 s … up to 15 s.
-function scheduleReconnect() {
-  const base = Math.min(15000, 500 * 2 ** state.attempt);
-  const delay = Math.round(base / 2 + Math.random() * base / 2);
-  state.attempt += 1;
-  const until = Date.now() + delay;
-  const tick = () => {
-    const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
-    setStatus('offline', left > 0 ? `Offline · retrying in ${left}s` : 'Offline · retrying…');
-  };
-  tick();
-  state.countdownTimer = setInterval(tick, 250);
-  state.retryTimer = setTimeout(connect, delay);
+function connectionLost() {
+  state.nick = null;
+  for (const room of state.rooms.values()) { room.typing.clear(); room.live = false; }
+  renderTyping();
 }
 
 function send(msg) {
-  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return false;
-  state.ws.send(JSON.stringify(msg));
-  return true;
+  if (!client.online) return false;
+  spend();
+  return client.sendNow(msg);
 }
 
 function setStatus(kind, text) {
@@ -100,23 +112,122 @@ function setStatus(kind, text) {
   $('send-btn').disabled = kind !== 'online';
 }
 
+// ---- the outbox: text is never lost to a rate limit or a lost connection ---------
+
+// The page keeps to the server's limit itself (a burst, then `rate` per second); what
+// it cannot send yet waits in the outbox, shown in the room as "waiting".
+function refill() {
+  const now = Date.now();
+  state.tokens = Math.min(state.limits.burst, state.tokens + (now - state.tokensAt) / 1000 * state.limits.rate);
+  state.tokensAt = now;
+}
+
+function spend() {
+  refill();
+  state.tokens -= 1;
+}
+
+function queueText(kind, room, text, to) {
+  const item = { ref: `m${state.nextRef++}`, room, kind, to, text, state: 'queued', ts: Date.now() / 1000 };
+  state.outbox.push(item);
+  pump();
+  renderPending();
+}
+
+function pump() {
+  clearTimeout(state.pumpTimer);
+  state.pumpTimer = 0;
+  for (const item of state.outbox) {
+    if (item.state !== 'queued') continue;
+    if (!client.online) break;
+    const room = state.rooms.get(item.room);
+    if (!room || !room.live) continue; // its room is not rejoined yet: the others go on
+    refill();
+    const wait = Math.max(state.holdUntil - Date.now(), state.tokens >= 1 ? 0 : (1 - state.tokens) / state.limits.rate * 1000);
+    if (wait > 0) { state.pumpTimer = setTimeout(pump, wait + 20); break; }
+    const frame = item.kind === 'pm'
+      ? { type: 'pm', room: item.room, to: item.to, text: item.text, ref: item.ref }
+      : { type: 'say', room: item.room, text: item.text, ref: item.ref };
+    send(frame);
+    item.state = 'sent';
+    item.gen = client.generation;
+  }
+  renderNotice();
+}
+
+// The server showed us our own message: it is sent.
+function delivered(kind, room, text, to) {
+  const i = state.outbox.findIndex((it) => it.state === 'sent' && it.kind === kind && it.room === room
+    && it.text === text && (kind !== 'pm' || it.to === to));
+  if (i < 0) return false;
+  state.outbox.splice(i, 1);
+  renderPending();
+  renderNotice();
+  return true;
+}
+
+// After a rejoin: what was sent on a lost connection and is not in what the server
+// replayed never arrived. Send it again.
+function resendLost(roomName) {
+  for (const item of state.outbox) {
+    if (item.room === roomName && item.state === 'sent' && item.gen !== client.generation) item.state = 'queued';
+  }
+  pump();
+}
+
+function outboxError(msg) {
+  const i = state.outbox.findIndex((it) => it.ref === msg.ref);
+  if (i < 0) return false;
+  const item = state.outbox[i];
+  if (msg.code === 'rate_limited') {
+    // Keep it and everything after it in order; try again when the server says.
+    const retry = typeof msg.retry_after === 'number' ? msg.retry_after : 1;
+    state.holdUntil = Math.max(state.holdUntil, Date.now() + retry * 1000);
+    for (const it of state.outbox.slice(i)) if (it.state === 'sent') it.state = 'queued';
+    state.tokens = 0;
+    state.tokensAt = Date.now();
+    pump();
+    renderPending();
+    return true;
+  }
+  // Refused for good (too long, not in the room…): the text goes back to the box.
+  state.outbox.splice(i, 1);
+  if (!$('message').value.trim()) { $('message').value = item.text; onType(); }
+  renderPending();
+  renderNotice();
+  return false;
+}
+
+// One line above the composer while messages wait, instead of a toast per message.
+function renderNotice() {
+  const waiting = state.outbox.filter((it) => it.state === 'queued').length;
+  const bar = $('send-notice');
+  clearTimeout(state.noticeTimer);
+  if (!waiting) { bar.hidden = true; bar.textContent = ''; return; }
+  const left = Math.ceil(Math.max(0, state.holdUntil - Date.now()) / 1000);
+  const what = waiting === 1 ? '1 message' : `${waiting} messages`;
+  let text;
+  if (!client.online) text = `Offline: ${what} will be sent when the connection is back`;
+  else if (left > 0) text = `Sending too fast: ${what} waiting, sending again in ${left}s`;
+  else text = `Sending too fast: ${what} waiting`;
+  bar.textContent = text;
+  bar.hidden = false;
+  state.noticeTimer = setTimeout(renderNotice, 500);
+}
+
 // ---- server messages --------------------------------------------------------------
 
 const handlers = {
   welcome(msg) {
-    state.attempt = 0;
-    clearInterval(state.countdownTimer);
+    client.connected();
     setStatus('online', 'Connected');
-    state.node = msg.node;
     setAllRooms(list(msg.rooms));
     if (msg.limits) {
       if (msg.limits.text) $('message').maxLength = msg.limits.text;
       if (msg.limits.nick) $('nick').maxLength = msg.limits.nick;
-    }
-    // After a restart or a reload of the script: pick up where we were.
-    const nick = state.wantNick;
-    if (nick && (state.rooms.size > 0 || state.pendingJoin || savedRooms().length > 0)) {
-      send({ type: 'nick', nick });
+      if (msg.limits.burst > 0 && msg.limits.rate > 0) {
+        state.limits = { burst: msg.limits.burst, rate: msg.limits.rate };
+      }
     }
   },
 
@@ -124,52 +235,57 @@ const handlers = {
     const first = state.nick === null;
     state.nick = msg.nick;
     state.wantNick = msg.nick;
-    localStorage.setItem(STORE_NICK, msg.nick);
+    save(sessionStorage, STORE_NICK, msg.nick);
+    save(localStorage, STORE_LAST_NICK, msg.nick);
     renderMe();
     if (!first) return;
-    const rooms = new Set([...state.rooms.keys(), ...(state.rooms.size ? [] : savedRooms())]);
-    if (state.pendingJoin) rooms.add(state.pendingJoin);
-    if (rooms.size === 0) rooms.add('lobby');
-    for (const room of rooms) send({ type: 'join', room });
+    // The first nick of a connection from the login form: join what it asked for.
+    if (state.pendingJoin && !state.rooms.has(state.pendingJoin)) send({ type: 'join', room: state.pendingJoin });
   },
 
   joined(msg) {
     const fresh = !state.rooms.has(msg.room);
     const room = ensureRoom(msg.room);
     room.members = new Set(list(msg.members));
-    const history = list(msg.history);
-    const newest = history.length ? history[history.length - 1].id : 0;
-    if (newest < room.lastId) room.lastId = 0; // the server restarted: ids start over
-    for (const m of history) addItem(msg.room, m, false);
-    addItem(msg.room, { type: 'notice', text: fresh ? `You joined #${msg.room}` : `Back in #${msg.room}`,
-      ts: Date.now() / 1000 }, false);
+    room.live = true;
+    const history = list(msg.history).filter((m) => m && typeof m.id === 'number');
+    const epoch = typeof msg.epoch === 'string' ? msg.epoch : undefined;
+    const before = client.position(msg.room);
+    let notice = fresh ? `You joined #${msg.room}` : `Back in #${msg.room}`;
+    const known = room.epoch ?? before.epoch;
+    if (!fresh && known !== undefined && epoch !== undefined && known !== epoch) {
+      // The server lost the room's history (a restart without Redis): start over.
+      resetRoom(msg.room);
+      notice = `The history of #${msg.room} was reset`;
+    } else if (!fresh && epoch === undefined && (history.length ? history[history.length - 1].id : 0) < (before.since || 0)) {
+      client.forget(msg.room); // a server without epochs restarted: ids start over
+    } else if (!fresh && msg.recovered === false && before.since !== undefined && history.length
+      && history[0].id > before.since + 1) {
+      notice = `Back in #${msg.room} · some earlier messages were missed`;
+    }
+    if (epoch !== undefined) room.epoch = epoch;
+    for (const m of history) addMessage(msg.room, m, false);
+    addItem(msg.room, { type: 'notice', text: notice, ts: Date.now() / 1000, local: true }, false);
     saveRooms();
     const wanted = state.pendingJoin === msg.room;
     if (wanted) state.pendingJoin = null;
     showView('chat');
+    resendLost(msg.room);
     if (wanted || !state.current) { selectRoom(msg.room); return; }
+    if (msg.room === state.current) renderMessages();
     renderRooms();
     renderMembers();
-    renderMessages();
   },
 
   left(msg) {
-    state.rooms.delete(msg.room);
-    saveRooms();
-    if (state.current === msg.room) selectRoom(state.rooms.keys().next().value || null);
-    renderRooms();
-    if (state.rooms.size === 0) {
-      showView('login');
-      $('room').value = '';
-      $('room').focus();
-    }
+    if (state.rooms.has(msg.room)) dropRoom(msg.room);
   },
 
   message(msg) {
     const room = state.rooms.get(msg.room);
     if (!room) return;
     room.typing.delete(msg.nick);
-    addItem(msg.room, msg, true);
+    addMessage(msg.room, msg, true);
     renderTyping();
   },
 
@@ -178,6 +294,7 @@ const handlers = {
     if (!room) return;
     room.typing.delete(msg.from);
     renderTyping();
+    if (msg.from === state.nick) delivered('pm', msg.room, msg.text, msg.to);
     addItem(msg.room, msg, true);
   },
 
@@ -187,17 +304,7 @@ const handlers = {
     room.members.add(msg.nick);
     addItem(msg.room, { type: 'notice', text: `${msg.nick} joined`, ts: msg.ts }, true);
     if (msg.room === state.current) renderMembers();
-    // Served by another process (--workers, --redis): its member list lacks us.
-    if (msg.node && state.node && msg.node !== state.node) {
-      send({ type: 'here', room: msg.room, node: msg.node, id: msg.id });
-    }
-  },
-
-  present(msg) {
-    const room = state.rooms.get(msg.room);
-    if (!room) return;
-    room.members.add(msg.nick);
-    if (msg.room === state.current) renderMembers();
+    renderRooms();
   },
 
   leave(msg) {
@@ -207,7 +314,18 @@ const handlers = {
     room.typing.delete(msg.nick);
     addItem(msg.room, { type: 'notice', text: `${msg.nick} left`, ts: msg.ts }, true);
     if (msg.room === state.current) { renderMembers(); renderTyping(); }
+    renderRooms();
     if (state.pmTarget === msg.nick && msg.room === state.current) setPmTarget(null);
+  },
+
+  // The room's members on every process, when they changed in a way no join or leave
+  // said (a server process died).
+  members(msg) {
+    const room = state.rooms.get(msg.room);
+    if (!room) return;
+    room.members = new Set(list(msg.members));
+    if (msg.room === state.current) renderMembers();
+    renderRooms();
   },
 
   rename(msg) {
@@ -237,6 +355,12 @@ const handlers = {
   },
 
   error(msg) {
+    if (msg.ref !== undefined && outboxError(msg)) return;
+    if (msg.code === 'rate_limited') {
+      // Not a message of ours (a join, a nick): the notice line says it, once.
+      state.holdUntil = Math.max(state.holdUntil, Date.now() + (Number(msg.retry_after) || 1) * 1000);
+      return;
+    }
     const text = typeof msg.message === 'string' ? msg.message : 'Something went wrong';
     const fromLogin = $('app').dataset.view === 'login';
     if (fromLogin && (msg.request === 'nick' || msg.request === 'join')) {
@@ -248,27 +372,67 @@ const handlers = {
       }
       return;
     }
-    toast(capitalize(text), msg.code === 'rate_limited' ? 'warn' : 'error');
+    if (msg.request === 'join' && msg.code === 'nick_taken' && state.rooms.has(msg.room)) {
+      // A rejoin after a reconnect: someone took our nick in that room meanwhile.
+      dropRoom(msg.room);
+      if (state.rooms.size === 0) { $('login-error').textContent = capitalize(text); return; }
+    }
+    if (msg.request === 'nick') state.wantNick = state.nick || state.wantNick;
+    toast(capitalize(text), 'error');
   },
 
   pong() {},
 };
 
+// We are out of a room (we left it, or could not rejoin it).
+function dropRoom(name) {
+  state.rooms.delete(name);
+  client.forget(name);
+  state.outbox = state.outbox.filter((it) => it.room !== name);
+  saveRooms();
+  if (state.current === name) selectRoom(state.rooms.keys().next().value || null);
+  renderRooms();
+  renderNotice();
+  if (state.rooms.size === 0) {
+    showView('login');
+    $('room').value = '';
+    $('room').focus();
+  }
+}
+
 function ensureRoom(name) {
   let room = state.rooms.get(name);
   if (!room) {
-    room = { members: new Set(), items: [], lastId: 0, unread: 0, typing: new Map() };
+    room = { members: new Set(), items: [], unread: 0, typing: new Map(), live: false, epoch: undefined };
     state.rooms.set(name, room);
   }
   return room;
 }
 
+// The room's history was lost on the server: its old ids mean nothing any more.
+function resetRoom(roomName) {
+  const room = state.rooms.get(roomName);
+  room.items = room.items.filter((it) => it.type !== 'message');
+  client.forget(roomName);
+  if (roomName === state.current) renderMessages();
+}
+
+// A room message: shown once, whatever way it came (live, or in a join's history).
+function addMessage(roomName, msg, live) {
+  const room = state.rooms.get(roomName);
+  if (typeof msg.epoch === 'string' && room.epoch !== undefined && msg.epoch !== room.epoch) {
+    // A new history while we were connected (Redis lost its data): start the room over.
+    resetRoom(roomName);
+    room.epoch = msg.epoch;
+    addItem(roomName, { type: 'notice', text: `The history of #${roomName} was reset`, ts: Date.now() / 1000 }, live);
+  }
+  if (typeof msg.id === 'number' && !client.seen(roomName, msg.id, room.epoch)) return;
+  if (msg.nick === state.nick) delivered('say', roomName, msg.text);
+  addItem(roomName, msg, live);
+}
+
 function addItem(roomName, item, live) {
   const room = ensureRoom(roomName);
-  if (item.type === 'message' && typeof item.id === 'number') {
-    if (item.id <= room.lastId) return;
-    room.lastId = item.id;
-  }
   room.items.push(item);
   if (room.items.length > 500) room.items.splice(0, room.items.length - 500);
   if (!live) return;
@@ -302,9 +466,60 @@ function avatar(nick) {
   return a;
 }
 
+function dateOf(ts) {
+  return new Date((typeof ts === 'number' ? ts : Date.now() / 1000) * 1000);
+}
+
 function timeOf(ts) {
-  const d = new Date((typeof ts === 'number' ? ts : Date.now() / 1000) * 1000);
-  return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  return dateOf(ts).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+function dayKey(ts) {
+  const d = dateOf(ts);
+  return `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}`;
+}
+
+function dayLabel(ts) {
+  const d = dateOf(ts);
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (dayKey(ts) === dayKey(today.getTime() / 1000)) return 'Today';
+  if (dayKey(ts) === dayKey(yesterday.getTime() / 1000)) return 'Yesterday';
+  return d.toLocaleDateString([], { weekday: 'long', year: 'numeric', month: 'long', day: 'numeric' });
+}
+
+function daySeparator(ts) {
+  const n = el('div', 'day');
+  n.setAttribute('role', 'separator');
+  n.append(el('span', null, dayLabel(ts)));
+  return n;
+}
+
+// Links: http(s) URLs only, checked by the URL parser, built as DOM nodes. Trailing
+// punctuation stays text ("see https://x.org/a." links https://x.org/a).
+const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+
+function linkify(text) {
+  const out = [];
+  let at = 0;
+  for (const m of text.matchAll(URL_RE)) {
+    let raw = m[0];
+    while (/[.,;:!?)\]}]$/.test(raw) && !(raw.endsWith(')') && raw.split('(').length >= raw.split(')').length)) {
+      raw = raw.slice(0, -1);
+    }
+    let url;
+    try { url = new URL(raw); } catch { continue; }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') continue;
+    if (m.index > at) out.push(document.createTextNode(text.slice(at, m.index)));
+    const a = el('a', null, raw);
+    a.href = url.href;
+    a.target = '_blank';
+    a.rel = 'noopener noreferrer';
+    out.push(a);
+    at = m.index + raw.length;
+  }
+  if (at < text.length) out.push(document.createTextNode(text.slice(at)));
+  return out;
 }
 
 function itemNode(item, prev) {
@@ -313,11 +528,15 @@ function itemNode(item, prev) {
     n.append(el('span', null, item.text), el('time', null, timeOf(item.ts)));
     return n;
   }
-  const mine = item.type === 'pm' ? item.from === state.nick : item.nick === state.nick;
-  const who = item.type === 'pm' ? item.from : item.nick;
-  const grouped = prev && prev.type === item.type && item.type === 'message' && prev.nick === item.nick
-    && Math.abs(item.ts - prev.ts) < GROUP_WINDOW;
-  const n = el('article', `msg${mine ? ' mine' : ''}${item.type === 'pm' ? ' pm' : ''}${grouped ? ' grouped' : ''}`);
+  const pending = item.type === 'pending';
+  const kind = pending ? item.kind : item.type;
+  const mine = pending || (kind === 'pm' ? item.from === state.nick : item.nick === state.nick);
+  const who = pending ? state.nick || state.wantNick : kind === 'pm' ? item.from : item.nick;
+  const grouped = !pending && prev && prev.type === item.type && item.type === 'message' && prev.nick === item.nick
+    && Math.abs(item.ts - prev.ts) < GROUP_WINDOW && dayKey(item.ts) === dayKey(prev.ts);
+  const n = el('article', `msg${mine ? ' mine' : ''}${kind === 'pm' ? ' pm' : ''}${grouped ? ' grouped' : ''}`
+    + `${pending ? ' pending' : ''}`);
+  if (typeof item.id === 'number') n.dataset.id = String(item.id);
   n.append(grouped ? el('span', 'avatar-gap') : avatar(who));
   const body = el('div', 'msg-body');
   if (!grouped) {
@@ -325,13 +544,18 @@ function itemNode(item, prev) {
     const name = el('span', 'nick', who);
     name.style.setProperty('--h', hue(who));
     head.append(name);
-    if (item.type === 'pm') head.append(el('span', 'pm-tag', mine ? `private to ${item.to}` : 'private to you'));
-    const t = el('time', null, timeOf(item.ts));
-    t.dateTime = new Date(item.ts * 1000).toISOString();
-    head.append(t);
+    if (kind === 'pm') head.append(el('span', 'pm-tag', mine ? `private to ${item.to}` : 'private to you'));
+    if (pending) head.append(el('span', 'pending-tag', item.state === 'queued' ? 'waiting' : 'sending…'));
+    else {
+      const t = el('time', null, timeOf(item.ts));
+      t.dateTime = dateOf(item.ts).toISOString();
+      head.append(t);
+    }
     body.append(head);
   }
-  body.append(el('div', 'text', item.text));
+  const text = el('div', 'text');
+  text.append(...linkify(String(item.text)));
+  body.append(text);
   n.append(body);
   return n;
 }
@@ -340,24 +564,65 @@ function nearBottom(box) {
   return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
 }
 
+// Items of the current room, with a date line wherever the day changes.
 function appendItem(item, prev) {
   const box = $('messages');
   const stick = nearBottom(box) || (item.type !== 'notice' && (item.nick === state.nick || item.from === state.nick));
-  box.append(itemNode(item, prev));
-  if (stick) box.scrollTop = box.scrollHeight;
+  const pending = $('pending');
+  if (!prev || dayKey(prev.ts) !== dayKey(item.ts)) box.insertBefore(daySeparator(item.ts), pending);
+  box.insertBefore(itemNode(item, prev), pending);
+  if (stick) scrollToBottom();
+  else if (item.type !== 'notice') showNewMarker(1);
 }
 
 function renderMessages() {
   const box = $('messages');
   const room = state.rooms.get(state.current);
   box.replaceChildren();
+  hideNewMarker();
   if (!room) return;
   const intro = el('div', 'room-intro');
   intro.append(el('div', 'room-intro-hash', '#'), el('h2', null, `Welcome to #${state.current}`),
     el('p', 'muted', 'Everyone in this room sees what you write here. New members get the last 100 messages.'));
   box.append(intro);
-  room.items.forEach((item, i) => box.append(itemNode(item, room.items[i - 1])));
+  room.items.forEach((item, i) => {
+    const prev = room.items[i - 1];
+    if (!prev || dayKey(prev.ts) !== dayKey(item.ts)) box.append(daySeparator(item.ts));
+    box.append(itemNode(item, prev));
+  });
+  const pending = el('div', 'pending-list');
+  pending.id = 'pending';
+  box.append(pending);
+  renderPending();
   box.scrollTop = box.scrollHeight;
+}
+
+// What the user wrote in this room that is not back from the server yet.
+function renderPending() {
+  const box = $('pending');
+  if (!box) return;
+  const mine = state.outbox.filter((it) => it.room === state.current);
+  box.replaceChildren(...mine.map((it) => itemNode({ ...it, type: 'pending' })));
+  if (mine.length && nearBottom($('messages'))) scrollToBottom();
+}
+
+function scrollToBottom() {
+  const box = $('messages');
+  box.scrollTop = box.scrollHeight;
+  hideNewMarker();
+}
+
+// "New messages" while the reader is scrolled up; it goes when they reach the bottom.
+function showNewMarker(n) {
+  const b = $('new-marker');
+  state.newCount = (b.hidden ? 0 : state.newCount || 0) + n;
+  b.textContent = state.newCount === 1 ? '1 new message ↓' : `${state.newCount} new messages ↓`;
+  b.hidden = false;
+}
+
+function hideNewMarker() {
+  state.newCount = 0;
+  $('new-marker').hidden = true;
 }
 
 function roomButton(name, count, { joined, unread }) {
@@ -380,8 +645,11 @@ function roomButton(name, count, { joined, unread }) {
 function renderRooms() {
   const counts = new Map(state.allRooms.map((r) => [r.name, r.members]));
   const joined = $('joined-rooms');
-  joined.replaceChildren(...[...state.rooms.keys()].sort().map((name) =>
-    roomButton(name, counts.get(name), { joined: true, unread: state.rooms.get(name).unread })));
+  // In our own rooms we know everyone, on every process; the server's counts are its own.
+  joined.replaceChildren(...[...state.rooms.keys()].sort().map((name) => {
+    const room = state.rooms.get(name);
+    return roomButton(name, room.members.size || counts.get(name), { joined: true, unread: room.unread });
+  }));
   const others = state.allRooms.filter((r) => !state.rooms.has(r.name));
   const all = $('all-rooms');
   all.replaceChildren(...others.map((r) => roomButton(r.name, r.members, { joined: false })));
@@ -500,9 +768,14 @@ function closeDrawers() {
 
 // ---- user input --------------------------------------------------------------------
 
+// Typing flags have their own budget on the server and never wait in the outbox.
+function sendTyping(typing) {
+  return state.current && client.sendNow({ type: 'typing', room: state.current, typing });
+}
+
 function stopTyping() {
   clearTimeout(state.typingIdleTimer);
-  if (state.typingSentAt && state.current) send({ type: 'typing', room: state.current, typing: false });
+  if (state.typingSentAt) sendTyping(false);
   state.typingSentAt = 0;
 }
 
@@ -513,7 +786,7 @@ function onType() {
   if (!state.current || !box.value.trim()) { stopTyping(); return; }
   const now = Date.now();
   if (now - state.typingSentAt > TYPING_SEND_EVERY) {
-    if (send({ type: 'typing', room: state.current, typing: true })) state.typingSentAt = now;
+    if (sendTyping(true)) state.typingSentAt = now;
   }
   clearTimeout(state.typingIdleTimer);
   state.typingIdleTimer = setTimeout(stopTyping, TYPING_IDLE);
@@ -525,11 +798,9 @@ function submitMessage() {
   if (!text.trim() || !state.current) return;
   // "/msg nick text" is a shortcut for a private message.
   const cmd = text.match(/^\/(?:msg|pm)\s+(\S+)\s+([\s\S]+)$/);
-  let ok;
-  if (cmd) ok = send({ type: 'pm', room: state.current, to: cmd[1], text: cmd[2] });
-  else if (state.pmTarget) ok = send({ type: 'pm', room: state.current, to: state.pmTarget, text });
-  else ok = send({ type: 'say', room: state.current, text });
-  if (!ok) { toast('Not connected — your message is still in the box', 'warn'); return; }
+  if (cmd) queueText('pm', state.current, cmd[2], cmd[1]);
+  else if (state.pmTarget) queueText('pm', state.current, text, state.pmTarget);
+  else queueText('say', state.current, text);
   // A room message ends "typing" for the others; a private one does not reach them.
   if (cmd || state.pmTarget) stopTyping();
   state.typingSentAt = 0;
@@ -570,6 +841,8 @@ function bind() {
   });
   $('message').addEventListener('input', onType);
   $('pm-cancel').addEventListener('click', () => setPmTarget(null));
+  $('messages').addEventListener('scroll', () => { if (nearBottom($('messages'))) hideNewMarker(); });
+  $('new-marker').addEventListener('click', scrollToBottom);
 
   $('rename-btn').addEventListener('click', () => {
     const nick = prompt('New nickname', state.nick || '');
@@ -592,7 +865,8 @@ function bind() {
   $('room-title').after(leave);
 }
 
-$('nick').value = state.wantNick;
+$('nick').value = state.wantNick || load(localStorage, STORE_LAST_NICK) || '';
 bind();
-connect();
-if (state.wantNick) $('room').focus(); else $('nick').focus();
+client.start();
+window.sbChat = { client, state }; // for the browser specs and the curious
+if ($('nick').value) $('room').focus(); else $('nick').focus();

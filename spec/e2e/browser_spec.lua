@@ -80,4 +80,64 @@ describe("the chat page in a browser", function()
         assert.equal(0, report.dialogs)
         assert.is_true(exists(shot), "no screenshot at " .. shot)
     end)
+
+    -- Runs a driver (spec/support/NAME.mjs BASE SHOT ...) to its end; returns its report.
+    local function drive(name, base, shot, extra)
+        out_file = server.tmpname(".browser")
+        local argv = { NODE, root .. "/spec/support/" .. name .. ".mjs", base, shot }
+        for _, a in ipairs(extra or {}) do argv[#argv + 1] = a end
+        node_pid = assert(proc.spawn(argv, { stdout = out_file, stderr = out_file .. ".err",
+            env = { SB_CHROMIUM = CHROMIUM, LD_PRELOAD = "" } }))
+        local done = server.wait_for(function()
+            local how, code = proc.wait(node_pid, true)
+            if how then node_pid = nil return { how = how, code = code } end
+        end, 180, "the browser script to finish")
+        local output = server.read_file(out_file)
+        local ok, report = pcall(cjson.decode, output:match("([^\n]+)\n?$") or "")
+        assert(ok and type(report) == "table",
+            "no report from the browser script:\n" .. output .. server.read_file(out_file .. ".err"))
+        assert(report.ok, (report.error or "") .. "\n" .. server.read_file(out_file .. ".err"))
+        assert.equal(0, done.code)
+        for _, c in ipairs(report.checks) do assert.is_true(c.ok, c.name) end
+        return report
+    end
+
+    it("keeps each tab's nick, keeps text over the rate limit, links safely, dates and marks new messages",
+        function()
+        assert(exists(CHROMIUM), "chromium is not installed (./dev deps installs it)")
+        s = server.start{ app = "scripts" }
+        local report = drive("chat_page", ("http://127.0.0.1:%d"):format(s.port), build .. "/chat-page.png")
+        assert.truthy(#report.checks >= 20)
+        assert.falsy(s:log():find("handler failed", 1, true))
+    end)
+
+    it("keeps three pages on one process identical when one page's network is cut and restored", function()
+        assert(exists(CHROMIUM), "chromium is not installed (./dev deps installs it)")
+        s = server.start{ app = "scripts" }
+        local base = ("http://127.0.0.1:%d"):format(s.port)
+        drive("chat_cluster", base, build .. "/chat-cluster-1.png", { base })
+        assert.falsy(s:log():find("handler failed", 1, true))
+    end)
+
+    it("keeps three pages on two processes with --redis identical when one page's network is cut", function()
+        assert(exists(CHROMIUM), "chromium is not installed (./dev deps installs it)")
+        local redis_srv = require "redis"
+        local redis = redis_srv.start()
+        local ok, err = pcall(function()
+            local url = "redis://127.0.0.1:" .. redis.port
+            s = server.start{ app = "scripts", args = { "--redis", url } }
+            local b = server.start{ app = "scripts", args = { "--redis", url } }
+            local ok2, err2 = pcall(function()
+                s:wait_log("redis: connected")
+                b:wait_log("redis: connected")
+                drive("chat_cluster", ("http://127.0.0.1:%d"):format(s.port), build .. "/chat-cluster-2.png",
+                    { ("http://127.0.0.1:%d"):format(b.port) })
+            end)
+            local log = b:stop()
+            assert(ok2, err2)
+            assert.falsy(log:find("handler failed", 1, true))
+        end)
+        redis_srv.stop(redis)
+        assert(ok, err)
+    end)
 end)

@@ -50,23 +50,38 @@ class Client:
             await asyncio.wait_for(self.cond.wait_for(match), STEP)
             return match()
 
+    # The next message not seen by a wait_next before (any type but room lists).
+    async def wait_next(self):
+        self.next = getattr(self, "next", 0)
+        def match():
+            while self.next < len(self.got):
+                m = self.got[self.next]
+                self.next += 1
+                if m.get("type") != "rooms":
+                    return m
+        async with self.cond:
+            found = []
+            def pred():
+                m = match()
+                if m is not None:
+                    found.append(m)
+                return bool(found)
+            await asyncio.wait_for(self.cond.wait_for(pred), STEP)
+            return found[0]
+
+    async def wait_next_of(self, *types):
+        while True:
+            m = await self.wait_next()
+            if m.get("type") in types:
+                return m
+
     async def drain(self):
         await self.send(type="ping")
         await self.wait("pong")
 
     def seen(self):
-        # Room list pushes arrive on a timer; the welcome was checked on connect.
-        # A join names the joiner's process and connection (for cross-process
-        # presence): checked here, then left out of the exact comparison.
-        out = []
-        for m in self.got:
-            if m.get("type") in ("rooms", "welcome", "pong"):
-                continue
-            if m.get("type") == "join":
-                m = dict(m)
-                assert isinstance(m.pop("node"), str) and isinstance(m.pop("id"), int), m
-            out.append(m)
-        return out
+        # Room lists and member lists are pushed on timers; the welcome was checked on connect.
+        return [m for m in self.got if m.get("type") not in ("rooms", "members", "welcome", "pong")]
 
 async def user(name, room=None):
     c = await Client(name).connect()
@@ -122,8 +137,8 @@ async def history_and_limits():
     await bob.send(type="join", room="lobby")
     joined = await bob.wait("joined", room="lobby")
     # A flood: the 11th message in a burst is answered with an error, not a disconnect.
-    for _ in range(12):
-        await bob.send(type="typing", room="lobby", typing=False)
+    for i in range(12):
+        await bob.send(type="say", room="lobby", text="flood %d" % i, ref=i)
     limited = await bob.wait("error", code="rate_limited")
     await asyncio.sleep(0.3)  # the bucket refills at 5 per second: the connection still works
     await bob.drain()
@@ -142,14 +157,60 @@ async def history_and_limits():
     return {"history": [m["text"] for m in joined["history"]], "members": joined["members"],
             "limited": limited, "bob_open": bob_open, "bad_errors": errors, "bad_open": bad_open}
 
+async def budgets():
+    # Typing flags do not spend the message budget: after 20 of them, 10 messages pass.
+    ann = await user("ann", "lobby")
+    bob = await user("bob", "lobby")
+    await asyncio.sleep(0.5)  # ann's nick and join spent 2 of her 10: refilled at 5 a second
+    for _ in range(20):
+        await ann.send(type="typing", room="lobby", typing=True)
+    for i in range(10):
+        await ann.send(type="say", room="lobby", text="t%d" % i, ref="r%d" % i)
+    await ann.send(type="say", room="lobby", text="over", ref="r10")
+    limited = await ann.wait("error", code="rate_limited")
+    await bob.wait("message", text="t9")
+    said = [m["text"] for m in ann.got if m.get("type") == "message"]
+    typing = len([m for m in bob.got if m.get("type") == "typing"])
+    for c in (ann, bob):  # their lobby would count among this address's rooms
+        await c.ws.close()
+        await c.task
+    # One address cannot take every room: its connections are in at most 20 rooms;
+    # a client from another address (127.0.0.2) still gets a room.
+    conns = [await user("u%d" % i) for i in range(3)]
+    answers = []
+    for i in range(21):
+        c = conns[i // 10]
+        await c.send(type="join", room="r%d" % i)
+        await asyncio.sleep(0.21)  # under the rate limit
+        while True:
+            m = await c.wait_next()
+            if m.get("type") in ("joined", "error"):
+                break
+        answers.append(m.get("code") or m["type"])
+    other = Client("other")
+    await other.connect(local_addr=("127.0.0.2", 0))
+    await other.send(type="nick", nick="other")
+    await other.wait("nick")
+    await other.send(type="join", room="r20")
+    other_joined = (await other.wait_next_of("joined", "error"))
+    for c in [other] + conns:
+        await c.ws.close()
+    return {"said": said, "typing": typing, "limited": limited, "answers": answers,
+            "other": other_joined.get("code") or other_joined["type"]}
+
 print(json.dumps(asyncio.run(globals()[sys.argv[2]]())), flush=True)
 ]=]
 
 local function strip(msgs)
     for _, m in ipairs(msgs) do
-        m.ts, m.id = nil, nil
+        if m.type == "message" or m.type == "joined" then
+            assert(type(m.epoch) == "string", "no epoch in a " .. m.type)
+        end
+        m.ts, m.id, m.epoch = nil, nil, nil
         if m.type == "joined" then
-            for _, h in ipairs(type(m.history) == "table" and m.history or {}) do h.ts, h.id = nil, nil end
+            for _, h in ipairs(type(m.history) == "table" and m.history or {}) do
+                h.ts, h.id, h.epoch = nil, nil, nil
+            end
         end
     end
     return msgs
@@ -194,9 +255,9 @@ describe("the chat on the real server", function()
         local r = run("three_users")
         assert.same({
             { type = "nick", nick = "ann" },
-            { type = "joined", room = "lobby", members = { "ann" }, history = {} },
+            { type = "joined", room = "lobby", members = { "ann" }, history = {}, recovered = false },
             { type = "join", room = "lobby", nick = "bob" },
-            { type = "joined", room = "dev", members = { "ann", "cy" }, history = {} },
+            { type = "joined", room = "dev", members = { "ann", "cy" }, history = {}, recovered = false },
             { type = "message", room = "lobby", nick = "ann", text = "hello lobby" },
             { type = "message", room = "dev", nick = "cy", text = "hello dev <b>" },
             { type = "pm", room = "lobby", from = "bob", to = "ann", text = "psst" },
@@ -206,7 +267,7 @@ describe("the chat on the real server", function()
         }, strip(r.ann))
         assert.same({
             { type = "nick", nick = "bob" },
-            { type = "joined", room = "lobby", members = { "ann", "bob" }, history = {} },
+            { type = "joined", room = "lobby", members = { "ann", "bob" }, history = {}, recovered = false },
             { type = "message", room = "lobby", nick = "ann", text = "hello lobby" },
             { type = "pm", room = "lobby", from = "bob", to = "ann", text = "psst" },
             { type = "left", room = "lobby" },
@@ -216,7 +277,7 @@ describe("the chat on the real server", function()
         cy[5] = nil
         assert.same({
             { type = "nick", nick = "cy" },
-            { type = "joined", room = "dev", members = { "cy" }, history = {} },
+            { type = "joined", room = "dev", members = { "cy" }, history = {}, recovered = false },
             { type = "join", room = "dev", nick = "ann" },
             { type = "message", room = "dev", nick = "cy", text = "hello dev <b>" },
         }, cy)
@@ -257,5 +318,20 @@ describe("the chat on the real server", function()
         assert.same({ "bad_message", "bad_message", "nick_invalid" }, r.bad_errors)
         assert.is_true(r.bad_open)
         assert.falsy(s:log():find("handler failed", 1, true))
+    end)
+
+    it("keeps typing off the message budget, names the refused text, keeps one address to 20 rooms", function()
+        local r = run("budgets")
+        local want = {}
+        for i = 0, 9 do want[#want + 1] = "t" .. i end
+        assert.same(want, r.said)
+        assert.same({ "rate_limited", "say", "r10" }, { r.limited.code, r.limited.request, r.limited.ref })
+        assert.truthy(r.limited.retry_after > 0 and r.limited.retry_after <= 1)
+        assert.equal(5, r.typing) -- past their own burst, typing flags are dropped
+        local answers = {}
+        for i = 1, 20 do answers[i] = "joined" end
+        answers[21] = "too_many_rooms"
+        assert.same(answers, r.answers)
+        assert.equal("joined", r.other)
     end)
 end)

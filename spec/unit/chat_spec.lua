@@ -33,8 +33,8 @@ local function rest()
     t.clock:advance(2)
 end
 
-local function user(nick, room)
-    local c = assert(route:connect())
+local function user(nick, room, remote)
+    local c = assert(route:connect({ remote = remote }))
     send(c, { type = "nick", nick = nick })
     if room then send(c, { type = "join", room = room }) end
     rest()
@@ -75,7 +75,8 @@ describe("chat: connecting", function()
         assert.equal("welcome", m.type)
         assert.equal(c.id, m.id)
         assert.same({ { name = "lobby", members = 0 } }, m.rooms)
-        assert.same({ nick = 24, room = 32, text = 500, history = 100, burst = 10, rate = 5 }, m.limits)
+        assert.same({ nick = 24, room = 32, text = 500, history = 100, burst = 10, rate = 5, rooms = 10,
+            rooms_per_client = 20 }, m.limits)
     end)
 
     it("picks the chat.v1 subprotocol when the client offers it", function()
@@ -220,7 +221,10 @@ describe("chat: rooms", function()
     it("creates a room by joining it and lists it with its member count", function()
         local ann = user("ann")
         local msgs = join(ann, "Dev-Talk_2")
-        assert.same({ type = "joined", room = "dev-talk_2", members = { "ann" }, history = {} }, msgs[1])
+        assert.is_string(msgs[1].epoch)
+        msgs[1].epoch = nil
+        assert.same({ type = "joined", room = "dev-talk_2", members = { "ann" }, history = {}, recovered = false },
+            msgs[1])
         local rooms = of_type(msgs, "rooms")
         assert.same({ { name = "dev-talk_2", members = 1 }, { name = "lobby", members = 0 } }, rooms[#rooms].rooms)
     end)
@@ -299,7 +303,7 @@ describe("chat: rooms", function()
         assert.same({ { name = "lobby", members = 0 } }, lists[#lists].rooms)
     end)
 
-    it("keeps at most 100 rooms, evicting the stalest empty one with its history", function()
+    it("keeps at most 100 rooms, evicting the stalest empty one (the server keeps its history)", function()
         local c = user("ann")
         for i = 1, 99 do -- with the lobby, 100 rooms
             join(c, "r" .. i)
@@ -309,14 +313,14 @@ describe("chat: rooms", function()
         end
         join(user("bob"), "r1") -- r1 is in use: r2 is now the stalest empty room
         assert.equal("joined", join(c, "new")[1].type)
-        assert.same({}, join(user("cy"), "r2")[1].history)
-        -- Re-creating r2 evicted r3 in turn; r4 still has its history.
-        assert.equal("in r4", join(user("dee"), "r4")[1].history[1].text)
+        -- r2 is made again (evicting r3): its messages were kept by sb.history
+        assert.equal("in r2", join(user("cy"), "r2")[1].history[1].text)
+        assert.equal("in r3", join(user("dee"), "r3")[1].history[1].text)
     end)
 
     it("refuses a new room when all 100 rooms are in use", function()
         for u = 1, 10 do
-            local c = user("u" .. u)
+            local c = user("u" .. u, nil, ("10.0.0.%d:5000"):format(u))
             for r = 1, 10 do
                 local n = (u - 1) * 10 + r
                 if n < 100 then join(c, "r" .. n) end
@@ -326,6 +330,37 @@ describe("chat: rooms", function()
         send(c, { type = "join", room = "one-more" })
         assert_error(c, "rooms_full")
         assert.equal("joined", join(c, "r50")[1].type)
+    end)
+end)
+
+describe("chat: rooms per client", function()
+    it("keeps the connections of one address to 20 rooms, so one client cannot take every room", function()
+        local a = {}
+        for i = 1, 3 do a[i] = user("a" .. i, nil, "10.1.1.1:100" .. i) end
+        for r = 1, 10 do assert.equal("joined", join(a[1], "r" .. r)[1].type) end
+        for r = 11, 20 do assert.equal("joined", join(a[2], "r" .. r)[1].type) end
+        -- a room the address is already in costs no slot; a 21st room is refused
+        assert.equal("joined", join(a[3], "r5")[1].type)
+        local m = join(a[3], "r21")[1]
+        assert.same({ "error", "too_many_rooms", "join" }, { m.type, m.code, m.request })
+        assert.equal("your address is in 20 rooms already", m.message)
+        -- another address is not held back
+        assert.equal("joined", join(user("b1", nil, "10.2.2.2:1001"), "r21")[1].type)
+        -- leaving (or closing) frees the slot: r1..r10 had only a1 from this address
+        send(a[1], { type = "leave", room = "r1" })
+        rest()
+        assert.equal("joined", join(a[3], "r21")[1].type)
+        a[2]:close()
+        rest()
+        assert.equal("joined", join(a[3], "r22")[1].type)
+    end)
+
+    it("counts IPv6 clients by address, not by port", function()
+        local c1 = user("x1", nil, "[::1]:1001")
+        local c2 = user("x2", nil, "[::1]:1002")
+        for r = 1, 10 do join(c1, "r" .. r) end
+        for r = 11, 20 do join(c2, "r" .. r) end
+        assert.equal("too_many_rooms", join(user("x3", nil, "[::1]:1003"), "r21")[1].code)
     end)
 end)
 
@@ -427,6 +462,124 @@ describe("chat: messages and history", function()
     end)
 end)
 
+describe("chat: ids and recovery", function()
+    local function texts(list)
+        local r = {}
+        for _, m in ipairs(list) do r[#r + 1] = m.text end
+        return r
+    end
+
+    local function say_n(c, room, from, to)
+        for i = from, to do
+            if i % 8 == 0 then rest() end
+            send(c, { type = "say", room = room, text = "m" .. i })
+        end
+        rest()
+    end
+
+    it("numbers a room's messages by their position in its history: 1, 2, 3 …", function()
+        local ann = user("ann", "lobby")
+        say_n(ann, "lobby", 1, 3)
+        local msgs = of_type(take(ann), "message")
+        assert.same({ 1, 2, 3 }, { msgs[1].id, msgs[2].id, msgs[3].id })
+        assert.is_string(msgs[1].epoch)
+        assert.equal(msgs[1].epoch, msgs[3].epoch)
+        send(ann, { type = "join", room = "dev" })
+        send(ann, { type = "say", room = "dev", text = "first in dev" })
+        assert.equal(1, last(ann).id)
+    end)
+
+    it("gives a page that comes back only what it missed, and recovered = true", function()
+        local ann = user("ann", "lobby")
+        say_n(ann, "lobby", 1, 3)
+        local epoch = of_type(take(ann), "message")[1].epoch
+        local bob = user("bob")
+        local j = join(bob, "lobby")[1]
+        assert.same({ "m1", "m2", "m3" }, texts(j.history))
+        assert.is_false(j.recovered) -- a first join asks for nothing
+        bob:close(1000)
+        say_n(ann, "lobby", 4, 6)
+        -- since = 3: exactly 4, 5, 6, then live
+        local back = user("bob")
+        send(back, { type = "join", room = "lobby", since = 3, epoch = epoch })
+        rest()
+        j = of_type(take(back), "joined")[1]
+        assert.is_true(j.recovered)
+        assert.same({ "m4", "m5", "m6" }, texts(j.history))
+        assert.same({ 4, 5, 6 }, { j.history[1].id, j.history[2].id, j.history[3].id })
+        send(ann, { type = "say", room = "lobby", text = "m7" })
+        local m = last(back)
+        assert.same({ 7, "m7" }, { m.id, m.text })
+    end)
+
+    it("leaves a backend's publication that is not a message out of joins, and passes it on as it was", function()
+        local ann = user("ann", "lobby")
+        send(ann, { type = "say", room = "lobby", text = "m1" })
+        ann:clear()
+        for _, raw in ipairs { "plain text", "{oops", "[1]", "{}", '{ "x" }' } do app:publish("chat:lobby", raw) end
+        local got = {}
+        for _, m in ipairs(ann:clear()) do got[#got + 1] = m.data end
+        assert.same({ "plain text", "{oops", "[1]", "{}", '{ "x" }' }, got)
+        local j = join(user("bob"), "lobby")[1] -- the joined frame is valid JSON
+        assert.equal(1, #j.history)
+        assert.equal("m1", j.history[1].text)
+    end)
+
+    it("sends joined before a message published while the joiner's history was read", function()
+        local ann = user("ann", "lobby")
+        send(ann, { type = "say", room = "lobby", text = "m1" })
+        local api = app.history.api
+        local read = api.read
+        api.read = function(topic, opts) -- a publication lands right after the read (as over Redis)
+            local items, epoch = read(topic, opts)
+            api.read = read
+            app:publish("chat:lobby", cjson.encode({ room = "lobby", nick = "ann", text = "meanwhile", ts = 1 }))
+            return items, epoch
+        end
+        local bob = user("bob")
+        bob:clear()
+        send(bob, { type = "join", room = "lobby" })
+        local got = {}
+        for _, m in ipairs(take(bob)) do
+            if m.type == "joined" or m.type == "message" then got[#got + 1] = { m.type, m.history and #m.history } end
+        end
+        assert.same({ { "joined", 1 }, { "message" } }, got)
+    end)
+
+    it("says recovered = true with no history when nothing was missed", function()
+        local ann = user("ann", "lobby")
+        say_n(ann, "lobby", 1, 2)
+        local epoch = last(ann).epoch
+        local bob = user("bob")
+        send(bob, { type = "join", room = "lobby", since = 2, epoch = epoch })
+        local j = last(bob)
+        assert.same({ true, {} }, { j.recovered, j.history })
+    end)
+
+    it("sends the last 100 and recovered = false past the history, for another epoch or a bad since", function()
+        local ann = user("ann", "lobby")
+        say_n(ann, "lobby", 1, 105)
+        local epoch = last(ann).epoch
+        local cases = {
+            { since = 2, epoch = epoch },       -- 3..5 are no longer kept
+            { since = 104, epoch = "other" },   -- another history
+            { since = 500, epoch = epoch },     -- from the future
+            { since = -1, epoch = epoch }, { since = 1.5, epoch = epoch }, { since = "7", epoch = epoch },
+            { since = 104, epoch = 12 }, { since = 104 }, {},
+        }
+        for i, case in ipairs(cases) do
+            local c = user("u" .. i)
+            send(c, { type = "join", room = "lobby", since = case.since, epoch = case.epoch })
+            local j = last(c)
+            assert.equal("joined", j.type)
+            assert.is_false(j.recovered, i)
+            assert.equal(100, #j.history)
+            assert.same({ "m6", "m105" }, { j.history[1].text, j.history[100].text })
+            rest()
+        end
+    end)
+end)
+
 describe("chat: presence", function()
     it("tells the room who joined, but not the joiner", function()
         local ann = user("ann", "lobby")
@@ -458,44 +611,32 @@ describe("chat: presence", function()
         assert.equal("joined", join(user("bob"), "lobby")[1].type)
     end)
 
-    it("names the joiner's process and connection in the join, so other processes can answer", function()
+    it("is present in the room's topic with its nick, and leaves it when it leaves", function()
         local ann = user("ann", "lobby")
         local bob = user("bob", "lobby")
-        local m = of_type(take(ann), "join")[1]
-        assert.equal(app.node, m.node)
-        assert.equal(bob.id, m.id)
+        local function nicks()
+            local r = {}
+            for _, p in pairs(app.presence["room:lobby"] or {}) do r[#r + 1] = cjson.decode(p).nick end
+            table.sort(r)
+            return r
+        end
+        assert.same({ "ann", "bob" }, nicks())
+        send(bob, { type = "nick", nick = "bobby" })
+        assert.same({ "ann", "bobby" }, nicks())
+        send(bob, { type = "leave", room = "lobby" })
+        assert.same({ "ann" }, nicks())
+        ann:close(1000)
+        assert.same({}, nicks())
     end)
 
-    it("introduces a member to a joiner served by another process, and only to them", function()
+    it("sends a room's members to its members of this process when the list changed, every 5 s", function()
         local ann = user("ann", "lobby")
         local bob = user("bob", "lobby")
-        ann:clear()
-        bob:clear()
-        -- "cy" joined #lobby on process ffff0000ffff0000 as connection 7
-        send(ann, { type = "here", room = "lobby", node = "ffff0000ffff0000", id = 7 })
-        local p = app.published[#app.published]
-        assert.equal("user:ffff0000ffff0000:7", p.topic)
-        assert.same({ type = "present", room = "lobby", nick = "ann" }, cjson.decode(p.data))
-        assert.same({}, take(ann))
-        assert.same({}, take(bob))
-        -- a joiner on this very process already has everyone: nothing is sent
-        local before = #app.published
-        send(ann, { type = "here", room = "lobby", node = app.node, id = bob.id })
-        assert.equal(before, #app.published)
-        assert.same({}, take(ann))
-    end)
-
-    it("refuses a here with a bad node or id, or outside my rooms", function()
-        local ann = user("ann", "lobby")
-        send(ann, { type = "here", room = "lobby", node = "not hex!", id = 7 })
-        assert_error(ann, "bad_field")
-        send(ann, { type = "here", room = "lobby", node = "ffff", id = 0 })
-        assert_error(ann, "bad_field")
-        rest()
-        send(ann, { type = "here", room = "lobby", node = "ffff", id = 1.5 })
-        assert_error(ann, "bad_field")
-        send(ann, { type = "here", room = "dev", node = "ffff", id = 7 })
-        assert_error(ann, "not_in_room")
+        t.clock:advance(5)
+        assert.same({ { type = "members", room = "lobby", members = { "ann", "bob" } } }, of_type(take(bob), "members"))
+        assert.equal(1, #of_type(take(ann), "members"))
+        t.clock:advance(5)
+        assert.same({}, of_type(take(bob), "members")) -- nothing changed
     end)
 
     it("relays typing to the others in the room", function()
@@ -602,6 +743,48 @@ describe("chat: rate limit", function()
         assert_error(ann, "rate_limited")
         send(bob, { type = "ping" })
         assert.equal("pong", last(bob).type)
+    end)
+
+    it("names the refused request and its ref, so a page knows which text to send again", function()
+        local ann = user("ann", "lobby")
+        for i = 1, 10 do send(ann, { type = "say", room = "lobby", text = "m" .. i, ref = i }) end
+        ann:clear()
+        send(ann, { type = "say", room = "lobby", text = "one too many", ref = "m11" })
+        local err = assert_error(ann, "rate_limited")
+        assert.same({ "say", "m11" }, { err.request, err.ref })
+        assert.truthy(err.retry_after > 0)
+    end)
+
+    it("echoes a request's ref in its other errors, and ignores a ref that is not short", function()
+        local ann = user("ann", "lobby")
+        send(ann, { type = "say", room = "Dev", text = "x", ref = 7 })
+        local e = assert_error(ann, "not_in_room")
+        assert.same({ 7, "dev" }, { e.ref, e.room }) -- and the room it was about, when it names one
+        user("ann2", "dev")
+        local twin = user("ann2")
+        send(twin, { type = "join", room = "dev" })
+        assert.equal("dev", assert_error(twin, "nick_taken").room)
+        rest()
+        send(ann, { type = "say", room = "lobby", text = "", ref = ("r"):rep(65) })
+        assert.is_nil(assert_error(ann, "text_empty").ref)
+        rest()
+        send(ann, { type = "say", room = "lobby", text = "", ref = 1.5 })
+        assert.is_nil(assert_error(ann, "text_empty").ref)
+    end)
+
+    it("gives typing flags a budget of their own: they never spend the message budget", function()
+        local ann = user("ann", "lobby")
+        local bob = user("bob", "lobby")
+        ann:clear()
+        for _ = 1, 30 do send(ann, { type = "typing", room = "lobby", typing = true }) end
+        -- past their own budget (5, then 1 a second) typing flags are dropped without an answer
+        assert.same({}, take(ann))
+        assert.equal(5, #of_type(take(bob), "typing"))
+        for i = 1, 10 do send(ann, { type = "say", room = "lobby", text = "m" .. i }) end
+        assert.equal(10, #of_type(take(ann), "message"))
+        t.clock:advance(1)
+        send(ann, { type = "typing", room = "lobby", typing = false })
+        assert.equal(1, #of_type(take(bob), "typing"))
     end)
 
     it("counts refused messages too, so a flood cannot get through", function()
