@@ -40,7 +40,7 @@ struct opts {
 };
 
 /* ---- client connections ---- */
-enum conn_state { C_IDLE, C_CONNECTING, C_HANDSHAKE, C_OPEN, C_CLOSING, C_DONE };
+enum conn_state { C_IDLE, C_CONNECTING, C_TLS, C_HANDSHAKE, C_OPEN, C_CLOSING, C_DONE };
 
 struct conn {
     int fd;
@@ -56,6 +56,7 @@ struct conn {
     size_t frag_len, frag_cap;
     uint8_t frag_op;
     struct ws_deflate *zd; /* --deflate: inflater for the server's messages (owned) */
+    struct ssl_st *ssl;        /* wss:// (owned) */
     char key[25];              /* Sec-WebSocket-Key sent */
     /* mode state */
     uint64_t sent, recvd;
@@ -80,6 +81,8 @@ struct sb {
     char host[256], pathbuf[2048];
     const char *path; /* request target (pathbuf unless a mode points it elsewhere) */
     int port, loopback;
+    struct ssl_ctx_st *tls; /* wss:// client context (TLS 1.3), else NULL */
+    uint64_t wire_in;       /* bytes of data frames received (headers + payloads, before inflating) */
     uint64_t now;    /* monotonic ns, refreshed every loop turn */
     uint64_t deadline;
     long opening;    /* connections between connect() and open */
