@@ -17,6 +17,8 @@ static void usage(FILE *f) {
         "           C connections, D messages in flight each, S-byte messages; every echo\n"
         "           is verified. --raw: the peer is a plain TCP echo (no handshake), the\n"
         "           masked frames must come back unchanged.\n"
+        "           --payload json: messages are JSON documents (a feed of trades:\n"
+        "           keys repeat, values vary; S >= 160) instead of random characters.\n"
         "  --deflate (any mode) offers permessage-deflate and inflates compressed answers\n"
         "           (zlib, context takeover); messages are sent uncompressed.\n"
         "  fanout   -c SUBSCRIBERS -d D -s S [--binary] (-t SECONDS | -n MESSAGES)\n"
@@ -119,7 +121,13 @@ int main(int argc, char **argv) {
             o->raw = 1;
         else if (!strcmp(a, "--deflate"))
             o->deflate = 1;
-        else if (!strcmp(a, "--json"))
+        else if (!strcmp(a, "--payload")) {
+            if (!v || (strcmp(v, "json") && strcmp(v, "random"))) {
+                fprintf(stderr, "sbload: --payload json|random\n");
+                return 2;
+            }
+            o->json_payload = !strcmp(v, "json"), i++;
+        } else if (!strcmp(a, "--json"))
             o->json = 1;
         else {
             fprintf(stderr, "sbload: unknown option %s\n", a);

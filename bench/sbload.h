@@ -34,6 +34,7 @@ struct opts {
     long conns, depth, size;
     int binary, raw, json;
     int deflate; /* --deflate: offer permessage-deflate, inflate RSV1 answers */
+    int json_payload; /* --payload json: echo messages are JSON documents */
     double seconds, warmup, timeout, hold;
     long messages;
     long pid, procs, nsrc, window;
