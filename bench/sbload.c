@@ -25,9 +25,16 @@ static void usage(FILE *f) {
         "           subscribers connect to URL?role=sub, one publisher to URL?role=pub;\n"
         "           the route publishes each message from the publisher to every\n"
         "           subscriber (bench/fanout.lua). D published messages in flight.\n"
+        "           --procs P > 1: subscribers over P processes and --src addresses\n"
+        "           (default P = C/16000+1), the in-flight window shared between them.\n"
         "  connect  -c C [--pid SERVERPID] [--procs P] [--src N] [--hold SECONDS]\n"
+        "           [--echo] [--term]\n"
         "           open C connections as fast as possible, hold them idle, report\n"
-        "           handshakes/s and the server's resident memory per connection.\n"
+        "           handshakes/s and the server's resident memory per connection\n"
+        "           (VmRSS of PID and its child processes: all workers of a supervisor).\n"
+        "           --echo: each connection echoes one message once open.\n"
+        "           --term: then SIGTERM PID; every connection must get close 1001\n"
+        "           and its TCP close; reports how long that took.\n"
         "options:\n"
         "  -c N           connections (echo, connect) or subscribers (fanout)   [100]\n"
         "  -d N           messages in flight per connection (fanout: in total)  [16]\n"
@@ -37,8 +44,8 @@ static void usage(FILE *f) {
         "  --warmup S     run S seconds before measuring                        [0]\n"
         "  --timeout S    global deadline: fail if the run takes longer\n"
         "  --window N     handshakes in progress at once (per process)          [256]\n"
-        "  --procs P      connect: processes to spread connections over  [C/16000+1]\n"
-        "  --src N        connect: source addresses 127.0.0.2..  (0: none)  [C/16000+1]\n"
+        "  --procs P      connect, fanout: processes to spread connections over [C/16000+1]\n"
+        "  --src N        connect, fanout: source addresses 127.0.0.2.. (0: none) [C/16000+1]\n"
         "  --hold S       connect: seconds to hold the connections idle         [2]\n"
         "  --pid PID      connect: server process whose VmRSS is measured\n"
         "  --json         print one JSON object instead of text\n"
@@ -119,6 +126,10 @@ int main(int argc, char **argv) {
             o->binary = 1;
         else if (!strcmp(a, "--raw"))
             o->raw = 1;
+        else if (!strcmp(a, "--echo"))
+            o->echo_once = 1;
+        else if (!strcmp(a, "--term"))
+            o->term = 1;
         else if (!strcmp(a, "--deflate"))
             o->deflate = 1;
         else if (!strcmp(a, "--payload")) {

@@ -38,6 +38,8 @@ struct opts {
     double seconds, warmup, timeout, hold;
     long messages;
     long pid, procs, nsrc, window;
+    int echo_once; /* connect --echo: each connection echoes one message once open */
+    int term;      /* connect --term: SIGTERM the server, expect 1001 on every connection */
 };
 
 /* ---- client connections ---- */
@@ -89,6 +91,12 @@ struct sb {
     long opening;    /* connections between connect() and open */
     long open;       /* connections open */
     long closing;    /* connections closing */
+    /* connect --term: the close code every connection must get from the server
+     * (0: any close from the server fails the run), when the first and last
+     * came, how many */
+    unsigned expect_close;
+    uint64_t close_first, close_last;
+    long closes;
 };
 extern struct sb G;
 

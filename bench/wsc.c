@@ -488,6 +488,19 @@ static void control_frame(struct conn *c, int op, uint8_t *p, size_t n) {
             conn_done(c);
             return;
         }
+        if (G.expect_close && code == G.expect_close && c->state == C_OPEN) {
+            /* the server is closing, as this run expects: answer and wait for its TCP close */
+            if (!G.closes++)
+                G.close_first = G.now;
+            G.close_last = G.now;
+            c->state = C_CLOSING;
+            G.open--;
+            G.closing++;
+            uint8_t echo[2] = {(uint8_t)(code >> 8), (uint8_t)code};
+            wsc_frame(c, 0x8, echo, 2, (uint32_t)rng_next(&c->seed));
+            wsc_flush(c);
+            return;
+        }
         conn_fail(c, "server closed the connection unexpectedly (close %u \"%.*s\")", code,
                   n > 2 ? (int)(n - 2) : 0, n > 2 ? (char *)p + 2 : "");
     }
