@@ -7,7 +7,6 @@
  * them is closed meanwhile. */
 #include "sbload.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -31,54 +30,6 @@ struct term_report {
     long closes;                   /* close frames with the expected code */
     uint64_t first, last, all_gone; /* first and last close frame; last TCP close */
 };
-
-static long rss_kib(long pid) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%ld/status", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        sb_fail("cannot read %s: %s (is --pid the server's process?)", path, strerror(errno));
-    long kib = -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    if (kib < 0)
-        sb_fail("no VmRSS in %s", path);
-    return kib;
-}
-
-/* VmRSS of pid and of its children (the workers under a supervisor), and how
- * many processes that is. */
-static long rss_tree_kib(long pid, long *nproc) {
-    long total = rss_kib(pid);
-    *nproc = 1;
-    DIR *d = opendir("/proc");
-    if (!d)
-        return total;
-    struct dirent *e;
-    while ((e = readdir(d))) {
-        if (e->d_name[0] < '1' || e->d_name[0] > '9')
-            continue;
-        char path[300], buf[512];
-        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
-        FILE *f = fopen(path, "r");
-        if (!f)
-            continue;
-        size_t n = fread(buf, 1, sizeof buf - 1, f);
-        fclose(f);
-        buf[n] = 0;
-        char *rp = strrchr(buf, ')'); /* the name may hold spaces and parentheses */
-        long ppid = 0;
-        char st;
-        if (rp && sscanf(rp + 1, " %c %ld", &st, &ppid) == 2 && ppid == pid) {
-            total += rss_kib(atol(e->d_name));
-            ++*nproc;
-        }
-    }
-    closedir(d);
-    return total;
-}
 
 static struct hist *child_hs;
 static long child_echoed;

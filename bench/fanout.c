@@ -36,6 +36,16 @@ struct shared {
 };
 static struct shared *sh;
 static int multi; /* subscribers are in child processes */
+static double cpu0 = -1, cpu1 = -1; /* --pid: the server's CPU time at the window's ends */
+
+static void sample_cpu(void) {
+    if (!G.o.pid)
+        return;
+    if (cpu0 < 0 && G.now >= t_measure)
+        cpu0 = cpu_tree_s(G.o.pid);
+    if (cpu1 < 0 && G.now >= t_end)
+        cpu1 = cpu_tree_s(G.o.pid);
+}
 
 struct fan_report {
     uint64_t deliveries, counted;
@@ -251,6 +261,7 @@ static void fan_multi(const char *subpath, const char *pubpath, double *t_subs) 
     __atomic_store_n(&sh->t_end, t_end, __ATOMIC_RELAXED);
     __atomic_store_n(&sh->t_measure, t_measure, __ATOMIC_RELEASE);
     for (;;) {
+        sample_cpu();
         if (G.now >= t_end)
             sending = 0;
         advance_done();
@@ -317,6 +328,7 @@ static double fan_single(const char *subpath, const char *pubpath, double *t_sub
     t_measure = G.now + (uint64_t)(o->warmup * 1e9);
     t_end = o->seconds ? t_measure + (uint64_t)(o->seconds * 1e9) : UINT64_MAX;
     for (;;) {
+        sample_cpu();
         if (G.now >= t_end)
             sending = 0;
         if (sending)
@@ -385,6 +397,9 @@ int mode_fanout(void) {
                ",\"deliveries_per_s\":%.0f,\"subscribe_seconds\":%.3f,",
                o->url, o->conns, o->depth, o->size, secs, pub_sent, counted, rate, t_subs);
         json_latency("delivery", &lat);
+        if (o->pid && counted && cpu0 >= 0 && cpu1 >= 0)
+            printf(",\"server_cpu_s\":%.3f,\"server_cpu_ns_per_delivery\":%.0f", cpu1 - cpu0,
+                   (cpu1 - cpu0) * 1e9 / (double)counted);
         printf(",\"errors\":0}\n");
     } else {
         printf("fanout %s: %ld subscribers, %ld in flight, %ld B %s, %.2f s\n", o->url, o->conns,
@@ -393,6 +408,9 @@ int mode_fanout(void) {
                "each in order\n", t_subs, pub_sent);
         printf("  deliveries %" PRIu64 "  (%.0f/s)\n", counted, rate);
         report_latency("delivery", &lat);
+        if (o->pid && counted && cpu0 >= 0 && cpu1 >= 0)
+            printf("  server CPU %.2f s: %.0f ns per delivery\n", cpu1 - cpu0,
+                   (cpu1 - cpu0) * 1e9 / (double)counted);
     }
     return 0;
 }

@@ -127,6 +127,14 @@ void wsc_free(struct conn *c);
 /* Encode a masked frame into out (room for n + 14); returns its length. */
 size_t wsc_encode(uint8_t *out, int op, const uint8_t *p, size_t n, uint32_t mask);
 
+/* ---- the server's processes (proc.c) ---- */
+/* VmRSS of pid in KiB (fails the run when it cannot be read). */
+long rss_kib(long pid);
+/* VmRSS of pid and its child processes; *nproc: how many processes. */
+long rss_tree_kib(long pid, long *nproc);
+/* CPU time (user + system) of pid and its child processes, in seconds. */
+double cpu_tree_s(long pid);
+
 /* ---- modes ---- */
 int mode_echo(void);
 int mode_fanout(void);
