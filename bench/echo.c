@@ -16,6 +16,7 @@ static struct hist lat;
 static uint64_t t_begin, t_measure, t_end, counted, sent_total, recv_total;
 static int sending = 1;
 static uint8_t *scratch;
+static struct cpu_window cpu;
 
 static void json_doc(uint8_t *out, size_t n, uint64_t *s);
 
@@ -168,22 +169,20 @@ int mode_echo(void) {
         echo_open(&conns[i]);
         wsc_flush(&conns[i]);
     }
-    /* --pid: the server's CPU time over the measured window */
-    double cpu0 = -1, cpu1 = -1;
     for (;;) {
-        if (o->pid && cpu0 < 0 && G.now >= t_measure)
-            cpu0 = cpu_tree_s(o->pid);
+        if (!cpu.started && G.now >= t_measure)
+            cpu_begin(&cpu);
         if (G.now >= t_end) {
+            if (sending)
+                cpu_end(&cpu);
             sending = 0;
-            if (o->pid && cpu1 < 0)
-                cpu1 = cpu_tree_s(o->pid);
         }
         if (!sending && recv_total == sent_total)
             break;
         wsc_turn(10);
     }
-    if (o->pid && cpu1 < 0)
-        cpu1 = cpu_tree_s(o->pid);
+    if (!cpu.wall) /* -n: the run ended before t_end */
+        cpu_end(&cpu);
     uint64_t t_stop = G.now < t_end ? G.now : t_end;
     double secs = (double)(t_stop - t_measure) / 1e9;
     for (long i = 0; i < o->conns; i++)
@@ -202,10 +201,8 @@ int mode_echo(void) {
                "\"msgs_per_s\":%.0f,",
                o->url, o->raw ? "true" : "false", o->conns, o->depth, o->size,
                o->binary ? "true" : "false", secs, (unsigned long long)counted, rate);
+        cpu_json(&cpu, counted, "msg");
         json_latency("rtt", &lat);
-        if (o->pid && counted)
-            printf(",\"server_cpu_s\":%.3f,\"server_cpu_ns_per_msg\":%.0f", cpu1 - cpu0,
-                   (cpu1 - cpu0) * 1e9 / (double)counted);
         printf(",\"errors\":0}\n");
     } else {
         printf("echo %s%s: %ld connections x %ld in flight x %ld B %s, %.2f s\n", o->url,
@@ -214,9 +211,7 @@ int mode_echo(void) {
         printf("  messages   %llu  (%.0f/s), all echoes verified\n", (unsigned long long)counted,
                rate);
         report_latency("round-trip", &lat);
-        if (o->pid && counted)
-            printf("  server CPU %.2f s: %.0f ns per message\n", cpu1 - cpu0,
-                   (cpu1 - cpu0) * 1e9 / (double)counted);
+        cpu_report(&cpu, counted, "message");
         printf("  %.1f bytes of data frames received per message (%s payload%s)\n", wire,
                o->json_payload ? "JSON" : "random", o->deflate ? ", deflate offered" : "");
     }

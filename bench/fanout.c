@@ -25,7 +25,8 @@ static struct hist lat;
 static uint64_t *left; /* deliveries still due, per in-flight slot (seq % D); shared */
 static uint64_t pub_sent, done, deliveries, counted, t_measure, t_end;
 static int sending;
-static uint8_t *msgbuf;
+static uint8_t *msgbuf, *pad; /* pad: S dots, what a text message's tail must be */
+static struct cpu_window cpu;
 
 /* --procs P > 1: subscribers live in P child processes; the publisher stays in
  * the parent. What they share is mapped before the fork. */
@@ -36,15 +37,14 @@ struct shared {
 };
 static struct shared *sh;
 static int multi; /* subscribers are in child processes */
-static double cpu0 = -1, cpu1 = -1; /* --pid: the server's CPU time at the window's ends */
 
+/* The measured window's CPU time (cpu.c): opened and closed by the loop that
+ * publishes. */
 static void sample_cpu(void) {
-    if (!G.o.pid)
-        return;
-    if (cpu0 < 0 && G.now >= t_measure)
-        cpu0 = cpu_tree_s(G.o.pid);
-    if (cpu1 < 0 && G.now >= t_end)
-        cpu1 = cpu_tree_s(G.o.pid);
+    if (!cpu.started && G.now >= t_measure)
+        cpu_begin(&cpu);
+    if (G.now >= t_end && !cpu.wall)
+        cpu_end(&cpu);
 }
 
 struct fan_report {
@@ -81,6 +81,22 @@ static void fill_window(void) {
     wsc_flush(pub);
 }
 
+/* 16 lowercase hex digits (as publish_one writes them) into *v; 0 if not. */
+static int hex16(const uint8_t *p, uint64_t *v) {
+    uint64_t x = 0;
+    for (int i = 0; i < 16; i++) {
+        unsigned d = p[i] - '0', a = p[i] - 'a';
+        if (d < 10)
+            x = x << 4 | d;
+        else if (a < 6)
+            x = x << 4 | (a + 10);
+        else
+            return 0;
+    }
+    *v = x;
+    return 1;
+}
+
 static void fanout_message(struct conn *c, int op, uint8_t *p, size_t n) {
     if (c->is_pub)
         conn_fail(c, "the publisher received a message (%zu bytes); it should not", n);
@@ -95,14 +111,12 @@ static void fanout_message(struct conn *c, int op, uint8_t *p, size_t n) {
             ts = ts << 8 | p[8 + i];
         }
     } else {
-        char tmp[33];
-        memcpy(tmp, p, 32);
-        tmp[32] = 0;
-        if (sscanf(tmp, "%16" SCNx64 "%16" SCNx64, &k, &ts) != 2)
-            conn_fail(c, "subscriber got a message it cannot parse: \"%.32s\"", tmp);
-        for (size_t i = 32; i < n; i++)
-            if (p[i] != '.')
-                conn_fail(c, "message %" PRIu64 " padding corrupted at byte %zu", k, i);
+        if (!hex16(p, &k) || !hex16(p + 16, &ts))
+            conn_fail(c, "subscriber got a message it cannot parse: \"%.32s\"", (char *)p);
+        if (n > 32 && memcmp(p + 32, pad + 32, n - 32) != 0)
+            for (size_t i = 32; i < n; i++)
+                if (p[i] != '.')
+                    conn_fail(c, "message %" PRIu64 " padding corrupted at byte %zu", k, i);
     }
     if (k != c->recvd)
         conn_fail(c, "subscriber expected message %" PRIu64 ", got %" PRIu64
@@ -271,6 +285,8 @@ static void fan_multi(const char *subpath, const char *pubpath, double *t_subs) 
             break;
         wsc_turn(1);
     }
+    if (!cpu.wall) /* -n: the run ended before t_end */
+        cpu_end(&cpu);
     __atomic_store_n(&sh->final, pub_sent, __ATOMIC_RELEASE);
     close(ctl[1]);
     int failed = 0;
@@ -337,6 +353,8 @@ static double fan_single(const char *subpath, const char *pubpath, double *t_sub
             break;
         wsc_turn(10);
     }
+    if (!cpu.wall) /* -n: the run ended before t_end */
+        cpu_end(&cpu);
     uint64_t t_stop = G.now < t_end ? G.now : t_end;
     double secs = (double)(t_stop - t_measure) / 1e9;
     for (long i = 0; i <= o->conns; i++)
@@ -366,10 +384,13 @@ int mode_fanout(void) {
     snprintf(subpath, sizeof subpath, "%s%srole=sub", base, sep);
     snprintf(pubpath, sizeof pubpath, "%s%srole=pub", base, sep);
     msgbuf = malloc((size_t)o->size);
+    pad = malloc((size_t)o->size);
+    if (pad)
+        memset(pad, '.', (size_t)o->size);
     size_t shlen = sizeof *sh + (size_t)o->depth * sizeof *left;
     void *m = mmap(NULL, shlen, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     subs = calloc((size_t)o->conns + 1, sizeof *subs);
-    if (!msgbuf || m == MAP_FAILED || !subs)
+    if (!msgbuf || !pad || m == MAP_FAILED || !subs)
         sb_fail("out of memory");
     sh = m;
     left = (uint64_t *)(sh + 1);
@@ -396,10 +417,8 @@ int mode_fanout(void) {
                "\"size\":%ld,\"seconds\":%.3f,\"published\":%" PRIu64 ",\"deliveries\":%" PRIu64
                ",\"deliveries_per_s\":%.0f,\"subscribe_seconds\":%.3f,",
                o->url, o->conns, o->depth, o->size, secs, pub_sent, counted, rate, t_subs);
+        cpu_json(&cpu, counted, "delivery");
         json_latency("delivery", &lat);
-        if (o->pid && counted && cpu0 >= 0 && cpu1 >= 0)
-            printf(",\"server_cpu_s\":%.3f,\"server_cpu_ns_per_delivery\":%.0f", cpu1 - cpu0,
-                   (cpu1 - cpu0) * 1e9 / (double)counted);
         printf(",\"errors\":0}\n");
     } else {
         printf("fanout %s: %ld subscribers, %ld in flight, %ld B %s, %.2f s\n", o->url, o->conns,
@@ -408,9 +427,7 @@ int mode_fanout(void) {
                "each in order\n", t_subs, pub_sent);
         printf("  deliveries %" PRIu64 "  (%.0f/s)\n", counted, rate);
         report_latency("delivery", &lat);
-        if (o->pid && counted && cpu0 >= 0 && cpu1 >= 0)
-            printf("  server CPU %.2f s: %.0f ns per delivery\n", cpu1 - cpu0,
-                   (cpu1 - cpu0) * 1e9 / (double)counted);
+        cpu_report(&cpu, counted, "delivery");
     }
     return 0;
 }

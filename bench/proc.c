@@ -1,5 +1,6 @@
-/* proc.c — the server's resident memory and CPU time from /proc, summed over
- * a process and its children (a --workers supervisor and its workers). */
+/* proc.c — the server's resident memory from /proc, summed over a process and
+ * its children (a --workers supervisor and its workers); the child walk is
+ * cpu.c's too. */
 #include "sbload.h"
 
 #include <dirent.h>
@@ -25,8 +26,7 @@ long rss_kib(long pid) {
     return kib;
 }
 
-/* Calls fn(child pid, arg) for every process whose parent is pid. */
-static void each_child(long pid, void (*fn)(long, void *), void *arg) {
+void proc_each_child(long pid, void (*fn)(long, void *), void *arg) {
     DIR *d = opendir("/proc");
     if (!d)
         return;
@@ -63,38 +63,7 @@ static void add_rss(long pid, void *arg) {
 
 long rss_tree_kib(long pid, long *nproc) {
     struct sum s = {rss_kib(pid), 1};
-    each_child(pid, add_rss, &s);
+    proc_each_child(pid, add_rss, &s);
     *nproc = s.n;
     return s.total;
 }
-
-/* utime + stime of one process (all its threads), in clock ticks; 0 if gone. */
-static long cpu_ticks(long pid) {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    char *rp = strrchr(buf, ')');
-    unsigned long ut = 0, st = 0;
-    /* after the name: state ppid pgrp session tty tpgid flags minflt cminflt
-     * majflt cmajflt utime stime */
-    if (!rp || sscanf(rp + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
-        return 0;
-    return (long)(ut + st);
-}
-
-static void add_cpu(long pid, void *arg) {
-    struct sum *s = arg;
-    s->total += cpu_ticks(pid);
-}
-
-double cpu_tree_s(long pid) {
-    struct sum s = {cpu_ticks(pid), 1};
-    each_child(pid, add_cpu, &s);
-    return (double)s.total / (double)sysconf(_SC_CLK_TCK);
-}
-
