@@ -196,6 +196,8 @@ int mode_echo(void) {
         printf("{\"mode\":\"echo\",\"payload\":\"%s\",\"deflate\":%s,"
                "\"wire_bytes_per_msg\":%.1f,",
                o->json_payload ? "json" : "random", o->deflate ? "true" : "false", wire);
+        if (G.tls_desc[0])
+            printf("\"tls\":\"%s\",", G.tls_desc);
         printf("\"url\":\"%s\",\"raw\":%s,\"conns\":%ld,\"depth\":%ld,"
                "\"size\":%ld,\"binary\":%s,\"seconds\":%.3f,\"messages\":%llu,"
                "\"msgs_per_s\":%.0f,",
@@ -212,6 +214,8 @@ int mode_echo(void) {
                rate);
         report_latency("round-trip", &lat);
         cpu_report(&cpu, counted, "message");
+        if (G.tls_desc[0])
+            printf("  TLS: %s\n", G.tls_desc);
         printf("  %.1f bytes of data frames received per message (%s payload%s)\n", wire,
                o->json_payload ? "JSON" : "random", o->deflate ? ", deflate offered" : "");
     }

@@ -85,6 +85,7 @@ struct sb {
     const char *path; /* request target (pathbuf unless a mode points it elsewhere) */
     int port, loopback;
     struct ssl_ctx_st *tls; /* wss:// client context (TLS 1.3), else NULL */
+    char tls_desc[96];      /* version and cipher the first TLS connection negotiated */
     uint64_t wire_in;       /* bytes of data frames received (headers + payloads, before inflating) */
     uint64_t now;    /* monotonic ns, refreshed every loop turn */
     uint64_t deadline;

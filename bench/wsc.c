@@ -686,6 +686,9 @@ static void send_request(struct conn *c);
 static void tls_step(struct conn *c) {
     int r = SSL_do_handshake(c->ssl);
     if (r == 1) {
+        if (!G.tls_desc[0])
+            snprintf(G.tls_desc, sizeof G.tls_desc, "%s %s", SSL_get_version(c->ssl),
+                     SSL_get_cipher_name(c->ssl));
         ep_set(c, EPOLL_CTL_MOD, EPOLLIN);
         c->want_out = 0;
         send_request(c);
