@@ -109,6 +109,7 @@ describe("sbload over wss://, with permessage-deflate, across processes", functi
         local r, err = sbload("echo --url wss://127.0.0.1:%d/echo -c 4 -d 4 -s 32 -n 400", tls_port)
         assert.is_truthy(r, err)
         assert.are.equal(400, r.messages)
+        assert.are.equal("TLSv1.3 TLS_AES_128_GCM_SHA256", r.tls)
         r, err = sbload("echo --url wss://127.0.0.1:%d/echo -c 2 -d 2 -s 65536 -n 20", tls_port)
         assert.is_truthy(r, err)
         assert.are.equal(20, r.messages)
