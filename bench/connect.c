@@ -19,33 +19,45 @@
 
 struct report {
     long opened;
+    long echoed;     /* --echo: connections whose one message came back */
     uint64_t t_done; /* monotonic ns when this child's last handshake completed */
     struct hist hs;  /* handshake latency: connect() to 101 */
 };
 
-static long rss_kib(long pid) {
-    char path[64], line[256];
-    snprintf(path, sizeof path, "/proc/%ld/status", pid);
-    FILE *f = fopen(path, "r");
-    if (!f)
-        sb_fail("cannot read %s: %s (is --pid the server's process?)", path, strerror(errno));
-    long kib = -1;
-    while (fgets(line, sizeof line, f))
-        if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-            break;
-    fclose(f);
-    if (kib < 0)
-        sb_fail("no VmRSS in %s", path);
-    return kib;
-}
+/* --term: the second report, once every connection got its close and the
+ * server closed the TCP connection. */
+struct term_report {
+    long closes;                   /* close frames with the expected code */
+    uint64_t first, last, all_gone; /* first and last close frame; last TCP close */
+};
 
 static struct hist *child_hs;
+static long child_echoed;
 
-static void connect_open(struct conn *c) { hist_add(child_hs, G.now - c->t_start); }
+/* --echo: each connection sends one 32-byte text message once open, naming
+ * itself; the echo must be that message. */
+static void echo_text(struct conn *c, char out[33]) {
+    snprintf(out, 33, "sbload connect echo %012u", c->id);
+}
+
+static void connect_open(struct conn *c) {
+    hist_add(child_hs, G.now - c->t_start);
+    if (G.o.echo_once) {
+        char m[33];
+        echo_text(c, m);
+        wsc_frame(c, 1, (const uint8_t *)m, 32, (uint32_t)rng_next(&c->seed));
+        c->sent = 1;
+    }
+}
 
 static void connect_message(struct conn *c, int op, uint8_t *p, size_t n) {
-    (void)op, (void)p;
-    conn_fail(c, "idle connection received a %zu-byte message", n);
+    char m[33];
+    echo_text(c, m);
+    if (!G.o.echo_once || c->recvd || op != 1 || n != 32 || memcmp(p, m, 32) != 0)
+        conn_fail(c, "%s received a %zu-byte message%s", G.o.echo_once ? "connection" : "idle connection",
+                  n, G.o.echo_once ? " that is not the echo of its one message" : "");
+    c->recvd = 1;
+    child_echoed++;
 }
 
 static const struct wsc_mode connect_mode = {connect_open, connect_message};
@@ -102,14 +114,27 @@ static _Noreturn void child(long first, long count, int nsrc, int rep, int ctl) 
     }
     r->opened = G.open;
     r->t_done = G.now;
+    while (G.o.echo_once && child_echoed < count)
+        wsc_turn(10);
+    r->echoed = child_echoed;
     write_all(rep, r, sizeof *r);
-    /* Hold: any event on a connection is a failure (conn_fail); the parent ends
-     * the hold by closing the control pipe. */
+    /* Hold: any event on a connection is a failure (conn_fail) but, with
+     * --term, a close with 1001 (Going Away); the parent ends the hold by
+     * closing the control pipe (after its SIGTERM with --term). */
+    if (G.o.term)
+        G.expect_close = 1001;
     for (;;) {
         struct pollfd p = {.fd = ctl, .events = POLLIN};
         if (poll(&p, 1, 0) > 0)
             break;
         wsc_turn(50);
+    }
+    if (G.o.term) {
+        while (G.closes < count || G.closing > 0)
+            wsc_turn(10); /* the global deadline bounds this */
+        struct term_report t = {G.closes, G.close_first, G.close_last, G.now};
+        write_all(rep, &t, sizeof t);
+        exit(0);
     }
     for (long i = 0; i < count; i++)
         wsc_close(&conns[i]);
@@ -139,7 +164,10 @@ int mode_connect(void) {
         sb_fail("--src needs a loopback (127.x) server address");
     if (o->nsrc > 250)
         sb_fail("--src at most 250");
-    long rss0 = o->pid ? rss_kib(o->pid) : 0;
+    if (o->term && !o->pid)
+        sb_fail("--term needs --pid (the server to send SIGTERM to)");
+    long nproc = 0;
+    long rss0 = o->pid ? rss_tree_kib(o->pid, &nproc) : 0;
     uint64_t t0 = now_ns();
     pid_t *pids = calloc((size_t)o->procs, sizeof *pids);
     int *reps = calloc((size_t)o->procs, sizeof *reps);
@@ -168,7 +196,7 @@ int mode_connect(void) {
     struct report *r = calloc(1, sizeof *r);
     if (!hs || !r)
         sb_fail("out of memory");
-    long opened = 0;
+    long opened = 0, echoed = 0;
     uint64_t t_all = t0;
     int failed = 0;
     for (long p = 0; p < o->procs; p++) {
@@ -177,6 +205,7 @@ int mode_connect(void) {
             continue;
         }
         opened += r->opened;
+        echoed += r->echoed;
         if (r->t_done > t_all)
             t_all = r->t_done;
         hist_merge(hs, &r->hs);
@@ -185,7 +214,7 @@ int mode_connect(void) {
     long rss1 = 0, rss2 = 0;
     if (!failed) {
         if (o->pid)
-            rss1 = rss_kib(o->pid);
+            rss1 = rss_tree_kib(o->pid, &nproc);
         uint64_t until = now_ns() + (uint64_t)(o->hold * 1e9);
         while (!failed && now_ns() < until) {
             usleep(50000);
@@ -196,9 +225,30 @@ int mode_connect(void) {
             }
         }
         if (o->pid && !failed)
-            rss2 = rss_kib(o->pid);
+            rss2 = rss_tree_kib(o->pid, &nproc);
     }
+    /* --term: SIGTERM the server; every connection must get 1001 and then its
+     * TCP close (each child checks its own and reports when all are gone). */
+    uint64_t t_term = now_ns();
+    long closes = 0;
+    uint64_t first = UINT64_MAX, last = 0, gone = 0;
+    if (o->term && !failed && kill((pid_t)o->pid, SIGTERM) < 0)
+        sb_fail("kill %ld: %s", o->pid, strerror(errno));
     close(ctl[1]);
+    for (long p = 0; o->term && !failed && p < o->procs; p++) {
+        struct term_report t;
+        if (read_all(reps[p], &t, sizeof t) < 0) {
+            failed = 1;
+            continue;
+        }
+        closes += t.closes;
+        first = t.first < first ? t.first : first;
+        last = t.last > last ? t.last : last;
+        gone = t.all_gone > gone ? t.all_gone : gone;
+    }
+    if (o->term && !failed && (closes != opened || first < t_term))
+        sb_fail("--term: %ld of %ld connections got 1001%s", closes, opened,
+                first < t_term ? ", some before the SIGTERM" : "");
     for (long p = 0; p < o->procs; p++) {
         int st;
         if (pids[p] > 0 && (waitpid(pids[p], &st, 0) != pids[p] || !WIFEXITED(st) ||
@@ -216,8 +266,14 @@ int mode_connect(void) {
                o->url, opened, o->procs, o->nsrc, t_open, rate);
         json_latency("handshake", hs);
         if (o->pid)
-            printf(",\"rss_before_kib\":%ld,\"rss_after_kib\":%ld,\"bytes_per_conn\":%.0f", rss0,
-                   rss, per);
+            printf(",\"server_processes\":%ld,\"rss_before_kib\":%ld,\"rss_after_kib\":%ld,"
+                   "\"bytes_per_conn\":%.0f", nproc, rss0, rss, per);
+        if (o->echo_once)
+            printf(",\"echoed\":%ld", echoed);
+        if (o->term)
+            printf(",\"closed_1001\":%ld,\"term_first_close_s\":%.3f,\"term_last_close_s\":%.3f,"
+                   "\"term_all_gone_s\":%.3f", closes, (double)(first - t_term) / 1e9,
+                   (double)(last - t_term) / 1e9, (double)(gone - t_term) / 1e9);
         printf(",\"errors\":0}\n");
     } else {
         printf("connect %s: %ld connections over %ld processes, %ld source addresses\n", o->url,
@@ -226,7 +282,14 @@ int mode_connect(void) {
                rate, o->hold);
         report_latency("handshake", hs);
         if (o->pid)
-            printf("  server VmRSS %ld KiB -> %ld KiB: %.0f B per connection\n", rss0, rss, per);
+            printf("  server VmRSS (%ld processes) %ld KiB -> %ld KiB: %.0f B per connection\n",
+                   nproc, rss0, rss, per);
+        if (o->echo_once)
+            printf("  %ld of them echoed one message each\n", echoed);
+        if (o->term)
+            printf("  SIGTERM: %ld closes with 1001, from %.3f s to %.3f s; every TCP connection "
+                   "closed by %.3f s\n", closes, (double)(first - t_term) / 1e9,
+                   (double)(last - t_term) / 1e9, (double)(gone - t_term) / 1e9);
     }
     free(hs);
     free(r);

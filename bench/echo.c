@@ -16,8 +16,56 @@ static struct hist lat;
 static uint64_t t_begin, t_measure, t_end, counted, sent_total, recv_total;
 static int sending = 1;
 static uint8_t *scratch;
+static struct cpu_window cpu;
 
-static const uint8_t *payload(struct conn *c, uint64_t k) { return c->pay + (k * 7) % 64; }
+static void json_doc(uint8_t *out, size_t n, uint64_t *s);
+
+/* --payload json: message k of a connection is a JSON document of exactly S
+ * bytes made from (seed, k), rebuilt for the check (every message differs). */
+static const uint8_t *payload(struct conn *c, uint64_t k) {
+    if (G.o.json_payload) {
+        uint64_t s = c->seed ^ (k * 0xd1b54a32d192ed03ull);
+        json_doc(c->pay, (size_t)G.o.size, &s);
+        return c->pay;
+    }
+    return c->pay + (k * 7) % 64;
+}
+
+/* A realistic JSON message of exactly n bytes (n >= 160): a trade from a
+ * market feed, keys repeated from message to message, values varying; a
+ * free-text note pads it to n. */
+static void json_doc(uint8_t *out, size_t n, uint64_t *s) {
+    static const char *syms[] = {"BTC-USD", "ETH-USD", "SOL-USD", "ADA-EUR", "XRP-USD", "DOT-GBP"};
+    static const char *words[] = {"fill", "partial", "maker", "taker", "rebate", "venue",
+                                  "block", "sweep", "iceberg", "auction", "cross", "odd-lot"};
+    char buf[4096];
+    uint64_t r = rng_next(s);
+    int len = snprintf(buf, sizeof buf,
+                       "{\"type\":\"trade\",\"symbol\":\"%s\",\"price\":%llu.%02llu,"
+                       "\"size\":%llu.%04llu,\"side\":\"%s\",\"id\":%llu,"
+                       "\"ts\":\"2026-11-30T03:%02llu:%02llu.%03lluZ\",\"note\":\"",
+                       syms[r % 6], (unsigned long long)(1000 + rng_next(s) % 60000),
+                       (unsigned long long)(rng_next(s) % 100),
+                       (unsigned long long)(rng_next(s) % 50),
+                       (unsigned long long)(rng_next(s) % 10000), r & 64 ? "buy" : "sell",
+                       (unsigned long long)(480000000 + rng_next(s) % 1000000),
+                       (unsigned long long)(rng_next(s) % 60), (unsigned long long)(rng_next(s) % 60),
+                       (unsigned long long)(rng_next(s) % 1000));
+    size_t l = (size_t)len;
+    while (l + 2 < n) { /* words of the note, then the closing "} */
+        const char *w = words[rng_next(s) % 12];
+        size_t wl = strlen(w);
+        if (l + wl + 1 + 2 > n)
+            wl = n - 2 - l - 1;
+        memcpy(buf + l, w, wl);
+        l += wl;
+        if (l + 2 < n)
+            buf[l++] = ' ';
+    }
+    buf[l++] = '"';
+    buf[l++] = '}';
+    memcpy(out, buf, n);
+}
 
 static uint32_t mask_of(struct conn *c, uint64_t k) {
     uint64_t s = c->seed ^ (k * 0x9e3779b97f4a7c15ull);
@@ -76,6 +124,8 @@ int mode_echo(void) {
     struct opts *o = &G.o;
     if (o->size < 1 || o->depth < 1 || o->conns < 1)
         sb_fail("echo needs -c >= 1, -d >= 1 and -s >= 1");
+    if (o->json_payload && (o->size < 160 || o->size > 4000 || o->binary || o->raw))
+        sb_fail("--payload json needs 160 <= -s <= 4000, text, not --raw");
     if (!o->seconds && !o->messages)
         o->seconds = 5;
     if (!o->timeout)
@@ -92,11 +142,12 @@ int mode_echo(void) {
         struct conn *c = &conns[i];
         c->seed = rng_next(&seed);
         c->ts = calloc((size_t)o->depth, sizeof *c->ts);
+        c->id = (uint32_t)i;
         c->pay = malloc((size_t)o->size + 64);
         if (!c->ts || !c->pay)
             sb_fail("out of memory");
         uint64_t s = c->seed;
-        for (long j = 0; j < o->size + 64; j++) {
+        for (long j = 0; !o->json_payload && j < o->size + 64; j++) {
             uint64_t v = rng_next(&s);
             c->pay[j] = o->binary ? (uint8_t)v : (uint8_t)(0x20 + v % 95); /* printable ASCII */
         }
@@ -119,12 +170,19 @@ int mode_echo(void) {
         wsc_flush(&conns[i]);
     }
     for (;;) {
-        if (G.now >= t_end)
+        if (!cpu.started && G.now >= t_measure)
+            cpu_begin(&cpu);
+        if (G.now >= t_end) {
+            if (sending)
+                cpu_end(&cpu);
             sending = 0;
+        }
         if (!sending && recv_total == sent_total)
             break;
         wsc_turn(10);
     }
+    if (!cpu.wall) /* -n: the run ended before t_end */
+        cpu_end(&cpu);
     uint64_t t_stop = G.now < t_end ? G.now : t_end;
     double secs = (double)(t_stop - t_measure) / 1e9;
     for (long i = 0; i < o->conns; i++)
@@ -133,12 +191,19 @@ int mode_echo(void) {
     while (G.closing > 0 && G.now < grace)
         wsc_turn(10);
     double rate = secs > 0 ? (double)counted / secs : 0;
+    double wire = recv_total ? (double)G.wire_in / (double)recv_total : 0;
     if (o->json) {
-        printf("{\"mode\":\"echo\",\"url\":\"%s\",\"raw\":%s,\"conns\":%ld,\"depth\":%ld,"
+        printf("{\"mode\":\"echo\",\"payload\":\"%s\",\"deflate\":%s,"
+               "\"wire_bytes_per_msg\":%.1f,",
+               o->json_payload ? "json" : "random", o->deflate ? "true" : "false", wire);
+        if (G.tls_desc[0])
+            printf("\"tls\":\"%s\",", G.tls_desc);
+        printf("\"url\":\"%s\",\"raw\":%s,\"conns\":%ld,\"depth\":%ld,"
                "\"size\":%ld,\"binary\":%s,\"seconds\":%.3f,\"messages\":%llu,"
                "\"msgs_per_s\":%.0f,",
                o->url, o->raw ? "true" : "false", o->conns, o->depth, o->size,
                o->binary ? "true" : "false", secs, (unsigned long long)counted, rate);
+        cpu_json(&cpu, counted, "msg");
         json_latency("rtt", &lat);
         printf(",\"errors\":0}\n");
     } else {
@@ -148,6 +213,11 @@ int mode_echo(void) {
         printf("  messages   %llu  (%.0f/s), all echoes verified\n", (unsigned long long)counted,
                rate);
         report_latency("round-trip", &lat);
+        cpu_report(&cpu, counted, "message");
+        if (G.tls_desc[0])
+            printf("  TLS: %s\n", G.tls_desc);
+        printf("  %.1f bytes of data frames received per message (%s payload%s)\n", wire,
+               o->json_payload ? "JSON" : "random", o->deflate ? ", deflate offered" : "");
     }
     return 0;
 }

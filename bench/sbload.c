@@ -17,15 +17,24 @@ static void usage(FILE *f) {
         "           C connections, D messages in flight each, S-byte messages; every echo\n"
         "           is verified. --raw: the peer is a plain TCP echo (no handshake), the\n"
         "           masked frames must come back unchanged.\n"
+        "           --payload json: messages are JSON documents (a feed of trades:\n"
+        "           keys repeat, values vary; S >= 160) instead of random characters.\n"
         "  --deflate (any mode) offers permessage-deflate and inflates compressed answers\n"
         "           (zlib, context takeover); messages are sent uncompressed.\n"
         "  fanout   -c SUBSCRIBERS -d D -s S [--binary] (-t SECONDS | -n MESSAGES)\n"
         "           subscribers connect to URL?role=sub, one publisher to URL?role=pub;\n"
         "           the route publishes each message from the publisher to every\n"
         "           subscriber (bench/fanout.lua). D published messages in flight.\n"
+        "           --procs P > 1: subscribers over P processes and --src addresses\n"
+        "           (default P = C/16000+1), the in-flight window shared between them.\n"
         "  connect  -c C [--pid SERVERPID] [--procs P] [--src N] [--hold SECONDS]\n"
+        "           [--echo] [--term]\n"
         "           open C connections as fast as possible, hold them idle, report\n"
-        "           handshakes/s and the server's resident memory per connection.\n"
+        "           handshakes/s and the server's resident memory per connection\n"
+        "           (VmRSS of PID and its child processes: all workers of a supervisor).\n"
+        "           --echo: each connection echoes one message once open.\n"
+        "           --term: then SIGTERM PID; every connection must get close 1001\n"
+        "           and its TCP close; reports how long that took.\n"
         "options:\n"
         "  -c N           connections (echo, connect) or subscribers (fanout)   [100]\n"
         "  -d N           messages in flight per connection (fanout: in total)  [16]\n"
@@ -35,10 +44,12 @@ static void usage(FILE *f) {
         "  --warmup S     run S seconds before measuring                        [0]\n"
         "  --timeout S    global deadline: fail if the run takes longer\n"
         "  --window N     handshakes in progress at once (per process)          [256]\n"
-        "  --procs P      connect: processes to spread connections over  [C/16000+1]\n"
-        "  --src N        connect: source addresses 127.0.0.2..  (0: none)  [C/16000+1]\n"
+        "  --procs P      connect, fanout: processes to spread connections over [C/16000+1]\n"
+        "  --src N        connect, fanout: source addresses 127.0.0.2.. (0: none) [C/16000+1]\n"
         "  --hold S       connect: seconds to hold the connections idle         [2]\n"
-        "  --pid PID      connect: server process whose VmRSS is measured\n"
+        "  --pid PID      the server's process: its CPU time per message (echo) or\n"
+        "                 delivery (fanout) over the measured window; its VmRSS (connect)\n"
+        "                 (with its child processes: the workers of a supervisor)\n"
         "  --json         print one JSON object instead of text\n"
         "exit status: 0 ok, 1 protocol error / mismatch / unexpected close / deadline, 2 usage\n",
         f);
@@ -117,9 +128,19 @@ int main(int argc, char **argv) {
             o->binary = 1;
         else if (!strcmp(a, "--raw"))
             o->raw = 1;
+        else if (!strcmp(a, "--echo"))
+            o->echo_once = 1;
+        else if (!strcmp(a, "--term"))
+            o->term = 1;
         else if (!strcmp(a, "--deflate"))
             o->deflate = 1;
-        else if (!strcmp(a, "--json"))
+        else if (!strcmp(a, "--payload")) {
+            if (!v || (strcmp(v, "json") && strcmp(v, "random"))) {
+                fprintf(stderr, "sbload: --payload json|random\n");
+                return 2;
+            }
+            o->json_payload = !strcmp(v, "json"), i++;
+        } else if (!strcmp(a, "--json"))
             o->json = 1;
         else {
             fprintf(stderr, "sbload: unknown option %s\n", a);

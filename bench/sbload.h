@@ -34,13 +34,16 @@ struct opts {
     long conns, depth, size;
     int binary, raw, json;
     int deflate; /* --deflate: offer permessage-deflate, inflate RSV1 answers */
+    int json_payload; /* --payload json: echo messages are JSON documents */
     double seconds, warmup, timeout, hold;
     long messages;
     long pid, procs, nsrc, window;
+    int echo_once; /* connect --echo: each connection echoes one message once open */
+    int term;      /* connect --term: SIGTERM the server, expect 1001 on every connection */
 };
 
 /* ---- client connections ---- */
-enum conn_state { C_IDLE, C_CONNECTING, C_HANDSHAKE, C_OPEN, C_CLOSING, C_DONE };
+enum conn_state { C_IDLE, C_CONNECTING, C_TLS, C_HANDSHAKE, C_OPEN, C_CLOSING, C_DONE };
 
 struct conn {
     int fd;
@@ -56,6 +59,7 @@ struct conn {
     size_t frag_len, frag_cap;
     uint8_t frag_op;
     struct ws_deflate *zd; /* --deflate: inflater for the server's messages (owned) */
+    struct ssl_st *ssl;        /* wss:// (owned) */
     char key[25];              /* Sec-WebSocket-Key sent */
     /* mode state */
     uint64_t sent, recvd;
@@ -80,11 +84,20 @@ struct sb {
     char host[256], pathbuf[2048];
     const char *path; /* request target (pathbuf unless a mode points it elsewhere) */
     int port, loopback;
+    struct ssl_ctx_st *tls; /* wss:// client context (TLS 1.3), else NULL */
+    char tls_desc[96];      /* version and cipher the first TLS connection negotiated */
+    uint64_t wire_in;       /* bytes of data frames received (headers + payloads, before inflating) */
     uint64_t now;    /* monotonic ns, refreshed every loop turn */
     uint64_t deadline;
     long opening;    /* connections between connect() and open */
     long open;       /* connections open */
     long closing;    /* connections closing */
+    /* connect --term: the close code every connection must get from the server
+     * (0: any close from the server fails the run), when the first and last
+     * came, how many */
+    unsigned expect_close;
+    uint64_t close_first, close_last;
+    long closes;
 };
 extern struct sb G;
 
@@ -115,10 +128,32 @@ void wsc_free(struct conn *c);
 /* Encode a masked frame into out (room for n + 14); returns its length. */
 size_t wsc_encode(uint8_t *out, int op, const uint8_t *p, size_t n, uint32_t mask);
 
+/* ---- the server's processes (proc.c) ---- */
+/* VmRSS of pid in KiB (fails the run when it cannot be read). */
+long rss_kib(long pid);
+/* VmRSS of pid and its child processes; *nproc: how many processes. */
+long rss_tree_kib(long pid, long *nproc);
+/* Calls fn(child, arg) for every process whose parent is pid. */
+void proc_each_child(long pid, void (*fn)(long, void *), void *arg);
+
 /* ---- modes ---- */
 int mode_echo(void);
 int mode_fanout(void);
 int mode_connect(void);
+
+/* ---- CPU time over the measured window (cpu.c) ---- */
+/* sbload busier than this (fraction of one core) was probably the limit */
+#define LOAD_BOUND 0.9
+struct cpu_window {
+    int started;
+    uint64_t t0, self0, srv0; /* at cpu_begin: wall, sbload and server (--pid) CPU ns */
+    uint64_t wall, self, srv; /* at cpu_end: their growth */
+};
+void cpu_begin(struct cpu_window *w);
+void cpu_end(struct cpu_window *w);
+/* Lines / JSON members (each ending in ',') for ops operations named op. */
+void cpu_report(const struct cpu_window *w, uint64_t ops, const char *op);
+void cpu_json(const struct cpu_window *w, uint64_t ops, const char *op);
 
 /* ---- reporting ---- */
 void report_latency(const char *label, const struct hist *h);

@@ -9,7 +9,8 @@
  *
  * A connection's SSL reads into the caller's buffer (the loop-wide read buffer)
  * and writes the caller's queued segments: no buffers of its own beyond what
- * OpenSSL holds, and SSL_MODE_RELEASE_BUFFERS drops those while idle. */
+ * OpenSSL holds (a read-ahead buffer of up to 64 KiB while bytes arrive), and
+ * SSL_MODE_RELEASE_BUFFERS drops those while idle. */
 #ifndef SB_TLS_H
 #define SB_TLS_H
 
@@ -44,12 +45,15 @@ void tls_conn_shutdown(struct ssl_st *ssl);
 
 /* Read decrypted bytes into buf (the handshake runs as needed). Returns bytes
  * (> 0), 0 at a clean or unclean end of stream, TLS_AGAIN with *want set, or
- * TLS_FAIL. Reads record after record until buf is full or the socket is dry. */
+ * TLS_FAIL. With read-ahead one read() brings every record that has arrived;
+ * their plaintext fills buf until it is full or no record is left buffered
+ * (then the socket is dry: no read() just to see EAGAIN). */
 ssize_t tls_read(struct ssl_st *ssl, void *buf, size_t cap, int *want);
 /* Write iov in order; returns bytes taken (> 0, maybe fewer than offered),
  * TLS_AGAIN with *want set (retry later with the same bytes), or TLS_FAIL. */
 ssize_t tls_writev(struct ssl_st *ssl, const struct iovec *iov, int n, int *want);
-/* Decrypted bytes OpenSSL holds that no socket event will announce. */
+/* Bytes OpenSSL holds (decrypted, or records read ahead, maybe a partial one)
+ * that no socket event will announce. */
 int tls_pending(struct ssl_st *ssl);
 
 /* Make sure DIR/cert.pem and DIR/key.pem exist: when either is missing, create

@@ -45,6 +45,15 @@ describe("sbload against switchboard", function()
         assert.is_true(r.messages > 0)
         assert.is_true(r.msgs_per_s > 0)
         assert_latency(r, "rtt")
+        assert.is_nil(r.server_cpu_util)
+    end)
+
+    it("echo --pid reports the server's CPU time per message over the measured window", function()
+        local r, err = sbload("echo --url ws://127.0.0.1:%d/echo -c 20 -d 16 -s 32 -t 1 --pid %d",
+            s.port, s.pid)
+        assert.is_truthy(r, err)
+        assert.is_true(r.server_cpu_util > 0 and r.server_cpu_util <= 1.2, r.server_cpu_util)
+        assert.is_true(r.server_cpu_ns_per_msg > 0)
     end)
 
     it("echo stops after -n binary messages of 64 KiB", function()
@@ -76,5 +85,75 @@ describe("sbload against switchboard", function()
         local r, out = sbload("echo --url ws://127.0.0.1:%d/no-such-route -c 1 -n 1", s.port)
         assert.is_nil(r)
         assert.matches("handshake refused", out)
+    end)
+end)
+
+describe("sbload over wss://, with permessage-deflate, across processes", function()
+    local s, tls_port, dir
+
+    setup(function()
+        dir = server.tmpname("-sbtls")
+        s = server.start { app = root .. "/bench/app", args = { "--tls-self-signed", dir,
+            "--listen-tls", "127.0.0.1:0" } }
+        tls_port = tonumber(s:wait_log("listening on 127%.0%.0%.1:(%d+) %(wss://"))
+    end)
+
+    teardown(function()
+        if s then
+            s:stop()
+        end
+        os.execute("rm -rf " .. dir)
+    end)
+
+    it("echo over wss:// (TLS 1.3) verifies small and 64 KiB messages", function()
+        local r, err = sbload("echo --url wss://127.0.0.1:%d/echo -c 4 -d 4 -s 32 -n 400", tls_port)
+        assert.is_truthy(r, err)
+        assert.are.equal(400, r.messages)
+        assert.are.equal("TLSv1.3 TLS_AES_128_GCM_SHA256", r.tls)
+        r, err = sbload("echo --url wss://127.0.0.1:%d/echo -c 2 -d 2 -s 65536 -n 20", tls_port)
+        assert.is_truthy(r, err)
+        assert.are.equal(20, r.messages)
+    end)
+
+    it("echo of JSON documents counts the bytes on the wire, fewer once compressed", function()
+        local plain, err = sbload("echo --url ws://127.0.0.1:%d/echo -c 2 -d 2 -s 256 --payload json -n 200",
+            s.port)
+        assert.is_truthy(plain, err)
+        assert.are.equal(260, plain.wire_bytes_per_msg) -- 2 + 2 header bytes, 256 payload
+        local z
+        z, err = sbload("echo --url ws://127.0.0.1:%d/echo -c 2 -d 2 -s 256 --payload json --deflate -n 200",
+            s.port)
+        assert.is_truthy(z, err)
+        assert.are.equal(200, z.messages)
+        assert.is_true(z.wire_bytes_per_msg > 10 and z.wire_bytes_per_msg < 200, z.wire_bytes_per_msg)
+    end)
+
+    it("fanout spreads subscribers over processes and checks every delivery", function()
+        local r, err = sbload("fanout --url ws://127.0.0.1:%d/fanout -c 40 -d 4 -n 50 --procs 2 --src 2",
+            s.port)
+        assert.is_truthy(r, err)
+        assert.are.equal(50, r.published)
+        assert.are.equal(50 * 40, r.deliveries)
+    end)
+end)
+
+describe("sbload connect --echo --term against --workers 2", function()
+    it("sees every connection echo once, then close with 1001 on SIGTERM", function()
+        local s = server.start { app = root .. "/bench/app", args = { "--workers", "2" } }
+        local ok, e = pcall(function()
+            local r, err = sbload("connect --url ws://127.0.0.1:%d/echo -c 300 --procs 2 --src 2 "
+                .. "--hold 0.2 --echo --term --pid %d", s.port, s.pid)
+            assert.is_truthy(r, err)
+            assert.are.equal(300, r.echoed)
+            assert.are.equal(300, r.closed_1001)
+            assert.are.equal(3, r.server_processes) -- the supervisor and its two workers
+            assert.is_true(r.term_first_close_s >= 0 and r.term_first_close_s <= r.term_last_close_s)
+            assert.is_true(r.term_last_close_s <= r.term_all_gone_s)
+            local how, code = s:wait_exit(15)
+            assert.are.equal("exited", how)
+            assert.are.equal(0, code)
+        end)
+        s:stop()
+        assert(ok, e)
     end)
 end)
