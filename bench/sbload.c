@@ -35,6 +35,11 @@ static void usage(FILE *f) {
         "           --echo: each connection echoes one message once open.\n"
         "           --term: then SIGTERM PID; every connection must get close 1001\n"
         "           and its TCP close; reports how long that took.\n"
+        "  recover  -c CLIENTS -n MISSED [-s S] [-d D] [--window W]\n"
+        "           a reconnect storm on topic history (bench/app/recover.lua): publish\n"
+        "           2N messages, then C clients connect with `since` N messages back;\n"
+        "           each must get exactly the N it missed, in order; reports the time\n"
+        "           until all recovered and the server's CPU (--pid) over it.\n"
         "options:\n"
         "  -c N           connections (echo, connect) or subscribers (fanout)   [100]\n"
         "  -d N           messages in flight per connection (fanout: in total)  [16]\n"
@@ -163,6 +168,8 @@ int main(int argc, char **argv) {
         run = mode_fanout;
     else if (!strcmp(o->mode, "connect"))
         run = mode_connect;
+    else if (!strcmp(o->mode, "recover"))
+        run = mode_recover;
     else {
         fprintf(stderr, "sbload: unknown mode %s\n", o->mode);
         usage(stderr);

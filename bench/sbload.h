@@ -140,6 +140,7 @@ void proc_each_child(long pid, void (*fn)(long, void *), void *arg);
 int mode_echo(void);
 int mode_fanout(void);
 int mode_connect(void);
+int mode_recover(void); /* recover.c */
 
 /* ---- CPU time over the measured window (cpu.c) ---- */
 /* sbload busier than this (fraction of one core) was probably the limit */
