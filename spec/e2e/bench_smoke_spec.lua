@@ -1,6 +1,7 @@
 -- A short run of each sbload mode against the real server: each completes,
 -- verifies what it checks, and reports sane numbers. No speed thresholds.
 local server = require "server"
+local redis_srv = require "redis"
 local cjson = require "cjson"
 
 local root = os.getenv("SB_ROOT") or "."
@@ -81,6 +82,37 @@ describe("sbload against switchboard", function()
         assert.is_number(r.bytes_per_conn)
     end)
 
+    it("fanout on a topic that keeps history (?history=1) still checks every delivery", function()
+        local r, err = sbload("fanout --url ws://127.0.0.1:%d/fanout?history=1 -c 20 -d 4 -n 300", s.port)
+        assert.is_truthy(r, err)
+        assert.are.equal(300, r.published)
+        assert.are.equal(300 * 20, r.deliveries)
+    end)
+
+    it("recover: every client of a storm gets exactly the messages it missed, with positions", function()
+        local r, err = sbload("recover --url ws://127.0.0.1:%d/recover -c 300 -n 20 --window 50 --pid %d",
+            s.port, s.pid)
+        assert.is_truthy(r, err)
+        assert.are.equal(300, r.clients)
+        assert.are.equal(20, r.missed)
+        assert.are.equal(40, r.published)
+        assert.are.equal(20, r.since) -- a new topic: positions 1..40, the clients saw 1..20
+        assert.are.equal(300 * 20, r.deliveries)
+        assert.is_true(r.seconds > 0 and r.open_seconds <= r.seconds)
+        assert.is_true(r.server_cpu_s >= 0)
+        assert_latency(r, "recover")
+        -- a second storm on a new topic of the same server starts at position 1 again
+        r, err = sbload("recover --url ws://127.0.0.1:%d/recover -c 5 -n 3", s.port)
+        assert.is_truthy(r, err)
+        assert.are.equal(3, r.since)
+    end)
+
+    it("recover fails when what comes back carries no position (an echo)", function()
+        local r, out = sbload("recover --url ws://127.0.0.1:%d/echo -c 2 -n 2 --timeout 5", s.port)
+        assert.is_nil(r)
+        assert.matches("not \"<message> <position> <epoch>\"", out)
+    end)
+
     it("fails with a clear message when the route does not exist", function()
         local r, out = sbload("echo --url ws://127.0.0.1:%d/no-such-route -c 1 -n 1", s.port)
         assert.is_nil(r)
@@ -154,6 +186,31 @@ describe("sbload connect --echo --term against --workers 2", function()
             assert.are.equal(0, code)
         end)
         s:stop()
+        assert(ok, e)
+    end)
+end)
+
+describe("sbload recover against --workers 2 --redis", function()
+    it("recovers every client from the history in Redis, on either worker", function()
+        local red = redis_srv.start()
+        local s = server.start { app = root .. "/bench/app", args = { "--workers", "2", "--redis",
+            ("redis://127.0.0.1:%d"):format(red.port) } }
+        local ok, e = pcall(function()
+            server.wait_for(function() -- both workers (a publish is dropped while Redis is away)
+                local _, n = s:log():gsub("redis: connected", "")
+                return n >= 2
+            end, 10, "both workers connected to Redis")
+            local r, err = sbload("recover --url ws://127.0.0.1:%d/recover -c 200 -n 30 --timeout 30 --pid %d",
+                s.port, s.pid)
+            assert.is_truthy(r, err)
+            assert.are.equal(200 * 30, r.deliveries)
+            assert.are.equal(12, #r.epoch) -- an epoch made by Redis
+            r, err = sbload("fanout --url ws://127.0.0.1:%d/fanout?history=1 -c 20 -d 4 -n 100", s.port)
+            assert.is_truthy(r, err)
+            assert.are.equal(100 * 20, r.deliveries)
+        end)
+        s:stop()
+        redis_srv.stop(red)
         assert(ok, e)
     end)
 end)
