@@ -28,6 +28,10 @@
 #include "utf8.h"
 
 #define IOV_BATCH 64
+/* A frame this large is written straight from the sender's bytes when nothing
+ * is queued before it (send_direct): a copy of it costs about what a system
+ * call does, and corking it with others would save little. */
+#define CONN_DIRECT_MIN (16u << 10)
 #define FILE_CHUNK (64u << 10)  /* a file answer is read this much at a time */
 #define FILE_AHEAD (128u << 10) /* and kept at most this far ahead of the socket */
 #define DEFLATE_TRIM_IDLE 2.0 /* seconds without input before zlib state is parked */
@@ -147,6 +151,24 @@ static int after_queue(struct conn *c) {
     return 0;
 }
 
+/* A frame of CONN_DIRECT_MIN bytes or more with nothing queued before it:
+ * write it now from the caller's bytes, and queue (copy) only what the kernel
+ * did not take. A failed write queues it all: the flush meets the error again
+ * and handles it as it does every other. */
+static int send_direct(struct conn *c, const uint8_t *h, size_t hl, const uint8_t *p, size_t n) {
+    struct iovec iov[2] = {{(void *)h, hl}, {(void *)p, n}};
+    ssize_t w;
+    do
+        w = writev(c->fd, iov, 2);
+    while (w < 0 && errno == EINTR);
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (done == hl + n)
+        return 0;
+    if (done < hl)
+        return queue_bytes(c, h + done, hl - done, p, n);
+    return queue_bytes(c, p + (done - hl), n - (done - hl), NULL, 0);
+}
+
 int conn_write(struct conn *c, const void *data, size_t len) {
     if (c->state == CONN_DEAD)
         return -1;
@@ -169,8 +191,12 @@ int conn_send(struct conn *c, int opcode, const void *data, size_t len) {
         conn_kill(c, WS_CLOSE_INTERNAL);
         return -1;
     }
-    size_t hl = ws_frame_header(hdr, opcode, 1, z != NULL, z ? zlen : len);
-    int qr = queue_bytes(c, hdr, hl, z ? z : data, z ? zlen : len);
+    const uint8_t *pl = z ? z : data;
+    size_t plen = z ? zlen : len;
+    size_t hl = ws_frame_header(hdr, opcode, 1, z != NULL, plen);
+    int qr = plen >= CONN_DIRECT_MIN && !c->out.len && !c->is_tls
+                 ? send_direct(c, hdr, hl, pl, plen)
+                 : queue_bytes(c, hdr, hl, pl, plen);
     free(z);
     if (qr < 0) {
         conn_kill(c, WS_CLOSE_INTERNAL);
