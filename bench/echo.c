@@ -16,6 +16,7 @@ static struct hist lat;
 static uint64_t t_begin, t_measure, t_end, counted, sent_total, recv_total;
 static int sending = 1;
 static uint8_t *scratch;
+static struct cpu_window cpu;
 
 static const uint8_t *payload(struct conn *c, uint64_t k) { return c->pay + (k * 7) % 64; }
 
@@ -119,12 +120,19 @@ int mode_echo(void) {
         wsc_flush(&conns[i]);
     }
     for (;;) {
-        if (G.now >= t_end)
+        if (!cpu.started && G.now >= t_measure)
+            cpu_begin(&cpu);
+        if (G.now >= t_end) {
+            if (sending)
+                cpu_end(&cpu);
             sending = 0;
+        }
         if (!sending && recv_total == sent_total)
             break;
         wsc_turn(10);
     }
+    if (!cpu.wall) /* -n: the run ended before t_end */
+        cpu_end(&cpu);
     uint64_t t_stop = G.now < t_end ? G.now : t_end;
     double secs = (double)(t_stop - t_measure) / 1e9;
     for (long i = 0; i < o->conns; i++)
@@ -139,6 +147,7 @@ int mode_echo(void) {
                "\"msgs_per_s\":%.0f,",
                o->url, o->raw ? "true" : "false", o->conns, o->depth, o->size,
                o->binary ? "true" : "false", secs, (unsigned long long)counted, rate);
+        cpu_json(&cpu, counted, "msg");
         json_latency("rtt", &lat);
         printf(",\"errors\":0}\n");
     } else {
@@ -148,6 +157,7 @@ int mode_echo(void) {
         printf("  messages   %llu  (%.0f/s), all echoes verified\n", (unsigned long long)counted,
                rate);
         report_latency("round-trip", &lat);
+        cpu_report(&cpu, counted, "message");
     }
     return 0;
 }

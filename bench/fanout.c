@@ -20,7 +20,8 @@ static struct hist lat;
 static uint64_t *left; /* deliveries still due, per in-flight slot (seq % D) */
 static uint64_t pub_sent, done, deliveries, counted, t_measure, t_end;
 static int sending;
-static uint8_t *msgbuf;
+static uint8_t *msgbuf, *pad; /* pad: S dots, what a text message's tail must be */
+static struct cpu_window cpu;
 
 static void publish_one(void) {
     uint64_t k = pub_sent++;
@@ -49,6 +50,22 @@ static void fill_window(void) {
     wsc_flush(pub);
 }
 
+/* 16 lowercase hex digits (as publish_one writes them) into *v; 0 if not. */
+static int hex16(const uint8_t *p, uint64_t *v) {
+    uint64_t x = 0;
+    for (int i = 0; i < 16; i++) {
+        unsigned d = p[i] - '0', a = p[i] - 'a';
+        if (d < 10)
+            x = x << 4 | d;
+        else if (a < 6)
+            x = x << 4 | (a + 10);
+        else
+            return 0;
+    }
+    *v = x;
+    return 1;
+}
+
 static void fanout_message(struct conn *c, int op, uint8_t *p, size_t n) {
     if (c->is_pub)
         conn_fail(c, "the publisher received a message (%zu bytes); it should not", n);
@@ -63,14 +80,12 @@ static void fanout_message(struct conn *c, int op, uint8_t *p, size_t n) {
             ts = ts << 8 | p[8 + i];
         }
     } else {
-        char tmp[33];
-        memcpy(tmp, p, 32);
-        tmp[32] = 0;
-        if (sscanf(tmp, "%16" SCNx64 "%16" SCNx64, &k, &ts) != 2)
-            conn_fail(c, "subscriber got a message it cannot parse: \"%.32s\"", tmp);
-        for (size_t i = 32; i < n; i++)
-            if (p[i] != '.')
-                conn_fail(c, "message %" PRIu64 " padding corrupted at byte %zu", k, i);
+        if (!hex16(p, &k) || !hex16(p + 16, &ts))
+            conn_fail(c, "subscriber got a message it cannot parse: \"%.32s\"", (char *)p);
+        if (n > 32 && memcmp(p + 32, pad + 32, n - 32) != 0)
+            for (size_t i = 32; i < n; i++)
+                if (p[i] != '.')
+                    conn_fail(c, "message %" PRIu64 " padding corrupted at byte %zu", k, i);
     }
     if (k != c->recvd)
         conn_fail(c, "subscriber expected message %" PRIu64 ", got %" PRIu64
@@ -111,9 +126,12 @@ int mode_fanout(void) {
     snprintf(subpath, sizeof subpath, "%s%srole=sub", base, sep);
     snprintf(pubpath, sizeof pubpath, "%s%srole=pub", base, sep);
     msgbuf = malloc((size_t)o->size);
+    pad = malloc((size_t)o->size);
+    if (pad)
+        memset(pad, '.', (size_t)o->size);
     left = calloc((size_t)o->depth, sizeof *left);
     subs = calloc((size_t)o->conns + 1, sizeof *subs);
-    if (!msgbuf || !left || !subs)
+    if (!msgbuf || !pad || !left || !subs)
         sb_fail("out of memory");
     pub = &subs[o->conns];
     pub->is_pub = 1;
@@ -144,14 +162,21 @@ int mode_fanout(void) {
     t_measure = G.now + (uint64_t)(o->warmup * 1e9);
     t_end = o->seconds ? t_measure + (uint64_t)(o->seconds * 1e9) : UINT64_MAX;
     for (;;) {
-        if (G.now >= t_end)
+        if (!cpu.started && G.now >= t_measure)
+            cpu_begin(&cpu);
+        if (G.now >= t_end) {
+            if (sending)
+                cpu_end(&cpu);
             sending = 0;
+        }
         if (sending)
             fill_window();
         if (!sending && done == pub_sent)
             break;
         wsc_turn(10);
     }
+    if (!cpu.wall) /* -n: the run ended before t_end */
+        cpu_end(&cpu);
     uint64_t t_stop = G.now < t_end ? G.now : t_end;
     double secs = (double)(t_stop - t_measure) / 1e9;
     for (long i = 0; i <= o->conns; i++)
@@ -165,6 +190,7 @@ int mode_fanout(void) {
                "\"size\":%ld,\"seconds\":%.3f,\"published\":%" PRIu64 ",\"deliveries\":%" PRIu64
                ",\"deliveries_per_s\":%.0f,\"subscribe_seconds\":%.3f,",
                o->url, o->conns, o->depth, o->size, secs, pub_sent, counted, rate, t_subs);
+        cpu_json(&cpu, counted, "delivery");
         json_latency("delivery", &lat);
         printf(",\"errors\":0}\n");
     } else {
@@ -174,6 +200,7 @@ int mode_fanout(void) {
                "each in order\n", t_subs, pub_sent);
         printf("  deliveries %" PRIu64 "  (%.0f/s)\n", counted, rate);
         report_latency("delivery", &lat);
+        cpu_report(&cpu, counted, "delivery");
     }
     return 0;
 }

@@ -38,7 +38,8 @@ static void usage(FILE *f) {
         "  --procs P      connect: processes to spread connections over  [C/16000+1]\n"
         "  --src N        connect: source addresses 127.0.0.2..  (0: none)  [C/16000+1]\n"
         "  --hold S       connect: seconds to hold the connections idle         [2]\n"
-        "  --pid PID      connect: server process whose VmRSS is measured\n"
+        "  --pid PID      the server's process: its CPU time per message (echo) or\n"
+        "                 delivery (fanout) over the measured window; its VmRSS (connect)\n"
         "  --json         print one JSON object instead of text\n"
         "exit status: 0 ok, 1 protocol error / mismatch / unexpected close / deadline, 2 usage\n",
         f);
