@@ -151,15 +151,15 @@ static int after_queue(struct conn *c) {
     return 0;
 }
 
-/* A frame of CONN_DIRECT_MIN bytes or more with nothing queued before it:
- * write it now from the caller's bytes, and queue (copy) only what the kernel
- * did not take. A failed write queues it all: the flush meets the error again
+/* A frame of CONN_DIRECT_MIN bytes or more (or the 101) with nothing queued
+ * before it: write it now from the caller's bytes, and queue (copy) only what
+ * the kernel did not take. A failed write queues it all: the flush meets the error again
  * and handles it as it does every other. */
 static int send_direct(struct conn *c, const uint8_t *h, size_t hl, const uint8_t *p, size_t n) {
     struct iovec iov[2] = {{(void *)h, hl}, {(void *)p, n}};
     ssize_t w;
     do
-        w = writev(c->fd, iov, 2);
+        w = writev(c->fd, iov, n ? 2 : 1);
     while (w < 0 && errno == EINTR);
     size_t done = w > 0 ? (size_t)w : 0;
     if (done == hl + n)
@@ -914,7 +914,8 @@ static int upgrade_complete(struct conn *c, struct conn_upgrade *ans,
     size_t pl = ans->protocol ? strlen(ans->protocol) : 0;
     size_t hl = ans->headers ? strlen(ans->headers) : 0;
     size_t cap = 160 + HANDSHAKE_ACCEPT_LEN + pl + strlen(ext) + hl;
-    char *resp = malloc(cap);
+    char stackbuf[512];
+    char *resp = cap <= sizeof stackbuf ? stackbuf : malloc(cap);
     int n = resp ? snprintf(resp, cap,
                             "HTTP/1.1 101 Switching Protocols\r\n"
                             "Upgrade: websocket\r\n"
@@ -930,13 +931,19 @@ static int upgrade_complete(struct conn *c, struct conn_upgrade *ans,
         ans->protocol = NULL;
     }
     upgrade_free(ans);
-    int wr = n < 0 || (size_t)n >= cap ? -1 : conn_write(c, resp, (size_t)n);
-    free(resp);
+    /* the 101 goes out now when it can (nothing is queued before it on a plain
+     * connection): no output buffer is made and freed for it, which at a
+     * storm of handshakes would leave holes among the connections' memory */
+    int wr = n < 0 || (size_t)n >= cap       ? -1
+             : !c->is_tls && !c->out.len ? send_direct(c, (const uint8_t *)resp, (size_t)n, NULL, 0)
+                                         : conn_write(c, resp, (size_t)n);
+    if (resp != stackbuf)
+        free(resp);
     if (wr < 0) {
         http_error(c, 500, NULL, NULL);
         return -1;
     }
-    c->dec.max_message = srv->cfg.max_message;
+    c->dec.max_message = (uint32_t)srv->cfg.max_message; /* --max-message <= 2 GiB */
     if (pu->deflate_on) {
         c->defl = malloc(sizeof *c->defl);
         if (!c->defl) {
@@ -949,7 +956,7 @@ static int upgrade_complete(struct conn *c, struct conn_upgrade *ans,
     c->state = CONN_WS;
     c->deadline = 0;
     c->opened = 1;
-    c->opened_now = 1;
+    c->opened_now = c->out.len != 0; /* the 101, or its end, is still queued */
     srv->stats.handshakes_ok++;
     srv->stats.handshake_status[101]++;
     srv->stats.ws_open++;
@@ -1219,7 +1226,7 @@ static void ws_feed(struct conn *c, uint8_t *p, size_t n) {
     ssize_t r = ws_decoder_feed(&c->dec, p, n, &decoder_cb, c);
     if (r < 0) {
         if (c->state != CONN_DEAD)
-            conn_fail(c, (unsigned)-r, c->dec.error);
+            conn_fail(c, (unsigned)-r, ws_decoder_error(&c->dec));
         return;
     }
     if ((size_t)r < n && c->holds && (c->state == CONN_WS || c->state == CONN_CLOSING))

@@ -73,7 +73,7 @@ static int l_new(lua_State *L) {
     luaL_setmetatable(L, DECODER_MT);
     if (lua_istable(L, 1)) {
         lua_getfield(L, 1, "max_message");
-        t->d.max_message = (uint64_t)luaL_optinteger(L, -1, 0);
+        t->d.max_message = (uint32_t)luaL_optinteger(L, -1, 0);
         lua_getfield(L, 1, "rsv1_ok");
         t->d.rsv1_ok = (uint8_t)lua_toboolean(L, -1);
         lua_pop(L, 2);
@@ -97,7 +97,7 @@ static int l_feed(lua_State *L) {
     if (n < 0) {
         lua_pushnil(L);
         lua_pushinteger(L, -n);
-        lua_pushstring(L, t->d.error ? t->d.error : "?");
+        lua_pushstring(L, ws_decoder_error(&t->d) ? ws_decoder_error(&t->d) : "?");
         return 4;
     }
     lua_pushinteger(L, n);
