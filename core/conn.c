@@ -41,6 +41,14 @@ static void conn_kill(struct conn *c, uint16_t code);
 
 /* ---- output queue --------------------------------------------------------- */
 
+/* writev, by the socket layer's own call: sendmsg skips the file layer's
+ * position lock and iterator set-up that writev pays per call, and a peer
+ * gone away is an error (EPIPE), not a signal. */
+static ssize_t sock_writev(int fd, struct iovec *iov, int n) {
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+    return sendmsg(fd, &mh, MSG_NOSIGNAL);
+}
+
 static void mark_flush(struct conn *c) {
     if (!c->in_flush && c->state != CONN_DEAD) {
         c->in_flush = 1;
@@ -159,7 +167,7 @@ static int send_direct(struct conn *c, const uint8_t *h, size_t hl, const uint8_
     struct iovec iov[2] = {{(void *)h, hl}, {(void *)p, n}};
     ssize_t w;
     do
-        w = writev(c->fd, iov, n ? 2 : 1);
+        w = sock_writev(c->fd, iov, n ? 2 : 1);
     while (w < 0 && errno == EINTR);
     size_t done = w > 0 ? (size_t)w : 0;
     if (done == hl + n)
@@ -521,6 +529,31 @@ static void file_refill(struct conn *c) {
     }
 }
 
+/* Many small segments (a subscriber's share of the publishes of one
+ * iteration, each its own shared frame) cost the kernel more per segment
+ * than a copy costs here: while they are small, copy the leading ones into
+ * one buffer, so the kernel gets a few long segments. What the kernel does
+ * not take stays queued as before (outq_consume counts bytes). */
+#define GATHER_MAX 16384 /* bytes copied per write at most */
+#define GATHER_SEG 512   /* only segments this short are copied */
+static uint8_t gather_buf[GATHER_MAX];
+
+static int gather_small(struct iovec *iov, int n) {
+    size_t used = 0;
+    int k = 0;
+    while (k < n && iov[k].iov_len <= GATHER_SEG && used + iov[k].iov_len <= GATHER_MAX) {
+        memcpy(gather_buf + used, iov[k].iov_base, iov[k].iov_len);
+        used += iov[k].iov_len;
+        k++;
+    }
+    if (k < 2)
+        return n; /* nothing gained */
+    iov[0].iov_base = gather_buf;
+    iov[0].iov_len = used;
+    memmove(iov + 1, iov + k, sizeof *iov * (size_t)(n - k));
+    return n - k + 1;
+}
+
 static void conn_flush(struct conn *c) {
     struct sb_server *srv = c->srv;
     for (;;) {
@@ -530,7 +563,9 @@ static void conn_flush(struct conn *c) {
             break;
         struct iovec iov[IOV_BATCH];
         int n = outq_iov(&c->out, iov, IOV_BATCH);
-        ssize_t w = c->is_tls ? tls_conn_writev(c, iov, n) : writev(c->fd, iov, n);
+        if (n > 2 && !c->is_tls)
+            n = gather_small(iov, n);
+        ssize_t w = c->is_tls ? tls_conn_writev(c, iov, n) : sock_writev(c->fd, iov, n);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 set_write(c, !c->tls_write_wants_read);
@@ -1331,7 +1366,7 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
         return; /* paused or held: the event read only for a TLS write */
     for (int rounds = 0; rounds < 4; rounds++) {
         ssize_t n = c->is_tls ? tls_conn_read(c, srv->rbuf, srv->rbuf_size)
-                              : read(fd, srv->rbuf, srv->rbuf_size);
+                              : recv(fd, srv->rbuf, srv->rbuf_size, 0);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
