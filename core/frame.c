@@ -11,6 +11,9 @@
 
 static const uint8_t empty_payload[1];
 
+static void ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t mask[4],
+                         unsigned off);
+
 /* The reasons of failures, kept as a byte in the decoder (ws_decoder_error). */
 enum {
     W_NONE,
@@ -311,14 +314,17 @@ ssize_t ws_decoder_feed(struct ws_decoder *d, uint8_t *buf, size_t len,
         }
 
         if (d->fr_fin && d->fr_opcode != WS_OP_CONT && d->msg_len == 0 && n == d->fr_remaining) {
-            /* A whole unfragmented message in buf: unmask in place, no copy. */
-            ws_mask(p, n, d->mask, 0);
+            /* A whole unfragmented message in buf: unmask in place, no copy;
+             * text is checked in the same pass while it is ASCII */
             if (check_text(d)) {
-                uint32_t st = utf8_validate(UTF8_ACCEPT, p, n);
+                size_t a = ws_unmask_ascii(p, n, d->mask);
+                uint32_t st = utf8_validate(UTF8_ACCEPT, p + a, n - a);
                 if (st == UTF8_REJECT)
                     return fail(d, WS_CLOSE_INVALID_DATA, W_UTF8);
                 if (st != UTF8_ACCEPT)
                     return fail(d, WS_CLOSE_INVALID_DATA, W_UTF8_END);
+            } else {
+                ws_mask(p, n, d->mask, 0);
             }
             pos += n;
             d->fr_remaining = 0;
@@ -333,8 +339,7 @@ ssize_t ws_decoder_feed(struct ws_decoder *d, uint8_t *buf, size_t len,
             if (msg_reserve(d, n))
                 return fail(d, WS_CLOSE_INTERNAL, W_OOM);
             uint8_t *dst = d->msg + d->msg_len;
-            memcpy(dst, p, n);
-            ws_mask(dst, n, d->mask, d->mask_off);
+            ws_mask_copy(dst, p, n, d->mask, d->mask_off); /* one pass, not a copy and a pass */
             d->mask_off = (uint8_t)((d->mask_off + n) & 3);
             if (check_text(d)) {
                 d->utf8_state = (uint8_t)utf8_validate(d->utf8_state, dst, n);
@@ -415,6 +420,52 @@ size_t ws_frame_header(uint8_t out[10], int opcode, int fin, int rsv1, uint64_t 
     for (int i = 0; i < 8; i++)
         out[2 + i] = (uint8_t)(len >> (56 - 8 * i));
     return 10;
+}
+
+/* dst = src unmasked with the key from offset off: the copy and the unmasking
+ * in one pass, 8 bytes per step. */
+static void ws_mask_copy(uint8_t *dst, const uint8_t *src, size_t len, const uint8_t mask[4],
+                         unsigned off) {
+    uint8_t k[8];
+    for (unsigned i = 0; i < 8; i++)
+        k[i] = mask[(off + i) & 3];
+    uint64_t key;
+    memcpy(&key, k, 8);
+    size_t i = 0;
+    for (; len - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        w ^= key;
+        memcpy(dst + i, &w, 8);
+    }
+    for (; i < len; i++)
+        dst[i] = src[i] ^ k[i & 7];
+}
+
+/* ws_mask from key offset 0, noting on the way whether the bytes are ASCII:
+ * 32 bytes per step, their unmasked words or-ed together. Returns the length
+ * of the leading run of whole steps that are all ASCII (every byte below it is
+ * < 0x80); the bytes from there on are unmasked but not looked at. */
+size_t ws_unmask_ascii(uint8_t *p, size_t len, const uint8_t mask[4]) {
+    uint8_t k[8];
+    for (unsigned i = 0; i < 8; i++)
+        k[i] = mask[i & 3];
+    uint64_t key;
+    memcpy(&key, k, 8);
+    size_t i = 0, ascii = 0;
+    int clean = 1;
+    for (; len - i >= 32; i += 32) {
+        uint64_t w[4];
+        memcpy(w, p + i, 32);
+        w[0] ^= key, w[1] ^= key, w[2] ^= key, w[3] ^= key;
+        memcpy(p + i, w, 32);
+        if (clean && !((w[0] | w[1] | w[2] | w[3]) & UINT64_C(0x8080808080808080)))
+            ascii = i + 32;
+        else
+            clean = 0;
+    }
+    ws_mask(p + i, len - i, mask, (unsigned)(i & 3));
+    return ascii;
 }
 
 /* XOR 8 bytes per step with the key repeated in byte order (memcpy keeps it

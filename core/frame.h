@@ -117,5 +117,8 @@ size_t ws_frame_header(uint8_t out[10], int opcode, int fin, int rsv1, uint64_t 
 
 /* XOR-unmask/mask len bytes with a 4-byte key, starting at key offset off (0-3). */
 void ws_mask(uint8_t *p, size_t len, const uint8_t mask[4], unsigned off);
+/* ws_mask(p, len, mask, 0), and the length of a leading part of the result
+ * known to be ASCII (a multiple of 32 bytes; the rest was not looked at). */
+size_t ws_unmask_ascii(uint8_t *p, size_t len, const uint8_t mask[4]);
 
 #endif
