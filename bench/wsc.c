@@ -248,7 +248,18 @@ size_t wsc_encode(uint8_t *out, int op, const uint8_t *p, size_t n, uint32_t mas
                     (uint8_t)mask};
     memcpy(out + h, m, 4);
     h += 4;
-    for (size_t i = 0; i < n; i++)
+    /* 8 bytes per step: large messages must not make sbload the bottleneck */
+    uint8_t k8[8] = {m[0], m[1], m[2], m[3], m[0], m[1], m[2], m[3]};
+    uint64_t key;
+    memcpy(&key, k8, 8);
+    size_t i = 0;
+    for (; n - i >= 8; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        w ^= key;
+        memcpy(out + h + i, &w, 8);
+    }
+    for (; i < n; i++)
         out[h + i] = p[i] ^ m[i & 3];
     return h + n;
 }
