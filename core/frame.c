@@ -454,12 +454,20 @@ size_t ws_unmask_ascii(uint8_t *p, size_t len, const uint8_t mask[4]) {
     memcpy(&key, k, 8);
     size_t i = 0, ascii = 0;
     int clean = 1;
+    /* four words in registers (an array here made the compiler store vectors
+     * and reload words: a store-forwarding stall per step) */
     for (; len - i >= 32; i += 32) {
-        uint64_t w[4];
-        memcpy(w, p + i, 32);
-        w[0] ^= key, w[1] ^= key, w[2] ^= key, w[3] ^= key;
-        memcpy(p + i, w, 32);
-        if (clean && !((w[0] | w[1] | w[2] | w[3]) & UINT64_C(0x8080808080808080)))
+        uint64_t w0, w1, w2, w3;
+        memcpy(&w0, p + i, 8);
+        memcpy(&w1, p + i + 8, 8);
+        memcpy(&w2, p + i + 16, 8);
+        memcpy(&w3, p + i + 24, 8);
+        w0 ^= key, w1 ^= key, w2 ^= key, w3 ^= key;
+        memcpy(p + i, &w0, 8);
+        memcpy(p + i + 8, &w1, 8);
+        memcpy(p + i + 16, &w2, 8);
+        memcpy(p + i + 24, &w3, 8);
+        if (clean && !((w0 | w1 | w2 | w3) & UINT64_C(0x8080808080808080)))
             ascii = i + 32;
         else
             clean = 0;

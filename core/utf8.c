@@ -113,9 +113,12 @@ uint32_t utf8_validate(uint32_t state, const uint8_t *s, size_t len) {
         if (sh == SHIFT(S_OK)) {
             /* ASCII fast path: 32 bytes per step, then 8, while no high bit is set. */
             while (len - i >= 32) {
-                uint64_t w[4];
-                memcpy(w, s + i, 32);
-                if ((w[0] | w[1] | w[2] | w[3]) & UINT64_C(0x8080808080808080))
+                uint64_t w0, w1, w2, w3; /* words, not an array: kept in registers */
+                memcpy(&w0, s + i, 8);
+                memcpy(&w1, s + i + 8, 8);
+                memcpy(&w2, s + i + 16, 8);
+                memcpy(&w3, s + i + 24, 8);
+                if ((w0 | w1 | w2 | w3) & UINT64_C(0x8080808080808080))
                     break;
                 i += 32;
             }
