@@ -28,7 +28,7 @@
 #include "script.h"
 #include "tls.h"
 
-#define READ_BUF_SIZE (256 * 1024)
+#define READ_BUF_SIZE (512 * 1024)
 #define ACCEPT_BATCH 64
 
 /* What a listener's connections are. Every kind shares on_accept: the spare
