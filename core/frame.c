@@ -485,6 +485,18 @@ void ws_mask(uint8_t *p, size_t len, const uint8_t mask[4], unsigned off) {
     uint64_t key;
     memcpy(&key, k, 8);
     size_t i = 0;
+    for (; len - i >= 32; i += 32) { /* four words in registers per step */
+        uint64_t w0, w1, w2, w3;
+        memcpy(&w0, p + i, 8);
+        memcpy(&w1, p + i + 8, 8);
+        memcpy(&w2, p + i + 16, 8);
+        memcpy(&w3, p + i + 24, 8);
+        w0 ^= key, w1 ^= key, w2 ^= key, w3 ^= key;
+        memcpy(p + i, &w0, 8);
+        memcpy(p + i + 8, &w1, 8);
+        memcpy(p + i + 16, &w2, 8);
+        memcpy(p + i + 24, &w3, 8);
+    }
     for (; len - i >= 8; i += 8) {
         uint64_t w;
         memcpy(&w, p + i, 8);
