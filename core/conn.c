@@ -28,6 +28,10 @@
 #include "utf8.h"
 
 #define IOV_BATCH 64
+/* A frame this large is written straight from the sender's bytes when nothing
+ * is queued before it (send_direct): a copy of it costs about what a system
+ * call does, and corking it with others would save little. */
+#define CONN_DIRECT_MIN (16u << 10)
 #define FILE_CHUNK (64u << 10)  /* a file answer is read this much at a time */
 #define FILE_AHEAD (128u << 10) /* and kept at most this far ahead of the socket */
 #define DEFLATE_TRIM_IDLE 2.0 /* seconds without input before zlib state is parked */
@@ -36,6 +40,14 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg);
 static void conn_kill(struct conn *c, uint16_t code);
 
 /* ---- output queue --------------------------------------------------------- */
+
+/* writev, by the socket layer's own call: sendmsg skips the file layer's
+ * position lock and iterator set-up that writev pays per call, and a peer
+ * gone away is an error (EPIPE), not a signal. */
+static ssize_t sock_writev(int fd, struct iovec *iov, int n) {
+    struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)n};
+    return sendmsg(fd, &mh, MSG_NOSIGNAL);
+}
 
 static void mark_flush(struct conn *c) {
     if (!c->in_flush && c->state != CONN_DEAD) {
@@ -147,6 +159,24 @@ static int after_queue(struct conn *c) {
     return 0;
 }
 
+/* A frame of CONN_DIRECT_MIN bytes or more (or the 101) with nothing queued
+ * before it: write it now from the caller's bytes, and queue (copy) only what
+ * the kernel did not take. A failed write queues it all: the flush meets the error again
+ * and handles it as it does every other. */
+static int send_direct(struct conn *c, const uint8_t *h, size_t hl, const uint8_t *p, size_t n) {
+    struct iovec iov[2] = {{(void *)h, hl}, {(void *)p, n}};
+    ssize_t w;
+    do
+        w = sock_writev(c->fd, iov, n ? 2 : 1);
+    while (w < 0 && errno == EINTR);
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (done == hl + n)
+        return 0;
+    if (done < hl)
+        return queue_bytes(c, h + done, hl - done, p, n);
+    return queue_bytes(c, p + (done - hl), n - (done - hl), NULL, 0);
+}
+
 int conn_write(struct conn *c, const void *data, size_t len) {
     if (c->state == CONN_DEAD)
         return -1;
@@ -169,8 +199,12 @@ int conn_send(struct conn *c, int opcode, const void *data, size_t len) {
         conn_kill(c, WS_CLOSE_INTERNAL);
         return -1;
     }
-    size_t hl = ws_frame_header(hdr, opcode, 1, z != NULL, z ? zlen : len);
-    int qr = queue_bytes(c, hdr, hl, z ? z : data, z ? zlen : len);
+    const uint8_t *pl = z ? z : data;
+    size_t plen = z ? zlen : len;
+    size_t hl = ws_frame_header(hdr, opcode, 1, z != NULL, plen);
+    int qr = plen >= CONN_DIRECT_MIN && !c->out.len && !c->is_tls
+                 ? send_direct(c, hdr, hl, pl, plen)
+                 : queue_bytes(c, hdr, hl, pl, plen);
     free(z);
     if (qr < 0) {
         conn_kill(c, WS_CLOSE_INTERNAL);
@@ -495,6 +529,31 @@ static void file_refill(struct conn *c) {
     }
 }
 
+/* Many small segments (a subscriber's share of the publishes of one
+ * iteration, each its own shared frame) cost the kernel more per segment
+ * than a copy costs here: while they are small, copy the leading ones into
+ * one buffer, so the kernel gets a few long segments. What the kernel does
+ * not take stays queued as before (outq_consume counts bytes). */
+#define GATHER_MAX 16384 /* bytes copied per write at most */
+#define GATHER_SEG 512   /* only segments this short are copied */
+static uint8_t gather_buf[GATHER_MAX];
+
+static int gather_small(struct iovec *iov, int n) {
+    size_t used = 0;
+    int k = 0;
+    while (k < n && iov[k].iov_len <= GATHER_SEG && used + iov[k].iov_len <= GATHER_MAX) {
+        memcpy(gather_buf + used, iov[k].iov_base, iov[k].iov_len);
+        used += iov[k].iov_len;
+        k++;
+    }
+    if (k < 2)
+        return n; /* nothing gained */
+    iov[0].iov_base = gather_buf;
+    iov[0].iov_len = used;
+    memmove(iov + 1, iov + k, sizeof *iov * (size_t)(n - k));
+    return n - k + 1;
+}
+
 static void conn_flush(struct conn *c) {
     struct sb_server *srv = c->srv;
     for (;;) {
@@ -504,7 +563,9 @@ static void conn_flush(struct conn *c) {
             break;
         struct iovec iov[IOV_BATCH];
         int n = outq_iov(&c->out, iov, IOV_BATCH);
-        ssize_t w = c->is_tls ? tls_conn_writev(c, iov, n) : writev(c->fd, iov, n);
+        if (n > 2 && !c->is_tls)
+            n = gather_small(iov, n);
+        ssize_t w = c->is_tls ? tls_conn_writev(c, iov, n) : sock_writev(c->fd, iov, n);
         if (w < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 set_write(c, !c->tls_write_wants_read);
@@ -888,7 +949,8 @@ static int upgrade_complete(struct conn *c, struct conn_upgrade *ans,
     size_t pl = ans->protocol ? strlen(ans->protocol) : 0;
     size_t hl = ans->headers ? strlen(ans->headers) : 0;
     size_t cap = 160 + HANDSHAKE_ACCEPT_LEN + pl + strlen(ext) + hl;
-    char *resp = malloc(cap);
+    char stackbuf[512];
+    char *resp = cap <= sizeof stackbuf ? stackbuf : malloc(cap);
     int n = resp ? snprintf(resp, cap,
                             "HTTP/1.1 101 Switching Protocols\r\n"
                             "Upgrade: websocket\r\n"
@@ -904,13 +966,19 @@ static int upgrade_complete(struct conn *c, struct conn_upgrade *ans,
         ans->protocol = NULL;
     }
     upgrade_free(ans);
-    int wr = n < 0 || (size_t)n >= cap ? -1 : conn_write(c, resp, (size_t)n);
-    free(resp);
+    /* the 101 goes out now when it can (nothing is queued before it on a plain
+     * connection): no output buffer is made and freed for it, which at a
+     * storm of handshakes would leave holes among the connections' memory */
+    int wr = n < 0 || (size_t)n >= cap       ? -1
+             : !c->is_tls && !c->out.len ? send_direct(c, (const uint8_t *)resp, (size_t)n, NULL, 0)
+                                         : conn_write(c, resp, (size_t)n);
+    if (resp != stackbuf)
+        free(resp);
     if (wr < 0) {
         http_error(c, 500, NULL, NULL);
         return -1;
     }
-    c->dec.max_message = srv->cfg.max_message;
+    c->dec.max_message = (uint32_t)srv->cfg.max_message; /* --max-message <= 2 GiB */
     if (pu->deflate_on) {
         c->defl = malloc(sizeof *c->defl);
         if (!c->defl) {
@@ -923,7 +991,7 @@ static int upgrade_complete(struct conn *c, struct conn_upgrade *ans,
     c->state = CONN_WS;
     c->deadline = 0;
     c->opened = 1;
-    c->opened_now = 1;
+    c->opened_now = c->out.len != 0; /* the 101, or its end, is still queued */
     srv->stats.handshakes_ok++;
     srv->stats.handshake_status[101]++;
     srv->stats.ws_open++;
@@ -1219,7 +1287,7 @@ static void ws_feed(struct conn *c, uint8_t *p, size_t n) {
     ssize_t r = ws_decoder_feed(&c->dec, p, n, &decoder_cb, c);
     if (r < 0) {
         if (c->state != CONN_DEAD)
-            conn_fail(c, (unsigned)-r, c->dec.error);
+            conn_fail(c, (unsigned)-r, ws_decoder_error(&c->dec));
         return;
     }
     if ((size_t)r < n && c->holds && (c->state == CONN_WS || c->state == CONN_CLOSING))
@@ -1327,7 +1395,7 @@ static void conn_on_event(evutil_socket_t fd, short what, void *arg) {
         return; /* paused or held: the event read only for a TLS write */
     for (int rounds = 0; rounds < 4; rounds++) {
         ssize_t n = c->is_tls ? tls_conn_read(c, srv->rbuf, srv->rbuf_size)
-                              : read(fd, srv->rbuf, srv->rbuf_size);
+                              : recv(fd, srv->rbuf, srv->rbuf_size, 0);
         if (n < 0) {
             if (errno == EINTR)
                 continue;

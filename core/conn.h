@@ -14,7 +14,10 @@
  * (set_read/set_write/conn_linger/mark_flush are no-ops), nothing queues to it
  * (conn_send/conn_write return -1) and conn_reap_all unlinks it from `flush`
  * before freeing it. Output is corked: everything a connection produces in
- * one iteration leaves in one writev.
+ * one iteration leaves in one writev, but for a large frame (CONN_DIRECT_MIN
+ * bytes or more, plain TCP) with nothing queued before it: that one is
+ * written at once from the caller's bytes, and only what the kernel does not
+ * take is copied into the queue.
  *
  * Held (conn_hold, while an app handler of this connection waits): a held conn
  * reads nothing and delivers no further on_message/on_drain/on_close; it is

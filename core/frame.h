@@ -51,35 +51,38 @@ struct ws_decoder_cb {
  * message is pending; ws_decoder_free releases them. */
 struct ws_decoder {
     /* config */
-    uint64_t max_message; /* payload bytes per message (all fragments); 0 = no limit */
+    uint32_t max_message; /* payload bytes per message (all fragments); 0 = no limit
+                             but 4 GiB - 1, the most one message may hold */
     uint8_t rsv1_ok;      /* permessage-deflate negotiated: RSV1 allowed on first frames */
 
-    /* state (private) */
+    /* state (private); small fields first: an idle connection carries them all */
     uint8_t hdr_have;   /* bytes of a partial frame header held in hdr[] */
     uint8_t in_frame;   /* a frame header has been decoded, payload pending */
     uint8_t in_message; /* a fragmented data message is open (last data frame had FIN=0) */
     uint8_t msg_opcode; /* opcode of the current message */
     uint8_t msg_compressed;
     uint8_t fr_opcode, fr_fin, mask_off;
+    uint8_t ctl_len;    /* bytes held in ctl[] */
+    uint8_t why;        /* the last error's reason (ws_decoder_error), 0 = none */
+    uint8_t utf8_state; /* of the current text message's payload so far */
     uint8_t mask[4];
     uint8_t hdr[14];
-    uint8_t ctl_len;       /* bytes held in ctl[] */
-    int err;               /* sticky negative close code once feed failed, else 0 */
-    uint32_t utf8_state;   /* of the current text message's payload so far */
-    uint64_t fr_len;       /* payload length of the current frame */
+    int16_t err;             /* sticky negative close code once feed failed, else 0 */
+    uint32_t msg_len, msg_cap;
     uint64_t fr_remaining; /* payload bytes of the current frame still to come */
     uint8_t *msg;          /* reassembly buffer (owned; freed when the message is
                               delivered and in ws_decoder_free) */
-    size_t msg_len, msg_cap;
     uint8_t *ctl; /* partial control frame payload (owned, 125 bytes), only while one is split */
-    const char *error; /* short static reason for the last error */
 };
+
+/* A short static reason for the last error of d, or NULL when none. */
+const char *ws_decoder_error(const struct ws_decoder *d);
 
 /* Feed bytes received from the client. buf is modified (unmasked in place).
  * Returns the number of bytes consumed (== len unless a callback asked to
  * stop: then the bytes up to the end of that frame), or a negative close code
  * (-1002, -1007, -1009) on a protocol violation, or -1011 when the reassembly
- * buffer cannot be allocated, with d->error set to a short reason. After an
+ * buffer cannot be allocated, with a short reason in ws_decoder_error(d). After an
  * error, feeding again returns the same code (it should not be fed again).
  * A complete unfragmented data frame found whole in buf is delivered in place
  * (zero copy); anything else is reassembled in d->msg, allocated as bytes
@@ -114,5 +117,8 @@ size_t ws_frame_header(uint8_t out[10], int opcode, int fin, int rsv1, uint64_t 
 
 /* XOR-unmask/mask len bytes with a 4-byte key, starting at key offset off (0-3). */
 void ws_mask(uint8_t *p, size_t len, const uint8_t mask[4], unsigned off);
+/* ws_mask(p, len, mask, 0), and the length of a leading part of the result
+ * known to be ASCII (a multiple of 32 bytes; the rest was not looked at). */
+size_t ws_unmask_ascii(uint8_t *p, size_t len, const uint8_t mask[4]);
 
 #endif

@@ -2,10 +2,10 @@
 #include "handshake.h"
 
 #include <ctype.h>
+#include <stdint.h>
 #include <string.h>
 #include <strings.h>
 
-#include <openssl/evp.h>
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 #define WS_KEY_LEN 24 /* base64 of 16 bytes: 22 characters and "==" */
@@ -120,22 +120,75 @@ int handshake_validate(const struct http_request *req, const char **key, size_t 
     return 0;
 }
 
-void handshake_accept_key(const char *key, size_t key_len, char out[HANDSHAKE_ACCEPT_LEN + 1]) {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int md_len = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) &&
-             EVP_DigestUpdate(ctx, key, key_len) &&
-             EVP_DigestUpdate(ctx, WS_GUID, sizeof WS_GUID - 1) &&
-             EVP_DigestFinal_ex(ctx, md, &md_len) && md_len == 20;
-    EVP_MD_CTX_free(ctx);
-    if (!ok) {
-        /* Only an OpenSSL allocation failure gets here; an empty answer makes
-         * the client fail the handshake rather than trust a wrong key. */
-        out[0] = '\0';
-        return;
+/* SHA-1 (FIPS 180-4 §6.1) of the key and the GUID, for the accept key only.
+ * Not OpenSSL's: its digest fetch allocates per call and its first use pulls
+ * ~2 MiB of libcrypto's pages into a plain server that needs no other part
+ * of it. */
+#define ROL32(x, n) ((uint32_t)((x) << (n)) | ((x) >> (32 - (n))))
+
+static void sha1_block(uint32_t h[5], const uint8_t *p) {
+    uint32_t w[80];
+    for (int i = 0; i < 16; i++)
+        w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 |
+               (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 80; i++)
+        w[i] = ROL32(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
+    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
+    for (int i = 0; i < 80; i++) {
+        uint32_t f, k;
+        if (i < 20)
+            f = (b & c) | (~b & d), k = 0x5A827999;
+        else if (i < 40)
+            f = b ^ c ^ d, k = 0x6ED9EBA1;
+        else if (i < 60)
+            f = (b & c) | (b & d) | (c & d), k = 0x8F1BBCDC;
+        else
+            f = b ^ c ^ d, k = 0xCA62C1D6;
+        uint32_t t = ROL32(a, 5) + f + e + k + w[i];
+        e = d, d = c, c = ROL32(b, 30), b = a, a = t;
     }
-    EVP_EncodeBlock((unsigned char *)out, md, 20); /* 28 characters and a NUL */
+    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
+}
+
+void handshake_accept_key(const char *key, size_t key_len, char out[HANDSHAKE_ACCEPT_LEN + 1]) {
+    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
+    const size_t glen = sizeof WS_GUID - 1;
+    uint64_t total = (uint64_t)key_len + glen;
+    uint8_t blk[64];
+    size_t fill = 0;
+    /* the message (key, then GUID), 0x80, zeros, its bit length: whole blocks */
+    for (uint64_t i = 0; i < total; i++) {
+        blk[fill++] = (uint8_t)(i < key_len ? key[i] : WS_GUID[i - key_len]);
+        if (fill == 64) {
+            sha1_block(h, blk);
+            fill = 0;
+        }
+    }
+    blk[fill++] = 0x80;
+    if (fill > 56) {
+        memset(blk + fill, 0, 64 - fill);
+        sha1_block(h, blk);
+        fill = 0;
+    }
+    memset(blk + fill, 0, 56 - fill);
+    for (int i = 0; i < 8; i++)
+        blk[56 + i] = (uint8_t)((total * 8) >> (56 - 8 * i));
+    sha1_block(h, blk);
+    uint8_t md[21];
+    for (int i = 0; i < 20; i++)
+        md[i] = (uint8_t)(h[i / 4] >> (24 - 8 * (i % 4)));
+    md[20] = 0;
+    /* base64 of 20 bytes: 6 groups of 3, then 2 bytes and one '=' (28 characters) */
+    size_t o = 0;
+    for (int i = 0; i < 21; i += 3) {
+        uint32_t v = (uint32_t)md[i] << 16 | (uint32_t)md[i + 1] << 8 | (i + 2 < 21 ? md[i + 2] : 0);
+        out[o++] = b64[v >> 18 & 63];
+        out[o++] = b64[v >> 12 & 63];
+        out[o++] = b64[v >> 6 & 63];
+        out[o++] = i + 2 < 20 ? b64[v & 63] : '=';
+    }
+    out[HANDSHAKE_ACCEPT_LEN] = 0;
 }
 
 size_t handshake_each_protocol(const struct http_request *req,

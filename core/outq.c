@@ -44,13 +44,13 @@ int outq_push(struct outq *q, struct outbuf *b) {
         if (!ns)
             return -1;
         for (uint32_t i = 0; i < q->len; i++)
-            ns[i] = q->seg[(q->head + i) % q->cap];
+            ns[i] = q->seg[(q->head + i) & (q->cap - 1)];
         free(q->seg);
         q->seg = ns;
         q->cap = ncap;
         q->head = 0;
     }
-    q->seg[(q->head + q->len) % q->cap] = (struct outseg){b, 0};
+    q->seg[(q->head + q->len) & (q->cap - 1)] = (struct outseg){b, 0};
     q->len++;
     q->bytes += b->len;
     return 0;
@@ -59,7 +59,7 @@ int outq_push(struct outq *q, struct outbuf *b) {
 int outq_append(struct outq *q, const void *a, size_t alen, const void *p, size_t plen) {
     size_t need = alen + plen;
     if (q->len) {
-        struct outbuf *b = q->seg[(q->head + q->len - 1) % q->cap].b;
+        struct outbuf *b = q->seg[(q->head + q->len - 1) & (q->cap - 1)].b;
         if (b->refs == 1 && (size_t)(b->cap - b->len) >= need) {
             memcpy(b->data + b->len, a, alen);
             if (plen)
@@ -86,7 +86,7 @@ int outq_append(struct outq *q, const void *a, size_t alen, const void *p, size_
 int outq_iov(const struct outq *q, struct iovec *iov, int max) {
     int n = 0;
     for (uint32_t i = 0; i < q->len && n < max; i++, n++) {
-        const struct outseg *s = &q->seg[(q->head + i) % q->cap];
+        const struct outseg *s = &q->seg[(q->head + i) & (q->cap - 1)];
         iov[n].iov_base = s->b->data + s->off;
         iov[n].iov_len = s->b->len - s->off;
     }
@@ -104,7 +104,7 @@ void outq_consume(struct outq *q, size_t n) {
         }
         n -= avail;
         outbuf_unref(s->b);
-        q->head = (q->head + 1) % q->cap;
+        q->head = (q->head + 1) & (q->cap - 1);
         q->len--;
     }
     if (!q->len)
@@ -115,7 +115,7 @@ size_t outq_drop_unstarted(struct outq *q) {
     size_t dropped = 0;
     uint32_t keep = q->len && q->seg[q->head].off ? 1 : 0;
     while (q->len > keep) {
-        struct outseg *s = &q->seg[(q->head + q->len - 1) % q->cap];
+        struct outseg *s = &q->seg[(q->head + q->len - 1) & (q->cap - 1)];
         dropped += s->b->len - s->off;
         outbuf_unref(s->b);
         q->len--;
@@ -136,7 +136,7 @@ void outq_trim(struct outq *q) {
 
 void outq_clear(struct outq *q) {
     for (uint32_t i = 0; i < q->len; i++)
-        outbuf_unref(q->seg[(q->head + i) % q->cap].b);
+        outbuf_unref(q->seg[(q->head + i) & (q->cap - 1)].b);
     free(q->seg);
     *q = (struct outq){0};
 }

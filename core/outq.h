@@ -34,7 +34,7 @@ struct outseg {
 };
 
 struct outq {
-    struct outseg *seg; /* ring of cap segments, or NULL while empty and trimmed */
+    struct outseg *seg; /* ring of cap segments (a power of two), or NULL while empty and trimmed */
     uint32_t head, len, cap;
     size_t bytes; /* not yet written */
 };

@@ -489,6 +489,12 @@ int script__is_utf8(const char *p, size_t len) {
     return utf8_validate(UTF8_ACCEPT, (const uint8_t *)p, len) == UTF8_ACCEPT;
 }
 
+int script__text_ok(struct script *s, const char *p, size_t len) {
+    if (p == s->valid_text && len == s->valid_len)
+        return 1;
+    return script__is_utf8(p, len);
+}
+
 /* ---- request tables ------------------------------------------------------------- */
 
 void script__push_path(lua_State *L, const struct http_request *req) {
@@ -894,11 +900,25 @@ void script_message(struct script *s, struct conn *c, const uint8_t *data, size_
     lua_State *L = s->L;
     if (!push_handler(s, c->route, "message"))
         return;
-    script__push_ws(s, c);
+    /* the message stays on L below the handler for the call: while it is
+     * anchored there, its address names these bytes and no other string's */
     lua_pushlstring(L, (const char *)data, len);
+    lua_insert(L, -2);
+    int anchor = lua_gettop(L) - 1;
+    script__push_ws(s, c);
+    lua_pushvalue(L, anchor);
     lua_pushboolean(L, binary);
+    const char *prev = s->valid_text;
+    size_t prev_len = s->valid_len;
+    if (!binary) { /* text reaches the app UTF-8 checked (frame.c, conn.c) */
+        s->valid_text = lua_tostring(L, anchor);
+        s->valid_len = len;
+    }
     if (run_handler(s, c, c->route, "message", 3, 0, ws_done) < 0)
         conn_close(c, WS_CLOSE_INTERNAL, "internal error", 14);
+    s->valid_text = prev; /* a nested call's (its string is still anchored) */
+    s->valid_len = prev_len;
+    lua_settop(L, anchor - 1);
 }
 
 void script_drain(struct script *s, struct conn *c) {

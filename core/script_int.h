@@ -79,6 +79,11 @@ struct script {
     int in_format;              /* a history format runs (script_history.c) */
     struct subs *subs;          /* switchboard.subscribe's subscriptions (script_sub.c); owned */
     struct presence *presence;  /* presence entries (script_presence.c); owned */
+    /* The text message whose message handler runs now (already UTF-8 checked
+     * by the decoder): anchored on L's stack for the call, so a send or
+     * publish of this very string skips checking it again. NULL otherwise. */
+    const char *valid_text;
+    size_t valid_len;
 };
 
 /* A timer is owned by the app module whose top level (or whose timer) made
@@ -139,6 +144,9 @@ const char *script__arg_string(lua_State *L, int idx, int n, const char *fn, siz
 const char *script__arg_optstring(lua_State *L, int idx, int n, const char *fn, size_t *len);
 const char *script__arg_topic(lua_State *L, int idx, int n, const char *fn, size_t *len);
 int script__is_utf8(const char *p, size_t len);
+/* script__is_utf8, but no pass over the bytes when they are the text message
+ * being handled (s->valid_text), which the decoder checked. */
+int script__text_ok(struct script *s, const char *p, size_t len);
 
 /* Request tables: push the decoded path, the query table, the headers table. */
 void script__push_path(lua_State *L, const struct http_request *req);

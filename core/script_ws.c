@@ -69,7 +69,7 @@ static int ws_send(lua_State *L) {
     size_t len;
     const char *msg = script__arg_string(L, 2, 1, "send", &len);
     int binary = lua_toboolean(L, 3);
-    if (!binary && !script__is_utf8(msg, len))
+    if (!binary && !script__text_ok(get_script(L), msg, len))
         return script__arg_error(L, 1, "send", "text is not valid UTF-8 (send it as binary)");
     if ((uint64_t)len > c->srv->cfg.max_message)
         return script__arg_error(L, 1, "send", "message longer than --max-message");
@@ -162,7 +162,7 @@ int script__publish(lua_State *L, int first, struct sb_server *srv, struct conn 
     const char *t = script__arg_topic(L, first, 1, fn, &tlen);
     const char *msg = script__arg_string(L, first + 1, 2, fn, &len);
     int binary = lua_toboolean(L, first + 2);
-    if (!binary && !script__is_utf8(msg, len))
+    if (!binary && !script__text_ok(get_script(L), msg, len))
         return script__arg_error(L, 2, fn, "text is not valid UTF-8 (send it as binary)");
     if ((uint64_t)len > srv->cfg.max_message)
         return script__arg_error(L, 2, fn, "message longer than --max-message");

@@ -29,7 +29,7 @@
 #include "script.h"
 #include "tls.h"
 
-#define READ_BUF_SIZE (256 * 1024)
+#define READ_BUF_SIZE (512 * 1024)
 #define ACCEPT_BATCH 64
 
 /* What a listener's connections are. Every kind shares on_accept: the spare
@@ -383,6 +383,14 @@ static void on_signal(evutil_socket_t sig, short what, void *arg) {
 }
 
 int server_init(struct sb_server *srv, const struct sb_config *cfg) {
+    /* Messages of tens of KiB come and go every iteration. By default glibc
+     * hands the heap's top back to the kernel as soon as 128 KiB of it are
+     * free (brk down, then a page fault per 4 KiB to get the same memory back
+     * for the next message) and gives each block over 128 KiB an mmap of its
+     * own (faulted in page by page, unmapped at the free). Keep both in the
+     * heap: trim_when_quiet hands the memory back once the traffic calms. */
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
     memset(srv, 0, sizeof *srv);
     srv->cfg = *cfg;
     srv->spare_fd = -1;

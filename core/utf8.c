@@ -1,5 +1,5 @@
 /* utf8.c — incremental UTF-8 validator: a shift-based DFA over the RFC 3629
- * §4 byte table, behind an ASCII fast path that skips 8 bytes per step.
+ * §4 byte table, behind an ASCII fast path that skips 32 (then 8) bytes per step.
  *
  * Shift-based DFA: each state is a bit offset (public state number * 6), and
  * row[byte] packs, for every state, the offset of the next state in 6 bits at
@@ -111,7 +111,17 @@ uint32_t utf8_validate(uint32_t state, const uint8_t *s, size_t len) {
     size_t i = 0;
     while (i < len) {
         if (sh == SHIFT(S_OK)) {
-            /* ASCII fast path: 8 bytes per step while no high bit is set. */
+            /* ASCII fast path: 32 bytes per step, then 8, while no high bit is set. */
+            while (len - i >= 32) {
+                uint64_t w0, w1, w2, w3; /* words, not an array: kept in registers */
+                memcpy(&w0, s + i, 8);
+                memcpy(&w1, s + i + 8, 8);
+                memcpy(&w2, s + i + 16, 8);
+                memcpy(&w3, s + i + 24, 8);
+                if ((w0 | w1 | w2 | w3) & UINT64_C(0x8080808080808080))
+                    break;
+                i += 32;
+            }
             while (len - i >= 8) {
                 uint64_t w;
                 memcpy(&w, s + i, 8);

@@ -123,7 +123,7 @@ static const struct ws_decoder_cb callbacks = {on_message, on_control};
 static void decode(struct run *r, const uint8_t *s, size_t size, uint32_t seed) {
     struct ws_decoder d;
     memset(&d, 0, sizeof d);
-    d.max_message = r->max_message;
+    d.max_message = (uint32_t)r->max_message;
     d.rsv1_ok = (uint8_t)r->rsv1_ok;
     uint8_t *buf = malloc(size ? size : 1); /* decoded in place: a private copy */
     CHECK(buf != NULL);
@@ -142,7 +142,7 @@ static void decode(struct run *r, const uint8_t *s, size_t size, uint32_t seed) 
         rc = ws_decoder_feed(&d, buf + pos, n, &callbacks, r);
         if (rc < 0) {
             CHECK(rc == -1002 || rc == -1007 || rc == -1009);
-            CHECK(d.error != NULL);
+            CHECK(ws_decoder_error(&d) != NULL);
             /* sticky, and no more events */
             size_t before = r->len;
             CHECK(ws_decoder_feed(&d, buf, size, &callbacks, r) == rc);
@@ -162,7 +162,7 @@ static void decode(struct run *r, const uint8_t *s, size_t size, uint32_t seed) 
     log_put(r, "E", 1);
     log_put(r, &out, sizeof out);
     if (rc < 0)
-        log_put(r, d.error, strlen(d.error));
+        log_put(r, ws_decoder_error(&d), strlen(ws_decoder_error(&d)));
     ws_decoder_free(&d);
     CHECK(d.msg == NULL && d.ctl == NULL);
     free(buf);

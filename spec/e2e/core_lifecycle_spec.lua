@@ -65,7 +65,9 @@ return {
     close = function(ws)
         open[ws.id] = nil
         local big = string.rep("x", 60000)
-        for _, other in pairs(open) do other:send(big); other:send(big) end
+        -- a small frame first: then the large ones queue behind it (a large
+        -- frame with nothing queued before it would go to the kernel at once)
+        for _, other in pairs(open) do other:send("-"); other:send(big); other:send(big) end
     end,
 }
 ]],
@@ -92,7 +94,8 @@ return {
             ["echo.lua"] = ECHO,
             ["bye.lua"] = [[
 return { message = function(ws)
-    ws:send(string.rep("y", 99950))
+    ws:send("-") -- queued: the large frame queues behind it (99,954 bytes in all)
+    ws:send(string.rep("y", 99947))
     ws:close(1000, string.rep("r", 100))
 end }
 ]],

@@ -10,6 +10,7 @@
  *   d:close()   releases the C buffers (also __gc and __close)
  *   t.header(opcode, fin, rsv1, len) -> bytes
  *   t.mask(bytes, key4 [, off]) -> bytes
+ *   t.unmask_ascii(bytes, key4) -> bytes (as t.mask from offset 0), ascii prefix length
  *   t.close_parse(bytes) -> code, reason | nil, errcode
  *   t.close_code_valid(code) -> boolean
  *   t.utf8(bytes [, state]) -> state, valid
@@ -73,7 +74,7 @@ static int l_new(lua_State *L) {
     luaL_setmetatable(L, DECODER_MT);
     if (lua_istable(L, 1)) {
         lua_getfield(L, 1, "max_message");
-        t->d.max_message = (uint64_t)luaL_optinteger(L, -1, 0);
+        t->d.max_message = (uint32_t)luaL_optinteger(L, -1, 0);
         lua_getfield(L, 1, "rsv1_ok");
         t->d.rsv1_ok = (uint8_t)lua_toboolean(L, -1);
         lua_pop(L, 2);
@@ -97,7 +98,7 @@ static int l_feed(lua_State *L) {
     if (n < 0) {
         lua_pushnil(L);
         lua_pushinteger(L, -n);
-        lua_pushstring(L, t->d.error ? t->d.error : "?");
+        lua_pushstring(L, ws_decoder_error(&t->d) ? ws_decoder_error(&t->d) : "?");
         return 4;
     }
     lua_pushinteger(L, n);
@@ -144,6 +145,19 @@ static int l_mask(lua_State *L) {
     return 1;
 }
 
+static int l_unmask_ascii(lua_State *L) {
+    size_t len, klen;
+    const char *s = luaL_checklstring(L, 1, &len);
+    const char *key = luaL_checklstring(L, 2, &klen);
+    luaL_argcheck(L, klen == 4, 2, "4-byte key expected");
+    uint8_t *buf = lua_newuserdatauv(L, len ? len : 1, 0);
+    memcpy(buf, s, len);
+    size_t a = ws_unmask_ascii(buf, len, (const uint8_t *)key);
+    lua_pushlstring(L, (const char *)buf, len);
+    lua_pushinteger(L, (lua_Integer)a);
+    return 2;
+}
+
 static int l_close_parse(lua_State *L) {
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
@@ -188,6 +202,7 @@ int luaopen_sbt_frame(lua_State *L) {
         {"new", l_new},
         {"header", l_header},
         {"mask", l_mask},
+        {"unmask_ascii", l_unmask_ascii},
         {"close_parse", l_close_parse},
         {"close_code_valid", l_close_code_valid},
         {"utf8", l_utf8},

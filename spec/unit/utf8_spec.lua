@@ -178,6 +178,18 @@ describe("utf8_validate", function()
         end
     end)
 
+    it("finds an invalid byte at every offset of the 32-byte and 8-byte steps", function()
+        for pre = 0, 100 do
+            for _, post in ipairs({ 0, 1, 7, 8, 31, 32, 33, 70 }) do
+                local s = string.rep("a", pre) .. "\x80" .. string.rep("b", post)
+                assert.are.equal(REJECT, state(s), pre .. "/" .. post)
+                -- a valid sequence there is accepted, and a cut one is partial
+                assert.are.equal(ACCEPT, state(string.rep("a", pre) .. "\xe2\x82\xac" .. string.rep("b", post)))
+                assert.are_not.equal(ACCEPT, state(string.rep("a", pre) .. "\xe2\x82"))
+            end
+        end
+    end)
+
     it("accepts a long mixed text", function()
         local s = string.rep("plain ascii text \xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5 \xf0\x9f\x98\x80 ", 500)
         assert.is_true(valid(s))
@@ -229,6 +241,80 @@ describe("text messages through the frame decoder", function()
             end
         end)
     end
+
+    -- A whole frame is unmasked and checked in one pass while it is ASCII
+    -- (ws_unmask_ascii, 32 bytes per step), the rest by the validator; a
+    -- frame split across reads is copied, unmasked and checked as it comes.
+    -- Both must give the same verdict, byte-exact, wherever the odd byte is.
+    local KEYS = { ws.KEY, "\0\0\0\0", "\xff\x80\x01\x7f" }
+    local function feed_whole_and_split(payload, key)
+        local frame = ws.text(payload, { key = key })
+        local out = {}
+        for _, cut in ipairs({ #frame, 7, #frame - 1, 8 + (#payload // 2) }) do
+            if cut >= 1 and cut <= #frame then
+                local d <close> = t.new()
+                local ev, n, code = d:feed(frame:sub(1, cut))
+                if n and cut < #frame then
+                    local ev2
+                    ev2, n, code = d:feed(frame:sub(cut + 1))
+                    for _, e in ipairs(ev2 or {}) do ev[#ev + 1] = e end
+                end
+                out[#out + 1] = { ev = ev, code = n and 0 or code }
+            end
+        end
+        for i = 2, #out do assert.are.same(out[1], out[i]) end
+        return out[1].ev, out[1].code
+    end
+
+    it("rejects an invalid byte at every offset of a frame, whole or split, with 1007", function()
+        for _, key in ipairs(KEYS) do
+            for len = 1, 100 do
+                for at = 1, len do
+                    local p = string.rep("x", at - 1) .. "\xc0" .. string.rep("y", len - at)
+                    local ev, code = feed_whole_and_split(p, key)
+                    assert.are.same({}, ev)
+                    assert.are.equal(1007, code, len .. "@" .. at)
+                end
+            end
+        end
+    end)
+
+    it("delivers text with a multibyte character at every offset byte-exact, whole or split", function()
+        for _, key in ipairs(KEYS) do
+            for len = 4, 100, 3 do
+                for at = 1, len - 3 do
+                    local p = string.rep("x", at - 1) .. "\xf0\x9f\x98\x80" .. string.rep("y", len - at - 3)
+                    local ev, code = feed_whole_and_split(p, key)
+                    assert.are.equal(0, code, len .. "@" .. at)
+                    assert.are.same({ { type = "message", opcode = 1, data = p, compressed = false } }, ev)
+                    -- cut before its last byte: the message ends inside the sequence
+                    local _, code2 = feed_whole_and_split(p:sub(1, at + 2), key)
+                    assert.are.equal(1007, code2)
+                end
+            end
+        end
+    end)
+
+    it("unmasks like ws_mask and reports an ASCII prefix of whole 32-byte steps", function()
+        math.randomseed(16)
+        for len = 0, 200 do
+            for _, key in ipairs(KEYS) do
+                local b = {}
+                for i = 1, len do b[i] = math.random(0x20, 0x7e) end
+                if len > 0 and math.random(2) == 1 then b[math.random(len)] = math.random(0x80, 0xff) end
+                local plain = string.char(table.unpack(b))
+                local masked = ws.mask(plain, key)
+                local out, a = t.unmask_ascii(masked, key)
+                assert.are.equal(plain, out)
+                assert.are.equal(t.mask(masked, key), out)
+                assert.are.equal(0, a % 32)
+                assert.is_nil(plain:sub(1, a):find("[\x80-\xff]"))
+                if a + 32 <= len then -- the next whole step holds a high byte
+                    assert.is_not_nil(plain:sub(a + 1, a + 32):find("[\x80-\xff]"), len .. "/" .. a)
+                end
+            end
+        end
+    end)
 
     it("fails as soon as a fragment makes the text invalid, before the message ends", function()
         local d <close> = t.new()
