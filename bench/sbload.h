@@ -156,20 +156,6 @@ void cpu_end(struct cpu_window *w);
 void cpu_report(const struct cpu_window *w, uint64_t ops, const char *op);
 void cpu_json(const struct cpu_window *w, uint64_t ops, const char *op);
 
-/* ---- CPU time over the measured window (cpu.c) ---- */
-/* sbload busier than this (fraction of one core) was probably the limit */
-#define LOAD_BOUND 0.9
-struct cpu_window {
-    int started;
-    uint64_t t0, self0, srv0; /* at cpu_begin: wall, sbload and server (--pid) CPU ns */
-    uint64_t wall, self, srv; /* at cpu_end: their growth */
-};
-void cpu_begin(struct cpu_window *w);
-void cpu_end(struct cpu_window *w);
-/* Lines / JSON members (each ending in ',') for ops operations named op. */
-void cpu_report(const struct cpu_window *w, uint64_t ops, const char *op);
-void cpu_json(const struct cpu_window *w, uint64_t ops, const char *op);
-
 /* ---- reporting ---- */
 void report_latency(const char *label, const struct hist *h);
 void json_latency(const char *prefix, const struct hist *h);
