@@ -8,7 +8,8 @@
 --   {op="spam", topic=, n=, every=, msg=} -> a timer publishes "s1".."sN" (msg instead of
 --                                          "s") every `every` s
 --   {op="read", topic=, since=, limit=}  -> {op="items", items=, epoch=}
---   {op="count"}                         -> {op="count", n=} format calls in this process
+--   {op="count", epoch=}                 -> {op="count", n=} format calls in this process
+--                                          (of that epoch's publications when given)
 -- Every publication on a history topic arrives as {pos=, epoch=, msg=} (room:, big:),
 -- as the message itself (plain:, short:), or through the failing format (bad:).
 local sb = require "switchboard"
@@ -16,6 +17,9 @@ local json = sb.json
 
 local function fmt(msg, pos, epoch)
     sb.shared.formats = (sb.shared.formats or 0) + 1
+    local by = sb.shared.formats_by or {}
+    sb.shared.formats_by = by
+    by[epoch] = (by[epoch] or 0) + 1
     return json.encode({ pos = pos, epoch = epoch, msg = msg })
 end
 
@@ -70,7 +74,9 @@ function h.message(ws, msg)
         end)
         ws:send(json.encode({ op = "spamming" }))
     elseif m.op == "count" then
-        ws:send(json.encode({ op = "count", n = sb.shared.formats or 0 }))
+        local n = sb.shared.formats or 0
+        if m.epoch then n = (sb.shared.formats_by or {})[m.epoch] or 0 end
+        ws:send(json.encode({ op = "count", n = n }))
     elseif m.op == "read" then
         local items, epoch = sb.history.read(m.topic, { since = m.since, limit = m.limit })
         if items then
