@@ -833,8 +833,13 @@ static void hex64(char *out, uint64_t v) {
         out[i] = digits[v & 15];
 }
 
-void redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
-                           size_t len, int binary, uint32_t size, double ttl, uint64_t except_id) {
+const char *redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen,
+                                  const void *msg, size_t len, int binary, uint32_t size,
+                                  double ttl, uint64_t except_id) {
+    if (!redis_is_up(r)) {
+        r->srv->stats.redis_errors++;
+        return "not connected";
+    }
     char sz[16], tt[32], tag[33] = "-";
     snprintf(sz, sizeof sz, "%u", size);
     snprintf(tt, sizeof tt, "%.3f", ttl);
@@ -846,10 +851,11 @@ void redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen, c
     const char *argv[9] = {"FCALL", "sb_publish", "1", topic, msg, binary ? "1" : "0", sz, tt, tag};
     size_t argvlen[9] = {5, 10, 1, tlen, len, 1, strlen(sz), strlen(tt), strlen(tag)};
     if (!redis_command(r, 9, argv, argvlen, on_history_published, r)) {
-        r->srv->stats.redis_errors++; /* down, or past --redis-out-max (counted there) */
-        return;
+        r->srv->stats.redis_errors++; /* past --redis-out-max (counted there), or no memory */
+        return r->pub ? "--redis-out-max bytes unanswered" : "not connected";
     }
     r->srv->stats.redis_published++;
+    return NULL;
 }
 
 struct redis_cmd *redis_history_read(struct sb_redis *r, const char *topic, size_t tlen,

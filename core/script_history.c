@@ -109,7 +109,8 @@ static struct outbuf *format_frame(struct script *s, lua_State *L, const struct 
 /* ---- publish ------------------------------------------------------------------------ */
 
 /* (script_int.h) The publish of a topic with a history rule: pushes the number
- * of local subscribers it was queued on. */
+ * of local subscribers it was queued on (0 with --redis: they get it when it comes
+ * back from Redis), or nil and "redis: ..." when Redis cannot take it. */
 int script__history_publish(lua_State *L, struct sb_server *srv, const struct history_rule *r,
                             const char *topic, size_t tlen, const char *msg, size_t len, int binary,
                             struct conn *except, const char *fn) {
@@ -121,8 +122,13 @@ int script__history_publish(lua_State *L, struct sb_server *srv, const struct hi
     struct history_rule rule = *r;
     r = &rule;
     if (srv->redis) {
-        redis_history_publish(srv->redis, topic, tlen, msg, len, binary, r->size, r->ttl,
-                              except ? except->id : 0);
+        const char *why = redis_history_publish(srv->redis, topic, tlen, msg, len, binary,
+                                                r->size, r->ttl, except ? except->id : 0);
+        if (why) { /* no position: not published at all, and the script is told */
+            lua_pushnil(L);
+            lua_pushfstring(L, "redis: %s", why);
+            return 2;
+        }
         lua_pushinteger(L, 0);
         return 1;
     }
@@ -590,8 +596,7 @@ static void on_recovery_reply(void *ud, redisReply *rep, const char *err) {
      * its reply holds, may still be on their way on the channel. Until they are in
      * (a PING on the subscriber connection, answered after them), the subscription
      * keeps dropping the positions it has, or they would come twice. */
-    uint64_t upto = rep->element[2]->type == REDIS_REPLY_INTEGER &&
-                            rep->element[2]->integer > 0
+    uint64_t upto = rep->element[2]->type == REDIS_REPLY_INTEGER && rep->element[2]->integer > 0
                         ? (uint64_t)rep->element[2]->integer
                         : 0;
     if (upto && !(st && history_heard(st) >= upto)) {

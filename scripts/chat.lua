@@ -68,11 +68,13 @@ local function send(ws, msg) ws:send(json.encode(msg)) end
 -- An error answers the request being handled: its `ref` and `room` (ws.data.ref and
 -- ws.data.req_room, set by chat.message) come back with it, so a page knows which of its
 -- messages failed and where.
-local function fail(ws, code, message, request)
+local function fail(ws, code, message, request, retry_after)
     local data = ws.data
     send(ws, { type = "error", code = code, message = message, request = request, ref = data.ref,
-        room = data.req_room })
+        room = data.req_room, retry_after = retry_after })
 end
+
+local RETRY_UNAVAILABLE = 2 -- seconds a page waits before sending again what could not be stored
 
 -- The address part of ws.remote ("addr:port", "[v6]:port").
 local function address(remote)
@@ -389,8 +391,13 @@ function handle.say(ws, msg)
     local text, code, err = validate.text(msg.text)
     if not text then return fail(ws, code, err, "say") end
     room.active = sb.now()
-    sb.publish(kept_topic(room.name), json.encode({ room = room.name, nick = ws.data.nick, text = text,
-        ts = os.time() }))
+    local ok, why = sb.publish(kept_topic(room.name), json.encode({ room = room.name, nick = ws.data.nick,
+        text = text, ts = os.time() }))
+    if not ok then -- with --redis, Redis is away: the message got no id and went nowhere
+        sb.log.warn("say in #" .. room.name .. " not stored: " .. tostring(why))
+        return fail(ws, "unavailable", "the message could not be stored right now; it is sent again shortly",
+            "say", RETRY_UNAVAILABLE)
+    end
 end
 
 function handle.typing(ws, msg)

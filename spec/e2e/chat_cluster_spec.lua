@@ -202,3 +202,52 @@ describe("the chat when a process dies", function()
         assert.same({}, r.leaves) -- nobody said bob left: the member list did
     end)
 end)
+
+describe("the chat when Redis goes away", function()
+    local rawws = require "rawws"
+    local wsframe = require "wsframe"
+    local redis, s
+
+    after_each(function()
+        if s then pcall(s.stop, s) end
+        redis_srv.stop(redis)
+    end)
+
+    local function next_of(c, want)
+        while true do
+            local f = assert(c:recv_frame())
+            local m = cjson.decode(f.payload)
+            if m.type == want then return m end
+        end
+    end
+
+    it("answers a say that cannot be stored with an error the page retries, and takes it after", function()
+        local port = redis_srv.free_port()
+        redis = redis_srv.start(port)
+        s = server.start { app = "scripts", args = { "--redis", "redis://127.0.0.1:" .. port } }
+        s:wait_log("redis: connected")
+        local c = rawws.open(s.port, "/chat")
+        local function send(t) assert(c:send(wsframe.text(cjson.encode(t)))) end
+        next_of(c, "welcome")
+        send { type = "nick", nick = "ann" }
+        next_of(c, "nick")
+        send { type = "join", room = "ops" }
+        next_of(c, "joined")
+        send { type = "say", room = "ops", text = "before", ref = "m1" }
+        local m = next_of(c, "message")
+        assert.same({ 1, "before" }, { m.id, m.text })
+        redis_srv.stop(redis)
+        s:wait_log("redis: connection to .* lost")
+        send { type = "say", room = "ops", text = "while away", ref = "m2" }
+        local e = next_of(c, "error")
+        assert.same({ "unavailable", "say", "m2", "ops", 2 }, { e.code, e.request, e.ref, e.room, e.retry_after })
+        assert.truthy(s:wait_log("say in #ops not stored: redis: not connected"))
+        -- Redis back (empty): the same text, sent again, is stored and shown
+        redis = redis_srv.start(port)
+        s:wait_log("redis: reconnected")
+        send { type = "say", room = "ops", text = "while away", ref = "m2" }
+        m = next_of(c, "message")
+        assert.same({ 1, "while away", "ann" }, { m.id, m.text, m.nick })
+        c:close()
+    end)
+end)

@@ -40,7 +40,7 @@ end
 
 function h.pub(c, topic, msg, n)
     h.send(c, { op = "pub", topic = topic, msg = msg, n = n })
-    h.until_op(c, "pubbed")
+    return h.until_op(c, "pubbed")
 end
 
 function h.sub(c, topic, since, epoch)

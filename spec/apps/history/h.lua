@@ -3,8 +3,8 @@
 --                                          {op="subbed", recovered=, epoch=}
 --   {op="live", topic=}                  -> plain ws:subscribe, then {op="subbed"}
 --   {op="pub", topic=, msg=, n=}         -> n publications (msg .. i; msg when n is absent),
---                                          then {op="pubbed"}
---   {op="wspub", topic=, msg=}           -> ws:publish (not to this ws), then {op="pubbed"}
+--                                          then {op="pubbed", n=, err=} (the last one's return)
+--   {op="wspub", topic=, msg=}           -> ws:publish (not to this ws), then {op="pubbed", n=, err=}
 --   {op="spam", topic=, n=, every=, msg=} -> a timer publishes "s1".."sN" (msg instead of
 --                                          "s") every `every` s
 --   {op="read", topic=, since=, limit=}  -> {op="items", items=, epoch=}
@@ -55,15 +55,16 @@ function h.message(ws, msg)
         ws:subscribe(m.topic)
         ws:send(json.encode({ op = "subbed" }))
     elseif m.op == "pub" then
+        local n, err
         if m.n then
-            for i = 1, m.n do sb.publish(m.topic, m.msg .. i) end
+            for i = 1, m.n do n, err = sb.publish(m.topic, m.msg .. i) end
         else
-            sb.publish(m.topic, m.msg)
+            n, err = sb.publish(m.topic, m.msg)
         end
-        ws:send(json.encode({ op = "pubbed" }))
+        ws:send(json.encode({ op = "pubbed", n = n, err = err }))
     elseif m.op == "wspub" then
-        ws:publish(m.topic, m.msg)
-        ws:send(json.encode({ op = "pubbed" }))
+        local n, err = ws:publish(m.topic, m.msg)
+        ws:send(json.encode({ op = "pubbed", n = n, err = err }))
     elseif m.op == "spam" then
         local i = 0
         local t
