@@ -6,6 +6,7 @@ local server = require "server"
 local proc = require "sbt_proc"
 local redis_srv = require "redis"
 local cjson = require "cjson"
+local socket = require "socket"
 
 local function clients(scenario, pa, pb, ...)
     local extra = {}
@@ -145,6 +146,53 @@ describe("the chat on two processes with --redis", function()
     it("sends a client coming back on either process while others talk its joined first, then every id once",
         function()
         check_storm(clients("storm", a.port, b.port))
+    end)
+
+    it("gives a nick to one of two joins at the same moment on two processes", function()
+        local rawws = require "rawws"
+        local wsframe = require "wsframe"
+        local function user(port)
+            local c = rawws.open(port, "/chat")
+            c.send_json = function(self, t) assert(self:send(wsframe.text(cjson.encode(t)))) end
+            c.next_of = function(self, types)
+                while true do
+                    local m = cjson.decode(assert(self:recv_frame()).payload)
+                    if types[m.type] then return m end
+                end
+            end
+            return c
+        end
+        for round = 1, 3 do
+            local room, cs = "race" .. round, { user(a.port), user(b.port) }
+            for _, c in ipairs(cs) do
+                c:next_of { welcome = true }
+                c:send_json { type = "nick", nick = "twin" }
+                c:next_of { nick = true }
+            end
+            -- Redis stops for a moment: both presence reads wait, and both come back empty
+            proc.kill(redis.pid, proc.SIGSTOP)
+            for _, c in ipairs(cs) do c:send_json { type = "join", room = room } end
+            socket.sleep(0.3)
+            proc.kill(redis.pid, proc.SIGCONT)
+            local got = {}
+            for i, c in ipairs(cs) do
+                local m = c:next_of { joined = true, error = true }
+                got[i] = m.type == "joined" and "joined" or m.code
+            end
+            table.sort(got)
+            assert.same({ "joined", "nick_taken" }, got, "round " .. round)
+            for _, c in ipairs(cs) do c:close() end
+        end
+        -- the nick is free again once its holder left (on either process)
+        local c = user(b.port)
+        c:next_of { welcome = true }
+        c:send_json { type = "nick", nick = "twin" }
+        c:next_of { nick = true }
+        server.wait_for(function()
+            c:send_json { type = "join", room = "race1" }
+            return c:next_of({ joined = true, error = true }).type == "joined"
+        end, 10, "the nick to be free in race1")
+        c:close()
     end)
 
     it("keeps the history and its ids in Redis across a restart of every process", function()
