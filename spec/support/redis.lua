@@ -5,9 +5,9 @@
 --   redis.cmd(port, "PUBSUB NUMSUB sb:x") -> raw reply, or nil when it is down
 --   redis.client(port) -> a connected luasocket, or nil
 --   redis.stop(r)                    -- also from a frozen (SIGSTOP) state
---   redis.lag(port, delay) -> { pid, port }: a proxy (spec/support/redis_lag.py) whose
---                               subscriber connections hear Redis `delay` s late;
---                               redis.stop(l) ends it
+--   redis.lag(port, delay, up) -> { pid, port }: a proxy (spec/support/redis_lag.py)
+--                               whose subscriber connections hear Redis `delay` s late
+--                               (up: and are heard that late); redis.stop(l) ends it
 local server = require "server"
 local proc = require "sbt_proc"
 local socket = require "socket"
@@ -59,11 +59,13 @@ function redis.start(port)
     return { pid = pid, log = logf, port = port }
 end
 
-function redis.lag(port, delay)
+function redis.lag(port, delay, up)
     local out = server.tmpname(".lag")
-    local pid = assert(proc.spawn({ "/usr/bin/env", "-u", "LD_PRELOAD", server.PYTHON,
+    local argv = { "/usr/bin/env", "-u", "LD_PRELOAD", server.PYTHON,
         server.root .. "/spec/support/redis_lag.py", "--redis", tostring(port), "--delay",
-        tostring(delay or 0.3) }, { stdout = out, stderr = out .. ".err" }))
+        tostring(delay or 0.3) }
+    if up then argv[#argv + 1] = "--up" end
+    local pid = assert(proc.spawn(argv, { stdout = out, stderr = out .. ".err" }))
     local l = { pid = pid, log = out }
     local ok, err = pcall(server.wait_for, function()
         local p = server.read_file(out):match("port (%d+)")

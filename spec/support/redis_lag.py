@@ -2,21 +2,25 @@
 once a client connection has sent SUBSCRIBE, everything Redis sends it from then on
 is delivered --delay seconds late (in order); other connections pass at once. It is
 how the history specs put a publication on the channel behind the reply to a read
-that already holds it (the race of a recovery with --redis). Prints one line
-"port PORT" and serves until killed.
+that already holds it (the race of a recovery with --redis). With --up, what such a
+connection sends (SUBSCRIBE on) reaches Redis that late too: a process's subscriptions
+take effect late after a reconnection. Prints one line "port PORT" and serves until
+killed.
 
-    redis_lag.py --redis PORT [--delay SECONDS]"""
+    redis_lag.py --redis PORT [--delay SECONDS] [--up]"""
 import argparse
 import asyncio
 
 
-async def pipe_up(reader, writer, state):
+async def pipe_up(reader, writer, state, delay):
     while True:
         data = await reader.read(65536)
         if not data:
             break
         if b"SUBSCRIBE" in data.upper():
             state["late"] = True
+        if state["late"] and delay:
+            await asyncio.sleep(delay)
         writer.write(data)
         await writer.drain()
     writer.close()
@@ -53,6 +57,7 @@ async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--redis", type=int, required=True)
     ap.add_argument("--delay", type=float, default=0.3)
+    ap.add_argument("--up", action="store_true")
     args = ap.parse_args()
 
     async def handle(creader, cwriter):
@@ -63,7 +68,7 @@ async def main():
             return
         state = {"late": False}
         try:
-            await asyncio.gather(pipe_up(creader, rwriter, state),
+            await asyncio.gather(pipe_up(creader, rwriter, state, args.delay if args.up else 0),
                                  pipe_down(rreader, cwriter, state, args.delay))
         except (ConnectionError, OSError):
             pass
