@@ -122,8 +122,8 @@ int script__history_publish(lua_State *L, struct sb_server *srv, const struct hi
     struct history_rule rule = *r;
     r = &rule;
     if (srv->redis) {
-        const char *why = redis_history_publish(srv->redis, topic, tlen, msg, len, binary,
-                                                r->size, r->ttl, except ? except->id : 0);
+        const char *why = redis_history_publish(srv->redis, topic, tlen, msg, len, binary, r->size,
+                                                r->ttl, except ? except->id : 0);
         if (why) { /* no position: not published at all, and the script is told */
             lua_pushnil(L);
             lua_pushfstring(L, "redis: %s", why);
@@ -405,6 +405,7 @@ struct hwait {
     int held;                      /* c is held by this wait (not by its handler call) */
     int valid;                     /* since/epoch are well formed */
     int recovered;                 /* the read's answer, while the channel catches up */
+    uint64_t upto;                 /* the last position when Redis read */
     uint64_t since;
     double ttl;
     size_t elen, tlen;
@@ -529,8 +530,13 @@ static void hw_recovered(struct hwait *h) {
 
 static void on_caught_up(void *ud, int ok) {
     struct hwait *h = ud;
-    (void)ok; /* the connection went away: nothing more comes on the channel */
+    struct sb_server *srv = h->s->srv;
     h->barrier = NULL;
+    /* everything up to the read is in: the next recovery of a quiet topic needs no PING
+     * (when the connection went away, nothing more comes on the channel) */
+    struct history_stream *st = ok ? history_stream(srv->history, h->topic, h->tlen, 0) : NULL;
+    if (st && strcmp(history_epoch(st), h->epoch) == 0)
+        history_hear(st, h->upto);
     hw_recovered(h);
 }
 
@@ -599,6 +605,7 @@ static void on_recovery_reply(void *ud, redisReply *rep, const char *err) {
     uint64_t upto = rep->element[2]->type == REDIS_REPLY_INTEGER && rep->element[2]->integer > 0
                         ? (uint64_t)rep->element[2]->integer
                         : 0;
+    h->upto = upto;
     if (upto && !(st && history_heard(st) >= upto)) {
         pubsub_replay_pump(srv->pubsub, h->c); /* the replay goes out meanwhile */
         if ((h->barrier = redis_sub_barrier(srv->redis, on_caught_up, h)))
