@@ -36,6 +36,7 @@ struct history_stream {
     struct hentry *head, *tail;
     uint32_t n;
     uint64_t seq;     /* the last position given */
+    uint64_t heard;   /* --redis: the last position heard on the channel */
     double last_used; /* monotonic seconds of the last publication or creation */
     double ttl;       /* of the last publication's rule: when an empty stream is dropped */
     char epoch[HISTORY_EPOCH_MAX];
@@ -268,12 +269,29 @@ int history_adopt(struct history *h, struct history_stream *st, const char *epoc
         while (st->head)
             entry_unlink(h, st->head);
         snprintf(st->epoch, sizeof st->epoch, "%s", epoch);
-        st->seq = 0;
+        st->seq = st->heard = 0;
     }
     if (pos <= st->seq)
         return 0;
     st->seq = pos;
     return 1;
+}
+
+uint64_t history_heard(const struct history_stream *st) {
+    return st->heard;
+}
+
+void history_hear(struct history_stream *st, uint64_t pos) {
+    if (pos > st->heard)
+        st->heard = pos;
+}
+
+struct outbuf *history_frame(struct history *h, struct history_stream *st, uint64_t pos) {
+    expire(h, st, server_clock());
+    for (struct hentry *x = st->tail; x && x->pos >= pos; x = x->tprev)
+        if (x->pos == pos)
+            return x->frame;
+    return NULL;
 }
 
 uint64_t history_next(struct history_stream *st) {

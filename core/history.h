@@ -75,6 +75,12 @@ uint64_t history_first(struct history *h, struct history_stream *st);
  * `epoch` (dropping what it kept under another one) and set its last position to pos
  * when pos is newer. Returns 1 when pos is newer than what st kept (append it), else 0. */
 int history_adopt(struct history *h, struct history_stream *st, const char *epoch, uint64_t pos);
+/* With --redis: the last position this process heard live on the topic's channel
+ * (0 after an epoch change), and note one heard. */
+uint64_t history_heard(const struct history_stream *st);
+void history_hear(struct history_stream *st, uint64_t pos);
+/* The frame kept at pos (borrowed), or NULL. */
+struct outbuf *history_frame(struct history *h, struct history_stream *st, uint64_t pos);
 /* Take the next position of the stream (for the publication being made). */
 uint64_t history_next(struct history_stream *st);
 /* Keep the publication at pos (from history_next; with --redis any position, put in

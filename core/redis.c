@@ -59,6 +59,7 @@ struct sb_redis {
     uint64_t origin;
     enum state state;
     int pub_ok, sub_ok; /* connected, this attempt */
+    int sub_ready;      /* and every channel subscribed again (a PING answered after them) */
     int lost_once;      /* the next connection is a reconnection */
     int freeing;
     double delay;       /* next backoff */
@@ -193,7 +194,7 @@ static void teardown(struct sb_redis *r) {
         r->pub = NULL; /* its callbacks see it is no longer ours */
         redisAsyncFree(ac);
     }
-    r->pub_ok = r->sub_ok = 0;
+    r->pub_ok = r->sub_ok = r->sub_ready = 0;
     r->pending = 0;
     r->out_bytes = 0; /* what was owed went with the connection */
     barriers_fail(r);
@@ -221,7 +222,7 @@ static void lost(struct sb_redis *r, const char *why) {
 }
 
 static void maybe_up(struct sb_redis *r) {
-    if (r->state != R_CONNECTING || !r->pub_ok || !r->sub_ok)
+    if (r->state != R_CONNECTING || !r->pub_ok || !r->sub_ready)
         return;
     r->state = R_UP;
     r->delay = BACKOFF_MIN;
@@ -590,6 +591,14 @@ static void on_sub_read(evutil_socket_t fd, short what, void *arg) {
     }
 }
 
+static void on_resubscribed(void *ud, int ok) {
+    struct sb_redis *r = ud;
+    if (!ok)
+        return; /* the connection failed: lost() said so */
+    r->sub_ready = 1;
+    maybe_up(r);
+}
+
 static void on_sub_write(evutil_socket_t fd, short what, void *arg) {
     struct sb_redis *r = arg;
     (void)what;
@@ -603,9 +612,14 @@ static void on_sub_write(evutil_socket_t fd, short what, void *arg) {
             return;
         }
         r->sub_ok = 1;
-        maybe_up(r);
-        if (r->state == R_DOWN)
+        /* up (a history publication allowed, "reconnected" said) once the channels of
+         * every live topic, queued on connect, are subscribed: before that, a
+         * publication would miss this process's subscribers */
+        if (!redis_sub_barrier(r, on_resubscribed, r)) {
+            lost(r, "out of memory");
             return;
+        }
+        return; /* redis_sub_barrier flushed */
     }
     sub_flush(r);
 }
@@ -833,8 +847,13 @@ static void hex64(char *out, uint64_t v) {
         out[i] = digits[v & 15];
 }
 
-void redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
-                           size_t len, int binary, uint32_t size, double ttl, uint64_t except_id) {
+const char *redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen,
+                                  const void *msg, size_t len, int binary, uint32_t size,
+                                  double ttl, uint64_t except_id) {
+    if (!redis_is_up(r)) {
+        r->srv->stats.redis_errors++;
+        return "not connected";
+    }
     char sz[16], tt[32], tag[33] = "-";
     snprintf(sz, sizeof sz, "%u", size);
     snprintf(tt, sizeof tt, "%.3f", ttl);
@@ -846,10 +865,11 @@ void redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen, c
     const char *argv[9] = {"FCALL", "sb_publish", "1", topic, msg, binary ? "1" : "0", sz, tt, tag};
     size_t argvlen[9] = {5, 10, 1, tlen, len, 1, strlen(sz), strlen(tt), strlen(tag)};
     if (!redis_command(r, 9, argv, argvlen, on_history_published, r)) {
-        r->srv->stats.redis_errors++; /* down, or past --redis-out-max (counted there) */
-        return;
+        r->srv->stats.redis_errors++; /* past --redis-out-max (counted there), or no memory */
+        return r->pub ? "--redis-out-max bytes unanswered" : "not connected";
     }
     r->srv->stats.redis_published++;
+    return NULL;
 }
 
 struct redis_cmd *redis_history_read(struct sb_redis *r, const char *topic, size_t tlen,

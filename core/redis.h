@@ -44,9 +44,12 @@ void redis_publish(struct sb_redis *r, const char *topic, size_t tlen, const voi
  * assigns the position, keeps the message (size, ttl) and publishes it on the
  * channel with its position and epoch; every process delivers it from there.
  * except_id: the id of this process's connection that must not receive it (0:
- * none). */
-void redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen, const void *msg,
-                           size_t len, int binary, uint32_t size, double ttl, uint64_t except_id);
+ * none). Returns NULL once the command is sent, else why it cannot be (Redis is not
+ * connected, or --redis-out-max bytes are unanswered): the publication is then not
+ * made anywhere. One that Redis never answers (it goes away meanwhile) is logged. */
+const char *redis_history_publish(struct sb_redis *r, const char *topic, size_t tlen,
+                                  const void *msg, size_t len, int binary, uint32_t size,
+                                  double ttl, uint64_t except_id);
 /* One command on the publisher connection (so in order with the PUBLISHes), for the
  * app's side of the core (presence, history). cb runs exactly once, from the loop:
  * with the reply (an error reply included; hiredis frees it after cb) and err NULL,

@@ -109,7 +109,8 @@ static struct outbuf *format_frame(struct script *s, lua_State *L, const struct 
 /* ---- publish ------------------------------------------------------------------------ */
 
 /* (script_int.h) The publish of a topic with a history rule: pushes the number
- * of local subscribers it was queued on. */
+ * of local subscribers it was queued on (0 with --redis: they get it when it comes
+ * back from Redis), or nil and "redis: ..." when Redis cannot take it. */
 int script__history_publish(lua_State *L, struct sb_server *srv, const struct history_rule *r,
                             const char *topic, size_t tlen, const char *msg, size_t len, int binary,
                             struct conn *except, const char *fn) {
@@ -121,8 +122,13 @@ int script__history_publish(lua_State *L, struct sb_server *srv, const struct hi
     struct history_rule rule = *r;
     r = &rule;
     if (srv->redis) {
-        redis_history_publish(srv->redis, topic, tlen, msg, len, binary, r->size, r->ttl,
-                              except ? except->id : 0);
+        const char *why = redis_history_publish(srv->redis, topic, tlen, msg, len, binary, r->size,
+                                                r->ttl, except ? except->id : 0);
+        if (why) { /* no position: not published at all, and the script is told */
+            lua_pushnil(L);
+            lua_pushfstring(L, "redis: %s", why);
+            return 2;
+        }
         lua_pushinteger(L, 0);
         return 1;
     }
@@ -333,15 +339,28 @@ static void history_in(struct sb_server *srv, const char *topic, size_t tlen, ui
     const struct history_rule *m = history_match(srv->history, topic, tlen);
     struct history_rule rule = m ? *m : (struct history_rule){0}; /* the format may move them */
     const struct history_rule *r = m ? &rule : NULL;
-    int in_frame;
-    struct outbuf *f =
-        format_frame(s, s->L, r, topic, tlen, msg, len, binary, pos, epoch, &in_frame);
-    if (!f)
-        return;
-    /* kept here too, so that a recovery reuses the frame instead of formatting again */
     struct history_stream *st = r ? history_stream(srv->history, topic, tlen, 1) : NULL;
-    if (st && history_adopt(srv->history, st, epoch, pos))
-        history_append(srv->history, st, r, pos, f, msg, len, binary, in_frame);
+    struct outbuf *f = NULL;
+    if (st) {
+        history_adopt(srv->history, st, epoch, pos);
+        history_hear(st, pos);
+        /* a recovery whose read came back before this did formatted it already */
+        if ((f = history_frame(srv->history, st, pos)))
+            f->refs++;
+    }
+    if (!f) {
+        int in_frame;
+        f = format_frame(s, s->L, r, topic, tlen, msg, len, binary, pos, epoch, &in_frame);
+        if (!f)
+            return;
+        /* kept here too, so that a recovery reuses the frame instead of formatting again
+         * (the stream is looked up again: the format ran Lua) */
+        st = r ? history_stream(srv->history, topic, tlen, 1) : NULL;
+        if (st) {
+            history_adopt(srv->history, st, epoch, pos);
+            history_append(srv->history, st, r, pos, f, msg, len, binary, in_frame);
+        }
+    }
     pubsub_deliver_frame(srv->pubsub, topic, tlen, f, pos, msg, len, binary, NULL, except_id);
     outbuf_unref(f);
 }
@@ -385,6 +404,8 @@ struct hwait {
     struct redis_cmd *cmd;         /* in flight, or NULL */
     int held;                      /* c is held by this wait (not by its handler call) */
     int valid;                     /* since/epoch are well formed */
+    int recovered;                 /* the read's answer, while the channel catches up */
+    uint64_t upto;                 /* the last position when Redis read */
     uint64_t since;
     double ttl;
     size_t elen, tlen;
@@ -497,6 +518,28 @@ static int read_redis(lua_State *L, const char *topic, size_t tlen, uint64_t sin
     return script__wait_yield(L, h->w);
 }
 
+/* The recovery is complete: the subscription goes live. */
+static void hw_recovered(struct hwait *h) {
+    pubsub_replay_start(h->s->srv->pubsub, h->c, h->topic, h->tlen);
+    lua_State *T = script__wait_thread(h->w);
+    lua_checkstack(T, 4);
+    lua_pushboolean(T, h->recovered);
+    lua_pushlstring(T, h->epoch, h->elen);
+    hw_end(h, 2);
+}
+
+static void on_caught_up(void *ud, int ok) {
+    struct hwait *h = ud;
+    struct sb_server *srv = h->s->srv;
+    h->barrier = NULL;
+    /* everything up to the read is in: the next recovery of a quiet topic needs no PING
+     * (when the connection went away, nothing more comes on the channel) */
+    struct history_stream *st = ok ? history_stream(srv->history, h->topic, h->tlen, 0) : NULL;
+    if (st && strcmp(history_epoch(st), h->epoch) == 0)
+        history_hear(st, h->upto);
+    hw_recovered(h);
+}
+
 static void on_recovery_reply(void *ud, redisReply *rep, const char *err) {
     struct hwait *h = ud;
     struct script *s = h->s;
@@ -551,13 +594,24 @@ static void on_recovery_reply(void *ud, redisReply *rep, const char *err) {
     for (size_t i = 0; i < cache.n; i++)
         outbuf_unref(cache.v[i].f);
     free(cache.v);
-    pubsub_replay_start(srv->pubsub, h->c, h->topic, h->tlen);
-    lua_State *T = script__wait_thread(h->w);
-    lua_checkstack(T, 4);
-    lua_pushboolean(T,
-                    rep->element[0]->type == REDIS_REPLY_INTEGER && rep->element[0]->integer == 1);
-    lua_pushlstring(T, epoch, rep->element[1]->len);
-    hw_end(h, 2);
+    h->recovered = rep->element[0]->type == REDIS_REPLY_INTEGER && rep->element[0]->integer == 1;
+    h->elen = rep->element[1]->len < sizeof h->epoch ? rep->element[1]->len : sizeof h->epoch - 1;
+    memcpy(h->epoch, epoch, h->elen);
+    h->epoch[h->elen] = 0;
+    /* The read is on the other connection: publications Redis made before it, which
+     * its reply holds, may still be on their way on the channel. Until they are in
+     * (a PING on the subscriber connection, answered after them), the subscription
+     * keeps dropping the positions it has, or they would come twice. */
+    uint64_t upto = rep->element[2]->type == REDIS_REPLY_INTEGER && rep->element[2]->integer > 0
+                        ? (uint64_t)rep->element[2]->integer
+                        : 0;
+    h->upto = upto;
+    if (upto && !(st && history_heard(st) >= upto)) {
+        pubsub_replay_pump(srv->pubsub, h->c); /* the replay goes out meanwhile */
+        if ((h->barrier = redis_sub_barrier(srv->redis, on_caught_up, h)))
+            return;
+    }
+    hw_recovered(h);
 }
 
 static void on_barrier(void *ud, int ok) {

@@ -322,7 +322,8 @@ struct history_rule;
 void script__history_open(lua_State *L);
 /* The publish of a topic with history rule r (positions, format, store or
  * Redis): pushes the count of local subscribers queued on (0 with --redis:
- * delivery comes back through Redis). */
+ * delivery comes back through Redis), or nil, "redis: ..." when Redis cannot
+ * take it (returns the number of results). */
 int script__history_publish(lua_State *L, struct sb_server *srv, const struct history_rule *r,
                             const char *topic, size_t tlen, const char *msg, size_t len,
                             int binary, struct conn *except, const char *fn);

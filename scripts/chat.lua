@@ -10,6 +10,7 @@ local sb = require "switchboard"
 local validate = require "chat.validate"
 local bucket = require "chat.bucket"
 local origin = require "chat.origin"
+local claims = require "chat.claims"
 
 local json = sb.json
 
@@ -68,11 +69,13 @@ local function send(ws, msg) ws:send(json.encode(msg)) end
 -- An error answers the request being handled: its `ref` and `room` (ws.data.ref and
 -- ws.data.req_room, set by chat.message) come back with it, so a page knows which of its
 -- messages failed and where.
-local function fail(ws, code, message, request)
+local function fail(ws, code, message, request, retry_after)
     local data = ws.data
     send(ws, { type = "error", code = code, message = message, request = request, ref = data.ref,
-        room = data.req_room })
+        room = data.req_room, retry_after = retry_after })
 end
+
+local RETRY_UNAVAILABLE = 2 -- seconds a page waits before sending again what could not be stored
 
 -- The address part of ws.remote ("addr:port", "[v6]:port").
 local function address(remote)
@@ -176,7 +179,8 @@ end
 -- ws from the room's topic (or the server has, when it closed).
 local function leave_room(ws, room)
     local data = ws.data
-    room.members[data.nick:lower()] = nil
+    local m = room.members[data.nick:lower()]
+    if m and m.id == ws.id then room.members[data.nick:lower()] = nil end
     room.count = room.count - 1
     room.active = sb.now()
     data.rooms[room.name] = nil
@@ -185,15 +189,25 @@ local function leave_room(ws, room)
     sb.publish(room_topic(room.name), json.encode({ type = "leave", room = room.name, nick = data.nick,
         ts = os.time() }))
     rooms_changed()
+    claims.release(room.name, data.nick, claims.owner(ws.id)) -- waits with --redis: last
 end
 
 -- A process that dies sends no `leave` for its members; they leave the room's presence
 -- (--presence-ttl). Every few seconds each process reads the presence of the rooms it has
 -- members in, and when a list changed since the last look, sends it to them as `members`.
 sb.every(MEMBERS_EVERY, function()
-    local names = {}
+    local names, mine = {}, {}
     for name, room in pairs(state.rooms) do
         if room.count > 0 then names[#names + 1] = name end
+        for _, m in pairs(room.members) do mine[#mine + 1] = { name, m.nick, claims.owner(m.id) } end
+    end
+    -- this process's nick claims stay alive (and come back after Redis lost them);
+    -- one whose member left while this waited is given back again
+    claims.refresh(mine)
+    for _, c in ipairs(mine) do
+        local room = state.rooms[c[1]]
+        local m = room and room.members[c[2]:lower()]
+        if not (m and claims.owner(m.id) == c[3]) then claims.release(c[1], c[2], c[3]) end
     end
     for _, name in ipairs(names) do
         local infos = sb.presence(room_topic(name)) -- waits with --redis
@@ -251,12 +265,28 @@ function handle.nick(ws, msg)
             return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(nick, name), "nick")
         end
     end
-    -- checked again after the waits: a member of this process may have taken it meanwhile
+    -- claimed in every room at once (across processes), then checked again after the
+    -- waits: a member of this process may have taken it meanwhile
+    local me, taken = claims.owner(ws.id), {}
+    local function undo()
+        for _, name in ipairs(taken) do claims.release(name, nick, me) end
+    end
+    for name in pairs(data.rooms) do
+        if not claims.take(name, nick, me) then
+            undo()
+            return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(nick, name), "nick")
+        end
+        taken[#taken + 1] = name
+    end
     for name in pairs(data.rooms) do
         local m = get_room(name).members[nick:lower()]
         if m and m.id ~= ws.id then
+            undo()
             return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(nick, name), "nick")
         end
+    end
+    if old and old:lower() ~= nick:lower() then
+        for name in pairs(data.rooms) do claims.release(name, old, me) end
     end
     data.nick = nick
     send(ws, { type = "nick", nick = nick })
@@ -333,16 +363,28 @@ function handle.join(ws, msg)
     if present(infos, ws, data.nick) then
         return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(data.nick, name), "join")
     end
-    local client = client_rooms(data.addr)
-    if not client.rooms[name] and client.count >= MAX_PER_CLIENT then
-        return fail(ws, "too_many_rooms", ("your address is in %d rooms already"):format(MAX_PER_CLIENT), "join")
-    end
-    local existing = get_room(name)
-    if existing and existing.members[data.nick:lower()] then
+    -- the claim makes it atomic: of two joins with one nick at the same moment on two
+    -- processes (both saw no one in the presence), one gets it (waits with --redis)
+    local me = claims.owner(ws.id)
+    if not claims.take(name, data.nick, me) then
         return fail(ws, "nick_taken", ("%s is already taken in #%s"):format(data.nick, name), "join")
     end
+    -- checked after the waits: what this process knows may have changed meanwhile
+    local function refuse(why, message)
+        claims.release(name, data.nick, me)
+        return fail(ws, why, message, "join")
+    end
+    local client = client_rooms(data.addr)
+    if not client.rooms[name] and client.count >= MAX_PER_CLIENT then
+        return refuse("too_many_rooms", ("your address is in %d rooms already"):format(MAX_PER_CLIENT))
+    end
+    local existing = get_room(name)
+    local holder = existing and existing.members[data.nick:lower()]
+    if holder and holder.id ~= ws.id then
+        return refuse("nick_taken", ("%s is already taken in #%s"):format(data.nick, name))
+    end
     local room = ensure_room(name)
-    if not room then return fail(ws, "rooms_full", "the server has no room for another room", "join") end
+    if not room then return refuse("rooms_full", "the server has no room for another room") end
     room.members[data.nick:lower()] = { nick = data.nick, id = ws.id }
     room.count = room.count + 1
     room.active = sb.now()
@@ -389,8 +431,13 @@ function handle.say(ws, msg)
     local text, code, err = validate.text(msg.text)
     if not text then return fail(ws, code, err, "say") end
     room.active = sb.now()
-    sb.publish(kept_topic(room.name), json.encode({ room = room.name, nick = ws.data.nick, text = text,
-        ts = os.time() }))
+    local ok, why = sb.publish(kept_topic(room.name), json.encode({ room = room.name, nick = ws.data.nick,
+        text = text, ts = os.time() }))
+    if not ok then -- with --redis, Redis is away: the message got no id and went nowhere
+        sb.log.warn("say in #" .. room.name .. " not stored: " .. tostring(why))
+        return fail(ws, "unavailable", "the message could not be stored right now; it is sent again shortly",
+            "say", RETRY_UNAVAILABLE)
+    end
 end
 
 function handle.typing(ws, msg)

@@ -43,6 +43,7 @@ const state = {
   tokens: 10,            // a mirror of the server's rate limit bucket
   tokensAt: 0,
   holdUntil: 0,          // rate-limited by the server until then (ms)
+  holdWhy: '',           // why: 'rate_limited', or 'unavailable' (the server could not store text)
   pumpTimer: 0,
   noticeTimer: 0,
 };
@@ -179,13 +180,17 @@ function outboxError(msg) {
   const i = state.outbox.findIndex((it) => it.ref === msg.ref);
   if (i < 0) return false;
   const item = state.outbox[i];
-  if (msg.code === 'rate_limited') {
-    // Keep it and everything after it in order; try again when the server says.
+  if (msg.code === 'rate_limited' || msg.code === 'unavailable') {
+    // Keep it and everything after it in order; try again when the server says
+    // (unavailable: the server could not store it, e.g. its Redis is away).
     const retry = typeof msg.retry_after === 'number' ? msg.retry_after : 1;
     state.holdUntil = Math.max(state.holdUntil, Date.now() + retry * 1000);
+    state.holdWhy = msg.code;
     for (const it of state.outbox.slice(i)) if (it.state === 'sent') it.state = 'queued';
-    state.tokens = 0;
-    state.tokensAt = Date.now();
+    if (msg.code === 'rate_limited') {
+      state.tokens = 0;
+      state.tokensAt = Date.now();
+    }
     pump();
     renderPending();
     return true;
@@ -208,7 +213,9 @@ function renderNotice() {
   const what = waiting === 1 ? '1 message' : `${waiting} messages`;
   let text;
   if (!client.online) text = `Offline: ${what} will be sent when the connection is back`;
-  else if (left > 0) text = `Sending too fast: ${what} waiting, sending again in ${left}s`;
+  else if (left > 0 && state.holdWhy === 'unavailable') {
+    text = `Not sent: the server cannot store messages right now; ${what} waiting, sending again in ${left}s`;
+  } else if (left > 0) text = `Sending too fast: ${what} waiting, sending again in ${left}s`;
   else text = `Sending too fast: ${what} waiting`;
   bar.textContent = text;
   bar.hidden = false;

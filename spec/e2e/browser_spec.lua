@@ -111,6 +111,24 @@ describe("the chat page in a browser", function()
         assert.falsy(s:log():find("handler failed", 1, true))
     end)
 
+    it("keeps text the server cannot store while its Redis is away, and sends it when Redis is back",
+        function()
+        assert(exists(CHROMIUM), "chromium is not installed (./dev deps installs it)")
+        local redis_srv = require "redis"
+        local redis = redis_srv.start()
+        local ok, err = pcall(function()
+            s = server.start{ app = "scripts", args = { "--redis", "redis://127.0.0.1:" .. redis.port } }
+            s:wait_log("redis: connected")
+            -- the script kills this redis-server, then starts (and ends) its own on that port
+            drive("chat_redis_away", ("http://127.0.0.1:%d"):format(s.port), build .. "/chat-redis-away.png",
+                { tostring(redis.pid), tostring(redis.port), s.logfile })
+            assert.truthy(s:log():find("say in #ops not stored: redis: not connected", 1, true))
+            assert.falsy(s:log():find("handler failed", 1, true))
+        end)
+        redis_srv.stop(redis) -- reaps the killed one
+        assert(ok, err)
+    end)
+
     it("keeps three pages on one process identical when one page's network is cut and restored", function()
         assert(exists(CHROMIUM), "chromium is not installed (./dev deps installs it)")
         s = server.start{ app = "scripts" }

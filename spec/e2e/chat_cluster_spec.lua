@@ -6,6 +6,7 @@ local server = require "server"
 local proc = require "sbt_proc"
 local redis_srv = require "redis"
 local cjson = require "cjson"
+local socket = require "socket"
 
 local function clients(scenario, pa, pb, ...)
     local extra = {}
@@ -147,6 +148,53 @@ describe("the chat on two processes with --redis", function()
         check_storm(clients("storm", a.port, b.port))
     end)
 
+    it("gives a nick to one of two joins at the same moment on two processes", function()
+        local rawws = require "rawws"
+        local wsframe = require "wsframe"
+        local function user(port)
+            local c = rawws.open(port, "/chat")
+            c.send_json = function(self, t) assert(self:send(wsframe.text(cjson.encode(t)))) end
+            c.next_of = function(self, types)
+                while true do
+                    local m = cjson.decode(assert(self:recv_frame()).payload)
+                    if types[m.type] then return m end
+                end
+            end
+            return c
+        end
+        for round = 1, 3 do
+            local room, cs = "race" .. round, { user(a.port), user(b.port) }
+            for _, c in ipairs(cs) do
+                c:next_of { welcome = true }
+                c:send_json { type = "nick", nick = "twin" }
+                c:next_of { nick = true }
+            end
+            -- Redis stops for a moment: both presence reads wait, and both come back empty
+            proc.kill(redis.pid, proc.SIGSTOP)
+            for _, c in ipairs(cs) do c:send_json { type = "join", room = room } end
+            socket.sleep(0.3)
+            proc.kill(redis.pid, proc.SIGCONT)
+            local got = {}
+            for i, c in ipairs(cs) do
+                local m = c:next_of { joined = true, error = true }
+                got[i] = m.type == "joined" and "joined" or m.code
+            end
+            table.sort(got)
+            assert.same({ "joined", "nick_taken" }, got, "round " .. round)
+            for _, c in ipairs(cs) do c:close() end
+        end
+        -- the nick is free again once its holder left (on either process)
+        local c = user(b.port)
+        c:next_of { welcome = true }
+        c:send_json { type = "nick", nick = "twin" }
+        c:next_of { nick = true }
+        server.wait_for(function()
+            c:send_json { type = "join", room = "race1" }
+            return c:next_of({ joined = true, error = true }).type == "joined"
+        end, 10, "the nick to be free in race1")
+        c:close()
+    end)
+
     it("keeps the history and its ids in Redis across a restart of every process", function()
         local said = clients("restart1", a.port, b.port).said
         local url = "redis://127.0.0.1:" .. redis.port
@@ -200,5 +248,54 @@ describe("the chat when a process dies", function()
         assert(ok and type(r) == "table",
             "client failed:\n" .. server.read_file(out) .. server.read_file(out .. ".err"))
         assert.same({}, r.leaves) -- nobody said bob left: the member list did
+    end)
+end)
+
+describe("the chat when Redis goes away", function()
+    local rawws = require "rawws"
+    local wsframe = require "wsframe"
+    local redis, s
+
+    after_each(function()
+        if s then pcall(s.stop, s) end
+        redis_srv.stop(redis)
+    end)
+
+    local function next_of(c, want)
+        while true do
+            local f = assert(c:recv_frame())
+            local m = cjson.decode(f.payload)
+            if m.type == want then return m end
+        end
+    end
+
+    it("answers a say that cannot be stored with an error the page retries, and takes it after", function()
+        local port = redis_srv.free_port()
+        redis = redis_srv.start(port)
+        s = server.start { app = "scripts", args = { "--redis", "redis://127.0.0.1:" .. port } }
+        s:wait_log("redis: connected")
+        local c = rawws.open(s.port, "/chat")
+        local function send(t) assert(c:send(wsframe.text(cjson.encode(t)))) end
+        next_of(c, "welcome")
+        send { type = "nick", nick = "ann" }
+        next_of(c, "nick")
+        send { type = "join", room = "ops" }
+        next_of(c, "joined")
+        send { type = "say", room = "ops", text = "before", ref = "m1" }
+        local m = next_of(c, "message")
+        assert.same({ 1, "before" }, { m.id, m.text })
+        redis_srv.stop(redis)
+        s:wait_log("redis: connection to .* lost")
+        send { type = "say", room = "ops", text = "while away", ref = "m2" }
+        local e = next_of(c, "error")
+        assert.same({ "unavailable", "say", "m2", "ops", 2 }, { e.code, e.request, e.ref, e.room, e.retry_after })
+        assert.truthy(s:wait_log("say in #ops not stored: redis: not connected"))
+        -- Redis back (empty): the same text, sent again, is stored and shown
+        redis = redis_srv.start(port)
+        s:wait_log("redis: reconnected")
+        send { type = "say", room = "ops", text = "while away", ref = "m2" }
+        m = next_of(c, "message")
+        assert.same({ 1, "while away", "ann" }, { m.id, m.text, m.nick })
+        c:close()
     end)
 end)

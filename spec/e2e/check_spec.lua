@@ -30,7 +30,7 @@ describe("switchboard --check", function()
     it("passes the sample app with exit 0 and says so", function()
         local code, out, err = run{ "--check", server.root .. "/scripts" }
         assert.are.equal(0, code, out .. err)
-        assert.truthy(out:find("3 route(s), 3 lib module(s): 0 error(s), 0 warning(s): ok", 1, true), out)
+        assert.truthy(out:find("3 route(s), 4 lib module(s): 0 error(s), 0 warning(s): ok", 1, true), out)
         assert.falsy(err:find("listening", 1, true), err)
     end)
 

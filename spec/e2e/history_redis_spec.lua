@@ -119,7 +119,7 @@ describe("history with --redis", function()
         local q = track(client(b))
         pub(p, "room:long:k", "m", 20)
         local e = read(p, "room:long:k").epoch
-        local before = h.formats(q)
+        assert.are.equal(0, h.formats(q, e))
         local function recover(since)
             local c = track(client(b))
             assert.is_true(sub(c, "room:long:k", since, e).recovered)
@@ -127,17 +127,85 @@ describe("history with --redis", function()
             return c
         end
         recover(0)
-        assert.are.equal(before + 20, h.formats(q)) -- not seen live here: formatted once
+        assert.are.equal(20, h.formats(q, e)) -- not seen live here: formatted once
         recover(0)
         recover(7)
-        assert.are.equal(before + 20, h.formats(q))
+        assert.are.equal(20, h.formats(q, e))
         pub(p, "room:long:k", "n", 5)
-        server.wait_for(function() return h.formats(q) == before + 25 end, 5, "5 live formats")
+        server.wait_for(function() return h.formats(q, e) == 25 end, 5, "5 live formats")
         local c = track(client(b))
         assert.is_true(sub(c, "room:long:k", 10, e).recovered)
         until_n(c, 15)
         assert.are.same(range(11, 25), positions(c.frames))
-        assert.are.equal(before + 25, h.formats(q))
+        assert.are.equal(25, h.formats(q, e))
+    end)
+
+    it("recovers without a duplicate or a second format when the channel lags behind the read",
+        function()
+        -- c's process hears the channel 0.3 s late: a publication made just before the
+        -- read is in the read's reply and still on its way on the channel
+        local lag = redis_srv.lag(rport, 0.3)
+        local s = server.start{ app = APP, args = { "--redis", "redis://127.0.0.1:" .. lag.port } }
+        local ok, err = pcall(function()
+            s:wait_log("redis: connected")
+            local p = client(a)
+            pub(p, "room:long:lag", "early", 10)
+            local e = read(p, "room:long:lag").epoch
+            send(p, { op = "spam", topic = "room:long:lag", n = 40, every = 0.02 })
+            until_op(p, "spamming")
+            local c = client(s)
+            local m = sub(c, "room:long:lag", 5, e)
+            assert.is_true(m.recovered)
+            until_n(c, 45)
+            -- 0.3 s more: a duplicate would arrive in it
+            local d = client(s)
+            server.wait_for(function() return h.formats(d, e) >= 45 end, 10, "45 formats")
+            socket.sleep(0.4)
+            c.timeout = 0.05
+            while true do
+                local f = c:recv_frame()
+                if not f then break end
+                c.frames[#c.frames + 1] = f.payload
+            end
+            assert.are.same(range(6, 50), positions(c.frames))
+            assert.are.equal(45, h.formats(d, e)) -- once per publication in this process
+            p:close() c:close() d:close()
+        end)
+        s:stop()
+        redis_srv.stop(lag)
+        assert(ok, err)
+    end)
+
+    it("delivers a publication made as soon as Redis is back to the subscribers", function()
+        -- the process's subscriber connection reaches Redis 0.3 s late: its channels are
+        -- subscribed again only then, and Redis is not "back" for publications before it
+        local port3 = redis_srv.free_port()
+        local r3 = redis_srv.start(port3)
+        local lag = redis_srv.lag(port3, 0.3, true)
+        local s = server.start{ app = APP, args = { "--redis", "redis://127.0.0.1:" .. lag.port } }
+        local ok, err = pcall(function()
+            s:wait_log("redis: connected")
+            local c = client(s)
+            send(c, { op = "live", topic = "room:long:rc" })
+            until_op(c, "subbed")
+            server.wait_for(function() return numsub(port3, "room:long:rc") == 1 end, 10, "subscribed")
+            local p = client(s)
+            pub(p, "room:long:rc", "a", 1)
+            until_n(c, 1)
+            redis_srv.stop(r3)
+            s:wait_log("redis: connection to .* lost")
+            r3 = redis_srv.start(port3)
+            s:wait_log("redis: reconnected")
+            assert.are.equal(0, pub(p, "room:long:rc", "b", 1).n)
+            until_n(c, 2)
+            local got = cjson.decode(c.frames[2])
+            assert.are.same({ 1, "b1" }, { got.pos, got.msg })
+            p:close() c:close()
+        end)
+        s:stop()
+        redis_srv.stop(lag)
+        redis_srv.stop(r3)
+        assert(ok, err)
     end)
 
     it("says recovered=false past the history, for bad since/epoch, with the kept history", function()
@@ -294,15 +362,28 @@ describe("history with --redis", function()
             assert.is_false(m.recovered)
             assert.is_nil(m.epoch)
             assert.truthy(read(p, "room:long:d").err:match("^redis: "))
+            -- a publication that cannot get a position is not made, and the script is told
+            local r = pub(p, "room:long:d", "lost")
+            assert.is_nil(r.n)
+            assert.are.equal("redis: not connected", r.err)
+            send(p, { op = "wspub", topic = "room:long:d", msg = "lost" })
+            assert.are.equal("redis: not connected", until_op(p, "pubbed").err)
+            -- a topic without history is delivered in the process as before
+            local l = client(s)
+            send(l, { op = "live", topic = "nohist" })
+            until_op(l, "subbed")
+            assert.are.equal(1, pub(p, "nohist", "here").n)
+            until_n(l, 1)
+            assert.are.equal("here", l.frames[1])
             -- the connection is fine, and when Redis is back (empty) a new epoch starts
             r2 = redis_srv.start(port2)
             s:wait_log("redis: reconnected")
-            pub(p, "room:long:d", "n", 1)
+            assert.are.equal(0, pub(p, "room:long:d", "n", 1).n)
             until_n(c, 1)
             local got = cjson.decode(c.frames[1])
             assert.are.same({ 1, "n1" }, { got.pos, got.msg })
             assert.are_not.equal(e, got.epoch)
-            p:close() c:close()
+            p:close() c:close() l:close()
         end)
         s:stop()
         redis_srv.stop(r2)

@@ -40,7 +40,7 @@ end
 
 function h.pub(c, topic, msg, n)
     h.send(c, { op = "pub", topic = topic, msg = msg, n = n })
-    h.until_op(c, "pubbed")
+    return h.until_op(c, "pubbed")
 end
 
 function h.sub(c, topic, since, epoch)
@@ -53,9 +53,10 @@ function h.read(c, topic, since, limit)
     return h.until_op(c, "items")
 end
 
--- How many times the app's format ran in this client's process.
-function h.formats(c)
-    h.send(c, { op = "count" })
+-- How many times the app's format ran in this client's process (for the publications
+-- of that epoch, when given: other topics' cannot interfere).
+function h.formats(c, epoch)
+    h.send(c, { op = "count", epoch = epoch })
     return h.until_op(c, "count").n
 end
 

@@ -5,6 +5,9 @@
 --   redis.cmd(port, "PUBSUB NUMSUB sb:x") -> raw reply, or nil when it is down
 --   redis.client(port) -> a connected luasocket, or nil
 --   redis.stop(r)                    -- also from a frozen (SIGSTOP) state
+--   redis.lag(port, delay, up) -> { pid, port }: a proxy (spec/support/redis_lag.py)
+--                               whose subscriber connections hear Redis `delay` s late
+--                               (up: and are heard that late); redis.stop(l) ends it
 local server = require "server"
 local proc = require "sbt_proc"
 local socket = require "socket"
@@ -54,6 +57,23 @@ function redis.start(port)
         return redis.cmd(port, "PING") == "+PONG"
     end, 10, "redis-server to answer PING")
     return { pid = pid, log = logf, port = port }
+end
+
+function redis.lag(port, delay, up)
+    local out = server.tmpname(".lag")
+    local argv = { "/usr/bin/env", "-u", "LD_PRELOAD", server.PYTHON,
+        server.root .. "/spec/support/redis_lag.py", "--redis", tostring(port), "--delay",
+        tostring(delay or 0.3) }
+    if up then argv[#argv + 1] = "--up" end
+    local pid = assert(proc.spawn(argv, { stdout = out, stderr = out .. ".err" }))
+    local l = { pid = pid, log = out }
+    local ok, err = pcall(server.wait_for, function()
+        local p = server.read_file(out):match("port (%d+)")
+        if p then l.port = tonumber(p) return true end
+        if proc.wait(pid, true) then error("redis_lag.py exited:\n" .. server.read_file(out .. ".err")) end
+    end, 15, "redis_lag.py to listen")
+    if not ok then redis.stop(l) error(err, 2) end
+    return l
 end
 
 function redis.stop(r)

@@ -3,12 +3,13 @@
 --                                          {op="subbed", recovered=, epoch=}
 --   {op="live", topic=}                  -> plain ws:subscribe, then {op="subbed"}
 --   {op="pub", topic=, msg=, n=}         -> n publications (msg .. i; msg when n is absent),
---                                          then {op="pubbed"}
---   {op="wspub", topic=, msg=}           -> ws:publish (not to this ws), then {op="pubbed"}
+--                                          then {op="pubbed", n=, err=} (the last one's return)
+--   {op="wspub", topic=, msg=}           -> ws:publish (not to this ws), then {op="pubbed", n=, err=}
 --   {op="spam", topic=, n=, every=, msg=} -> a timer publishes "s1".."sN" (msg instead of
 --                                          "s") every `every` s
 --   {op="read", topic=, since=, limit=}  -> {op="items", items=, epoch=}
---   {op="count"}                         -> {op="count", n=} format calls in this process
+--   {op="count", epoch=}                 -> {op="count", n=} format calls in this process
+--                                          (of that epoch's publications when given)
 -- Every publication on a history topic arrives as {pos=, epoch=, msg=} (room:, big:),
 -- as the message itself (plain:, short:), or through the failing format (bad:).
 local sb = require "switchboard"
@@ -16,6 +17,9 @@ local json = sb.json
 
 local function fmt(msg, pos, epoch)
     sb.shared.formats = (sb.shared.formats or 0) + 1
+    local by = sb.shared.formats_by or {}
+    sb.shared.formats_by = by
+    by[epoch] = (by[epoch] or 0) + 1
     return json.encode({ pos = pos, epoch = epoch, msg = msg })
 end
 
@@ -51,15 +55,16 @@ function h.message(ws, msg)
         ws:subscribe(m.topic)
         ws:send(json.encode({ op = "subbed" }))
     elseif m.op == "pub" then
+        local n, err
         if m.n then
-            for i = 1, m.n do sb.publish(m.topic, m.msg .. i) end
+            for i = 1, m.n do n, err = sb.publish(m.topic, m.msg .. i) end
         else
-            sb.publish(m.topic, m.msg)
+            n, err = sb.publish(m.topic, m.msg)
         end
-        ws:send(json.encode({ op = "pubbed" }))
+        ws:send(json.encode({ op = "pubbed", n = n, err = err }))
     elseif m.op == "wspub" then
-        ws:publish(m.topic, m.msg)
-        ws:send(json.encode({ op = "pubbed" }))
+        local n, err = ws:publish(m.topic, m.msg)
+        ws:send(json.encode({ op = "pubbed", n = n, err = err }))
     elseif m.op == "spam" then
         local i = 0
         local t
@@ -70,7 +75,9 @@ function h.message(ws, msg)
         end)
         ws:send(json.encode({ op = "spamming" }))
     elseif m.op == "count" then
-        ws:send(json.encode({ op = "count", n = sb.shared.formats or 0 }))
+        local n = sb.shared.formats or 0
+        if m.epoch then n = (sb.shared.formats_by or {})[m.epoch] or 0 end
+        ws:send(json.encode({ op = "count", n = n }))
     elseif m.op == "read" then
         local items, epoch = sb.history.read(m.topic, { since = m.since, limit = m.limit })
         if items then
