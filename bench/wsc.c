@@ -7,6 +7,7 @@
 #include "sbload.h"
 
 #include "deflate.h"
+#include "handshake.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -63,49 +64,7 @@ _Noreturn void conn_fail(struct conn *c, const char *fmt, ...) {
     exit(1);
 }
 
-/* ---- SHA-1 and base64, just enough for Sec-WebSocket-Accept ---- */
-
-#define ROL(x, n) (((x) << (n)) | ((x) >> (32 - (n))))
-
-static void sha1(const uint8_t *msg, size_t len, uint8_t out[20]) {
-    uint32_t h[5] = {0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476, 0xC3D2E1F0};
-    size_t total = ((len + 8) / 64 + 1) * 64;
-    uint8_t buf[128]; /* our input is 60 bytes: at most two blocks */
-    if (total > sizeof buf)
-        sb_fail("sha1 input too long");
-    memset(buf, 0, total);
-    memcpy(buf, msg, len);
-    buf[len] = 0x80;
-    uint64_t bits = (uint64_t)len * 8;
-    for (int i = 0; i < 8; i++)
-        buf[total - 1 - i] = (uint8_t)(bits >> (8 * i));
-    for (size_t off = 0; off < total; off += 64) {
-        uint32_t w[80];
-        for (int i = 0; i < 16; i++)
-            w[i] = (uint32_t)buf[off + 4 * i] << 24 | (uint32_t)buf[off + 4 * i + 1] << 16 |
-                   (uint32_t)buf[off + 4 * i + 2] << 8 | buf[off + 4 * i + 3];
-        for (int i = 16; i < 80; i++)
-            w[i] = ROL(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-        uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-        for (int i = 0; i < 80; i++) {
-            uint32_t f, k;
-            if (i < 20)
-                f = (b & c) | (~b & d), k = 0x5A827999;
-            else if (i < 40)
-                f = b ^ c ^ d, k = 0x6ED9EBA1;
-            else if (i < 60)
-                f = (b & c) | (b & d) | (c & d), k = 0x8F1BBCDC;
-            else
-                f = b ^ c ^ d, k = 0xCA62C1D6;
-            uint32_t t = ROL(a, 5) + f + e + k + w[i];
-            e = d, d = c, c = ROL(b, 30), b = a, a = t;
-        }
-        h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
-    }
-    for (int i = 0; i < 5; i++)
-        for (int j = 0; j < 4; j++)
-            out[4 * i + j] = (uint8_t)(h[i] >> (24 - 8 * j));
-}
+/* ---- base64, for Sec-WebSocket-Key (the accept key is handshake.c's) ---- */
 
 static void base64(const uint8_t *in, size_t n, char *out) {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -122,14 +81,6 @@ static void base64(const uint8_t *in, size_t n, char *out) {
         out[o++] = i + 2 < n ? tab[v & 63] : '=';
     }
     out[o] = 0;
-}
-
-static void accept_key(const char *key, char out[29]) {
-    char buf[64];
-    int n = snprintf(buf, sizeof buf, "%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11", key);
-    uint8_t dig[20];
-    sha1((const uint8_t *)buf, (size_t)n, dig);
-    base64(dig, 20, out);
 }
 
 /* ---- set-up ---- */
@@ -456,8 +407,8 @@ static size_t handshake_answer(struct conn *c, uint8_t *p, size_t n) {
             *eol = 0;
         conn_fail(c, "handshake refused: \"%s\"", s);
     }
-    char want[29];
-    accept_key(c->key, want);
+    char want[HANDSHAKE_ACCEPT_LEN + 1];
+    handshake_accept_key(c->key, strlen(c->key), want);
     int ok = 0;
     for (char *line = strstr(s, "\r\n"); line; line = strstr(line, "\r\n")) {
         line += 2;
