@@ -245,7 +245,8 @@ ssize_t tls_read(SSL *ssl, void *buf, size_t cap, int *want) {
         if (r > 0) {
             got += (size_t)r;
             if (!SSL_has_pending(ssl))
-                break; /* all that one read() brought is taken: the socket is dry */
+                break; /* all that one read() brought is taken (more in the
+                          socket keeps it readable: the loop comes back) */
             continue;
         }
         if (got) { /* what stopped us is seen again on the next call */

@@ -47,7 +47,8 @@ void tls_conn_shutdown(struct ssl_st *ssl);
  * (> 0), 0 at a clean or unclean end of stream, TLS_AGAIN with *want set, or
  * TLS_FAIL. With read-ahead one read() brings every record that has arrived;
  * their plaintext fills buf until it is full or no record is left buffered
- * (then the socket is dry: no read() just to see EAGAIN). */
+ * (no read() just to see EAGAIN; a socket that holds more than the read-ahead
+ * buffer took stays readable, so its event comes back for the rest). */
 ssize_t tls_read(struct ssl_st *ssl, void *buf, size_t cap, int *want);
 /* Write iov in order; returns bytes taken (> 0, maybe fewer than offered),
  * TLS_AGAIN with *want set (retry later with the same bytes), or TLS_FAIL. */
