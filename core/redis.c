@@ -954,7 +954,7 @@ static void on_positioned(struct sb_redis *r, const redisReply *chan, const unsi
     while (ok && q < end && *q != ' ')
         q++;
     size_t elen = (size_t)(q - ep);
-    ok = ok && q < end && elen > 0 && elen < 64;
+    ok = ok && q < end && elen > 0 && elen < HISTORY_EPOCH_MAX; /* what a stream can keep */
     const unsigned char *tag = ++q;
     while (ok && q < end && *q != ' ')
         q++;
@@ -980,13 +980,17 @@ static void on_positioned(struct sb_redis *r, const redisReply *chan, const unsi
             except = id;
     }
     size_t mlen = (size_t)(end - q);
+    if ((uint64_t)mlen > r->srv->cfg.max_message) {
+        refuse(r, chan, "longer than --max-message");
+        return;
+    }
     if (!binary && utf8_validate(UTF8_ACCEPT, q, mlen) != UTF8_ACCEPT) {
         refuse(r, chan, "a history publication whose text is not UTF-8");
         return;
     }
     r->srv->stats.redis_received++;
     size_t plen = sizeof CHAN_PREFIX - 1;
-    char epoch[64];
+    char epoch[HISTORY_EPOCH_MAX];
     memcpy(epoch, ep, elen);
     epoch[elen] = 0;
     if (r->srv->history_in)

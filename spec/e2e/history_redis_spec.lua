@@ -332,6 +332,37 @@ describe("history with --redis", function()
         assert.are.same({ 1, "fine" }, { got.pos, got.msg })
     end)
 
+    it("refuses a history payload longer than --max-message, or with an epoch a stream cannot "
+        .. "keep, and goes on", function()
+        local s = start { "--max-message", "64" }
+        local ok, err = pcall(function()
+            local c = client(s)
+            sub(c, "room:long:m", 0, "-")
+            server.wait_for(function() return numsub(rport, "room:long:m") == 1 end, 10,
+                "subscribed")
+            local r = assert(redis_srv.client(rport))
+            -- one refusal is logged a second: the two are a second apart
+            for _, case in ipairs { { "\255p01 e - " .. ("x"):rep(65), "longer than" },
+                { "\255p01 " .. ("e"):rep(32) .. " - m", "a history publication" } } do
+                local chan, payload = "sb:room:long:m", case[1]
+                r:send(("*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n")
+                    :format(#chan, chan, #payload, payload))
+                assert.are.equal(":1", r:receive("*l"))
+                assert.truthy(s:wait_log("redis: refused a message on sb:room:long:m: " .. case[2]))
+                socket.sleep(1.1)
+            end
+            r:close()
+            local reply = redis_srv.cmd(rport, "FCALL sb_publish 1 room:long:m fine")
+            assert.truthy(reply:match(":1"), reply)
+            until_n(c, 1)
+            local got = cjson.decode(c.frames[1])
+            assert.are.same({ 1, "fine" }, { got.pos, got.msg })
+            c:close()
+        end)
+        s:stop()
+        assert(ok, err)
+    end)
+
     it("keeps ws:publish's everyone-but-the-sender across processes", function()
         local sa, sb2 = track(client(a)), track(client(b))
         sub(sa, "room:w", 0, "-")
