@@ -12,10 +12,7 @@ local pub, sub, read, positions, range = h.pub, h.sub, h.read, h.positions, h.ra
 
 local APP = "spec/apps/history"
 
-local function numsub(port, topic)
-    local reply = redis_srv.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
-    return tonumber(reply:match(":(%d+)$"))
-end
+local numsub = redis_srv.numsub
 
 local function decode_all(frames)
     local out = {}

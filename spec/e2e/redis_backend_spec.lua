@@ -8,22 +8,7 @@ local redis_srv = require "redis"
 
 local APP = server.root .. "/spec/apps/backend"
 
--- One command as a RESP array (binary-safe); returns the raw first reply line.
-local function resp(port, ...)
-    local args = { ... }
-    local out = { ("*%d\r\n"):format(#args) }
-    for _, a in ipairs(args) do out[#out + 1] = ("$%d\r\n%s\r\n"):format(#a, a) end
-    local c = assert(redis_srv.client(port))
-    assert(c:send(table.concat(out)))
-    local line = c:receive("*l")
-    c:close()
-    return line
-end
-
-local function numsub(port, topic)
-    local reply = redis_srv.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
-    return tonumber(reply:match(":(%d+)$"))
-end
+local resp, numsub = redis_srv.resp, redis_srv.numsub
 
 local function open(s, topic)
     local c = rawws.open(s.port, "/room?topic=" .. topic)

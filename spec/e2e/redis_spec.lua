@@ -8,11 +8,7 @@ local redis_srv = require "redis"
 
 local APP = server.root .. "/spec/apps/scale"
 
--- Processes subscribed to the Redis channel of a topic.
-local function numsub(port, topic)
-    local reply = redis_srv.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
-    return tonumber(reply:match(":(%d+)$"))
-end
+local numsub = redis_srv.numsub
 
 local function wait_numsub(port, topic, n)
     server.wait_for(function() return numsub(port, topic) == n end, 10,

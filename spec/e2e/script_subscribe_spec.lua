@@ -29,21 +29,9 @@ local function wait_seen(s, topic, want, what)
     assert.same(want, last)
 end
 
-local function numsub(port, topic)
-    local reply = redis_srv.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
-    return tonumber(reply:match(":(%d+)$"))
-end
+local numsub = redis_srv.numsub
 
-local function resp(port, ...)
-    local args = { ... }
-    local out = { ("*%d\r\n"):format(#args) }
-    for _, a in ipairs(args) do out[#out + 1] = ("$%d\r\n%s\r\n"):format(#a, a) end
-    local c = assert(redis_srv.client(port))
-    assert(c:send(table.concat(out)))
-    local line = c:receive("*l")
-    c:close()
-    return line
-end
+local resp = redis_srv.resp
 
 local function metric(s, name)
     local _, _, text = rawws.get(s.port, "/metrics")

@@ -3,6 +3,8 @@
 --   local redis = require "redis"
 --   local r = redis.start([port])   -- { pid, port, log }; waits for PING
 --   redis.cmd(port, "PUBSUB NUMSUB sb:x") -> raw reply, or nil when it is down
+--   redis.resp(port, ...) -> first reply line of one binary-safe command (RESP array)
+--   redis.numsub(port, topic) -> processes subscribed to sb:<topic> (nil when down)
 --   redis.client(port) -> a connected luasocket, or nil
 --   redis.stop(r)                    -- also from a frozen (SIGSTOP) state
 --   redis.lag(port, delay, up) -> { pid, port }: a proxy (spec/support/redis_lag.py)
@@ -45,6 +47,24 @@ function redis.cmd(port, cmd)
     end
     c:close()
     return table.concat(reply, "\n")
+end
+
+-- One command as a RESP array (binary-safe); returns the raw first reply line.
+function redis.resp(port, ...)
+    local args = { ... }
+    local out = { ("*%d\r\n"):format(#args) }
+    for _, a in ipairs(args) do out[#out + 1] = ("$%d\r\n%s\r\n"):format(#a, a) end
+    local c = assert(redis.client(port))
+    assert(c:send(table.concat(out)))
+    local line = c:receive("*l")
+    c:close()
+    return line
+end
+
+-- Processes subscribed to the Redis channel of a topic.
+function redis.numsub(port, topic)
+    local reply = redis.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
+    return tonumber(reply:match(":(%d+)$"))
 end
 
 function redis.start(port)
