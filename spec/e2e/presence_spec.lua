@@ -35,11 +35,6 @@ local function wait_who(s, topic, want, timeout)
     assert(ok, ("presence of %s: want %q, got %q"):format(topic, want, tostring(last)))
 end
 
-local function metric(s, name)
-    local _, _, text = rawws.get(s.port, "/metrics")
-    return tonumber(text:match("\n" .. name .. " (%d+)"))
-end
-
 describe("presence in one process", function()
     local s
     lazy_setup(function()
@@ -54,7 +49,7 @@ describe("presence in one process", function()
         local ann, bob = join(s, "lobby", "ann"), join(s, "lobby", "bob")
         assert.equal("ann,bob", who(s, "lobby"))
         assert.equal("who:ann,bob", ask(ann, "who"))
-        assert.equal(2, metric(s, "switchboard_presence_entries"))
+        assert.equal(2, s:metric("switchboard_presence_entries"))
         assert.equal("unsub:true", ask(bob, "unsub"))
         assert.equal("ann", who(s, "lobby"))
         assert.equal("unsub:false", ask(bob, "unsub"))
@@ -64,7 +59,7 @@ describe("presence in one process", function()
         ann:close()
         wait_who(s, "lobby", "")
         bob:close()
-        server.wait_for(function() return metric(s, "switchboard_presence_entries") == 0 end, 5,
+        server.wait_for(function() return s:metric("switchboard_presence_entries") == 0 end, 5,
             "no entries left")
     end)
 

@@ -16,11 +16,6 @@ local function open(s, topic)
     return c
 end
 
-local function metric(s, name)
-    local _, _, text = rawws.get(s.port, "/metrics")
-    return tonumber(text:match("\n" .. name .. " (%d+)"))
-end
-
 -- True when no frame arrives within t seconds.
 local function quiet(c, t)
     c.timeout = t
@@ -93,7 +88,7 @@ describe("a backend publishing through Redis", function()
     it("refuses a text that is not UTF-8 and an unknown tag: a log line and a counter", function()
         local ca = track(open(a, "bad"))
         server.wait_for(function() return numsub(rport, "bad") == 1 end, 10, "a subscriber")
-        local before = metric(a, "switchboard_redis_refused_total") or 0
+        local before = a:metric("switchboard_redis_refused_total") or 0
         for _ = 1, 20 do
             resp(rport, "PUBLISH", "sb:bad", "caf\233") -- Latin-1, not UTF-8
         end
@@ -106,7 +101,7 @@ describe("a backend publishing through Redis", function()
         local f = assert(ca:recv_frame())
         assert.equal(("y"):rep(100000), f.payload) -- nothing mangled reached it first
         server.wait_for(function()
-            return metric(a, "switchboard_redis_refused_total") == before + 25
+            return a:metric("switchboard_redis_refused_total") == before + 25
         end, 5, "25 refused")
         a:wait_log("redis: refused a message on sb:bad")
         -- one line per second at most, however many were refused
@@ -118,11 +113,11 @@ describe("a backend publishing through Redis", function()
         local c = track(rawws.open(a.port, "/room?topic=kept:b"))
         assert.equal("ready", assert(c:recv_frame()).payload)
         server.wait_for(function() return numsub(rport, "kept:b") == 1 end, 10, "a subscriber")
-        local before = metric(a, "switchboard_redis_refused_total") or 0
+        local before = a:metric("switchboard_redis_refused_total") or 0
         resp(rport, "PUBLISH", "sb:kept:b", "no position")
         resp(rport, "PUBLISH", "sb:kept:b", "\255bno position")
         server.wait_for(function()
-            return metric(a, "switchboard_redis_refused_total") == before + 2
+            return a:metric("switchboard_redis_refused_total") == before + 2
         end, 5, "2 refused")
         assert.truthy(quiet(c, 0.2))
     end)

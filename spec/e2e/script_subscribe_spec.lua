@@ -33,11 +33,6 @@ local numsub = redis_srv.numsub
 
 local resp = redis_srv.resp
 
-local function metric(s, name)
-    local _, _, text = rawws.get(s.port, "/metrics")
-    return tonumber(text:match("\n" .. name .. " (%d+)"))
-end
-
 describe("switchboard.subscribe in one process", function()
     local s
     lazy_setup(function()
@@ -56,8 +51,8 @@ describe("switchboard.subscribe in one process", function()
         assert(c:send(wsframe.binary("\0\1\255")))
         wait_seen(s, "same", { "t:one", "t:two", "b:0001ff" })
         c:close()
-        assert.equal(1, metric(s, "switchboard_script_subscriptions"))
-        assert.is_true(metric(s, "switchboard_script_subscription_calls_total") >= 3)
+        assert.equal(1, s:metric("switchboard_script_subscriptions"))
+        assert.is_true(s:metric("switchboard_script_subscription_calls_total") >= 3)
         -- the same function twice is one subscription
         assert.equal("false", get(s, "add=same"))
         assert.equal("true", get(s, "del=same"))
@@ -95,7 +90,7 @@ describe("switchboard.subscribe in one process", function()
         wait_seen(s, "u", { "t:1", "t:3" })
         assert.equal("true", get(s, "del=u"))
         assert.equal("false", get(s, "del=u"))
-        assert.equal(0, metric(s, "switchboard_script_subscriptions"))
+        assert.equal(0, s:metric("switchboard_script_subscriptions"))
     end)
 
     it("sees a history topic's publications as published (not as formatted)", function()
