@@ -46,13 +46,7 @@ describe("history with --redis", function()
 
     lazy_teardown(function()
         for _, c in ipairs(clients) do c:close() end
-        local errs = {}
-        for _, s in ipairs { a, b } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b })
     end)
 
     it("gives the same increasing positions in both processes under concurrent publishers",

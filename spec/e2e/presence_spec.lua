@@ -111,13 +111,7 @@ describe("presence with --redis", function()
 
     lazy_teardown(function()
         for _, x in ipairs(clients) do x:close() end
-        local errs = {}
-        for _, s in ipairs { a, b, c } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b, c })
     end)
 
     it("lists every process's members, in every process", function()

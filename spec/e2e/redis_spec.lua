@@ -62,13 +62,7 @@ describe("--redis", function()
 
     lazy_teardown(function()
         for _, c in ipairs(clients) do c:close() end
-        local errs = {}
-        for _, s in ipairs { a, b } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b })
     end)
 
     it("delivers every publish exactly once on both processes, in order per publisher", function()
@@ -241,13 +235,7 @@ describe("the chat with --workers 2 --redis", function()
     end)
 
     lazy_teardown(function()
-        local errs = {}
-        for _, s in ipairs { a, b } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b })
     end)
 
     local function send(c, t) assert(c:send(wsframe.text(cjson.encode(t)))) end

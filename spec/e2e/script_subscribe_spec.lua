@@ -173,13 +173,7 @@ describe("switchboard.subscribe with --redis", function()
         b:wait_log("redis: connected")
     end)
     lazy_teardown(function()
-        local errs = {}
-        for _, s in ipairs { a, b } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b })
     end)
 
     it("subscribes the Redis channel for a topic with only script subscribers", function()

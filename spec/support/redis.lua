@@ -7,6 +7,7 @@
 --   redis.numsub(port, topic) -> processes subscribed to sb:<topic> (nil when down)
 --   redis.client(port) -> a connected luasocket, or nil
 --   redis.stop(r)                    -- also from a frozen (SIGSTOP) state
+--   redis.stop_all(r, { a, b })      -- stops every switchboard, then r; raises what they raised
 --   redis.lag(port, delay, up) -> { pid, port }: a proxy (spec/support/redis_lag.py)
 --                               whose subscriber connections hear Redis `delay` s late
 --                               (up: and are heard that late); redis.stop(l) ends it
@@ -102,6 +103,18 @@ function redis.stop(r)
     proc.kill(r.pid, proc.SIGKILL)
     proc.wait(r.pid)
     os.remove(r.log)
+end
+
+-- A teardown: stops each switchboard server (all of them even when one raises: a crash or
+-- a sanitizer report), then Redis, then raises what the servers raised.
+function redis.stop_all(r, servers)
+    local errs = {}
+    for _, s in ipairs(servers) do
+        local ok, e = pcall(s.stop, s)
+        if not ok then errs[#errs + 1] = e end
+    end
+    redis.stop(r)
+    assert(#errs == 0, table.concat(errs, "\n"))
 end
 
 return redis
