@@ -16,14 +16,6 @@ local function open(s, topic)
     return c
 end
 
--- True when no frame arrives within t seconds.
-local function quiet(c, t)
-    c.timeout = t
-    local ok = c:fill()
-    c.timeout = nil
-    return not ok or #c.buf == 0
-end
-
 describe("a backend publishing through Redis", function()
     local rport, redis, a, b
     local clients = {}
@@ -61,7 +53,7 @@ describe("a backend publishing through Redis", function()
                 assert.equal(text, f.payload)
             end
         end
-        assert.truthy(quiet(ca, 0.2))
+        assert.truthy(ca:quiet(0.2))
     end)
 
     it("delivers binary published with the documented \\xFF b tag, byte for byte", function()
@@ -113,7 +105,7 @@ describe("a backend publishing through Redis", function()
         server.wait_for(function()
             return a:metric("switchboard_redis_refused_total") == before + 2
         end, 5, "2 refused")
-        assert.truthy(quiet(c, 0.2))
+        assert.truthy(c:quiet(0.2))
     end)
 
     it("delivers a switchboard process's publish to the other process unchanged", function()
@@ -127,6 +119,6 @@ describe("a backend publishing through Redis", function()
                 assert.equal(text, f.payload)
             end
         end
-        assert.truthy(quiet(cb, 0.2), "a message came back twice to its own process")
+        assert.truthy(cb:quiet(0.2), "a message came back twice to its own process")
     end)
 end)

@@ -33,14 +33,6 @@ local function recv_n(c, n)
     return got
 end
 
--- True when no frame arrives within t seconds (the "exactly once" half).
-local function quiet(c, t)
-    c.timeout = t
-    local ok = c:fill()
-    c.timeout = nil
-    return not ok or #c.buf == 0
-end
-
 describe("--redis", function()
     local rport, redis, a, b
     local clients = {}
@@ -91,8 +83,8 @@ describe("--redis", function()
             assert.equal(N + 1, next_a)
             assert.equal(N + 1, next_b)
         end
-        assert.truthy(quiet(sa, 0.3), "a subscriber on a got a message twice")
-        assert.truthy(quiet(sb, 0.3), "a subscriber on b got a message twice")
+        assert.truthy(sa:quiet(0.3), "a subscriber on a got a message twice")
+        assert.truthy(sb:quiet(0.3), "a subscriber on b got a message twice")
     end)
 
     it("carries binary messages intact", function()
