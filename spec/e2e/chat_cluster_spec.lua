@@ -122,13 +122,7 @@ describe("the chat on two processes with --redis", function()
     end)
 
     lazy_teardown(function()
-        local errs = {}
-        for _, s in ipairs { a, b } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b })
     end)
 
     it("shows every message everywhere, in one order, with the same ids (b1 a1 a2 b2 a3)", function()

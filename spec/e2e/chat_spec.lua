@@ -198,6 +198,30 @@ async def budgets():
     return {"said": said, "typing": typing, "limited": limited, "answers": answers,
             "other": other_joined.get("code") or other_joined["type"]}
 
+async def bad_fields():
+    # A join's since and epoch and a request's ref that are not what the protocol says
+    # are ignored, never an error: the join gets the last messages, the error no ref.
+    ann = await user("ann", "bf")
+    for i in range(2):
+        await ann.send(type="say", room="bf", text="b%d" % i)
+    last = await ann.wait("message", text="b1")
+    since, epoch = last["id"] - 1, last["epoch"]
+    joins = []
+    for i, (sn, ep) in enumerate([(since, epoch), (str(since), epoch), (-1, epoch),
+                                  (since + 0.5, epoch), (since, 7), (since, epoch + "e" * 65)]):
+        c = await user("j%d" % i)
+        await c.send(type="join", room="bf", since=sn, epoch=ep)
+        j = await c.wait("joined", room="bf")
+        joins.append({"recovered": j["recovered"], "history": [m["text"] for m in j["history"]]})
+        await c.ws.close()
+    refs = []
+    for ref in [{"a": 1}, "r" * 65, 1.5, [1], "r" * 64, 7]:
+        await ann.send(type="say", room="nowhere", text="x", ref=ref)
+        e = await ann.wait_next_of("error")
+        refs.append([e["code"], e.get("ref", "absent")])
+    await ann.ws.close()
+    return {"joins": joins, "refs": refs}
+
 print(json.dumps(asyncio.run(globals()[sys.argv[2]]())), flush=True)
 ]=]
 
@@ -333,5 +357,14 @@ describe("the chat on the real server", function()
         answers[21] = "too_many_rooms"
         assert.same(answers, r.answers)
         assert.equal("joined", r.other)
+    end)
+
+    it("ignores a join's malformed since and epoch and a request's malformed ref", function()
+        local r = run("bad_fields")
+        local all = { recovered = false, history = { "b0", "b1" } }
+        assert.same({ { recovered = true, history = { "b1" } }, all, all, all, all, all }, r.joins)
+        local nir = "not_in_room"
+        assert.same({ { nir, "absent" }, { nir, "absent" }, { nir, "absent" }, { nir, "absent" },
+            { nir, ("r"):rep(64) }, { nir, 7 } }, r.refs)
     end)
 end)

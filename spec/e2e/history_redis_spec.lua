@@ -12,10 +12,7 @@ local pub, sub, read, positions, range = h.pub, h.sub, h.read, h.positions, h.ra
 
 local APP = "spec/apps/history"
 
-local function numsub(port, topic)
-    local reply = redis_srv.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
-    return tonumber(reply:match(":(%d+)$"))
-end
+local numsub = redis_srv.numsub
 
 local function decode_all(frames)
     local out = {}
@@ -49,13 +46,7 @@ describe("history with --redis", function()
 
     lazy_teardown(function()
         for _, c in ipairs(clients) do c:close() end
-        local errs = {}
-        for _, s in ipairs { a, b } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b })
     end)
 
     it("gives the same increasing positions in both processes under concurrent publishers",

@@ -35,11 +35,6 @@ local function wait_who(s, topic, want, timeout)
     assert(ok, ("presence of %s: want %q, got %q"):format(topic, want, tostring(last)))
 end
 
-local function metric(s, name)
-    local _, _, text = rawws.get(s.port, "/metrics")
-    return tonumber(text:match("\n" .. name .. " (%d+)"))
-end
-
 describe("presence in one process", function()
     local s
     lazy_setup(function()
@@ -54,7 +49,7 @@ describe("presence in one process", function()
         local ann, bob = join(s, "lobby", "ann"), join(s, "lobby", "bob")
         assert.equal("ann,bob", who(s, "lobby"))
         assert.equal("who:ann,bob", ask(ann, "who"))
-        assert.equal(2, metric(s, "switchboard_presence_entries"))
+        assert.equal(2, s:metric("switchboard_presence_entries"))
         assert.equal("unsub:true", ask(bob, "unsub"))
         assert.equal("ann", who(s, "lobby"))
         assert.equal("unsub:false", ask(bob, "unsub"))
@@ -64,7 +59,7 @@ describe("presence in one process", function()
         ann:close()
         wait_who(s, "lobby", "")
         bob:close()
-        server.wait_for(function() return metric(s, "switchboard_presence_entries") == 0 end, 5,
+        server.wait_for(function() return s:metric("switchboard_presence_entries") == 0 end, 5,
             "no entries left")
     end)
 
@@ -116,13 +111,7 @@ describe("presence with --redis", function()
 
     lazy_teardown(function()
         for _, x in ipairs(clients) do x:close() end
-        local errs = {}
-        for _, s in ipairs { a, b, c } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b, c })
     end)
 
     it("lists every process's members, in every process", function()

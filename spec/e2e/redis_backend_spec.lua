@@ -8,40 +8,12 @@ local redis_srv = require "redis"
 
 local APP = server.root .. "/spec/apps/backend"
 
--- One command as a RESP array (binary-safe); returns the raw first reply line.
-local function resp(port, ...)
-    local args = { ... }
-    local out = { ("*%d\r\n"):format(#args) }
-    for _, a in ipairs(args) do out[#out + 1] = ("$%d\r\n%s\r\n"):format(#a, a) end
-    local c = assert(redis_srv.client(port))
-    assert(c:send(table.concat(out)))
-    local line = c:receive("*l")
-    c:close()
-    return line
-end
-
-local function numsub(port, topic)
-    local reply = redis_srv.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
-    return tonumber(reply:match(":(%d+)$"))
-end
+local resp, numsub = redis_srv.resp, redis_srv.numsub
 
 local function open(s, topic)
     local c = rawws.open(s.port, "/room?topic=" .. topic)
     assert.equal("ready", assert(c:recv_frame()).payload)
     return c
-end
-
-local function metric(s, name)
-    local _, _, text = rawws.get(s.port, "/metrics")
-    return tonumber(text:match("\n" .. name .. " (%d+)"))
-end
-
--- True when no frame arrives within t seconds.
-local function quiet(c, t)
-    c.timeout = t
-    local ok = c:fill()
-    c.timeout = nil
-    return not ok or #c.buf == 0
 end
 
 describe("a backend publishing through Redis", function()
@@ -66,13 +38,7 @@ describe("a backend publishing through Redis", function()
 
     lazy_teardown(function()
         for _, c in ipairs(clients) do c:close() end
-        local errs = {}
-        for _, s in ipairs { a, b } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b })
     end)
 
     it("reaches every subscriber with a plain PUBLISH sb:<topic> text, unchanged", function()
@@ -87,7 +53,7 @@ describe("a backend publishing through Redis", function()
                 assert.equal(text, f.payload)
             end
         end
-        assert.truthy(quiet(ca, 0.2))
+        assert.truthy(ca:quiet(0.2))
     end)
 
     it("delivers binary published with the documented \\xFF b tag, byte for byte", function()
@@ -108,7 +74,7 @@ describe("a backend publishing through Redis", function()
     it("refuses a text that is not UTF-8 and an unknown tag: a log line and a counter", function()
         local ca = track(open(a, "bad"))
         server.wait_for(function() return numsub(rport, "bad") == 1 end, 10, "a subscriber")
-        local before = metric(a, "switchboard_redis_refused_total") or 0
+        local before = a:metric("switchboard_redis_refused_total") or 0
         for _ = 1, 20 do
             resp(rport, "PUBLISH", "sb:bad", "caf\233") -- Latin-1, not UTF-8
         end
@@ -121,7 +87,7 @@ describe("a backend publishing through Redis", function()
         local f = assert(ca:recv_frame())
         assert.equal(("y"):rep(100000), f.payload) -- nothing mangled reached it first
         server.wait_for(function()
-            return metric(a, "switchboard_redis_refused_total") == before + 25
+            return a:metric("switchboard_redis_refused_total") == before + 25
         end, 5, "25 refused")
         a:wait_log("redis: refused a message on sb:bad")
         -- one line per second at most, however many were refused
@@ -133,13 +99,13 @@ describe("a backend publishing through Redis", function()
         local c = track(rawws.open(a.port, "/room?topic=kept:b"))
         assert.equal("ready", assert(c:recv_frame()).payload)
         server.wait_for(function() return numsub(rport, "kept:b") == 1 end, 10, "a subscriber")
-        local before = metric(a, "switchboard_redis_refused_total") or 0
+        local before = a:metric("switchboard_redis_refused_total") or 0
         resp(rport, "PUBLISH", "sb:kept:b", "no position")
         resp(rport, "PUBLISH", "sb:kept:b", "\255bno position")
         server.wait_for(function()
-            return metric(a, "switchboard_redis_refused_total") == before + 2
+            return a:metric("switchboard_redis_refused_total") == before + 2
         end, 5, "2 refused")
-        assert.truthy(quiet(c, 0.2))
+        assert.truthy(c:quiet(0.2))
     end)
 
     it("delivers a switchboard process's publish to the other process unchanged", function()
@@ -153,6 +119,6 @@ describe("a backend publishing through Redis", function()
                 assert.equal(text, f.payload)
             end
         end
-        assert.truthy(quiet(cb, 0.2), "a message came back twice to its own process")
+        assert.truthy(cb:quiet(0.2), "a message came back twice to its own process")
     end)
 end)

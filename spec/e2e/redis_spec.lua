@@ -8,11 +8,7 @@ local redis_srv = require "redis"
 
 local APP = server.root .. "/spec/apps/scale"
 
--- Processes subscribed to the Redis channel of a topic.
-local function numsub(port, topic)
-    local reply = redis_srv.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
-    return tonumber(reply:match(":(%d+)$"))
-end
+local numsub = redis_srv.numsub
 
 local function wait_numsub(port, topic, n)
     server.wait_for(function() return numsub(port, topic) == n end, 10,
@@ -37,14 +33,6 @@ local function recv_n(c, n)
     return got
 end
 
--- True when no frame arrives within t seconds (the "exactly once" half).
-local function quiet(c, t)
-    c.timeout = t
-    local ok = c:fill()
-    c.timeout = nil
-    return not ok or #c.buf == 0
-end
-
 describe("--redis", function()
     local rport, redis, a, b
     local clients = {}
@@ -66,13 +54,7 @@ describe("--redis", function()
 
     lazy_teardown(function()
         for _, c in ipairs(clients) do c:close() end
-        local errs = {}
-        for _, s in ipairs { a, b } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b })
     end)
 
     it("delivers every publish exactly once on both processes, in order per publisher", function()
@@ -101,8 +83,8 @@ describe("--redis", function()
             assert.equal(N + 1, next_a)
             assert.equal(N + 1, next_b)
         end
-        assert.truthy(quiet(sa, 0.3), "a subscriber on a got a message twice")
-        assert.truthy(quiet(sb, 0.3), "a subscriber on b got a message twice")
+        assert.truthy(sa:quiet(0.3), "a subscriber on a got a message twice")
+        assert.truthy(sb:quiet(0.3), "a subscriber on b got a message twice")
     end)
 
     it("carries binary messages intact", function()
@@ -245,13 +227,7 @@ describe("the chat with --workers 2 --redis", function()
     end)
 
     lazy_teardown(function()
-        local errs = {}
-        for _, s in ipairs { a, b } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b })
     end)
 
     local function send(c, t) assert(c:send(wsframe.text(cjson.encode(t)))) end

@@ -29,26 +29,9 @@ local function wait_seen(s, topic, want, what)
     assert.same(want, last)
 end
 
-local function numsub(port, topic)
-    local reply = redis_srv.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
-    return tonumber(reply:match(":(%d+)$"))
-end
+local numsub = redis_srv.numsub
 
-local function resp(port, ...)
-    local args = { ... }
-    local out = { ("*%d\r\n"):format(#args) }
-    for _, a in ipairs(args) do out[#out + 1] = ("$%d\r\n%s\r\n"):format(#a, a) end
-    local c = assert(redis_srv.client(port))
-    assert(c:send(table.concat(out)))
-    local line = c:receive("*l")
-    c:close()
-    return line
-end
-
-local function metric(s, name)
-    local _, _, text = rawws.get(s.port, "/metrics")
-    return tonumber(text:match("\n" .. name .. " (%d+)"))
-end
+local resp = redis_srv.resp
 
 describe("switchboard.subscribe in one process", function()
     local s
@@ -68,8 +51,8 @@ describe("switchboard.subscribe in one process", function()
         assert(c:send(wsframe.binary("\0\1\255")))
         wait_seen(s, "same", { "t:one", "t:two", "b:0001ff" })
         c:close()
-        assert.equal(1, metric(s, "switchboard_script_subscriptions"))
-        assert.is_true(metric(s, "switchboard_script_subscription_calls_total") >= 3)
+        assert.equal(1, s:metric("switchboard_script_subscriptions"))
+        assert.is_true(s:metric("switchboard_script_subscription_calls_total") >= 3)
         -- the same function twice is one subscription
         assert.equal("false", get(s, "add=same"))
         assert.equal("true", get(s, "del=same"))
@@ -107,7 +90,7 @@ describe("switchboard.subscribe in one process", function()
         wait_seen(s, "u", { "t:1", "t:3" })
         assert.equal("true", get(s, "del=u"))
         assert.equal("false", get(s, "del=u"))
-        assert.equal(0, metric(s, "switchboard_script_subscriptions"))
+        assert.equal(0, s:metric("switchboard_script_subscriptions"))
     end)
 
     it("sees a history topic's publications as published (not as formatted)", function()
@@ -190,13 +173,7 @@ describe("switchboard.subscribe with --redis", function()
         b:wait_log("redis: connected")
     end)
     lazy_teardown(function()
-        local errs = {}
-        for _, s in ipairs { a, b } do
-            local ok, e = pcall(s.stop, s)
-            if not ok then errs[#errs + 1] = e end
-        end
-        redis_srv.stop(redis)
-        assert(#errs == 0, table.concat(errs, "\n"))
+        redis_srv.stop_all(redis, { a, b })
     end)
 
     it("subscribes the Redis channel for a topic with only script subscribers", function()

@@ -168,6 +168,15 @@ function C:eof(timeout)
     return err == "closed", err
 end
 
+-- True when no frame arrives within t seconds (nothing buffered, nothing read); a
+-- closed connection counts as quiet.
+function C:quiet(t)
+    self.timeout = t
+    local ok = self:fill()
+    self.timeout = nil
+    return not ok or #self.buf == 0
+end
+
 function C:close()
     self.sock:close()
 end

@@ -3,8 +3,11 @@
 --   local redis = require "redis"
 --   local r = redis.start([port])   -- { pid, port, log }; waits for PING
 --   redis.cmd(port, "PUBSUB NUMSUB sb:x") -> raw reply, or nil when it is down
+--   redis.resp(port, ...) -> first reply line of one binary-safe command (RESP array)
+--   redis.numsub(port, topic) -> processes subscribed to sb:<topic> (nil when down)
 --   redis.client(port) -> a connected luasocket, or nil
 --   redis.stop(r)                    -- also from a frozen (SIGSTOP) state
+--   redis.stop_all(r, { a, b })      -- stops every switchboard, then r; raises what they raised
 --   redis.lag(port, delay, up) -> { pid, port }: a proxy (spec/support/redis_lag.py)
 --                               whose subscriber connections hear Redis `delay` s late
 --                               (up: and are heard that late); redis.stop(l) ends it
@@ -47,6 +50,24 @@ function redis.cmd(port, cmd)
     return table.concat(reply, "\n")
 end
 
+-- One command as a RESP array (binary-safe); returns the raw first reply line.
+function redis.resp(port, ...)
+    local args = { ... }
+    local out = { ("*%d\r\n"):format(#args) }
+    for _, a in ipairs(args) do out[#out + 1] = ("$%d\r\n%s\r\n"):format(#a, a) end
+    local c = assert(redis.client(port))
+    assert(c:send(table.concat(out)))
+    local line = c:receive("*l")
+    c:close()
+    return line
+end
+
+-- Processes subscribed to the Redis channel of a topic.
+function redis.numsub(port, topic)
+    local reply = redis.cmd(port, "PUBSUB NUMSUB sb:" .. topic) or ""
+    return tonumber(reply:match(":(%d+)$"))
+end
+
 function redis.start(port)
     port = port or redis.free_port()
     local logf = server.tmpname(".redis.log")
@@ -82,6 +103,18 @@ function redis.stop(r)
     proc.kill(r.pid, proc.SIGKILL)
     proc.wait(r.pid)
     os.remove(r.log)
+end
+
+-- A teardown: stops each switchboard server (all of them even when one raises: a crash or
+-- a sanitizer report), then Redis, then raises what the servers raised.
+function redis.stop_all(r, servers)
+    local errs = {}
+    for _, s in ipairs(servers) do
+        local ok, e = pcall(s.stop, s)
+        if not ok then errs[#errs + 1] = e end
+    end
+    redis.stop(r)
+    assert(#errs == 0, table.concat(errs, "\n"))
 end
 
 return redis

@@ -5,7 +5,7 @@
 --
 --   local server = require "server"
 --   local s = server.start{ app = "scripts", args = { "--idle-timeout", "5" } }
---   s.port, s.pid, s.url("/echo"), s:log(), s:stop()
+--   s.port, s.pid, s.url("/echo"), s:log(), s:metric(name), s:stop()
 local proc = require "sbt_proc"
 
 local server = {}
@@ -119,6 +119,12 @@ end
 
 function S:url(path)
     return string.format("ws://127.0.0.1:%d%s", self.port, path or "/")
+end
+
+-- A counter or gauge from the metrics page (--metrics-path /metrics), as a number.
+function S:metric(name)
+    local _, _, text = require("rawws").get(self.port, "/metrics")
+    return tonumber(text:match("\n" .. name .. " (%d+)"))
 end
 
 function S:log()
