@@ -25,22 +25,7 @@ local testing = {}
 
 -- Argument checks, worded like lauxlib's so specs see what the server would say.
 
-local THIS = debug.getinfo(1, "S").source
-
--- Raises `msg` at the first caller outside this file, so the position is the script's.
-local function raise(msg)
-    local level = 2
-    while true do
-        local info = debug.getinfo(level, "S")
-        if not info or info.source ~= THIS then break end
-        level = level + 1
-    end
-    error(msg, level)
-end
-
-local function argerror(fname, n, msg)
-    raise(("bad argument #%d to '%s' (%s)"):format(n, fname, msg))
-end
+local raise, argerror = require("switchboard.testing.errors").here()
 
 local function typename(v)
     if v == nil then return "nil" end
