@@ -984,7 +984,11 @@ local function fake_http_request(url, opts)
         -- follow it as the server does (httpc.c): 303, and 301/302 after a POST, as a GET
         redirects = redirects - 1
         local next_url = resolve_location(req.url, loc)
-        local function origin(u) return u:match("^(%a+://[^/?#]+)"):lower() end
+        local function origin(u) -- scheme://host:port, the port written out as httpc compares it
+            local o = u:match("^(%a+://[^/?#]+)"):lower()
+            if o:match(":%d+$") then return o end
+            return o .. (o:match("^https:") and ":443" or ":80")
+        end
         local same = origin(next_url) == origin(req.url)
         local to_get = req.method ~= "HEAD" and (res.status == 303
             or ((res.status == 301 or res.status == 302) and req.method == "POST"))
