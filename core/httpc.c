@@ -671,27 +671,27 @@ static int follow(struct httpc *h, const char *location, const char **err) {
     int to_get = strcmp(o->method, "HEAD") != 0 &&
                  (h->status == 303 || ((h->status == 301 || h->status == 302) &&
                                        strcmp(o->method, "POST") == 0));
+    /* The fields dropped here stay dropped for the following hops: credentials and
+     * the Host field, once they left their origin, are not sent to any other (not to
+     * a second hop on the new origin either); a GET has no body fields. */
+    struct httpc_header *hs = (struct httpc_header *)o->headers;
+    size_t kept = 0;
+    for (size_t i = 0; i < o->n_headers; i++) {
+        const char *n = hs[i].name;
+        if ((to_get &&
+             (strcasecmp(n, "content-length") == 0 || strcasecmp(n, "content-type") == 0)) ||
+            (!same_origin &&
+             (strcasecmp(n, "authorization") == 0 || strcasecmp(n, "cookie") == 0 ||
+              strcasecmp(n, "proxy-authorization") == 0 || strcasecmp(n, "host") == 0))) {
+            free((char *)hs[i].name);
+            free((char *)hs[i].value);
+            continue;
+        }
+        hs[kept++] = hs[i];
+    }
+    o->n_headers = kept;
     struct httpc_request rq = *o;
     rq.url = next;
-    struct httpc_header *hs = calloc(o->n_headers + 1, sizeof *hs);
-    if (!hs) {
-        free(next);
-        *err = "out of memory";
-        return -1;
-    }
-    rq.headers = hs;
-    rq.n_headers = 0;
-    for (size_t i = 0; i < o->n_headers; i++) {
-        const char *n = o->headers[i].name;
-        if (to_get && (strcasecmp(n, "content-length") == 0 || strcasecmp(n, "content-type") == 0))
-            continue;
-        /* credentials and the Host field stay with the origin they were meant for */
-        if (!same_origin &&
-            (strcasecmp(n, "authorization") == 0 || strcasecmp(n, "cookie") == 0 ||
-             strcasecmp(n, "proxy-authorization") == 0 || strcasecmp(n, "host") == 0))
-            continue;
-        hs[rq.n_headers++] = o->headers[i];
-    }
     if (to_get) {
         rq.method = "GET";
         rq.body = "";
@@ -726,14 +726,11 @@ static int follow(struct httpc *h, const char *location, const char **err) {
         o->method = strdup("GET");
         o->body_len = 0;
         if (!o->method) {
-            free(hs);
             *err = "out of memory";
             return -1;
         }
     }
-    int rc = start(h, &rq, &nu, err);
-    free(hs);
-    return rc < 0 ? -1 : 1;
+    return start(h, &rq, &nu, err) < 0 ? -1 : 1;
 }
 
 struct httpc *httpc_request(struct outbound_ctx *x, const struct httpc_request *rq, httpc_cb cb,

@@ -54,7 +54,8 @@ struct outbound_ctx {
     unsigned long long reused;
 };
 
-/* One key's parked connections (most recently parked first). Freed with the ctx. */
+/* One key's parked connections (most recently parked first). Freed when its last
+ * connection leaves it: the list holds only the keys with an idle connection. */
 struct park {
     struct park *next;
     struct outbound *head;
@@ -840,7 +841,13 @@ static void unpark(struct outbound *o) {
         p->head = o->pnext;
     if (o->pnext)
         o->pnext->pprev = o->pprev;
-    p->n--;
+    if (--p->n == 0) {
+        struct park **pp = &x->parks;
+        while (*pp != p)
+            pp = &(*pp)->next;
+        *pp = p->next;
+        free(p);
+    }
     if (o->aprev)
         o->aprev->anext = o->anext;
     else
@@ -862,7 +869,8 @@ void outbound_park(struct outbound *o, const char *key) {
     drop_taken(o);
     if (o->op != OP_NONE || o->done_cb || o->phase != PH_UP || o->broken || o->eof || !o->bev ||
         evbuffer_get_length(bufferevent_get_input(o->bev)) ||
-        evbuffer_get_length(bufferevent_get_output(o->bev)) || x->idle_timeout <= 0) {
+        evbuffer_get_length(bufferevent_get_output(o->bev)) || x->idle_timeout <= 0 ||
+        x->max_idle == 0) {
         outbound_close(o);
         return;
     }

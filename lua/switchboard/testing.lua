@@ -25,22 +25,7 @@ local testing = {}
 
 -- Argument checks, worded like lauxlib's so specs see what the server would say.
 
-local THIS = debug.getinfo(1, "S").source
-
--- Raises `msg` at the first caller outside this file, so the position is the script's.
-local function raise(msg)
-    local level = 2
-    while true do
-        local info = debug.getinfo(level, "S")
-        if not info or info.source ~= THIS then break end
-        level = level + 1
-    end
-    error(msg, level)
-end
-
-local function argerror(fname, n, msg)
-    raise(("bad argument #%d to '%s' (%s)"):format(n, fname, msg))
-end
+local raise, argerror = require("switchboard.testing.errors").here()
 
 local function typename(v)
     if v == nil then return "nil" end
@@ -999,7 +984,11 @@ local function fake_http_request(url, opts)
         -- follow it as the server does (httpc.c): 303, and 301/302 after a POST, as a GET
         redirects = redirects - 1
         local next_url = resolve_location(req.url, loc)
-        local function origin(u) return u:match("^(%a+://[^/?#]+)"):lower() end
+        local function origin(u) -- scheme://host:port, the port written out as httpc compares it
+            local o = u:match("^(%a+://[^/?#]+)"):lower()
+            if o:match(":%d+$") then return o end
+            return o .. (o:match("^https:") and ":443" or ":80")
+        end
         local same = origin(next_url) == origin(req.url)
         local to_get = req.method ~= "HEAD" and (res.status == 303
             or ((res.status == 301 or res.status == 302) and req.method == "POST"))

@@ -719,6 +719,17 @@ describe("sb.http redirects", function()
         assert.are.equal("localhost:" .. up.port, got.headers.host)
         assert.is_nil(got.headers.authorization)
         assert.are.equal("k", got.headers["x-keep"])
+        -- what was dropped on leaving the origin stays dropped: a second hop within
+        -- the new origin (localhost) does not get the first origin's credentials
+        local on_new = up:url("/redirect?to=/echo", "localhost")
+        res = fetch(up:url("/redirect?code=307&to=" .. esc(on_new)), { redirects = 2,
+            headers = { Authorization = "Bearer t", Cookie = "c=1", ["X-Keep"] = "k" } })
+        assert.are.equal(200, res.status)
+        got = cjson.decode(res.body)
+        assert.are.equal("localhost:" .. up.port, got.headers.host)
+        assert.is_nil(got.headers.authorization)
+        assert.is_nil(got.headers.cookie)
+        assert.are.equal("k", got.headers["x-keep"])
         -- one hop too many: the last 3xx is the answer
         res = fetch(up:url("/redirect?code=307&to=" .. esc(hop1)), { redirects = 1 })
         assert.are.equal(301, res.status)

@@ -112,6 +112,15 @@ describe("switchboard.testing: sb.http redirects", function()
         assert.are.equal("GET nil", res.body) -- 303: a GET; another origin: no Authorization
         assert.are.equal("Bearer t", seen[2].headers.Authorization)
         assert.are.equal(301 + 6, sb.http.request("http://a.local/old", { redirects = 1 }).status)
+        -- the default port written out is the same origin: Authorization stays
+        t.http.on("^http://a%.local/port", function()
+            return { status = 307, headers = { Location = "http://A.local:80/echo" } }
+        end)
+        t.http.on("^http://A%.local:80/echo", function(req)
+            return { body = tostring(req.headers.Authorization) }
+        end)
+        res = sb.http.request("http://a.local/port", { redirects = 1, headers = { Authorization = "Bearer t" } })
+        assert.are.equal("Bearer t", res.body)
         assert.has_error(function() sb.http.request("http://a.local/old", { redirects = 21 }) end,
             "bad argument #2 to 'request' (opts.redirects must be an integer 0..20)")
     end)

@@ -275,7 +275,7 @@ describe("switchboard.testing: messages and closing", function()
 
     it("raises Lua-style errors on misuse, at the caller's line", function()
         local kept
-        local _, route = probe{ open = function(ws) kept = ws end }
+        local app, route = probe{ open = function(ws) kept = ws end }
         route:connect()
         local cases = {
             { function() kept:send(nil) end, "bad argument #1 to 'send' %(string expected, got nil%)" },
@@ -294,6 +294,21 @@ describe("switchboard.testing: messages and closing", function()
             { function() kept.id = 1 end, "ws.id is read%-only" },
         }
         for _, case in ipairs(cases) do
+            local ok, err = pcall(case[1])
+            assert.is_false(ok)
+            assert.matches(case[2], err)
+            assert.matches("^.-testing_spec%.lua:%d+:", err)
+        end
+        -- the fake's other files (json, redis, history, crypto) raise at the caller's line too
+        local fake = sb_of(app)
+        local more = {
+            { function() fake.json.encode(0 / 0) end, "bad argument #1 to 'encode' %(cannot encode NaN" },
+            { function() fake.redis.connect(true) end,
+              "bad argument #1 to 'connect' %(string expected, got boolean%)" },
+            { function() fake.history.keep(1) end, "bad argument #1 to 'keep' %(string expected, got number%)" },
+            { function() fake.crypto.sha256() end, "bad argument #1 to 'sha256' %(string expected, got no value%)" },
+        }
+        for _, case in ipairs(more) do
             local ok, err = pcall(case[1])
             assert.is_false(ok)
             assert.matches(case[2], err)

@@ -5,22 +5,7 @@
 -- command, which a spec that uses them needs on its PATH.
 local crypto = {}
 
-local THIS = debug.getinfo(1, "S").source
-
--- Raises `msg` at the first caller outside this file, as the server's errors are.
-local function raise(msg)
-    local level = 2
-    while true do
-        local info = debug.getinfo(level, "S")
-        if not info or info.source ~= THIS then break end
-        level = level + 1
-    end
-    error(msg, level)
-end
-
-local function argerror(fname, n, msg)
-    raise(("bad argument #%d to '%s' (%s)"):format(n, fname, msg))
-end
+local _, argerror = require("switchboard.testing.errors").here()
 
 local function typename(v, given)
     if v == nil and not given then return "no value" end

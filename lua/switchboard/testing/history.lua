@@ -5,17 +5,7 @@
 -- delivered at once (the fake has no socket to pace it by).
 local fake = {}
 
-local THIS = debug.getinfo(1, "S").source
-
-local function argerror(fname, n, msg)
-    local level = 2
-    while true do
-        local info = debug.getinfo(level, "S")
-        if not info or info.source ~= THIS then break end
-        level = level + 1
-    end
-    error(("bad argument #%d to '%s' (%s)"):format(n, fname, msg), level)
-end
+local _, argerror = require("switchboard.testing.errors").here()
 
 local function typename(v)
     if v == nil then return "no value" end

@@ -8,17 +8,9 @@ local cjson = require "cjson"
 
 local json = {}
 
-local THIS = debug.getinfo(1, "S").source
+local _, argerror_n = require("switchboard.testing.errors").here()
 
-local function argerror(fname, msg)
-    local level = 2
-    while true do
-        local info = debug.getinfo(level, "S")
-        if not info or info.source ~= THIS then break end
-        level = level + 1
-    end
-    error(("bad argument #1 to '%s' (%s)"):format(fname, msg), level)
-end
+local function argerror(fname, msg) argerror_n(fname, 1, msg) end
 
 local MAX_DEPTH, SPARSE_RATIO, SPARSE_SAFE = 1000, 2, 10
 
